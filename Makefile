@@ -1,0 +1,42 @@
+# GPT-2 tweet bot. `make run-local` serves locally on SQLite (dry run); `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+
+.DEFAULT_GOAL := help
+
+# ---- virtualenv: each requirements file is installed once, again when it changes ----
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.api: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements-dev.txt $(VENV)/.api
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.ml: requirements-ml.txt $(VENV)/.api
+	$(BIN)/pip install -q -r requirements-ml.txt
+	touch $@
+
+.PHONY: help venv run-local migrate test
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 28
+
+venv: $(VENV)/.api ## create .venv with the API's dependencies
+
+migrate: $(VENV)/.api ## upgrade the database (DATABASE_URL / DB_HOST / CONNECTION_NAME / SQLite) to the latest schema
+	$(BIN)/alembic upgrade head
+
+run-local: $(VENV)/.api ## serve on http://127.0.0.1:$(PORT) with SQLite and dry-run posting (makes .env if needed)
+	$(BIN)/python scripts/init_local_env.py .env
+	$(BIN)/alembic upgrade head
+	$(BIN)/uvicorn api.main:app --host 127.0.0.1 --port $(PORT)
+
+test: $(VENV)/.dev $(VENV)/.ml ## run the test suite (Postgres tests need TEST_POSTGRES_URL)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)

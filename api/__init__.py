@@ -1,0 +1,1 @@
+"""The curated tweet store service (FastAPI). Never imports TensorFlow."""

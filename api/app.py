@@ -1,0 +1,46 @@
+"""The FastAPI application factory: settings in, app out (tests build one per database)."""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
+
+from api.config import Settings
+from api.logs import configure_logging
+from api.routes import health, tweets
+from db.engine import make_engine, make_session_factory
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+The curated tweet store of a GPT-2 bot. Click **Authorize** and paste the service's
+`SECRET_TOKEN` (sent as the `x-token` header), then upload a curated file with
+`POST /add_tweets_file/` and list what was stored with `GET /tweets/`.
+"""
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None, configure_logs: bool = True) -> FastAPI:
+    """Build the app; `engine` overrides the one made from settings.database_url (tests)."""
+    if configure_logs:
+        configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    app = FastAPI(
+        title="GPT-2 tweet bot",
+        description=DESCRIPTION,
+        version="1.0.0",
+        redirect_slashes=False,
+    )
+    app.state.settings = settings
+    app.state.engine = engine or make_engine(settings.database_url)
+    app.state.session_factory = make_session_factory(app.state.engine)
+
+    app.include_router(health.router)
+    app.include_router(tweets.router)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; the service log has the details"}, status_code=500)
+
+    return app

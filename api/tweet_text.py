@@ -1,0 +1,124 @@
+"""The one rule for tweet text and the curated file format, shared by the API, ml/ and scripts/.
+
+X counts a tweet's length with weights (URLs 23, CJK and emoji 2, the rest 1); we use
+twitter-text-parser, which implements X's rules, with a fast path for plain ASCII text
+(its emoji scan costs ~1 ms a tweet, too slow for 100,000-tweet uploads).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from twitter_text import extract_urls_with_indices, parse_tweet
+from twitter_text.has_invalid_characters import has_invalid_characters
+
+MAX_WEIGHTED_LENGTH = 280
+URL_WEIGHT = 23
+SAMPLE_DELIMITER = "=" * 20
+START_TOKEN = "<|startoftext|>"
+END_TOKEN = "<|endoftext|>"
+MARKERS = (START_TOKEN, END_TOKEN)
+
+_MAYBE_URL = re.compile(r"\.[A-Za-z0-9]")
+_DELIMITER_LINE = re.compile(r"^={20}[ \t]*$", re.MULTILINE)
+_WHITESPACE = re.compile(r"\s+")
+
+
+class TweetRejected(ValueError):
+    """The text breaks the tweet rule; str(exc) says why."""
+
+
+class CuratedFileError(ValueError):
+    """The uploaded file cannot be read as a curated file; str(exc) says why and what to do."""
+
+
+def normalize_text(text: str) -> str:
+    """NFC-normalise, use \\n line endings and trim: the form we store and post."""
+    text = unicodedata.normalize("NFC", text)
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+def weighted_length(text: str) -> int:
+    """X's weighted length of `text` (already normalised)."""
+    if text.isascii():
+        if not _MAYBE_URL.search(text):
+            return len(text)
+        urls = extract_urls_with_indices(text)
+        return len(text) - sum(len(u["url"]) for u in urls) + URL_WEIGHT * len(urls)
+    return parse_tweet(text).weightedLength
+
+
+def validate_tweet(text: str) -> str:
+    """Return the normalised text, or raise TweetRejected saying what is wrong."""
+    if not isinstance(text, str):
+        raise TweetRejected("tweet must be a string")
+    text = normalize_text(text)
+    if not text:
+        raise TweetRejected("tweet is empty")
+    for marker in MARKERS:
+        if marker in text:
+            raise TweetRejected(f"tweet contains the generation marker {marker}")
+    length = weighted_length(text)
+    if length > MAX_WEIGHTED_LENGTH:
+        raise TweetRejected(
+            f"tweet is {length} weighted characters, over X's limit of {MAX_WEIGHTED_LENGTH}"
+        )
+    if not text.isascii() and has_invalid_characters(text):
+        raise TweetRejected("tweet contains characters X does not allow")
+    return text
+
+
+def content_hash(text: str) -> str:
+    """Hash for duplicate detection: case and runs of whitespace do not make a tweet new."""
+    key = _WHITESPACE.sub(" ", normalize_text(text)).casefold()
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class ParsedEntry:
+    index: int
+    text: str
+
+
+def split_samples(text: str) -> list[str]:
+    """Split gpt_2_simple's generate_to_file output (samples separated by a line of 20 `=`)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return [part.strip() for part in _DELIMITER_LINE.split(text) if part.strip()]
+
+
+def join_samples(samples: list[str]) -> str:
+    """The inverse of split_samples: the curation file format written by ml/."""
+    return "".join(f"{sample}\n{SAMPLE_DELIMITER}\n" for sample in samples)
+
+
+def _csv_tweets(text: str) -> list[str]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames or "tweets" not in reader.fieldnames:
+        raise CuratedFileError(
+            "CSV file has no 'tweets' column: the first line must be a header naming it"
+        )
+    return [(row.get("tweets") or "").strip() for row in reader if (row.get("tweets") or "").strip()]
+
+
+def parse_curated_file(data: bytes, filename: str = "") -> list[str]:
+    """Decode an uploaded file into raw tweet texts (not yet validated).
+
+    A `.csv` name, or a first line of `tweets`, means a CSV with a `tweets` column;
+    anything else is the `=`*20-delimited format.
+    """
+    if not data.strip():
+        raise CuratedFileError("file is empty: upload a file of samples separated by a line of 20 '='")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CuratedFileError(
+            f"file is not UTF-8 (bad byte at position {exc.start}): save it as UTF-8 and upload again"
+        ) from None
+    first_line = text.lstrip().split("\n", 1)[0].strip().strip('"')
+    if filename.lower().endswith(".csv") or first_line == "tweets":
+        return _csv_tweets(text)
+    return split_samples(text)

@@ -1,0 +1,123 @@
+"""Curating the store: adding, editing, approving, rejecting and deleting tweets.
+
+Plain functions on a Session; routes and the curation page call them and map the
+exceptions below to HTTP answers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.tweet_text import TweetRejected, content_hash, validate_tweet
+from db import tweets as queries
+from db.models import Tweet, TweetStatus
+
+# Which statuses a curator may move a tweet to, from which. `posting` is only ever set by
+# the posting code; `posted` only by it, or by an operator confirming an unconfirmed tweet.
+ALLOWED_TRANSITIONS: dict[TweetStatus, set[TweetStatus]] = {
+    TweetStatus.queued: {TweetStatus.pending, TweetStatus.queued, TweetStatus.rejected,
+                         TweetStatus.failed, TweetStatus.unconfirmed},
+    TweetStatus.pending: {TweetStatus.pending, TweetStatus.queued, TweetStatus.rejected},
+    TweetStatus.rejected: {TweetStatus.pending, TweetStatus.queued, TweetStatus.failed,
+                           TweetStatus.unconfirmed, TweetStatus.rejected},
+    TweetStatus.posted: {TweetStatus.unconfirmed},
+}
+EDITABLE = {TweetStatus.pending, TweetStatus.queued, TweetStatus.rejected, TweetStatus.failed}
+
+
+class TweetNotFound(LookupError):
+    pass
+
+
+class TweetConflict(Exception):
+    """The change clashes with the tweet's state or another tweet; str(exc) says how."""
+
+
+@dataclass
+class IngestResult:
+    added: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+
+def ingest_texts(session: Session, *, account: str, texts: list[str], status: TweetStatus) -> IngestResult:
+    """Validate, de-duplicate and insert texts in the caller's transaction.
+
+    Rejections carry the text's number counting from 1. Duplicates (within `texts` or
+    already stored for the account) are skipped and counted.
+    """
+    result = IngestResult()
+    seen = queries.existing_hashes(session, account)
+    fresh: list[tuple[str, str]] = []
+    for number, raw in enumerate(texts, start=1):
+        try:
+            text = validate_tweet(raw)
+        except TweetRejected as exc:
+            result.rejected.append((number, str(exc)))
+            continue
+        digest = content_hash(text)
+        if digest in seen:
+            result.duplicates += 1
+            continue
+        seen.add(digest)
+        fresh.append((text, digest))
+    try:
+        result.added = queries.insert_tweets(session, account=account, texts_and_hashes=fresh, status=status)
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise TweetConflict(
+            "another request stored some of these tweets at the same moment; "
+            "send the file again (tweets already stored are skipped as duplicates)"
+        ) from None
+    return result
+
+
+def get_tweet(session: Session, tweet_id: int, *, account: str | None = None) -> Tweet:
+    tweet = session.get(Tweet, tweet_id)
+    if tweet is None or (account is not None and tweet.account != account):
+        raise TweetNotFound(f"no tweet with id {tweet_id}")
+    return tweet
+
+
+def update_tweet(
+    session: Session,
+    tweet: Tweet,
+    *,
+    text: str | None = None,
+    status: TweetStatus | None = None,
+    position: int | None = None,
+    error: str | None = None,
+) -> Tweet:
+    """Apply a curator's change; raises TweetRejected (bad text) or TweetConflict."""
+    if text is not None:
+        if tweet.status not in EDITABLE:
+            raise TweetConflict(f"a {tweet.status.value} tweet cannot be edited")
+        text = validate_tweet(text)
+        digest = content_hash(text)
+        if digest != tweet.content_hash and digest in queries.existing_hashes(session, tweet.account):
+            raise TweetConflict("another tweet of this account already has this text")
+        tweet.text, tweet.content_hash = text, digest
+    if status is not None and status != tweet.status:
+        allowed_from = ALLOWED_TRANSITIONS.get(status, set())
+        if tweet.status not in allowed_from:
+            raise TweetConflict(f"cannot change a {tweet.status.value} tweet to {status.value}")
+        if status is TweetStatus.queued:
+            tweet.error = None
+            tweet.idempotency_key = None
+        tweet.status = status
+    if position is not None:
+        tweet.position = position
+    if error is not None:
+        tweet.error = error
+    session.flush()
+    return tweet
+
+
+def delete_tweet(session: Session, tweet: Tweet) -> None:
+    if tweet.status is TweetStatus.posting:
+        raise TweetConflict("this tweet is being posted right now; try again in a minute")
+    session.delete(tweet)
+    session.flush()

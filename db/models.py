@@ -1,0 +1,106 @@
+"""The `tweets` table. Alembic (migrations/) owns the schema; keep the two in step."""
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Enum,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s_%(column_1_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite would hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime: use an aware one (e.g. db.models.utcnow())")
+            value = value.astimezone(timezone.utc)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class TweetStatus(str, enum.Enum):
+    """Where a tweet is in its life. Only `queued` tweets are ever picked for posting.
+
+    pending      generated, waiting for a curator's review (uploads land here or in queued)
+    queued       approved, waiting to be posted
+    posting      claimed by a posting call that has not finished yet (a lease: see claimed_at)
+    posted       X accepted it (or a dry run recorded it); x_tweet_id and x_url are set
+    unconfirmed  X may or may not have posted it (timeout, crash mid-post); never re-posted
+                 automatically: an operator checks X and requeues or closes it
+    failed       posting failed for a reason that is not the text's fault; requeue to retry
+    rejected     a curator or X refused the text (reason in `error`)
+    """
+
+    pending = "pending"
+    queued = "queued"
+    posting = "posting"
+    posted = "posted"
+    unconfirmed = "unconfirmed"
+    failed = "failed"
+    rejected = "rejected"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Tweet(Base):
+    __tablename__ = "tweets"
+    __table_args__ = (
+        UniqueConstraint("account", "content_hash"),
+        UniqueConstraint("account", "idempotency_key"),
+        Index("ix_tweets_account_status", "account", "status", "position", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account: Mapped[str] = mapped_column(String(15))
+    text: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[TweetStatus] = mapped_column(
+        Enum(TweetStatus, name="tweet_status", native_enum=False, length=16, validate_strings=True),
+        default=TweetStatus.queued,
+    )
+    # Posting order for TWEET_ORDER=oldest (lower first); curators can reorder.
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), default=utcnow, onupdate=utcnow
+    )
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    posted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    x_tweet_id: Mapped[str | None] = mapped_column(String(32))
+    x_url: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)

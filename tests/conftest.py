@@ -1,0 +1,125 @@
+"""Shared fixtures: one isolated database per test, on SQLite and on the real Postgres via both drivers.
+
+Postgres tests read TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/test) and skip
+when it is unset, unless REQUIRE_POSTGRES=1 (CI), where a missing URL fails them instead.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, event, text
+from sqlalchemy.engine import make_url
+
+from api.app import create_app
+from api.config import Settings
+from db.engine import make_engine, make_session_factory
+from db.models import Base
+
+TOKEN = "test-token-0123456789abcdef"
+ACCOUNT = "test_bot"
+BACKENDS = ["sqlite", "psycopg2", "pg8000"]
+
+
+def postgres_url(driver: str) -> str:
+    raw = os.environ.get("TEST_POSTGRES_URL")
+    if not raw:
+        reason = "TEST_POSTGRES_URL is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)"
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    return make_url(raw).set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
+
+
+def make_test_engine(backend: str, tmp_path) -> tuple[Engine, str | None]:
+    """An engine on an empty database: a SQLite file, or a fresh Postgres schema."""
+    if backend == "sqlite":
+        return make_engine(f"sqlite:///{tmp_path / 'test.db'}"), None
+    url = postgres_url(backend)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    admin.dispose()
+    engine = make_engine(url, pool_size=20, max_overflow=40)
+
+    @event.listens_for(engine, "connect")
+    def _use_schema(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f'SET search_path TO "{schema}"')
+        cursor.close()
+        dbapi_connection.commit()
+
+    return engine, schema
+
+
+def drop_schema(backend: str, schema: str | None) -> None:
+    if schema is None:
+        return
+    admin = make_engine(postgres_url(backend))
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    if request.param != "sqlite":
+        request.applymarker(pytest.mark.postgres)
+    return request.param
+
+
+@pytest.fixture
+def empty_engine(backend, tmp_path) -> Iterator[Engine]:
+    """An engine on a database with no tables (for migration tests)."""
+    engine, schema = make_test_engine(backend, tmp_path)
+    yield engine
+    engine.dispose()
+    drop_schema(backend, schema)
+
+
+@pytest.fixture
+def engine(empty_engine) -> Engine:
+    Base.metadata.create_all(empty_engine)
+    return empty_engine
+
+
+@pytest.fixture
+def session_factory(engine):
+    return make_session_factory(engine)
+
+
+@pytest.fixture
+def settings_values(tmp_path) -> dict:
+    """Keyword overrides for Settings; tests may change them before `settings` is built."""
+    return {
+        "SECRET_TOKEN": TOKEN,
+        "ACCOUNT": ACCOUNT,
+        "SQLITE_PATH": str(tmp_path / "unused.db"),
+        "_env_file": None,
+    }
+
+
+@pytest.fixture
+def settings(settings_values) -> Settings:
+    return Settings(**settings_values)
+
+
+@pytest.fixture
+def app(settings, engine):
+    return create_app(settings, engine=engine, configure_logs=False)
+
+
+@pytest.fixture
+def client(app) -> Iterator[TestClient]:
+    with TestClient(app, headers={"x-token": TOKEN}) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def anon_client(app) -> Iterator[TestClient]:
+    with TestClient(app) as test_client:
+        yield test_client
