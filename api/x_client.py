@@ -1,0 +1,203 @@
+"""The one place that builds tweepy clients for X's API v2 and sorts X's answers into outcomes.
+
+`make_x_client` gives a `tweepy.Client` whose every request goes to `TWITTER_API_BASE_URL`
+(tweepy hardcodes https://api.twitter.com) with `TWITTER_TIMEOUT_SECONDS`.
+`classify_x_error` maps whatever a tweepy call raised to one `XError` kind, the way
+tweepy's errors.py maps status codes to exceptions: callers decide what each kind means
+for their work, never by looking at status codes themselves.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+import tweepy
+import urllib3.exceptions
+
+from api.config import X_CREDENTIAL_VARS, Settings
+
+log = logging.getLogger(__name__)
+
+# tweepy logs request headers (the Bearer token) and requests_oauthlib the signed
+# Authorization header at DEBUG; keep them quiet even when LOG_LEVEL=DEBUG.
+for _noisy in ("tweepy", "requests_oauthlib", "oauthlib"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+
+class XCredentialsMissing(Exception):
+    """The settings lack what the client needs; str(exc) names the variables."""
+
+    def __init__(self, missing: list[str]):
+        self.missing = missing
+        super().__init__(f"X credentials are not set: {', '.join(missing)} (see .env_reference)")
+
+
+class RebasedSession(requests.Session):
+    """A requests session that sends every request to `base_url` and times out.
+
+    tweepy builds URLs on https://api.twitter.com. The URL is rewritten in `request()`,
+    before requests prepares the request: the OAuth 1.0a signature (made by
+    requests_oauthlib while preparing) therefore covers the URL actually sent.
+    """
+
+    def __init__(self, base_url: str, timeout: float):
+        super().__init__()
+        self.base = urlsplit(base_url.rstrip("/"))
+        self.timeout = timeout
+
+    def rebase(self, url: str) -> str:
+        parts = urlsplit(url)
+        return urlunsplit(
+            (self.base.scheme, self.base.netloc, self.base.path + parts.path, parts.query, parts.fragment)
+        )
+
+    def request(self, method, url, *args, **kwargs):  # type: ignore[override]
+        kwargs.setdefault("timeout", self.timeout)
+        return super().request(method, self.rebase(url), *args, **kwargs)
+
+
+def make_x_client(settings: Settings, *, app_only: bool = False) -> tweepy.Client:
+    """A tweepy API v2 client for the settings' account (or app), aimed at TWITTER_API_BASE_URL.
+
+    Parameters
+    ----------
+    settings
+        Reads CONSUMER_KEY, CONSUMER_SECRET, ACCESS_KEY, ACCESS_SECRET (user context),
+        BEARER_TOKEN (app only), TWITTER_API_BASE_URL and TWITTER_TIMEOUT_SECONDS.
+    app_only
+        False: OAuth 1.0a user context, needed to post (and enough to read).
+        True: the app-only bearer token, enough to read public tweets and users.
+
+    The client never sleeps on rate limits (a 429 raises `tweepy.TooManyRequests`), and
+    its session never retries a request, so a post is sent at most once per call.
+    Raises `XCredentialsMissing` naming the variables that are not set.
+    """
+    if app_only:
+        if settings.BEARER_TOKEN is None:
+            raise XCredentialsMissing(["BEARER_TOKEN"])
+        client = tweepy.Client(bearer_token=settings.BEARER_TOKEN.get_secret_value(), wait_on_rate_limit=False)
+    else:
+        missing = settings.missing_x_credentials
+        if missing:
+            raise XCredentialsMissing(missing)
+        key, secret, token, token_secret = (getattr(settings, name).get_secret_value() for name in X_CREDENTIAL_VARS)
+        client = tweepy.Client(
+            consumer_key=key,
+            consumer_secret=secret,
+            access_token=token,
+            access_token_secret=token_secret,
+            wait_on_rate_limit=False,
+        )
+    client.session = RebasedSession(settings.TWITTER_API_BASE_URL, settings.TWITTER_TIMEOUT_SECONDS)
+    return client
+
+
+class XErrorKind(str, enum.Enum):
+    """What a failed X call means, whatever the call was.
+
+    rate_limited     429 (rate limit or usage cap): nothing done; retry after `retry_at`
+    text_refused     400, or 403 for duplicate content: X will never accept this text
+    credentials      401, or any other 403: the keys are wrong, revoked or lack a permission
+    server_error     5xx: X failed; nothing done as far as X says; retry later
+    refused          any other 4xx (e.g. 404 from a wrong TWITTER_API_BASE_URL): nothing done
+    not_sent         the connection was never made (refused, DNS, connect timeout):
+                     X cannot have received anything; safe to retry
+    unknown_outcome  the request may have reached X but no answer came back (read timeout,
+                     connection dropped, unreadable answer): X may or may not have acted
+    """
+
+    rate_limited = "rate_limited"
+    text_refused = "text_refused"
+    credentials = "credentials"
+    server_error = "server_error"
+    refused = "refused"
+    not_sent = "not_sent"
+    unknown_outcome = "unknown_outcome"
+
+
+@dataclass(frozen=True)
+class XError:
+    kind: XErrorKind
+    message: str  # one line, safe to log and to show: X's own words or the network failure
+    status_code: int | None = None
+    retry_at: datetime | None = None  # rate_limited only, when X's answer says
+
+
+# X's duplicate-content refusal: v2 says it in `detail`, v1.1 used error code 187.
+DUPLICATE_MARKER = "duplicate"
+DUPLICATE_CODE = 187
+# Limits X reports on a 429: the 15-minute window and the daily caps.
+RATE_LIMIT_HEADERS = ("x-rate-limit", "x-user-limit-24hour", "x-app-limit-24hour")
+
+
+def classify_x_error(exc: BaseException) -> XError:
+    """Sort an exception raised by a tweepy call into one XErrorKind (see its docstring)."""
+    if isinstance(exc, tweepy.HTTPException):
+        return _classify_http_answer(exc)
+    if isinstance(exc, requests.ConnectTimeout) or _connection_never_made(exc):
+        return XError(XErrorKind.not_sent, f"could not connect to X: {_network_reason(exc)}")
+    if isinstance(exc, requests.Timeout):
+        return XError(XErrorKind.unknown_outcome, f"X did not answer in time: {_network_reason(exc)}")
+    if isinstance(exc, requests.RequestException):
+        return XError(XErrorKind.unknown_outcome, f"the connection to X failed mid-request: {_network_reason(exc)}")
+    return XError(XErrorKind.unknown_outcome, f"unexpected {type(exc).__name__} while talking to X: {exc}")
+
+
+def _classify_http_answer(exc: tweepy.HTTPException) -> XError:
+    status_code = exc.response.status_code
+    said = "; ".join(str(m) for m in exc.api_messages) or exc.response.reason or "no message"
+    message = f"X answered {status_code}: {said}"
+    if status_code == 429:
+        return XError(XErrorKind.rate_limited, message, status_code, _rate_limit_reset(exc.response))
+    if status_code == 400:
+        return XError(XErrorKind.text_refused, message, status_code)
+    if status_code == 403:
+        duplicate = DUPLICATE_CODE in exc.api_codes or DUPLICATE_MARKER in said.lower()
+        kind = XErrorKind.text_refused if duplicate else XErrorKind.credentials
+        return XError(kind, message, status_code)
+    if status_code == 401:
+        return XError(XErrorKind.credentials, message, status_code)
+    if status_code >= 500:
+        return XError(XErrorKind.server_error, message, status_code)
+    return XError(XErrorKind.refused, message, status_code)
+
+
+def _rate_limit_reset(response: requests.Response) -> datetime | None:
+    """When the exhausted limit resets: the latest reset among limits with none remaining,
+    else the 15-minute window's reset; None when X sent no usable header."""
+    exhausted, window = [], None
+    for prefix in RATE_LIMIT_HEADERS:
+        reset = response.headers.get(f"{prefix}-reset", "")
+        if not reset.strip().isdigit():
+            continue
+        when = datetime.fromtimestamp(int(reset), timezone.utc)
+        if prefix == "x-rate-limit":
+            window = when
+        if response.headers.get(f"{prefix}-remaining", "").strip() == "0":
+            exhausted.append(when)
+    return max(exhausted) if exhausted else window
+
+
+def _connection_never_made(exc: BaseException) -> bool:
+    """True when requests failed while opening the connection (nothing was sent)."""
+    if not isinstance(exc, requests.ConnectionError) or isinstance(exc, requests.Timeout):
+        return False
+    reason = exc.args[0] if exc.args else None
+    if isinstance(reason, urllib3.exceptions.MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
+def _network_reason(exc: BaseException) -> str:
+    """A short cause without the pool's repr (which can be long)."""
+    reason = exc.args[0] if exc.args else exc
+    if isinstance(reason, urllib3.exceptions.MaxRetryError) and reason.reason is not None:
+        reason = reason.reason
+    text = str(reason)
+    if isinstance(reason, urllib3.exceptions.NewConnectionError) and ": " in text:
+        text = text.split(": ", 1)[1]
+    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
