@@ -1,0 +1,168 @@
+"""The X client factory against the fake X server, and the one classification of X's answers."""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from datetime import datetime, timezone
+
+import pytest
+import requests
+
+from api.config import Settings
+from api.x_client import XCredentialsMissing, XErrorKind, classify_x_error, make_x_client
+from tests.conftest import ACCOUNT, TOKEN
+from tests.fake_x import ACCESS_SECRET, BEARER_TOKEN, CONSUMER_SECRET, FakeResponse, FakeX
+
+
+def x_settings(fake_x: FakeX, **overrides) -> Settings:
+    values = {"SECRET_TOKEN": TOKEN, "ACCOUNT": ACCOUNT, "_env_file": None, **fake_x.settings_values(timeout=2)}
+    return Settings(**{**values, **overrides})
+
+
+def error_from(call) -> Exception:
+    with pytest.raises(Exception) as info:
+        call()
+    return info.value
+
+
+def test_user_client_posts_through_base_url_with_a_valid_signature(fake_x):
+    client = make_x_client(x_settings(fake_x))
+    response = client.create_tweet(text="hello from the test")
+    assert response.data["text"] == "hello from the test"
+    assert response.data["id"] == fake_x.posted[0]["id"]
+    (request,) = fake_x.post_attempts
+    assert request.auth == "oauth1"  # the fake verified the HMAC-SHA1 signature over the rebased URL
+    assert request.json == {"text": "hello from the test"}
+
+
+def test_signature_covers_query_parameters(fake_x):
+    fake_x.route("GET", "/2/users/:id/tweets", lambda r: FakeResponse(200, {"data": [], "meta": {"result_count": 0}}))
+    client = make_x_client(x_settings(fake_x))
+    client.get_users_tweets(123, max_results=5, exclude=["replies", "retweets"], user_auth=True)
+    (request,) = fake_x.received("GET", "/2/users/123/tweets")
+    assert request.auth == "oauth1"
+    assert request.query["exclude"] == ["replies,retweets"]
+
+
+def test_wrong_secret_is_refused_by_the_fake(fake_x):
+    client = make_x_client(x_settings(fake_x, ACCESS_SECRET="not-" + ACCESS_SECRET))
+    error = classify_x_error(error_from(lambda: client.create_tweet(text="x")))
+    assert error.kind is XErrorKind.credentials and error.status_code == 401
+    assert fake_x.posted == []
+
+
+def test_app_only_client_uses_the_bearer_token(fake_x):
+    fake_x.route("GET", "/2/users/by/username/:username",
+                 lambda r: FakeResponse(200, {"data": {"id": "42", "name": "N", "username": r.path_params["username"]}}))
+    client = make_x_client(x_settings(fake_x), app_only=True)
+    assert client.get_user(username="someone").data.id == 42
+    assert fake_x.requests[-1].auth == "bearer"
+    # X refuses app-only auth on endpoints that act for a user.
+    error = classify_x_error(error_from(lambda: client.create_tweet(text="x", user_auth=False)))
+    assert error.kind is XErrorKind.credentials and error.status_code == 403
+
+
+def test_missing_credentials_are_named(fake_x):
+    with pytest.raises(XCredentialsMissing, match="ACCESS_KEY, ACCESS_SECRET"):
+        make_x_client(x_settings(fake_x, ACCESS_KEY=None, ACCESS_SECRET=None))
+    with pytest.raises(XCredentialsMissing, match="BEARER_TOKEN"):
+        make_x_client(x_settings(fake_x, BEARER_TOKEN=None), app_only=True)
+
+
+def test_base_url_path_prefix_is_kept(fake_x):
+    fake_x.route("POST", "/proxy/2/tweets", fake_x._create_tweet, user_auth_only=True)
+    client = make_x_client(x_settings(fake_x, TWITTER_API_BASE_URL=fake_x.base_url + "/proxy/"))
+    client.create_tweet(text="through a prefix")
+    assert fake_x.requests[-1].path == "/proxy/2/tweets" and fake_x.requests[-1].auth == "oauth1"
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "status_code"),
+    [
+        (FakeX.duplicate_content(), XErrorKind.text_refused, 403),
+        (FakeX.bad_request(), XErrorKind.text_refused, 400),
+        (FakeX.unauthorized(), XErrorKind.credentials, 401),
+        (FakeX.forbidden(), XErrorKind.credentials, 403),
+        (FakeX.server_error(500), XErrorKind.server_error, 500),
+        (FakeX.server_error(503), XErrorKind.server_error, 503),
+        (FakeResponse(404, {"title": "Not Found Error", "detail": "nope"}), XErrorKind.refused, 404),
+    ],
+)
+def test_answers_are_classified(fake_x, answer, kind, status_code):
+    fake_x.enqueue("POST", "/2/tweets", answer)
+    error = classify_x_error(error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t")))
+    assert (error.kind, error.status_code) == (kind, status_code)
+    assert error.message.startswith(f"X answered {status_code}: ")
+
+
+def test_duplicate_refusal_carries_xs_message(fake_x):
+    client = make_x_client(x_settings(fake_x))
+    client.create_tweet(text="same")
+    error = classify_x_error(error_from(lambda: client.create_tweet(text="same")))
+    assert error.kind is XErrorKind.text_refused
+    assert error.message == "X answered 403: You are not allowed to create a Tweet with duplicate content."
+
+
+def test_rate_limit_reset_comes_from_the_exhausted_limit(fake_x):
+    window_reset = int(time.time()) + 600
+    daily_reset = int(time.time()) + 20_000
+    fake_x.enqueue("POST", "/2/tweets", FakeX.rate_limited(window_reset), FakeX.rate_limited(daily_reset, daily=True))
+    client = make_x_client(x_settings(fake_x))
+    window = classify_x_error(error_from(lambda: client.create_tweet(text="t")))
+    daily = classify_x_error(error_from(lambda: client.create_tweet(text="t")))
+    assert window.kind is daily.kind is XErrorKind.rate_limited
+    assert window.retry_at == datetime.fromtimestamp(window_reset, timezone.utc)
+    assert daily.retry_at == datetime.fromtimestamp(daily_reset, timezone.utc)
+
+
+def test_rate_limit_without_headers_has_no_reset(fake_x):
+    fake_x.enqueue("POST", "/2/tweets", FakeResponse(429, {"title": "Too Many Requests"}, {"x-rate-limit-reset": None}))
+    error = classify_x_error(error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t")))
+    assert error.kind is XErrorKind.rate_limited and error.retry_at is None
+
+
+def test_timeout_after_sending_is_an_unknown_outcome(fake_x):
+    fake_x.enqueue("POST", "/2/tweets", FakeX.hang(30))
+    client = make_x_client(x_settings(fake_x, TWITTER_TIMEOUT_SECONDS=0.3))
+    started = time.monotonic()
+    error = classify_x_error(error_from(lambda: client.create_tweet(text="t")))
+    assert time.monotonic() - started < 5
+    assert error.kind is XErrorKind.unknown_outcome
+    assert len(fake_x.post_attempts) == 1  # the request did reach X
+
+
+def test_dropped_connection_is_an_unknown_outcome(fake_x):
+    fake_x.enqueue("POST", "/2/tweets", FakeX.dropped())
+    error = classify_x_error(error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t")))
+    assert error.kind is XErrorKind.unknown_outcome
+    assert len(fake_x.post_attempts) == 1  # sent once, never retried
+
+
+def test_refused_connection_was_not_sent(fake_x):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    client = make_x_client(x_settings(fake_x, TWITTER_API_BASE_URL=f"http://127.0.0.1:{closed_port}"))
+    error = classify_x_error(error_from(lambda: client.create_tweet(text="t")))
+    assert error.kind is XErrorKind.not_sent
+    assert "Connection refused" in error.message
+
+
+def test_connect_timeout_was_not_sent_but_read_timeout_may_have_been():
+    assert classify_x_error(requests.ConnectTimeout("connect timed out")).kind is XErrorKind.not_sent
+    assert classify_x_error(requests.ReadTimeout("read timed out")).kind is XErrorKind.unknown_outcome
+    assert classify_x_error(requests.exceptions.ChunkedEncodingError("cut")).kind is XErrorKind.unknown_outcome
+    assert classify_x_error(ValueError("bad json")).kind is XErrorKind.unknown_outcome
+
+
+def test_secrets_never_reach_the_logs(fake_x, caplog):
+    caplog.set_level(logging.DEBUG)
+    fake_x.route("GET", "/2/users/by/username/:username",
+                 lambda r: FakeResponse(200, {"data": {"id": "1", "name": "n", "username": "u"}}))
+    make_x_client(x_settings(fake_x)).create_tweet(text="logged?")
+    make_x_client(x_settings(fake_x), app_only=True).get_user(username="u")
+    assert caplog.records  # DEBUG is captured (urllib3 logs its connections)
+    logged = caplog.text + "".join(str(r.args) for r in caplog.records)
+    for secret in (CONSUMER_SECRET, ACCESS_SECRET, BEARER_TOKEN, "oauth_signature", "Authorization"):
+        assert secret not in logged
