@@ -18,6 +18,7 @@ from api.app import create_app
 from api.config import Settings
 from db.engine import make_engine, make_session_factory
 from db.models import Base
+from tests.fake_x import fake_x  # noqa: F401 (fixture: the fake X API server)
 
 TOKEN = "test-token-0123456789abcdef"
 ACCOUNT = "test_bot"
