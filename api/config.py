@@ -64,7 +64,34 @@ class DatabaseSettings(BaseSettings):
         return f"sqlite:///{self.SQLITE_PATH}"
 
 
-class Settings(DatabaseSettings):
+class XSettings(BaseSettings):
+    """X's API credentials and address; enough for scripts that read X (download_tweets.py)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+    )
+
+    CONSUMER_KEY: SecretStr | None = None
+    CONSUMER_SECRET: SecretStr | None = None
+    ACCESS_KEY: SecretStr | None = None
+    ACCESS_SECRET: SecretStr | None = None
+    BEARER_TOKEN: SecretStr | None = None
+    TWITTER_API_BASE_URL: str = "https://api.x.com"
+    TWITTER_TIMEOUT_SECONDS: float = Field(default=20.0, gt=0)
+
+    @field_validator("TWITTER_API_BASE_URL")
+    @classmethod
+    def _base_url_has_scheme(cls, value: str) -> str:
+        if not re.match(r"https?://", value):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @property
+    def missing_x_credentials(self) -> list[str]:
+        return [name for name in X_CREDENTIAL_VARS if not getattr(self, name)]
+
+
+class Settings(DatabaseSettings, XSettings):
     """Everything the service reads; one object, built once by load_settings()."""
 
     # Service
@@ -74,15 +101,8 @@ class Settings(DatabaseSettings):
     LOG_FORMAT: LogFormat = LogFormat.text
     MAX_UPLOAD_BYTES: int = Field(default=5 * 1024 * 1024, gt=0)
 
-    # X (Twitter)
-    CONSUMER_KEY: SecretStr | None = None
-    CONSUMER_SECRET: SecretStr | None = None
-    ACCESS_KEY: SecretStr | None = None
-    ACCESS_SECRET: SecretStr | None = None
-    BEARER_TOKEN: SecretStr | None = None
+    # X (Twitter) posting; the credentials and API address are in XSettings
     TWITTER_DRY_RUN: bool = False
-    TWITTER_API_BASE_URL: str = "https://api.x.com"
-    TWITTER_TIMEOUT_SECONDS: float = Field(default=20.0, gt=0)
     TWEET_ORDER: TweetOrder = TweetOrder.random
     POSTING_LEASE_MINUTES: float = Field(default=10.0, gt=0)
     MAX_REJECTED_PER_CALL: int = Field(default=3, ge=1, le=20)
@@ -110,19 +130,8 @@ class Settings(DatabaseSettings):
             raise ValueError("is a placeholder: generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
         return value
 
-    @field_validator("TWITTER_API_BASE_URL")
-    @classmethod
-    def _base_url_has_scheme(cls, value: str) -> str:
-        if not re.match(r"https?://", value):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
-    @property
-    def missing_x_credentials(self) -> list[str]:
-        return [name for name in X_CREDENTIAL_VARS if not getattr(self, name)]
-
-
-def load_settings(cls: type[DatabaseSettings] = Settings, **overrides):
+def load_settings(cls: type[BaseSettings] = Settings, **overrides):
     """Read the settings, or raise ConfigError with one line naming the first bad variable."""
     try:
         return cls(**overrides)

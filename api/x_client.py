@@ -18,7 +18,7 @@ import requests
 import tweepy
 import urllib3.exceptions
 
-from api.config import X_CREDENTIAL_VARS, Settings
+from api.config import X_CREDENTIAL_VARS, XSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class RebasedSession(requests.Session):
         return super().request(method, self.rebase(url), *args, **kwargs)
 
 
-def make_x_client(settings: Settings, *, app_only: bool = False) -> tweepy.Client:
+def make_x_client(settings: XSettings, *, app_only: bool = False) -> tweepy.Client:
     """A tweepy API v2 client for the settings' account (or app), aimed at TWITTER_API_BASE_URL.
 
     Parameters
