@@ -1,0 +1,243 @@
+"""The self-hosted scheduler (api.scheduler): cron parsing, fire times across DST, retries, on a fake clock."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from api import scheduler
+from api.config import ConfigError
+from api.scheduler import (
+    POSTED,
+    QUEUE_EMPTY,
+    idempotency_key,
+    next_fire_time,
+    parse_schedule,
+    run_forever,
+    run_once,
+)
+
+UTC = timezone.utc
+
+
+class FakeClock:
+    """A wall clock that moves only when the scheduler sleeps; `stop_after_posts` ends run_forever."""
+
+    def __init__(self, start: datetime, stop_after_posts: int | None = None):
+        self.current = start
+        self.naps: list[float] = []
+        self.stop_after_posts = stop_after_posts
+        self.posts: list[tuple[str, datetime]] = []
+        self.jumps: dict[int, timedelta] = {}  # nap number -> extra time passing during that nap
+
+    def now(self) -> datetime:
+        return self.current
+
+    def sleep(self, seconds: float) -> bool:
+        if self.stop_after_posts is not None and len(self.posts) >= self.stop_after_posts:
+            return True
+        self.naps.append(seconds)
+        self.current += timedelta(seconds=seconds) + self.jumps.get(len(self.naps), timedelta())
+        return False
+
+    def poster(self, codes=()):
+        """A post function recording (key, time) and answering the given exit codes, then POSTED."""
+        answers = list(codes)
+
+        def post(key: str) -> int:
+            self.posts.append((key, self.current))
+            return answers.pop(0) if answers else POSTED
+
+        return post
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+# ---- SCHEDULE and TIME_ZONE ----
+
+@pytest.mark.parametrize("expression", ["0 9 * * *", "*/15 8-20 * * 1-5", "  0   9 * *   *  "])
+def test_parse_schedule_accepts_five_field_cron(expression):
+    schedule = parse_schedule(expression, "Europe/Paris")
+    assert schedule.expression == " ".join(expression.split())
+    assert schedule.time_zone == ZoneInfo("Europe/Paris")
+
+
+@pytest.mark.parametrize("expression", ["0 9 * *", "0 0 9 * * *", "61 9 * * *", "0 9 * * mon-funday", "@daily", ""])
+def test_parse_schedule_names_schedule_when_invalid(expression):
+    with pytest.raises(ConfigError, match=r"^SCHEDULE is invalid: .*'0 9 \* \* \*'"):
+        parse_schedule(expression, "Etc/UTC")
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "", "../etc/passwd"])
+def test_parse_schedule_names_time_zone_when_invalid(zone):
+    with pytest.raises(ConfigError, match="^TIME_ZONE is invalid"):
+        parse_schedule("0 9 * * *", zone)
+
+
+# ---- fire times ----
+
+def test_next_fire_time_is_strictly_after():
+    daily = parse_schedule("0 9 * * *", "Etc/UTC")
+    assert next_fire_time(daily, at("2026-11-22T08:59:59")) == at("2026-11-22T09:00:00")
+    assert next_fire_time(daily, at("2026-11-22T09:00:00")) == at("2026-11-23T09:00:00")
+    assert next_fire_time(daily, at("2026-11-22T09:00:00.500000")) == at("2026-11-23T09:00:00")
+
+
+def test_next_fire_time_uses_the_time_zone():
+    paris = parse_schedule("0 9 * * *", "Europe/Paris")
+    assert next_fire_time(paris, at("2026-01-10T00:00:00")) == at("2026-01-10T08:00:00")  # CET, UTC+1
+    assert next_fire_time(paris, at("2026-07-10T00:00:00")) == at("2026-07-10T07:00:00")  # CEST, UTC+2
+
+
+def test_skipped_hour_fires_once_at_the_next_valid_time():
+    """Clocks go forward at 02:00 on 2026-03-08 in New York: 02:30 does not exist that day."""
+    schedule = parse_schedule("30 2 * * *", "America/New_York")
+    fires = [next_fire_time(schedule, at("2026-03-07T00:00:00"))]
+    for _ in range(2):
+        fires.append(next_fire_time(schedule, fires[-1]))
+    local = [fire.astimezone(ZoneInfo("America/New_York")) for fire in fires]
+    assert [(t.day, t.hour, t.minute) for t in local] == [(7, 2, 30), (8, 3, 0), (9, 2, 30)]
+
+
+def test_repeated_hour_fires_once():
+    """Clocks go back at 02:00 on 2026-11-01 in New York: 01:30 happens twice, the bot posts once."""
+    schedule = parse_schedule("30 1 * * *", "America/New_York")
+    fires = [next_fire_time(schedule, at("2026-10-31T00:00:00"))]
+    for _ in range(2):
+        fires.append(next_fire_time(schedule, fires[-1]))
+    assert fires == [at("2026-10-31T05:30:00"), at("2026-11-01T05:30:00"), at("2026-11-02T06:30:00")]
+
+
+def test_daily_schedule_fires_once_per_local_day_for_a_year():
+    schedule = parse_schedule("30 1 * * *", "America/New_York")
+    fire, days = at("2026-01-01T00:00:00"), []
+    while fire < at("2027-01-01T00:00:00"):
+        fire = next_fire_time(schedule, fire)
+        days.append(fire.astimezone(schedule.time_zone).date())
+    assert len(days) == len(set(days)) == 366  # every day of 2026 plus 2027-01-01
+
+
+def test_idempotency_key_is_the_scheduled_time_in_utc():
+    paris_nine = datetime(2026, 1, 10, 9, tzinfo=ZoneInfo("Europe/Paris"))
+    assert idempotency_key(paris_nine) == "2026-01-10T08:00:00Z"
+
+
+# ---- the loop ----
+
+def test_run_forever_posts_at_each_fire_time_with_its_key():
+    clock = FakeClock(at("2026-11-22T08:00:00"), stop_after_posts=3)
+    run_forever(parse_schedule("0 9 * * *", "Etc/UTC"), post=clock.poster(), now=clock.now, sleep=clock.sleep)
+    assert clock.posts == [
+        ("2026-11-22T09:00:00Z", at("2026-11-22T09:00:00")),
+        ("2026-11-23T09:00:00Z", at("2026-11-23T09:00:00")),
+        ("2026-11-24T09:00:00Z", at("2026-11-24T09:00:00")),
+    ]
+    assert max(clock.naps) <= scheduler.MAX_NAP_SECONDS
+
+
+def test_failed_run_is_retried_with_the_same_key():
+    clock = FakeClock(at("2026-11-22T08:59:00"), stop_after_posts=4)
+    run_forever(
+        parse_schedule("0 9 * * *", "Etc/UTC"), post=clock.poster([1, 5]), now=clock.now, sleep=clock.sleep,
+        retry_delays=(30, 120, 600),
+    )
+    assert clock.posts == [
+        ("2026-11-22T09:00:00Z", at("2026-11-22T09:00:00")),
+        ("2026-11-22T09:00:00Z", at("2026-11-22T09:00:30")),
+        ("2026-11-22T09:00:00Z", at("2026-11-22T09:02:30")),
+        ("2026-11-23T09:00:00Z", at("2026-11-23T09:00:00")),
+    ]
+
+
+def test_empty_queue_is_not_retried():
+    clock = FakeClock(at("2026-11-22T08:59:00"), stop_after_posts=2)
+    run_forever(parse_schedule("0 9 * * *", "Etc/UTC"), post=clock.poster([QUEUE_EMPTY]), now=clock.now, sleep=clock.sleep)
+    assert [key for key, _ in clock.posts] == ["2026-11-22T09:00:00Z", "2026-11-23T09:00:00Z"]
+
+
+def test_retries_never_reach_the_next_run():
+    every_minute = parse_schedule("* * * * *", "Etc/UTC")
+    clock = FakeClock(at("2026-11-22T09:00:00"))
+    code = run_once(
+        "2026-11-22T09:00:00Z", post=clock.poster([1, 1, 1]), now=clock.now, sleep=clock.sleep,
+        retry_until=next_fire_time(every_minute, clock.now()), retry_delays=(30, 120),
+    )
+    assert code == 1
+    assert [when for _, when in clock.posts] == [at("2026-11-22T09:00:00"), at("2026-11-22T09:00:30")]
+
+
+def test_clock_jump_forward_fires_within_one_nap():
+    """A host suspended past the fire time posts as soon as it wakes, not a day later."""
+    clock = FakeClock(at("2026-11-22T08:00:00"), stop_after_posts=1)
+    clock.jumps[3] = timedelta(hours=2)
+    run_forever(parse_schedule("0 9 * * *", "Etc/UTC"), post=clock.poster(), now=clock.now, sleep=clock.sleep)
+    [(key, when)] = clock.posts
+    assert key == "2026-11-22T09:00:00Z"
+    assert when == at("2026-11-22T10:03:00")
+
+
+def test_clock_set_back_after_a_run_does_not_repeat_it():
+    clock = FakeClock(at("2026-11-22T08:59:00"), stop_after_posts=2)
+    post_and_rewind = clock.poster()
+
+    def post(key):
+        code = post_and_rewind(key)
+        if len(clock.posts) == 1:
+            clock.current -= timedelta(minutes=30)  # NTP corrects the clock backwards
+        return code
+
+    run_forever(parse_schedule("0 9 * * *", "Etc/UTC"), post=post, now=clock.now, sleep=clock.sleep)
+    assert [key for key, _ in clock.posts] == ["2026-11-22T09:00:00Z", "2026-11-23T09:00:00Z"]
+
+
+def test_runs_missed_while_retrying_are_skipped_not_bunched():
+    every_minute = parse_schedule("* * * * *", "Etc/UTC")
+    clock = FakeClock(at("2026-11-22T08:59:30"), stop_after_posts=2)
+
+    def slow_post(key):
+        clock.posts.append((key, clock.current))
+        clock.current += timedelta(minutes=3)  # one post that outlives three fire times
+        return POSTED
+
+    run_forever(every_minute, post=slow_post, now=clock.now, sleep=clock.sleep)
+    assert clock.posts == [
+        ("2026-11-22T09:00:00Z", at("2026-11-22T09:00:00")),
+        ("2026-11-22T09:04:00Z", at("2026-11-22T09:04:00")),
+    ]
+
+
+def test_stop_while_waiting_posts_nothing():
+    clock = FakeClock(at("2026-11-22T08:00:00"), stop_after_posts=0)
+    run_forever(parse_schedule("0 9 * * *", "Etc/UTC"), post=clock.poster(), now=clock.now, sleep=clock.sleep)
+    assert clock.posts == []
+
+
+# ---- the command ----
+
+@pytest.fixture
+def scheduler_env(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no developer .env
+    monkeypatch.setenv("SECRET_TOKEN", "test-token-0123456789abcdef")
+    monkeypatch.setenv("ACCOUNT", "test_bot")
+    monkeypatch.setenv("SCHEDULE", "0 9 * * *")
+    monkeypatch.setenv("TIME_ZONE", "Europe/Paris")
+    return monkeypatch
+
+
+def test_show_prints_the_next_fire_times(scheduler_env, capsys):
+    assert scheduler.main(["--show", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    keys = [line.split()[0] for line in lines]
+    assert keys == sorted(set(keys))
+    assert all(line.endswith(":00+01:00)") or line.endswith(":00+02:00)") for line in lines)
+    assert all("T09:00:00+0" in line for line in lines)
+
+
+def test_bad_schedule_exits_2_naming_it(scheduler_env, capsys):
+    scheduler_env.setenv("SCHEDULE", "every day at nine")
+    assert scheduler.main(["--show", "1"]) == 2
+    assert capsys.readouterr().err.startswith("Configuration error: SCHEDULE is invalid")
