@@ -26,9 +26,12 @@ from api.logs import configure_logging
 
 log = logging.getLogger("api.scheduler")
 
-# Exit codes of `python -m api.post_next`.
+# Exit codes of `python -m api.post_next` (see its docstring).
 POSTED = 0
 QUEUE_EMPTY = 3
+# Worth another attempt with the same key: 4 = try again later (rate limit, X down, key in
+# flight), 1 = unexpected error. Not retried: 2 (configuration) and 5 (needs an operator).
+RETRYABLE = frozenset({1, 4})
 # Seconds between attempts of one run whose post failed (a retry never outlives the next run).
 RETRY_DELAYS = (30.0, 120.0, 600.0)
 # Longest single sleep: the clock is read again after each nap, so a clock that was set or a host
@@ -102,14 +105,13 @@ def run_once(
     retry_until: datetime,
     retry_delays: Sequence[float] = RETRY_DELAYS,
 ) -> int:
-    """Post for one scheduled run, retrying failures with the same key; return the last exit code.
+    """Post for one scheduled run, retrying RETRYABLE failures with the same key; return the last exit code.
 
-    An empty queue is not retried. A retry that would start at or after `retry_until` (the next
-    run) is dropped.
+    A retry that would start at or after `retry_until` (the next run) is dropped.
     """
     code = post(key)
     for attempt, delay in enumerate(retry_delays, start=2):
-        if code in (POSTED, QUEUE_EMPTY):
+        if code not in RETRYABLE:
             break
         retry_at = now().timestamp() + delay
         if retry_at >= retry_until.timestamp():
@@ -123,8 +125,10 @@ def run_once(
         log.info("run %s posted", key)
     elif code == QUEUE_EMPTY:
         log.warning("run %s: the queue is empty; approve more tweets", key)
-    else:
+    elif code in RETRYABLE:
         log.error("run %s failed (exit %s); the next run is the next scheduled time", key, code)
+    else:
+        log.error("run %s needs an operator (exit %s): see the posting command's line above", key, code)
     return code
 
 

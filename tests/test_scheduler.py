@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -141,7 +142,7 @@ def test_run_forever_posts_at_each_fire_time_with_its_key():
 def test_failed_run_is_retried_with_the_same_key():
     clock = FakeClock(at("2026-11-22T08:59:00"), stop_after_posts=4)
     run_forever(
-        parse_schedule("0 9 * * *", "Etc/UTC"), post=clock.poster([1, 5]), now=clock.now, sleep=clock.sleep,
+        parse_schedule("0 9 * * *", "Etc/UTC"), post=clock.poster([4, 1]), now=clock.now, sleep=clock.sleep,
         retry_delays=(30, 120, 600),
     )
     assert clock.posts == [
@@ -152,9 +153,10 @@ def test_failed_run_is_retried_with_the_same_key():
     ]
 
 
-def test_empty_queue_is_not_retried():
+@pytest.mark.parametrize("code", [QUEUE_EMPTY, 2, 5], ids=["queue-empty", "configuration", "needs-operator"])
+def test_final_answers_are_not_retried(code):
     clock = FakeClock(at("2026-11-22T08:59:00"), stop_after_posts=2)
-    run_forever(parse_schedule("0 9 * * *", "Etc/UTC"), post=clock.poster([QUEUE_EMPTY]), now=clock.now, sleep=clock.sleep)
+    run_forever(parse_schedule("0 9 * * *", "Etc/UTC"), post=clock.poster([code]), now=clock.now, sleep=clock.sleep)
     assert [key for key, _ in clock.posts] == ["2026-11-22T09:00:00Z", "2026-11-23T09:00:00Z"]
 
 
@@ -162,10 +164,10 @@ def test_retries_never_reach_the_next_run():
     every_minute = parse_schedule("* * * * *", "Etc/UTC")
     clock = FakeClock(at("2026-11-22T09:00:00"))
     code = run_once(
-        "2026-11-22T09:00:00Z", post=clock.poster([1, 1, 1]), now=clock.now, sleep=clock.sleep,
+        "2026-11-22T09:00:00Z", post=clock.poster([4, 4, 4]), now=clock.now, sleep=clock.sleep,
         retry_until=next_fire_time(every_minute, clock.now()), retry_delays=(30, 120),
     )
-    assert code == 1
+    assert code == 4
     assert [when for _, when in clock.posts] == [at("2026-11-22T09:00:00"), at("2026-11-22T09:00:30")]
 
 
@@ -241,3 +243,33 @@ def test_bad_schedule_exits_2_naming_it(scheduler_env, capsys):
     scheduler_env.setenv("SCHEDULE", "every day at nine")
     assert scheduler.main(["--show", "1"]) == 2
     assert capsys.readouterr().err.startswith("Configuration error: SCHEDULE is invalid")
+
+
+def test_post_with_cli_runs_the_posting_command_once_per_key(scheduler_env, tmp_path):
+    """The real `python -m api.post_next` in a child process, on SQLite with dry-run posting."""
+    from sqlalchemy import select
+
+    from api.tweets import ingest_texts
+    from db.engine import make_engine, make_session_factory
+    from db.models import Base, Tweet, TweetStatus
+
+    database = tmp_path / "scheduler.db"
+    scheduler_env.setenv("SQLITE_PATH", str(database))
+    scheduler_env.setenv("TWITTER_DRY_RUN", "true")
+    scheduler_env.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    engine = make_engine(f"sqlite:///{database}")
+    Base.metadata.create_all(engine)
+    sessions = make_session_factory(engine)
+    with sessions.begin() as session:
+        ingest_texts(session, account="test_bot", texts=["first queued tweet", "second queued tweet"], status=TweetStatus.queued)
+
+    assert scheduler.post_with_cli("2026-11-22T09:00:00Z") == POSTED
+    assert scheduler.post_with_cli("2026-11-22T09:00:00Z") == POSTED  # a retry: answered, not posted again
+    assert scheduler.post_with_cli("2026-11-23T09:00:00Z") == POSTED
+    assert scheduler.post_with_cli("2026-11-24T09:00:00Z") == QUEUE_EMPTY
+
+    with sessions() as session:
+        posted = session.scalars(select(Tweet).where(Tweet.status == TweetStatus.posted)).all()
+    engine.dispose()
+    assert sorted(tweet.idempotency_key for tweet in posted) == ["2026-11-22T09:00:00Z", "2026-11-23T09:00:00Z"]
+    assert all(tweet.dry_run for tweet in posted)
