@@ -25,7 +25,6 @@ MARKERS = (START_TOKEN, END_TOKEN)
 
 _MAYBE_URL = re.compile(r"\.[A-Za-z0-9]")
 _DELIMITER_LINE = re.compile(r"^={20}[ \t]*$", re.MULTILINE)
-_WHITESPACE = re.compile(r"\s+")
 
 
 class TweetRejected(ValueError):
@@ -74,7 +73,7 @@ def validate_tweet(text: str) -> str:
 
 def content_hash(text: str) -> str:
     """Hash for duplicate detection: case and runs of whitespace do not make a tweet new."""
-    key = _WHITESPACE.sub(" ", normalize_text(text)).casefold()
+    key = " ".join(normalize_text(text).split()).casefold()
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 

@@ -1,9 +1,13 @@
 """Queries on the tweets table: plain functions taking a Session, used by routes and scripts."""
 from __future__ import annotations
 
+import csv
+import io
+from datetime import datetime
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import Tweet, TweetStatus, utcnow
@@ -58,22 +62,53 @@ def insert_tweets(
     texts_and_hashes: Iterable[tuple[str, str]],
     status: TweetStatus,
 ) -> int:
-    """Insert many tweets in one executemany-style statement; returns how many."""
+    """Insert many tweets at once (COPY on Postgres, executemany elsewhere); returns how many.
+
+    Raises sqlalchemy's IntegrityError when a text is already stored for the account.
+    """
+    pairs = list(texts_and_hashes)
+    if not pairs:
+        return 0
     now = utcnow()
-    position = next_position(session, account)
-    rows = [
-        {
-            "account": account,
-            "text": text,
-            "content_hash": digest,
-            "status": status,
-            "position": position + n,
-            "created_at": now,
-            "updated_at": now,
-            "dry_run": False,
-        }
-        for n, (text, digest) in enumerate(texts_and_hashes)
-    ]
-    if rows:
-        session.execute(insert(Tweet), rows)
-    return len(rows)
+    shared = {"account": account, "status": status.value, "created_at": now, "updated_at": now, "dry_run": False}
+    first_position = next_position(session, account)
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        _copy_tweets(connection, shared, pairs, first_position)
+    else:
+        session.execute(
+            insert(Tweet.__table__),
+            [{**shared, "text": text, "content_hash": digest, "position": first_position + n}
+             for n, (text, digest) in enumerate(pairs)],
+        )
+    return len(pairs)
+
+
+def _copy_tweets(connection, shared: dict, pairs: list[tuple[str, str]], first_position: int) -> None:
+    """COPY the tweets into the table inside the session's transaction.
+
+    COPY is several times faster than batched INSERTs on psycopg2, and far faster on pg8000,
+    which sends an executemany row by row (see bench/bench_ingest.py).
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([value.isoformat() if isinstance(value, datetime) else value for value in shared.values()])
+    shared_csv = buffer.getvalue().rstrip("\n") + ","
+    buffer.seek(0)
+    buffer.truncate()
+    for n, (text, digest) in enumerate(pairs):
+        buffer.write(shared_csv)
+        writer.writerow((text, digest, first_position + n))
+    buffer.seek(0)
+    columns = ", ".join([*shared, "text", "content_hash", "position"])
+    sql = f"COPY tweets ({columns}) FROM STDIN WITH (FORMAT csv)"
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        if connection.dialect.driver == "psycopg2":
+            cursor.copy_expert(sql, buffer)
+        else:
+            cursor.execute(sql, stream=buffer)
+    except connection.dialect.loaded_dbapi.IntegrityError as exc:
+        raise IntegrityError(sql, None, exc) from exc
+    finally:
+        cursor.close()

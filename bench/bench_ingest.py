@@ -1,0 +1,131 @@
+"""Upload a 100,000-tweet curated file over HTTP and print tweets per second, per database.
+
+    .venv/bin/python -m bench.bench_ingest [--tweets 100000] [--postgres postgresql://postgres@127.0.0.1:5432/test]
+
+Each database starts empty (a temporary SQLite file; a fresh Postgres schema, dropped after).
+The baseline is the same rows inserted one statement per row, measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+
+from api.app import create_app
+from api.config import Settings
+from api.tweet_text import content_hash, join_samples
+from bench.serving import serve_in_thread
+from db.engine import make_engine, make_session_factory
+from db.models import Base, Tweet, TweetStatus, utcnow
+
+TOKEN = "bench-token-0123456789"
+WORDS = "the model wrote about data cats coffee python gradients tweets night code sleep rain".split()
+
+
+def make_tweets(count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [f"{' '.join(rng.choices(WORDS, k=rng.randint(5, 25)))} #{n}" for n in range(count)]
+
+
+def engine_for(url: str):
+    """An engine on an empty database; returns (engine, cleanup)."""
+    if url.startswith("sqlite"):
+        engine = make_engine(url)
+        Base.metadata.create_all(engine)
+        return engine, engine.dispose
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine = make_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _schema(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f'SET search_path TO "{schema}"')
+        cursor.close()
+        dbapi_connection.commit()
+
+    Base.metadata.create_all(engine)
+
+    def cleanup():
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+    return engine, cleanup
+
+
+def upload_rate(url: str, payload: bytes, count: int) -> float:
+    engine, cleanup = engine_for(url)
+    try:
+        settings = Settings(SECRET_TOKEN=TOKEN, ACCOUNT="bench", MAX_UPLOAD_BYTES=50_000_000, _env_file=None)
+        app = create_app(settings, engine=engine, configure_logs=False)
+        with serve_in_thread(app) as base:
+            started = time.perf_counter()
+            response = httpx.post(
+                f"{base}/add_tweets_file/", headers={"x-token": TOKEN},
+                files={"file": ("bench.txt", payload)}, timeout=600,
+            )
+            elapsed = time.perf_counter() - started
+        response.raise_for_status()
+        assert response.json()["added"] == count, response.json()
+        return count / elapsed
+    finally:
+        cleanup()
+
+
+def row_by_row_rate(url: str, tweets: list[str]) -> float:
+    """Baseline: one INSERT per row, in one transaction (what a naive ORM loop does)."""
+    engine, cleanup = engine_for(url)
+    try:
+        session_factory = make_session_factory(engine)
+        started = time.perf_counter()
+        with session_factory() as session:
+            now = utcnow()
+            for n, tweet in enumerate(tweets):
+                session.add(Tweet(account="bench", text=tweet, content_hash=content_hash(tweet),
+                                  status=TweetStatus.queued, position=n, created_at=now, updated_at=now))
+                session.flush()
+            session.commit()
+        return len(tweets) / (time.perf_counter() - started)
+    finally:
+        cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tweets", type=int, default=100_000)
+    parser.add_argument("--baseline-tweets", type=int, default=10_000)
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    args = parser.parse_args()
+
+    tweets = make_tweets(args.tweets)
+    payload = join_samples(tweets).encode()
+    print(f"file: {args.tweets:,} tweets, {len(payload) / 1e6:.1f} MB")
+    with tempfile.TemporaryDirectory() as tmp:
+        targets = {"sqlite": f"sqlite:///{Path(tmp) / 'bench.db'}"}
+        pg = make_url(args.postgres)
+        targets["postgres+psycopg2"] = pg.set(drivername="postgresql+psycopg2").render_as_string(False)
+        targets["postgres+pg8000"] = pg.set(drivername="postgresql+pg8000").render_as_string(False)
+        print(f"{'database':<20}{'upload tweets/s':>16}{'row-by-row tweets/s':>22}{'ratio':>8}{'100k upload s':>15}")
+        for name, url in targets.items():
+            if name == "sqlite":
+                Path(tmp, "bench.db").unlink(missing_ok=True)
+            rate = upload_rate(url, payload, args.tweets)
+            if name == "sqlite":
+                Path(tmp, "bench.db").unlink(missing_ok=True)
+            baseline = row_by_row_rate(url, tweets[: args.baseline_tweets])
+            print(f"{name:<20}{rate:>16,.0f}{baseline:>22,.0f}{rate / baseline:>8.1f}{args.tweets / rate:>15.2f}")
+
+
+if __name__ == "__main__":
+    main()

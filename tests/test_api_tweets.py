@@ -1,0 +1,265 @@
+"""The tweet store's endpoints, on SQLite and on Postgres through psycopg2 and pg8000."""
+import pytest
+from sqlalchemy import func, select
+
+from db.models import Tweet, TweetStatus
+from tests.conftest import ACCOUNT
+
+DELIM = "=" * 20
+
+
+def stored_count(session_factory) -> int:
+    with session_factory() as session:
+        return session.scalar(select(func.count()).select_from(Tweet))
+
+
+def curated(*samples: str) -> bytes:
+    return "".join(f"{s}\n{DELIM}\n" for s in samples).encode()
+
+
+def upload(client, data: bytes, filename="curated.txt", **params):
+    return client.post("/add_tweets_file/", files={"file": (filename, data)}, params=params)
+
+
+# ---- auth -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("get", "/tweets/"),
+        ("get", "/tweets/1"),
+        ("patch", "/tweets/1"),
+        ("delete", "/tweets/1"),
+        ("post", "/add_tweets/"),
+        ("post", "/add_tweets_file/"),
+    ],
+)
+@pytest.mark.parametrize("headers, message", [({}, "missing x-token"), ({"x-token": "wrong"}, "wrong x-token")])
+def test_every_endpoint_needs_the_token(anon_client, session_factory, method, path, headers, message):
+    response = anon_client.request(method, path, headers=headers, json={"tweet": "hi"})
+    assert response.status_code == 401
+    assert message in response.json()["detail"]
+    assert stored_count(session_factory) == 0
+
+
+def test_health_needs_no_token(anon_client):
+    response = anon_client.get("/health")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_health_names_a_missing_schema(settings, empty_engine):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    with TestClient(create_app(settings, engine=empty_engine, configure_logs=False)) as client:
+        response = client.get("/health")
+    assert response.status_code == 503
+    assert "make migrate" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/tweets", "/tweets/", "/health", "/health/"])
+def test_paths_work_with_and_without_trailing_slash(client, path):
+    assert client.get(path, follow_redirects=False).status_code == 200
+
+
+def test_swagger_documents_the_token_header(client):
+    spec = client.get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert {"type": "apiKey", "in": "header", "name": "x-token"}.items() <= next(iter(schemes.values())).items()
+    assert client.get("/docs").status_code == 200
+
+
+# ---- adding one tweet -------------------------------------------------------------------
+
+def test_add_one_tweet(client):
+    response = client.post("/add_tweets/", json={"tweet": "  hello world  "})
+    assert response.status_code == 201
+    body = response.json()
+    assert body["text"] == "hello world" and body["status"] == "queued" and body["account"] == ACCOUNT
+    assert body["created_at"].endswith("Z") or "+00:00" in body["created_at"]
+
+
+def test_add_pending_tweet(client):
+    assert client.post("/add_tweets", json={"tweet": "review me", "status": "pending"}).json()["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    "tweet, message",
+    [
+        ("a" * 281, "281 weighted characters"),
+        ("日" * 141, "282 weighted"),
+        ("text <|endoftext|>", "marker"),
+        ("   ", "empty"),
+    ],
+)
+def test_add_invalid_tweet_is_refused(client, session_factory, tweet, message):
+    response = client.post("/add_tweets/", json={"tweet": tweet})
+    assert response.status_code == 422 and message in response.json()["detail"]
+    assert stored_count(session_factory) == 0
+
+
+def test_add_duplicate_tweet_is_refused(client, session_factory):
+    client.post("/add_tweets/", json={"tweet": "same"})
+    response = client.post("/add_tweets/", json={"tweet": "  SAME "})
+    assert response.status_code == 409 and "already stored" in response.json()["detail"]
+    assert stored_count(session_factory) == 1
+
+
+@pytest.mark.parametrize("body", [{}, {"text": "wrong field"}, {"tweet": 5}, {"tweet": "x", "status": "posted"}])
+def test_add_bad_body_is_422(client, body):
+    assert client.post("/add_tweets/", json=body).status_code == 422
+
+
+# ---- uploading a curated file -------------------------------------------------------------
+
+def test_upload_curated_file(client, session_factory):
+    data = curated("first tweet", "second\nwith a newline", "first tweet", "x" * 281, "third <|endoftext|>", "FIRST  tweet")
+    response = upload(client, data)
+    assert response.status_code == 201
+    body = response.json()
+    assert body["filename"] == "curated.txt"
+    assert body["added"] == 2 and body["duplicates"] == 2
+    assert [r["index"] for r in body["rejected"]] == [4, 5]
+    assert "281" in body["rejected"][0]["reason"] and "marker" in body["rejected"][1]["reason"]
+    tweets = client.get("/tweets/").json()
+    assert [t["text"] for t in tweets["data"]] == ["first tweet", "second\nwith a newline"]
+    assert {t["status"] for t in tweets["data"]} == {"queued"}
+
+
+def test_upload_skips_tweets_already_stored(client):
+    upload(client, curated("one", "two"))
+    body = upload(client, curated("two", "three")).json()
+    assert body["added"] == 1 and body["duplicates"] == 1
+
+
+def test_upload_as_pending_and_csv(client):
+    data = 'tweets\n"a, b"\n"c ""d"""\n'.encode()
+    body = upload(client, data, filename="t.csv", status="pending").json()
+    assert body["added"] == 2
+    assert client.get("/tweets/", params={"status": "pending"}).json()["count"] == 2
+
+
+def test_upload_crlf_and_no_trailing_delimiter(client):
+    body = upload(client, f"one\r\n{DELIM}\r\ntwo".encode()).json()
+    assert body["added"] == 2
+
+
+@pytest.mark.parametrize(
+    "data, status, message",
+    [
+        (b"", 400, "empty"),
+        (b"\xff\xfe\x00bad", 400, "not UTF-8"),
+        (f"\n{DELIM}\n{DELIM}\n".encode(), 400, "no tweets"),
+        (curated("x" * 281, "<|startoftext|>"), 422, "no valid tweet"),
+    ],
+)
+def test_bad_uploads_store_nothing(client, session_factory, data, status, message):
+    response = upload(client, data)
+    assert response.status_code == status
+    assert message in response.json()["detail"]
+    assert stored_count(session_factory) == 0
+
+
+@pytest.fixture
+def small_upload_limit(settings_values):
+    settings_values["MAX_UPLOAD_BYTES"] = 100
+
+
+def test_oversize_upload_stores_nothing(small_upload_limit, client, session_factory):
+    response = upload(client, curated("a" * 60, "b" * 60))
+    assert response.status_code == 413
+    assert "MAX_UPLOAD_BYTES" in response.json()["detail"]
+    assert stored_count(session_factory) == 0
+
+
+def test_upload_without_file_is_422(client):
+    assert client.post("/add_tweets_file/").status_code == 422
+
+
+# ---- listing, reading, editing, deleting --------------------------------------------------
+
+@pytest.fixture
+def five_tweets(client):
+    upload(client, curated(*(f"tweet number {n}" for n in range(5))))
+    return [t["id"] for t in client.get("/tweets/").json()["data"]]
+
+
+def test_list_paginates_in_a_stable_order(client, five_tweets):
+    page = client.get("/tweets/", params={"limit": 2, "offset": 2}).json()
+    assert page["count"] == 5
+    assert [t["id"] for t in page["data"]] == five_tweets[2:4]
+
+
+def test_list_filters_by_status_and_account(client, five_tweets):
+    client.patch(f"/tweets/{five_tweets[0]}", json={"status": "rejected"})
+    assert client.get("/tweets/", params={"status": "rejected"}).json()["count"] == 1
+    assert client.get("/tweets/", params=[("status", "rejected"), ("status", "queued")]).json()["count"] == 5
+    assert client.get("/tweets/", params={"account": "someone_else"}).json()["count"] == 0
+    assert client.get("/tweets/", params={"status": "nonsense"}).status_code == 422
+    assert client.get("/tweets/", params={"limit": 0}).status_code == 422
+
+
+def test_read_and_unknown_id(client, five_tweets):
+    assert client.get(f"/tweets/{five_tweets[1]}").json()["text"] == "tweet number 1"
+    missing = client.get("/tweets/999999")
+    assert missing.status_code == 404 and "999999" in missing.json()["detail"]
+    assert client.get("/tweets/abc").status_code == 422
+
+
+def test_edit_text_revalidates(client, five_tweets):
+    tweet_id = five_tweets[0]
+    assert client.patch(f"/tweets/{tweet_id}", json={"text": " edited "}).json()["text"] == "edited"
+    too_long = client.patch(f"/tweets/{tweet_id}", json={"text": "a" * 281})
+    assert too_long.status_code == 422
+    clash = client.patch(f"/tweets/{tweet_id}", json={"text": "tweet number 1"})
+    assert clash.status_code == 409
+    assert client.get(f"/tweets/{tweet_id}").json()["text"] == "edited"
+
+
+def test_status_transitions(client, five_tweets):
+    tweet_id = five_tweets[0]
+    assert client.patch(f"/tweets/{tweet_id}", json={"status": "pending"}).json()["status"] == "pending"
+    rejected = client.patch(f"/tweets/{tweet_id}", json={"status": "rejected", "error": "not funny"}).json()
+    assert rejected["status"] == "rejected" and rejected["error"] == "not funny"
+    requeued = client.patch(f"/tweets/{tweet_id}", json={"status": "queued"}).json()
+    assert requeued["status"] == "queued" and requeued["error"] is None
+    for forbidden in ("posting", "posted", "failed"):
+        response = client.patch(f"/tweets/{tweet_id}", json={"status": forbidden})
+        assert response.status_code == 409, forbidden
+    assert client.patch(f"/tweets/{tweet_id}", json={"status": "bogus"}).status_code == 422
+    assert client.patch(f"/tweets/{tweet_id}", json={"unknown": 1}).status_code == 422
+
+
+def test_posted_tweet_cannot_be_edited(client, five_tweets, session_factory):
+    with session_factory() as session:
+        session.get(Tweet, five_tweets[0]).status = TweetStatus.posted
+        session.commit()
+    assert client.patch(f"/tweets/{five_tweets[0]}", json={"text": "new"}).status_code == 409
+
+
+def test_delete(client, five_tweets, session_factory):
+    assert client.delete(f"/tweets/{five_tweets[0]}").status_code == 204
+    assert client.get(f"/tweets/{five_tweets[0]}").status_code == 404
+    assert client.delete(f"/tweets/{five_tweets[0]}").status_code == 404
+    assert stored_count(session_factory) == 4
+
+
+def test_wrong_method_is_405(client):
+    assert client.put("/tweets/1", json={}).status_code == 405
+    assert client.get("/add_tweets_file/").status_code == 405
+
+
+def test_race_between_uploads_is_a_conflict_and_stores_nothing(session_factory, monkeypatch):
+    """Two uploads that both checked for duplicates before either committed: the second loses whole."""
+    from api.tweets import TweetConflict, ingest_texts
+    from db import tweets as queries
+
+    with session_factory() as first:
+        ingest_texts(first, account=ACCOUNT, texts=["shared text"], status=TweetStatus.queued)
+        first.commit()
+    monkeypatch.setattr(queries, "existing_hashes", lambda session, account: set())
+    with session_factory() as second:
+        with pytest.raises(TweetConflict, match="send the file again"):
+            ingest_texts(second, account=ACCOUNT, texts=["new text", "shared text"], status=TweetStatus.queued)
+    assert stored_count(session_factory) == 1

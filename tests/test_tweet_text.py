@@ -1,0 +1,117 @@
+"""The tweet rule and the curated file format."""
+import pytest
+from hypothesis import given, settings, strategies as st
+from twitter_text import parse_tweet
+
+from api.tweet_text import (
+    CuratedFileError,
+    TweetRejected,
+    content_hash,
+    join_samples,
+    parse_curated_file,
+    split_samples,
+    validate_tweet,
+    weighted_length,
+)
+
+DELIM = "=" * 20
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("hello", 5),
+        ("see https://example.com/a/very/long/path/indeed", 4 + 23),
+        ("example.com", 23),
+        ("e.g. this", 9),
+        ("日本語", 6),
+        ("😀", 2),
+        ("👨‍👩‍👧", 2),
+        ("café", 4),
+    ],
+)
+def test_weighted_length_follows_x(text, expected):
+    assert weighted_length(text) == expected == parse_tweet(text).weightedLength
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(list("abc .:/-_#@") + ["com", "http://", "x.co", "é", "日", "😀", "\n"]), max_size=40).map("".join))
+def test_fast_path_agrees_with_twitter_text(text):
+    text = text.strip()
+    assert weighted_length(text) == parse_tweet(text).weightedLength
+
+
+def test_validate_normalises_and_trims():
+    assert validate_tweet("  cafe\u0301 \r\nnext  ") == "café \nnext"
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("", "empty"),
+        ("   \n ", "empty"),
+        ("hi <|endoftext|>", "<|endoftext|>"),
+        ("<|startoftext|>hi", "<|startoftext|>"),
+        ("a" * 281, "281 weighted characters"),
+        ("日" * 141, "282 weighted characters"),
+        ("bad \ufffe char", "characters X does not allow"),
+    ],
+)
+def test_validate_rejects(text, reason):
+    with pytest.raises(TweetRejected, match=reason.replace("|", r"\|")):
+        validate_tweet(text)
+
+
+def test_limit_is_inclusive():
+    assert validate_tweet("a" * 280) == "a" * 280
+    assert validate_tweet("日" * 140) == "日" * 140
+
+
+def test_content_hash_ignores_case_and_whitespace_runs():
+    assert content_hash("Hello  World") == content_hash("hello world")
+    assert content_hash("hello world") != content_hash("hello world!")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        f"one\n{DELIM}\ntwo\n{DELIM}\n",
+        f"one\r\n{DELIM}\r\ntwo",
+        f"\n\n  one  \n{DELIM}\n\n{DELIM}\ntwo\n\n{DELIM}   \n\n",
+    ],
+)
+def test_split_samples_variants(raw):
+    assert split_samples(raw) == ["one", "two"]
+
+
+def test_longer_or_inline_equals_are_text():
+    raw = f"a line with {DELIM} inside\n{DELIM}\n{'=' * 21}"
+    assert split_samples(raw) == [f"a line with {DELIM} inside", "=" * 21]
+
+
+def test_join_then_split_round_trips():
+    samples = ["first", "multi\nline", "third"]
+    assert split_samples(join_samples(samples)) == samples
+
+
+def test_csv_with_tweets_column():
+    data = 'id,tweets\n1,"comma, inside"\n2,"multi\nline ""quoted"""\n3,\n'.encode()
+    assert parse_curated_file(data, "x.csv") == ["comma, inside", 'multi\nline "quoted"']
+
+
+def test_csv_detected_by_header_without_extension():
+    assert parse_curated_file(b"tweets\nhello\n", "upload") == ["hello"]
+
+
+@pytest.mark.parametrize(
+    "data, filename, message",
+    [
+        (b"", "a.txt", "empty"),
+        (b"  \n\n", "a.txt", "empty"),
+        (b"\xff\xfe caf\xe9", "a.txt", "not UTF-8"),
+        (b"text,other\na,b\n", "a.csv", "no 'tweets' column"),
+    ],
+)
+def test_parse_errors(data, filename, message):
+    with pytest.raises(CuratedFileError, match=message):
+        parse_curated_file(data, filename)
