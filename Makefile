@@ -40,3 +40,6 @@ run-local: $(VENV)/.api ## serve on http://127.0.0.1:$(PORT) with SQLite and dry
 
 test: $(VENV)/.dev $(VENV)/.ml ## run the test suite (Postgres tests need TEST_POSTGRES_URL)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Docker, docker compose and Google Cloud targets (docker-compose, docker-cloud-run, add-scheduler, ...).
+include deploy.mk
