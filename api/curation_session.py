@@ -1,0 +1,148 @@
+"""The curation page's sign-in session: an HMAC-signed cookie carrying a per-session CSRF token.
+
+The curator signs in once with the service token; the page then works from a cookie that is
+
+- signed with a key derived from SECRET_TOKEN (rotating the token signs everyone out),
+- HttpOnly (page scripts cannot read it), SameSite=Strict (other sites' forms and links do
+  not carry it), scoped to /curate and valid for SESSION_MAX_AGE_SECONDS,
+- Secure, except when the page is served over plain http on a loopback host (`make run-local`,
+  tests): browsers drop Secure cookies set over http, and loopback traffic never leaves the
+  machine. Behind Cloud Run the app sees http from the proxy, but the Host is the public one,
+  so the cookie stays Secure.
+
+Every POST must also send the session's CSRF token as the `csrf_token` form field; the page
+embeds it in its forms. A missing or bad session answers 401, a missing or wrong CSRF token
+403, both before anything is changed. The session is stateless: signing out deletes the cookie
+in the browser, and a stolen cookie stays valid until it expires or SECRET_TOKEN changes.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Form, HTTPException, Request, Response, status
+
+from api.config import Settings
+from api.deps import SettingsDep
+
+COOKIE_NAME = "curate_session"
+COOKIE_PATH = "/curate"
+SESSION_MAX_AGE_SECONDS = 12 * 60 * 60
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+_KEY_LABEL = b"gpt2-tweet-bot curation session v1"
+
+
+@dataclass(frozen=True)
+class CurationSession:
+    csrf_token: str
+    issued_at: int
+
+    def csrf_matches(self, given: str | None) -> bool:
+        return given is not None and secrets.compare_digest(given.encode(), self.csrf_token.encode())
+
+
+def signing_key(settings: Settings) -> bytes:
+    """A key for session cookies only, derived from SECRET_TOKEN (never the token itself)."""
+    return hmac.new(settings.SECRET_TOKEN.get_secret_value().encode(), _KEY_LABEL, hashlib.sha256).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def new_session(now: float | None = None) -> CurationSession:
+    return CurationSession(csrf_token=secrets.token_urlsafe(32), issued_at=int(now if now is not None else time.time()))
+
+
+def encode_session(session: CurationSession, key: bytes) -> str:
+    payload = _b64(json.dumps({"csrf": session.csrf_token, "iat": session.issued_at}).encode())
+    signature = _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+    return f"{payload}.{signature}"
+
+
+def decode_session(cookie: str | None, key: bytes, now: float | None = None) -> CurationSession | None:
+    """The session in a cookie value, or None when it is missing, tampered with or expired."""
+    if not cookie or cookie.count(".") != 1:
+        return None
+    payload, signature = cookie.split(".")
+    expected = _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+    if not secrets.compare_digest(signature.encode(), expected.encode()):
+        return None
+    try:
+        data = json.loads(_unb64(payload))
+        session = CurationSession(csrf_token=str(data["csrf"]), issued_at=int(data["iat"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    age = (now if now is not None else time.time()) - session.issued_at
+    if not 0 <= age <= SESSION_MAX_AGE_SECONDS:
+        return None
+    return session
+
+
+def cookie_is_secure(request: Request) -> bool:
+    """Secure everywhere but plain http on a loopback host (see the module docstring)."""
+    host = (request.url.hostname or "").lower()
+    return not (request.url.scheme == "http" and host in LOOPBACK_HOSTS)
+
+
+def set_session_cookie(response: Response, request: Request, settings: Settings, session: CurationSession) -> None:
+    response.set_cookie(
+        COOKIE_NAME,
+        encode_session(session, signing_key(settings)),
+        max_age=SESSION_MAX_AGE_SECONDS,
+        path=COOKIE_PATH,
+        secure=cookie_is_secure(request),
+        httponly=True,
+        samesite="strict",
+    )
+
+
+def clear_session_cookie(response: Response, request: Request) -> None:
+    response.delete_cookie(
+        COOKIE_NAME, path=COOKIE_PATH, secure=cookie_is_secure(request), httponly=True, samesite="strict"
+    )
+
+
+def current_session(request: Request, settings: SettingsDep) -> CurationSession | None:
+    """The signed-in curator's session, or None (page GETs redirect to the sign-in form)."""
+    return decode_session(request.cookies.get(COOKIE_NAME), signing_key(settings))
+
+
+OptionalCuratorDep = Annotated[CurationSession | None, Depends(current_session)]
+
+
+def require_session(session: OptionalCuratorDep) -> CurationSession:
+    if session is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "not signed in, or the session expired: sign in again at /curate/sign-in",
+        )
+    return session
+
+
+def require_session_and_csrf(
+    session: Annotated[CurationSession, Depends(require_session)],
+    csrf_token: Annotated[str | None, Form()] = None,
+) -> CurationSession:
+    """Guard for every state-changing request: 401 without a session, 403 without its CSRF token."""
+    if not session.csrf_matches(csrf_token):
+        detail = "missing CSRF token" if csrf_token is None else "wrong CSRF token"
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"{detail}: reload the curation page and try again (nothing was changed)",
+        )
+    return session
+
+
+CuratorDep = Annotated[CurationSession, Depends(require_session)]
+CuratorPostDep = Annotated[CurationSession, Depends(require_session_and_csrf)]

@@ -1,0 +1,224 @@
+// X's weighted tweet length in the browser: the same computation as api/tweet_text.weighted_length
+// (twitter-text's parse_tweet), driven by window.TWEET_RULE, which the server builds from its own
+// weights, URL and emoji patterns (api/tweet_counter_rule.py). The server re-checks every save.
+"use strict";
+
+(function () {
+  const rule = window.TWEET_RULE;
+  const compile = (pattern, extraFlags) => new RegExp(pattern.source, pattern.flags + (extraFlags || ""));
+  const urlPattern = compile(rule.patterns.url, "gd");
+  const asciiDomainPattern = compile(rule.patterns.asciiDomain, "g");
+  const tcoUrlPattern = compile(rule.patterns.tcoUrl);
+  const invalidPrecedingPattern = compile(rule.patterns.invalidUrlWithoutProtocolPrecedingChars);
+  const emojiPattern = compile(rule.patterns.emoji, "g");
+  const invalidCharsPattern = compile(rule.patterns.invalidChars);
+  // Python's str.strip() whitespace (api.tweet_text.normalize_text), which differs from String.trim().
+  const pythonSpace = "\\t\\n\\v\\f\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+  const outerSpace = new RegExp(`^[${pythonSpace}]+|[${pythonSpace}]+$`, "gu");
+
+  // api.tweet_text.normalize_text: NFC, \n line endings, trimmed.
+  function normalize(text) {
+    return text.normalize("NFC").replace(/\r\n|\r/g, "\n").replace(outerSpace, "");
+  }
+
+  const inRanges = (ranges, codePoint) => {
+    let low = 0;
+    let high = ranges.length - 1;
+    while (low <= high) {
+      const middle = (low + high) >> 1;
+      if (codePoint < ranges[middle][0]) high = middle - 1;
+      else if (codePoint > ranges[middle][1]) low = middle + 1;
+      else return true;
+    }
+    return false;
+  };
+  const tables = rule.nameprep;
+
+  // encodings.idna.nameprep; toLowerCase stands in for RFC 3454's case folding table B.2.
+  function nameprep(label) {
+    const mapped = Array.from(label)
+      .filter((char) => !inRanges(tables.mappedToNothing, char.codePointAt(0)))
+      .join("")
+      .toLowerCase()
+      .normalize("NFKC");
+    const codePoints = Array.from(mapped, (char) => char.codePointAt(0));
+    if (codePoints.some((codePoint) => inRanges(tables.prohibited, codePoint))) return null;
+    const randAL = codePoints.map((codePoint) => inRanges(tables.randAL, codePoint));
+    if (randAL.some(Boolean)) {
+      if (codePoints.some((codePoint) => inRanges(tables.leftToRight, codePoint))) return null;
+      if (!randAL[0] || !randAL[randAL.length - 1]) return null;
+    }
+    return mapped;
+  }
+
+  // RFC 3492 Punycode, as Python's "punycode" codec writes it.
+  function punycode(label) {
+    const input = Array.from(label, (char) => char.codePointAt(0));
+    const basic = input.filter((codePoint) => codePoint < 0x80);
+    let output = String.fromCharCode(...basic);
+    if (basic.length) output += "-";
+    const digit = (d) => String.fromCharCode(d < 26 ? d + 97 : d + 22);
+    const adapt = (delta, points, first) => {
+      delta = first ? Math.floor(delta / 700) : delta >> 1;
+      delta += Math.floor(delta / points);
+      let k = 0;
+      for (; delta > 455; k += 36) delta = Math.floor(delta / 35);
+      return k + Math.floor((36 * delta) / (delta + 38));
+    };
+    let n = 0x80;
+    let delta = 0;
+    let bias = 72;
+    let handled = basic.length;
+    while (handled < input.length) {
+      const next = Math.min(...input.filter((codePoint) => codePoint >= n));
+      delta += (next - n) * (handled + 1);
+      n = next;
+      for (const codePoint of input) {
+        if (codePoint < n) delta += 1;
+        if (codePoint !== n) continue;
+        let q = delta;
+        for (let k = 36; ; k += 36) {
+          const t = k <= bias ? 1 : k >= bias + 26 ? 26 : k - bias;
+          if (q < t) break;
+          output += digit(t + ((q - t) % (36 - t)));
+          q = Math.floor((q - t) / (36 - t));
+        }
+        output += digit(q);
+        bias = adapt(delta, handled + 1, handled === basic.length);
+        delta = 0;
+        handled += 1;
+      }
+      delta += 1;
+      n += 1;
+    }
+    return output;
+  }
+
+  const isAscii = (text) => !/[^\x00-\x7f]/.test(text);
+
+  // encodings.idna.ToASCII for one label, or null where Python raises.
+  function labelToAscii(label) {
+    let ascii = label;
+    if (!isAscii(ascii)) {
+      const prepared = nameprep(label);
+      if (prepared === null) return null;
+      if (isAscii(prepared)) ascii = prepared;
+      else if (prepared.startsWith("xn--")) return null;
+      else ascii = `xn--${punycode(prepared)}`;
+    }
+    return ascii.length > 0 && ascii.length < 64 ? ascii : null;
+  }
+
+  // domain.encode("idna") in Python, or null where it raises.
+  function idnaDomain(domain) {
+    if (isAscii(domain)) {
+      const labels = domain.split(".");
+      const last = labels.pop();
+      return labels.every((label) => label.length > 0 && label.length < 64) && last.length < 64 ? domain : null;
+    }
+    const labels = domain.split(/[.\u3002\uff0e\uff61]/);
+    const trailingDot = labels.length > 1 && labels[labels.length - 1] === "" ? "." : "";
+    if (trailingDot) labels.pop();
+    const encoded = labels.map(labelToAscii);
+    return encoded.includes(null) ? null : encoded.join(".") + trailingDot;
+  }
+
+  const codePointLength = (text) => Array.from(text).length;
+
+  function isValidUrl(url, protocol, domain) {
+    const ascii = idnaDomain(domain);
+    if (!ascii) return false;
+    const urlLength = codePointLength(url) + ascii.length - codePointLength(domain);
+    return protocol.length + urlLength <= rule.maxUrlLength;
+  }
+
+  // Python's IGNORECASE matches U+0130 (İ) with i, JavaScript's does not. The patterns run on a
+  // copy with İ replaced (same length, so indices hold) and the matches are cut from the original.
+  const matchable = (text) => text.replace(/\u0130/g, "i");
+
+  // twitter_text.extract_urls_with_indices, with UTF-16 indices.
+  function extractUrls(text) {
+    if (!text.includes(".")) return [];
+    const urls = [];
+    for (const match of matchable(text).matchAll(urlPattern)) {
+      const [before, matchedUrl, protocol, domain, path] = [2, 3, 4, 5, 7].map((n) =>
+        match.indices[n] ? text.slice(...match.indices[n]) : undefined
+      );
+      let url = matchedUrl;
+      let end = match.index + match[0].length;
+      const start = end - url.length;
+      if (!isValidUrl(url, protocol || rule.defaultProtocol, domain)) continue;
+      if (!protocol) {
+        if (invalidPrecedingPattern.test(before)) continue;
+        let last = null;
+        for (const ascii of matchable(domain).matchAll(asciiDomainPattern)) {
+          const asciiDomain = domain.slice(ascii.index, ascii.index + ascii[0].length);
+          last = { url: asciiDomain, start: start + ascii.index, end: start + ascii.index + asciiDomain.length };
+          urls.push(last);
+        }
+        if (last === null) continue;
+        if (path) {
+          const asciiDomain = last.url;
+          last.url = url.replace(domain, () => asciiDomain);
+          last.end = end;
+        }
+      } else {
+        const tco = tcoUrlPattern.exec(matchable(url));
+        if (tco) {
+          if (tco[1] && tco[1].length > rule.maxTcoSlugLength) continue;
+          url = url.slice(0, tco[0].length);
+          end = start + url.length;
+        }
+        urls.push({ url, start, end });
+      }
+    }
+    return urls;
+  }
+
+  function characterWeight(codePoint) {
+    for (const [first, last, weight] of rule.ranges) {
+      if (codePoint >= first && codePoint <= last) return weight;
+    }
+    return rule.defaultWeight;
+  }
+
+  // twitter_text.parse_tweet(...).weightedLength of the normalised text.
+  function weightedLength(raw) {
+    const text = normalize(raw);
+    const urlsAt = new Map(extractUrls(text).map((url) => [url.start, url]));
+    const emojiAt = new Map(Array.from(text.matchAll(emojiPattern), (match) => [match.index, match[0]]));
+    let weight = 0;
+    let index = 0;
+    while (index < text.length) {
+      if (urlsAt.has(index)) {
+        weight += rule.transformedUrlLength * rule.scale;
+        // Python skips len(url) code points, even where a rewritten URL is shorter than its span.
+        for (let skip = codePointLength(urlsAt.get(index).url); skip > 0 && index < text.length; skip -= 1) {
+          index += text.codePointAt(index) > 0xffff ? 2 : 1;
+        }
+      } else if (emojiAt.has(index)) {
+        weight += rule.defaultWeight;
+        index += emojiAt.get(index).length;
+      } else {
+        const codePoint = text.codePointAt(index);
+        weight += characterWeight(codePoint);
+        index += codePoint > 0xffff ? 2 : 1;
+      }
+    }
+    return Math.trunc(weight / rule.scale);
+  }
+
+  // What the counter shows: the length and the first reason the server would refuse the text.
+  function check(raw) {
+    const text = normalize(raw);
+    const length = weightedLength(text);
+    let problem = null;
+    if (!text) problem = "empty";
+    else if (length > rule.maxWeightedLength) problem = `over ${rule.maxWeightedLength}`;
+    else if (rule.markers.some((marker) => text.includes(marker))) problem = "contains a generation marker";
+    else if (invalidCharsPattern.test(text)) problem = "has characters X does not allow";
+    return { length, max: rule.maxWeightedLength, problem };
+  }
+
+  window.TweetCounter = { normalize, weightedLength, check };
+})();
