@@ -9,7 +9,10 @@ Behaviour is scriptable per test:
   canned answers for a route, used first (one per request) before the route's handler;
 - `fake_x.route("GET", "/2/users/:id/tweets", handler)` adds or replaces a route; the
   handler gets a `ReceivedRequest` (with `path_params`) and returns a `FakeResponse`.
-Built in: `POST /2/tweets`, which posts like X does (duplicate texts get X's 403).
+Built in: `POST /2/tweets`, which posts like X does (duplicate texts get X's 403), and the
+read side for accounts given with `add_user`: `GET /2/users/by/username/:username` and
+`GET /2/users/:id/tweets` (pages of `max_results` linked by `next_token`, `exclude`
+honoured, only the newest 3,200 served, unknown accounts answered as X does).
 A `FakeResponse` can also hang (`delay`, to trigger client timeouts) or drop the
 connection without answering (`drop`).
 """
@@ -44,6 +47,8 @@ OAUTH_REQUIRED = (
     "oauth_nonce", "oauth_timestamp", "oauth_version",
 )
 FIRST_TWEET_ID = 1_790_000_000_000_000_000  # X ids are 19-digit snowflakes
+FIRST_USER_ID = 4_000_000_000
+TIMELINE_CAP = 3200  # X serves only the newest 3,200 tweets of a timeline
 DUPLICATE_DETAIL = "You are not allowed to create a Tweet with duplicate content."
 
 
@@ -104,7 +109,12 @@ class FakeX:
         self._nonces: set[str] = set()
         self._stop = threading.Event()
         self._server: ThreadingHTTPServer | None = None
+        self.users: dict[str, dict] = {}  # lower-cased username -> X's user object
+        self.timelines: dict[str, list[dict]] = {}  # user id -> X's tweet objects, newest first
+        self._user_ids = itertools.count(FIRST_USER_ID)
         self.route("POST", "/2/tweets", self._create_tweet, user_auth_only=True)
+        self.route("GET", "/2/users/by/username/:username", self._user_by_username)
+        self.route("GET", "/2/users/:id/tweets", self._user_tweets)
 
     # ---- lifecycle ----
     def start(self) -> FakeX:
@@ -174,6 +184,30 @@ class FakeX:
     def post_attempts(self) -> list[ReceivedRequest]:
         return self.received("POST", "/2/tweets")
 
+    def add_user(self, username: str, tweets: list[dict] = ()) -> str:
+        """Give the fake an account whose timeline holds `tweets` (newest first); returns its id."""
+        user_id = str(next(self._user_ids))
+        with self._lock:
+            self.users[username.lower()] = {"id": user_id, "name": username.title(), "username": username}
+            self.timelines[user_id] = list(tweets)
+        return user_id
+
+    @staticmethod
+    def timeline_tweet(
+        tweet_id: int, text: str, created_at: str = "2024-03-05T18:04:12.000Z", *,
+        in_reply_to_user_id: str | None = None, retweet_of: str | None = None, note_text: str | None = None,
+    ) -> dict:
+        """A tweet as X's v2 API holds it (text HTML-escaped like X's); fields appear when asked for."""
+        tweet = {"id": str(tweet_id), "text": text, "edit_history_tweet_ids": [str(tweet_id)], "created_at": created_at}
+        if in_reply_to_user_id is not None:
+            tweet["in_reply_to_user_id"] = in_reply_to_user_id
+            tweet["referenced_tweets"] = [{"type": "replied_to", "id": str(tweet_id - 1)}]
+        if retweet_of is not None:
+            tweet["referenced_tweets"] = [{"type": "retweeted", "id": retweet_of}]
+        if note_text is not None:
+            tweet["note_tweet"] = {"text": note_text}
+        return tweet
+
     # ---- X's answers ----
     @staticmethod
     def created(tweet_id: str | None = None, text: str = "") -> FakeResponse:
@@ -233,7 +267,63 @@ class FakeX:
     def dropped() -> FakeResponse:
         return FakeResponse(0, drop=True)
 
+    @staticmethod
+    def not_found_in_body(parameter: str, value: str) -> FakeResponse:
+        """X's answer for an unknown account: 200 with the problem in `errors` (not a 404)."""
+        return FakeResponse(200, {"errors": [{
+            "value": value, "detail": f"Could not find user with {parameter}: [{value}].",
+            "title": "Not Found Error", "resource_type": "user", "parameter": parameter, "resource_id": value,
+            "type": "https://api.twitter.com/2/problems/resource-not-found",
+        }]})
+
+    @staticmethod
+    def invalid_parameter(message: str) -> FakeResponse:
+        return FakeResponse(400, {
+            "errors": [{"parameters": {}, "message": message}],
+            "title": "Invalid Request",
+            "detail": "One or more parameters to your request was invalid.",
+            "type": "https://api.twitter.com/2/problems/invalid-request",
+        })
+
     # ---- serving ----
+    def _user_by_username(self, request: ReceivedRequest) -> FakeResponse:
+        username = request.path_params["username"]
+        with self._lock:
+            user = self.users.get(username.lower())
+        if user is None:
+            return self.not_found_in_body("username", username)
+        return FakeResponse(200, {"data": dict(user)})
+
+    def _user_tweets(self, request: ReceivedRequest) -> FakeResponse:
+        user_id = request.path_params["id"]
+        with self._lock:
+            timeline = self.timelines.get(user_id)
+        if timeline is None:
+            return self.not_found_in_body("id", user_id)
+        max_results = request.query.get("max_results", ["10"])[0]
+        if not max_results.isdigit() or not 5 <= int(max_results) <= 100:
+            return self.invalid_parameter(f"The `max_results` query parameter value [{max_results}] is not between 5 and 100")
+        excluded = set(",".join(request.query.get("exclude", [])).split(",")) - {""}
+        if excluded - {"replies", "retweets"}:
+            return self.invalid_parameter(f"The `exclude` query parameter value {sorted(excluded)} is not one of [replies, retweets]")
+        token = request.query.get("pagination_token", ["0"])[0]
+        offset = int(token, 16) if re.fullmatch(r"[0-9a-f]+", token) else -1
+        if offset < 0:
+            return self.invalid_parameter(f"The `pagination_token` query parameter value [{token}] is not valid")
+        fields = {"id", "text", "edit_history_tweet_ids"} | set(",".join(request.query.get("tweet.fields", [])).split(","))
+        served = [
+            tweet for tweet in timeline[:TIMELINE_CAP]
+            if not ("replies" in excluded and "in_reply_to_user_id" in tweet)
+            and not ("retweets" in excluded and any(r["type"] == "retweeted" for r in tweet.get("referenced_tweets", [])))
+        ]
+        page = [{k: v for k, v in tweet.items() if k in fields} for tweet in served[offset:offset + int(max_results)]]
+        meta: dict = {"result_count": len(page)}
+        if page:
+            meta.update(newest_id=page[0]["id"], oldest_id=page[-1]["id"])
+        if offset + int(max_results) < len(served):
+            meta["next_token"] = format(offset + int(max_results), "x")
+        return FakeResponse(200, {"data": page, "meta": meta} if page else {"meta": meta})
+
     def _create_tweet(self, request: ReceivedRequest) -> FakeResponse:
         text = (request.json or {}).get("text")
         if not isinstance(text, str) or not text:

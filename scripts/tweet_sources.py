@@ -1,0 +1,351 @@
+"""Where training tweets come from: X's API (v2 timeline), an X account archive, or legacy twint.
+
+Each source yields `SourceTweet`s newest first, with enough flags (retweet, reply) for the
+shared cleaning in `scripts/training_text.py` to decide what to keep. Problems a user can fix
+(bad archive, unknown account, bad credentials) raise `DownloadError` with one line saying so.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from pathlib import Path
+
+import requests
+import tweepy
+
+from api.x_client import XError, XErrorKind, classify_x_error
+
+API_TWEET_CAP = 3200
+API_PAGE_SIZE = 100
+API_TWEET_FIELDS = ["created_at", "note_tweet", "in_reply_to_user_id", "referenced_tweets"]
+DEFAULT_MAX_WAIT_SECONDS = 900.0
+RATE_LIMIT_WAIT_WITHOUT_RESET = 60.0
+OTHER_SOURCES = "use --source api (with X API credentials) or --source archive --archive PATH (your X data archive)"
+
+# At the top of the given folder, or in a data/ folder (archives also hold the viewer's own .js files).
+_ARCHIVE_TWEETS_FILE = re.compile(r"(?:^|(?:^|/)data/)tweets?(?:-part(\d+))?\.js$")
+_ARCHIVE_NOTES_FILE = re.compile(r"(?:^|(?:^|/)data/)note-tweet(?:-part(\d+))?\.js$")
+_YTD_ASSIGNMENT = re.compile(r"^\s*window\.YTD\.\w+\.part\d+\s*=\s*")
+_X_ESCAPE = re.compile(r"&(amp|lt|gt);")
+_X_ESCAPED = {"amp": "&", "lt": "<", "gt": ">"}
+_ARCHIVE_DATE_FORMAT = "%a %b %d %H:%M:%S %z %Y"
+_NOTE_MATCH_SECONDS = 2
+_NOTE_PREFIX_CHARS = 100
+_LINK = re.compile(r"https?://\S+")
+_WHITESPACE = re.compile(r"\s+")
+_OLDEST = datetime.min.replace(tzinfo=timezone.utc)
+
+
+class DownloadError(Exception):
+    """Fetching tweets failed in a way the user can fix; str(exc) is one line saying what to do."""
+
+
+@dataclass(frozen=True)
+class SourceTweet:
+    text: str
+    created_at: datetime | None = None
+    is_retweet: bool = False
+    is_reply: bool = False
+
+
+def unescape_x_text(text: str) -> str:
+    """Undo X's escaping of tweet text (`&amp;`, `&lt;`, `&gt;`, in one pass, so `&amp;lt;` stays `&lt;`)."""
+    return _X_ESCAPE.sub(lambda match: _X_ESCAPED[match.group(1)], text)
+
+
+# ---- X archive ("Settings > Your account > Download an archive of your data") ----
+
+def read_archive(path: Path) -> list[SourceTweet]:
+    """Every tweet in an X archive: the zip, its extracted folder, or a single tweets.js; newest first.
+
+    Reads all parts (`tweets.js`, `tweets-part1.js`, ... and the older `tweet.js`), entries with
+    or without the `{"tweet": ...}` wrapper, and takes long posts' full text from `note-tweet.js`.
+    """
+    tweet_files, note_files = _archive_files(path)
+    if not tweet_files:
+        raise DownloadError(
+            f"{path} has no tweets file (data/tweets.js or data/tweet.js): pass the zip from X's "
+            "'Download an archive of your data', its extracted folder, or its data/tweets.js"
+        )
+    notes = [note for name, text in note_files for note in _parse_notes(name, _parse_ytd(path, name, text))]
+    tweets = [
+        _archive_tweet(path, name, index, entry, notes)
+        for name, text in tweet_files
+        for index, entry in enumerate(_parse_ytd(path, name, text))
+    ]
+    return sorted(tweets, key=lambda tweet: tweet.created_at or _OLDEST, reverse=True)
+
+
+def _part_order(match: re.Match) -> tuple[int, str]:
+    return int(match.group(1) or 0), match.string
+
+
+def _archive_files(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(name, text) of the tweets files and of the note-tweet files, parts in order."""
+    if not path.exists():
+        raise DownloadError(f"archive {path} does not exist: pass the zip or folder X gave you")
+    if path.is_dir():
+        readers = {file.relative_to(path).as_posix(): file.read_bytes for file in path.rglob("*.js")}
+        return _matching_files(path, readers, _ARCHIVE_TWEETS_FILE), _matching_files(path, readers, _ARCHIVE_NOTES_FILE)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                readers = {
+                    name: partial(archive.read, name)
+                    for name in archive.namelist()
+                    if not name.startswith("__MACOSX/")
+                }
+                return (
+                    _matching_files(path, readers, _ARCHIVE_TWEETS_FILE),
+                    _matching_files(path, readers, _ARCHIVE_NOTES_FILE),
+                )
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DownloadError(f"{path} is a damaged zip ({exc}): download the archive again") from None
+    if path.suffix.lower() == ".zip":
+        raise DownloadError(f"{path} is not a zip file: download the archive again")
+    return [(path.name, _decode(path, path.name, path.read_bytes()))], []
+
+
+def _matching_files(
+    path: Path, readers: dict[str, Callable[[], bytes]], pattern: re.Pattern
+) -> list[tuple[str, str]]:
+    found = sorted((match for match in map(pattern.search, readers) if match), key=_part_order)
+    return [(match.string, _decode(path, match.string, readers[match.string]())) for match in found]
+
+
+def _decode(path: Path, name: str, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DownloadError(
+            f"{name} in {path} is not UTF-8 text (bad byte at {exc.start}): download the archive again"
+        ) from None
+
+
+def _parse_ytd(path: Path, name: str, text: str) -> list:
+    """The JSON array of a `window.YTD.<kind>.partN = [...]` file (or of a plain JSON file)."""
+    body = _YTD_ASSIGNMENT.sub("", text, count=1).strip().rstrip(";")
+    try:
+        entries = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise DownloadError(
+            f"{name} in {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
+            "the file is damaged; download the archive again"
+        ) from None
+    if not isinstance(entries, list):
+        raise DownloadError(f"{name} in {path} does not hold a list of tweets: is it a file from an X archive?")
+    return entries
+
+
+def _archive_date(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    for parse in (lambda v: datetime.strptime(v, _ARCHIVE_DATE_FORMAT), datetime.fromisoformat):
+        try:
+            parsed = parse(value)
+        except ValueError:
+            continue
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return None
+
+
+@dataclass(frozen=True)
+class _NoteTweet:
+    text: str
+    created_at: datetime | None
+
+
+def _parse_notes(name: str, entries: list) -> list[_NoteTweet]:
+    notes = []
+    for entry in entries:
+        note = entry.get("noteTweet", entry) if isinstance(entry, dict) else None
+        core = note.get("core") if isinstance(note, dict) else None
+        if isinstance(core, dict) and isinstance(core.get("text"), str):
+            notes.append(_NoteTweet(core["text"], _archive_date(note.get("createdAt"))))
+    return notes
+
+
+def _comparable(text: str) -> str:
+    return _WHITESPACE.sub(" ", _LINK.sub("", text)).replace("\u2026", "").strip().casefold()
+
+
+def _full_text_of_long_post(text: str, created_at: datetime | None, notes: list[_NoteTweet]) -> str | None:
+    """The note whose time matches and whose text starts like the (truncated) tweet's, if any.
+
+    Archives do not link a long post to its note by id; tools match on creation time and text.
+    """
+    if created_at is None:
+        return None
+    prefix = _comparable(text)[:_NOTE_PREFIX_CHARS]
+    for note in notes:
+        if note.created_at is None or abs(note.created_at - created_at) > timedelta(seconds=_NOTE_MATCH_SECONDS):
+            continue
+        if _comparable(note.text).startswith(prefix):
+            return note.text
+    return None
+
+
+def _archive_tweet(path: Path, name: str, index: int, entry: object, notes: list[_NoteTweet]) -> SourceTweet:
+    tweet = entry.get("tweet", entry) if isinstance(entry, dict) else None
+    raw_text = tweet.get("full_text", tweet.get("text")) if isinstance(tweet, dict) else None
+    if not isinstance(raw_text, str):
+        raise DownloadError(
+            f"entry {index} of {name} in {path} has no tweet text (full_text): is it a tweets file from an X archive?"
+        )
+    text = unescape_x_text(raw_text)
+    created_at = _archive_date(tweet.get("created_at"))
+    if notes:
+        text = _full_text_of_long_post(text, created_at, notes) or text
+    return SourceTweet(
+        text=text,
+        created_at=created_at,
+        is_retweet=text.startswith("RT @") or "retweeted_status" in tweet,
+        is_reply=bool(tweet.get("in_reply_to_status_id_str") or tweet.get("in_reply_to_status_id")),
+    )
+
+
+# ---- X API v2 ----
+
+def fetch_from_api(
+    client: tweepy.Client,
+    username: str,
+    *,
+    include_replies: bool = False,
+    user_auth: bool = False,
+    max_wait: float = DEFAULT_MAX_WAIT_SECONDS,
+    wait: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
+) -> Iterator[SourceTweet]:
+    """The newest tweets of @username (X serves at most 3,200), newest first, without retweets.
+
+    Parameters
+    ----------
+    client
+        A tweepy v2 client from `api.x_client.make_x_client`.
+    include_replies
+        Keep replies; otherwise X is asked to exclude them.
+    user_auth
+        Authenticate with the OAuth 1.0a user credentials instead of the bearer token.
+    max_wait
+        Longest wait, in seconds, for a rate limit to reset (429); longer ends with DownloadError.
+    wait
+        Called with the seconds to wait before retrying after a 429 (a countdown in the CLI).
+    """
+    def call(request):
+        while True:
+            try:
+                return request()
+            except (tweepy.TweepyException, requests.RequestException) as exc:
+                error = classify_x_error(exc)
+                if error.kind is not XErrorKind.rate_limited:
+                    raise _download_error(error, username) from None
+                seconds = _seconds_until(error.retry_at, clock)
+                if seconds > max_wait:
+                    raise DownloadError(
+                        f"X's rate limit resets in {seconds:.0f} s, longer than --max_wait={max_wait:.0f}: "
+                        "run again later, or allow a longer wait"
+                    ) from None
+                wait(seconds)
+
+    user = call(lambda: client.get_user(username=username, user_auth=user_auth))
+    if user.data is None:
+        raise DownloadError(f"X has no account @{username} ({_first_error(user.errors)}): check the username")
+    exclude = ["retweets"] if include_replies else ["retweets", "replies"]
+    pages = iter(tweepy.Paginator(
+        client.get_users_tweets, user.data.id, max_results=API_PAGE_SIZE, exclude=exclude,
+        tweet_fields=API_TWEET_FIELDS, user_auth=user_auth,
+    ))
+    while (page := call(lambda: next(pages, None))) is not None:
+        if not page.data and page.errors:
+            raise DownloadError(
+                f"X returned no tweets for @{username} ({_first_error(page.errors)}): "
+                "the account may be protected or suspended"
+            )
+        for tweet in page.data or []:
+            yield _api_tweet(tweet)
+
+
+def _api_tweet(tweet: tweepy.Tweet) -> SourceTweet:
+    note = tweet.data.get("note_tweet") or {}
+    referenced = tweet.data.get("referenced_tweets") or []
+    return SourceTweet(
+        text=unescape_x_text(note.get("text") or tweet.text),
+        created_at=tweet.created_at,
+        is_retweet=any(ref.get("type") == "retweeted" for ref in referenced),
+        is_reply=tweet.data.get("in_reply_to_user_id") is not None,
+    )
+
+
+def _seconds_until(retry_at: datetime | None, clock: Callable[[], float]) -> float:
+    if retry_at is None:
+        return RATE_LIMIT_WAIT_WITHOUT_RESET
+    return max(1.0, retry_at.timestamp() - clock() + 1)
+
+
+def _first_error(errors: list) -> str:
+    for error in errors or []:
+        if isinstance(error, dict):
+            return error.get("detail") or error.get("title") or error.get("message") or "no detail"
+    return "no detail"
+
+
+def _download_error(error: XError, username: str) -> DownloadError:
+    """What each of X's answers means for a download, and what the user should do."""
+    if error.status_code == 401:
+        advice = ("check BEARER_TOKEN, or CONSUMER_KEY, CONSUMER_SECRET, ACCESS_KEY and ACCESS_SECRET, "
+                  "in .env or the environment")
+    elif error.status_code == 403:
+        advice = f"@{username} may be protected or suspended, or your X API plan may not include reading timelines"
+    elif error.status_code == 404:
+        advice = f"X has no account @{username}: check the username (or TWITTER_API_BASE_URL)"
+    elif error.kind in (XErrorKind.server_error, XErrorKind.unknown_outcome):
+        advice = "try again later"
+    elif error.kind is XErrorKind.not_sent:
+        advice = "check the network and TWITTER_API_BASE_URL"
+    else:
+        advice = "see X's message"
+    return DownloadError(f"{error.message}: {advice}")
+
+
+# ---- twint (legacy; X has blocked it since 2023) ----
+
+def fetch_from_twint(username: str, *, limit: int | None = None) -> Iterator[SourceTweet]:
+    """The original project's scraper, kept for old setups; raises DownloadError naming the other sources."""
+    try:
+        import twint
+    except ImportError:
+        raise DownloadError(
+            f"twint is not installed (pip install -r requirements-scrape.txt), and X blocks it since 2023: {OTHER_SOURCES}"
+        ) from None
+    found: list = []
+    config = twint.Config()
+    config.Username = username
+    config.Limit = limit
+    config.Store_object = True
+    config.Store_object_tweets_list = found
+    config.Hide_output = True
+    try:
+        twint.run.Search(config)
+    except Exception as exc:  # twint fails in many ways against today's X; all mean the same to the user
+        raise DownloadError(f"twint failed ({type(exc).__name__}): X blocks it since 2023: {OTHER_SOURCES}") from None
+    if not found:
+        raise DownloadError(f"twint returned no tweets for @{username} (X blocks it since 2023): {OTHER_SOURCES}")
+    for tweet in found:
+        yield SourceTweet(
+            text=tweet.tweet,
+            created_at=datetime.fromtimestamp(tweet.datetime / 1000, tz=timezone.utc),
+            is_retweet=bool(getattr(tweet, "retweet", False)),
+            is_reply=_twint_is_reply(tweet),
+        )
+
+
+def _twint_is_reply(tweet) -> bool:
+    """The original's heuristic: twint lists the replied-to users after the author in `reply_to`."""
+    others = getattr(tweet, "reply_to", [])[1:]
+    return sum(user["username"] in tweet.tweet for user in others) < len(others)

@@ -1,0 +1,650 @@
+"""scripts/download_tweets.py: archive reading, the cleaning rule, the CSV, the X API source on the fake X, and the CLI."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import types
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from api.config import XSettings
+from api.x_client import make_x_client
+from scripts.download_tweets import collect, main, parse_args
+from scripts.training_text import (
+    CleaningOptions,
+    CleaningReport,
+    DropReason,
+    clean_text,
+    clean_tweets,
+    partial_path,
+    write_tweets_csv,
+)
+from scripts.tweet_sources import (
+    DownloadError,
+    SourceTweet,
+    fetch_from_api,
+    fetch_from_twint,
+    read_archive,
+    unescape_x_text,
+)
+from tests.fake_x import FakeResponse, FakeX
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ARCHIVE = FIXTURES / "archive"
+OLD_ARCHIVE = FIXTURES / "archive_2019"
+X_VARS = ("CONSUMER_KEY", "CONSUMER_SECRET", "ACCESS_KEY", "ACCESS_SECRET", "BEARER_TOKEN",
+          "TWITTER_API_BASE_URL", "TWITTER_TIMEOUT_SECONDS")
+
+LONG_POST = (
+    "Long post: why I keep my training data small. A tiny corpus you have read end to end beats a huge one you "
+    "have never looked at, because every odd line in it shows up again in what the model writes, and you can only "
+    "fix what you have seen. So here is how I pick what goes in, step by step, with the mistakes I made along the "
+    "way.\n\n1. Read every tweet once.\n2. Drop the ones that only make sense with a picture.\n3. Keep the odd ones: "
+    "they are the voice.\n\nThat is all. It takes an evening & it is worth it."
+)
+# What the fixture archive becomes with the default options, newest first.
+ARCHIVE_KEPT = [
+    "Training a tiny GPT & loving it 🚀\nSecond line <3 > first",
+    "New post on tokenizers:",
+    LONG_POST,
+    'He said "hello, world" and left, twice',
+    "Thanks @karpathy for #nanoGPT, it's great",
+    "Non breaking spaces and an ellipsis",
+]
+
+
+def read_csv(path: Path) -> list[str]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["tweets"]
+    assert all(len(row) == 1 for row in rows)
+    return [row[0] for row in rows[1:]]
+
+
+def on_screen(stream: str) -> list[str]:
+    """The lines a terminal shows: what follows the last carriage return (the progress bar redraws with \\r)."""
+    return [line.split("\r")[-1] for line in stream.split("\n") if line.split("\r")[-1].strip()]
+
+
+def cleaned(tweets, **options) -> tuple[list[str], CleaningReport]:
+    report = CleaningReport()
+    return list(clean_tweets(tweets, CleaningOptions(**options), report)), report
+
+
+@pytest.fixture
+def no_x_env(monkeypatch, tmp_path):
+    """No X variables from the environment, and a working directory without .env."""
+    for name in X_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+# ---- cleaning ----
+
+def test_clean_text_removes_links_nbsp_and_ellipsis_like_the_original():
+    options = CleaningOptions()
+    assert clean_text("See https://t.co/abc and http://x.io/a?b=1 now", options) == "See and now"
+    assert clean_text("photo pic.twitter.com/AbC123 here", options) == "photo here"
+    assert clean_text("epic.com stays, so does an email me@example.com", options) == (
+        "epic.com stays, so does an email me@example.com"
+    )
+    assert clean_text("a\u00a0b\u202fc", options) == "a b c"
+    assert clean_text("wait for it… done", options) == "wait for it done"
+    assert clean_text("  line one  \r\n\tline two https://t.co/x  ", options) == "line one\nline two"
+    assert clean_text("thanks @karpathy for #nanoGPT", options) == "thanks @karpathy for #nanoGPT"
+
+
+def test_clean_text_strips_usertags_and_hashtags_only_when_asked():
+    text = "thanks @karpathy & @x_y for #nanoGPT #AI, mail a@b.co, issue #12"
+    assert clean_text(text, CleaningOptions(strip_usertags=True)) == (
+        "thanks & for #nanoGPT #AI, mail a@b.co, issue #12"
+    )
+    assert clean_text(text, CleaningOptions(strip_hashtags=True)) == "thanks @karpathy & @x_y for , mail a@b.co, issue"
+    assert clean_text("#日本語 tag", CleaningOptions(strip_hashtags=True)) == "tag"
+
+
+def test_clean_tweets_drops_by_reason_and_reports():
+    tweets = [
+        SourceTweet("keep me"),
+        SourceTweet("RT @a: theirs", is_retweet=True),
+        SourceTweet("@a an answer", is_reply=True),
+        SourceTweet("  @b an old-style reply"),
+        SourceTweet("https://t.co/only-a-link"),
+        SourceTweet("keep me"),
+        SourceTweet("keep me https://t.co/same-after-cleaning"),
+        SourceTweet("Keep me"),
+        SourceTweet("tricky <|endoftext|> text"),
+        SourceTweet(".@b not a reply"),
+    ]
+    kept, report = cleaned(tweets)
+    assert kept == ["keep me", "Keep me", ".@b not a reply"]
+    assert (report.fetched, report.kept) == (10, 3)
+    assert report.dropped == {
+        DropReason.retweet: 1, DropReason.reply: 1, DropReason.starts_with_mention: 1, DropReason.empty: 1,
+        DropReason.duplicate: 2, DropReason.contains_marker: 1,
+    }
+    assert report.summary().startswith("fetched 10, kept 3, dropped 7 (2 exact duplicate, ")
+
+
+def test_clean_tweets_keeps_replies_when_included_but_never_retweets():
+    tweets = [SourceTweet("@a an answer", is_reply=True), SourceTweet("@b old style"), SourceTweet("RT @c: x", is_retweet=True)]
+    kept, report = cleaned(tweets, include_replies=True)
+    assert kept == ["@a an answer", "@b old style"]
+    assert report.dropped == {DropReason.retweet: 1}
+    kept, _ = cleaned(tweets, include_replies=True, strip_usertags=True)
+    assert kept == ["an answer", "old style"]
+
+
+def test_unescape_x_text_undoes_exactly_xs_escaping():
+    assert unescape_x_text("a &amp; b &lt;3 &gt; c") == "a & b <3 > c"
+    assert unescape_x_text("typed &amp;lt; literally") == "typed &lt; literally"
+    assert unescape_x_text("&copy; &quot; stay") == "&copy; &quot; stay"
+
+
+# ---- X archives ----
+
+def archive_texts(path: Path, **options) -> list[str]:
+    return cleaned(read_archive(path), **options)[0]
+
+
+def test_archive_folder_reads_every_part_notes_and_entities():
+    tweets = read_archive(ARCHIVE)
+    assert len(tweets) == 11  # 7 in tweets.js + 4 in tweets-part1.js; deleted-tweets.js and tweet-headers.js ignored
+    assert [t.created_at for t in tweets] == sorted((t.created_at for t in tweets), reverse=True)
+    assert tweets[0].created_at == datetime(2024, 3, 5, 18, 4, 12, tzinfo=timezone.utc)
+    assert sum(t.is_retweet for t in tweets) == 1 and sum(t.is_reply for t in tweets) == 1
+    assert archive_texts(ARCHIVE) == ARCHIVE_KEPT
+
+
+def test_archive_options_apply_to_archives():
+    texts = archive_texts(ARCHIVE, include_replies=True, strip_usertags=True, strip_hashtags=True)
+    assert "thanks, that fixed it!" in texts  # the reply, without its @usertag
+    assert "this is an old-style reply" in texts
+    assert "Thanks for , it's great" in texts
+
+
+def zip_folder(folder: Path, destination: Path, prefix: str = "") -> Path:
+    with zipfile.ZipFile(destination, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(folder.rglob("*")):
+            if file.is_file():
+                archive.write(file, prefix + file.relative_to(folder).as_posix())
+    return destination
+
+
+@pytest.mark.parametrize("prefix", ["", "twitter-2024-03-06-abc/"])
+def test_archive_zip_reads_like_the_folder(tmp_path, prefix):
+    (tmp_path / "Your archive.html").write_text("<html></html>")
+    path = zip_folder(ARCHIVE, tmp_path / "twitter-2024-03-06.zip", prefix)
+    assert read_archive(path) == read_archive(ARCHIVE)
+
+
+def test_archive_extracted_into_a_parent_folder_and_data_folder_alone(tmp_path):
+    shutil.copytree(ARCHIVE, tmp_path / "twitter-2024" / "")
+    (tmp_path / "twitter-2024" / "assets" / "js").mkdir(parents=True)
+    (tmp_path / "twitter-2024" / "assets" / "js" / "tweet.js").write_text("not an archive file")
+    assert read_archive(tmp_path) == read_archive(ARCHIVE)
+    assert read_archive(ARCHIVE / "data") == read_archive(ARCHIVE)
+
+
+def test_archive_single_tweets_file_has_no_notes():
+    texts = archive_texts(ARCHIVE / "data" / "tweets.js")
+    assert len(texts) == 5
+    assert texts[2] == LONG_POST.split(" along the way")[0]  # truncated: note-tweet.js is not beside it
+
+
+def test_old_archive_format_without_wrapper():
+    tweets = read_archive(OLD_ARCHIVE)
+    assert [t.text for t in tweets] == [
+        "Old archive, plain tweet & emoji 🙂", "RT @other: an old retweet", "@other an old reply",
+    ]
+    assert [(t.is_retweet, t.is_reply) for t in tweets] == [(False, False), (True, False), (False, True)]
+    assert read_archive(OLD_ARCHIVE / "data" / "tweet.js") == tweets
+
+
+def test_plain_json_file_is_read_too(tmp_path):
+    path = tmp_path / "tweets.json"
+    path.write_text(json.dumps([{"tweet": {"full_text": "plain &amp; simple", "created_at": "bad date"}}]))
+    assert read_archive(path) == [SourceTweet("plain & simple")]
+
+
+def test_zip_without_tweets_file(tmp_path):
+    path = tmp_path / "other.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("data/account.js", "window.YTD.account.part0 = []")
+    with pytest.raises(DownloadError, match=r"has no tweets file \(data/tweets.js or data/tweet.js\)"):
+        read_archive(path)
+
+
+@pytest.mark.parametrize("body, where", [
+    ('window.YTD.tweets.part0 = [ {"tweet": {"full_text": "x",} ]', "line 1"),
+    ('window.YTD.tweets.part0 = [\n  {"tweet" : {\n  "full_text" : "cut off', "line 3"),
+])
+def test_malformed_json_names_the_file_and_place(tmp_path, body, where):
+    (tmp_path / "data").mkdir()
+    shutil.copy(ARCHIVE / "data" / "tweets.js", tmp_path / "data" / "tweets.js")
+    (tmp_path / "data" / "tweets-part1.js").write_text(body, encoding="utf-8")
+    with pytest.raises(DownloadError) as info:
+        read_archive(tmp_path)
+    message = str(info.value)
+    assert "data/tweets-part1.js" in message and "not valid JSON" in message and where in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("content, match", [
+    ('window.YTD.tweets.part0 = {"tweet": {}}', "does not hold a list of tweets"),
+    ('window.YTD.tweets.part0 = [{"tweet": {"id": "1"}}]', "entry 0 of tweets.js .* has no tweet text"),
+    (b"\xff\xfe not utf-8", "not UTF-8"),
+])
+def test_wrong_content_is_one_clear_error(tmp_path, content, match):
+    path = tmp_path / "tweets.js"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DownloadError, match=match):
+        read_archive(path)
+
+
+def test_missing_and_fake_zip_paths(tmp_path):
+    with pytest.raises(DownloadError, match="does not exist"):
+        read_archive(tmp_path / "nope.zip")
+    (tmp_path / "broken.zip").write_text("not a zip")
+    with pytest.raises(DownloadError, match="is not a zip file"):
+        read_archive(tmp_path / "broken.zip")
+
+
+# ---- the CSV ----
+
+AWKWARD = ['commas, "quotes", and\nnewlines', "emoji 🚀🙂 and ünïcode", "plain", 'ends with a quote"']
+
+
+def test_csv_round_trips_awkward_text(tmp_path):
+    path = tmp_path / "out.csv"
+    assert write_tweets_csv(path, AWKWARD) == 4
+    assert read_csv(path) == AWKWARD
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_csv_write_is_atomic(tmp_path):
+    path = tmp_path / "out.csv"
+    write_tweets_csv(path, ["old"])
+
+    def broken():
+        yield "new"
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_tweets_csv(path, broken())
+    assert read_csv(path) == ["old"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_partial_path():
+    assert partial_path(Path("d/karpathy_tweets.csv")) == Path("d/karpathy_tweets.partial.csv")
+    assert partial_path(Path("out.txt")) == Path("out.txt.partial.csv")
+
+
+@pytest.mark.ml
+def test_csv_loads_with_gpt_2_simple(tmp_path):
+    from gpt_2_simple.src import encoder
+    from gpt_2_simple.src.load_dataset import load_dataset
+
+    from ml.tiny import byte_level_encoder
+
+    (tmp_path / "encoder.json").write_text(json.dumps(byte_level_encoder(), ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "vocab.bpe").write_text("#version: 0.2\n", encoding="utf-8")
+    enc = encoder.get_encoder(str(tmp_path))
+    path = tmp_path / "karpathy_tweets.csv"
+    write_tweets_csv(path, AWKWARD)
+
+    chunks = load_dataset(enc, str(path), combine=50000)
+
+    assert len(chunks) == 1
+    expected = "".join(f"<|startoftext|>{text}<|endoftext|>\n" for text in AWKWARD)
+    assert enc.decode(chunks[0].tolist()) == expected
+
+
+# ---- the X API source, on the fake X ----
+
+def timeline(count: int, start_id: int = 1_790_000_000_000_000_000) -> list[dict]:
+    return [FakeX.timeline_tweet(start_id - i, f"tweet number {i} &amp; more") for i in range(count)]
+
+
+def api_client(fake_x, *, app_only=True):
+    settings = XSettings(_env_file=None, **fake_x.settings_values(timeout=5))
+    return make_x_client(settings, app_only=app_only)
+
+
+def fetch(fake_x, username="karpathy", **kwargs) -> list[SourceTweet]:
+    waits = kwargs.pop("waits", [])
+    app_only = not kwargs.get("user_auth", False)
+    return list(fetch_from_api(api_client(fake_x, app_only=app_only), username, wait=waits.append, **kwargs))
+
+
+def test_api_pages_through_the_timeline_with_exclusions(fake_x):
+    user_id = fake_x.add_user("karpathy", timeline(250))
+    tweets = fetch(fake_x)
+    assert [t.text for t in tweets] == [f"tweet number {i} & more" for i in range(250)]
+    assert tweets[0].created_at == datetime(2024, 3, 5, 18, 4, 12, tzinfo=timezone.utc)
+    (lookup,) = fake_x.received("GET", "/2/users/by/username/karpathy")
+    assert lookup.auth == "bearer"
+    pages = fake_x.received("GET", f"/2/users/{user_id}/tweets")
+    assert len(pages) == 3
+    for page in pages:
+        assert page.auth == "bearer"
+        assert page.query["max_results"] == ["100"]
+        assert page.query["exclude"] == ["retweets,replies"]
+        assert "note_tweet" in page.query["tweet.fields"][0].split(",")
+    assert "pagination_token" not in pages[0].query
+    assert [p.query["pagination_token"] for p in pages[1:]] == [["64"], ["c8"]]
+
+
+def test_api_replies_when_included_and_long_posts(fake_x):
+    fake_x.add_user("karpathy", [
+        FakeX.timeline_tweet(9, "a long post trunc…", note_text="a long post truncated nowhere &amp; whole"),
+        FakeX.timeline_tweet(8, "@friend thanks", in_reply_to_user_id="22"),
+        FakeX.timeline_tweet(7, "RT @x: theirs", retweet_of="6"),
+        FakeX.timeline_tweet(5, "mine"),
+    ])
+    tweets = fetch(fake_x, include_replies=True)
+    assert [(t.text, t.is_reply) for t in tweets] == [
+        ("a long post truncated nowhere & whole", False), ("@friend thanks", True), ("mine", False),
+    ]
+    assert fake_x.requests[-1].query["exclude"] == ["retweets"]
+    assert [t.text for t in fetch(fake_x)] == ["a long post truncated nowhere & whole", "mine"]
+
+
+def test_api_with_user_credentials_signs_every_request(fake_x):
+    fake_x.add_user("karpathy", timeline(120))
+    assert len(fetch(fake_x, user_auth=True)) == 120
+    assert [r.auth for r in fake_x.requests] == ["oauth1"] * 3
+
+
+def test_api_waits_for_the_rate_limit_reset_then_goes_on(fake_x):
+    user_id = fake_x.add_user("karpathy", timeline(150))
+    fake_x.enqueue("GET", "/2/users/:id/tweets", FakeX.rate_limited(reset=int(time.time()) + 30))
+    fake_x.enqueue("GET", "/2/users/by/username/:username", FakeX.rate_limited(reset=int(time.time()) + 5))
+    waits = []
+    tweets = fetch(fake_x, waits=waits, max_wait=60)
+    assert len(tweets) == 150
+    assert 4 <= waits[0] <= 7 and 29 <= waits[1] <= 32
+    pages = fake_x.received("GET", f"/2/users/{user_id}/tweets")
+    assert len(pages) == 3  # the refused first page was asked again, then the second
+    assert "pagination_token" not in pages[1].query and pages[2].query["pagination_token"] == ["64"]
+
+
+def test_api_rate_limit_longer_than_max_wait_stops(fake_x):
+    fake_x.add_user("karpathy", timeline(150))
+    fake_x.enqueue("GET", "/2/users/:id/tweets", FakeResponse(200, {"data": [], "meta": {"result_count": 0, "next_token": "64"}}),
+                   FakeX.rate_limited(reset=int(time.time()) + 600))
+    with pytest.raises(DownloadError, match=r"rate limit resets in 6\d\d s, longer than --max_wait=60"):
+        fetch(fake_x, max_wait=60)
+
+
+def test_api_bad_credentials(fake_x):
+    fake_x.add_user("karpathy", timeline(5))
+    settings = XSettings(_env_file=None, **{**fake_x.settings_values(), "BEARER_TOKEN": "wrong"})
+    with pytest.raises(DownloadError) as info:
+        list(fetch_from_api(make_x_client(settings, app_only=True), "karpathy"))
+    assert str(info.value).startswith("X answered 401: Unauthorized: check BEARER_TOKEN")
+    assert "wrong" not in str(info.value)
+
+
+@pytest.mark.parametrize("answer", [None, FakeX.not_found_in_body("username", "nobody"),
+                                    FakeResponse(404, {"title": "Not Found Error", "detail": "Not Found", "status": 404})])
+def test_api_unknown_account(fake_x, answer):
+    if answer is not None:
+        fake_x.enqueue("GET", "/2/users/by/username/:username", answer)
+    with pytest.raises(DownloadError, match="no account @nobody"):
+        fetch(fake_x, "nobody")
+
+
+def test_api_protected_account(fake_x):
+    user_id = fake_x.add_user("hidden", timeline(5))
+    fake_x.enqueue("GET", "/2/users/:id/tweets", FakeX.forbidden("Sorry, you are not authorized to see this user."))
+    with pytest.raises(DownloadError, match=r"403: Sorry, you are not authorized.*@hidden may be protected"):
+        fetch(fake_x, "hidden")
+    fake_x.enqueue("GET", "/2/users/:id/tweets", FakeResponse(200, {"errors": [{
+        "detail": f"Sorry, you are not authorized to see the user with id: [{user_id}].", "title": "Authorization Error"}]}))
+    with pytest.raises(DownloadError, match=r"no tweets for @hidden \(Sorry, .*may be protected"):
+        fetch(fake_x, "hidden")
+
+
+def test_fake_x_serves_only_the_newest_3200(fake_x):
+    fake_x.add_user("prolific", timeline(3250))
+    assert len(fetch(fake_x, "prolific")) == 3200
+
+
+# ---- the command line ----
+
+def test_flags_with_equals_or_space_and_booleans():
+    equals = parse_args(["--username=@karpathy", "--limit=6000", "--include_replies", "--strip_hashtags=false",
+                         "--source=api", "--output=x.csv", "--max_wait=5"])
+    spaced = parse_args(["--username", "karpathy", "--limit", "6000", "--include_replies", "true",
+                         "--strip_hashtags", "no", "--source", "api", "--output", "x.csv", "--max_wait", "5"])
+    assert vars(equals) == vars(spaced)
+    assert (equals.username, equals.limit, equals.include_replies, equals.strip_usertags, equals.strip_hashtags) == (
+        "karpathy", 6000, True, False, False)
+    assert parse_args(["--archive", "a.zip"]).source == "archive"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--username", "not a handle!"], "is not an X handle"),
+    (["--source", "archive"], "--source archive needs --archive PATH"),
+    (["--source", "api", "--archive", "a.zip", "--username", "a"], "--archive is read only by --source archive"),
+    (["--limit", "0", "--username", "a"], "must be 1 or more"),
+    (["--strip_usertags=maybe", "--username", "a"], "expected true or false"),
+    (["--limit", "10"], "--username is required"),
+])
+def test_bad_arguments_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_main_from_archive_writes_csv_and_reports(no_x_env, tmp_path, capsys):
+    zip_path = zip_folder(ARCHIVE, tmp_path / "archive.zip")
+    assert main(["--archive", str(zip_path), "--username=fixture_user"]) == 0
+    assert read_csv(tmp_path / "fixture_user_tweets.csv") == ARCHIVE_KEPT
+    out = capsys.readouterr().out
+    assert out.strip() == (
+        "Wrote 6 tweets to fixture_user_tweets.csv; fetched 11, kept 6, dropped 5 (1 retweet, 1 reply, "
+        "1 starts with @ (a reply in all but name), 1 exact duplicate, 1 empty after cleaning)"
+    )
+    assert main(["--archive", str(zip_path), "--limit=2", "--output", "two.csv"]) == 0
+    assert read_csv(tmp_path / "two.csv") == ARCHIVE_KEPT[:2]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: zipfile.ZipFile(p / "a.zip", "w").close() or p / "a.zip", "has no tweets file"),
+    (lambda p: (p / "t.js").write_text("window.YTD.tweets.part0 = [") and p / "t.js", "is not valid JSON"),
+])
+def test_main_bad_archive_is_one_line_and_exit_1(no_x_env, tmp_path, capsys, make, message):
+    path = make(tmp_path)
+    assert main(["--archive", str(path), "--output", "out.csv"]) == 1
+    err = on_screen(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_main_without_any_source(no_x_env, capsys):
+    assert main(["--username", "karpathy"]) == 1
+    err = capsys.readouterr().err
+    assert "no source: set BEARER_TOKEN" in err and "--archive PATH" in err
+
+
+def test_main_nothing_kept_writes_nothing(no_x_env, tmp_path, capsys):
+    assert main(["--archive", str(OLD_ARCHIVE), "--limit", "1", "--strip_usertags"]) == 0
+    (tmp_path / "only_rt.js").write_text('window.YTD.tweet.part0 = [{"full_text": "RT @a: b"}]')
+    assert main(["--archive", str(tmp_path / "only_rt.js"), "--output", "none.csv"]) == 1
+    assert "no tweets left to write (fetched 1, kept 0, dropped 1 (1 retweet))" in capsys.readouterr().err
+    assert not (tmp_path / "none.csv").exists()
+
+
+def use_fake_x(monkeypatch, fake_x, **values):
+    for name, value in {**fake_x.settings_values(), **values}.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, str(value))
+
+
+def test_main_from_api_with_bearer_or_user_credentials(no_x_env, monkeypatch, fake_x, tmp_path, capsys):
+    fake_x.add_user("karpathy", timeline(130) + [FakeX.timeline_tweet(1, "https://t.co/only")])
+    use_fake_x(monkeypatch, fake_x)
+    assert main(["--username=karpathy"]) == 0
+    assert read_csv(tmp_path / "karpathy_tweets.csv") == [f"tweet number {i} & more" for i in range(130)]
+    captured = capsys.readouterr()
+    assert "fetched 131, kept 130, dropped 1 (1 empty after cleaning)" in captured.out
+    assert "only the newest 3,200 tweets" in captured.err
+    assert {r.auth for r in fake_x.requests} == {"bearer"}
+
+    use_fake_x(monkeypatch, fake_x, BEARER_TOKEN=None)
+    fake_x.requests.clear()
+    assert main(["--username", "karpathy", "--limit", "100", "--output", "user.csv"]) == 0
+    assert len(read_csv(tmp_path / "user.csv")) == 100
+    assert [r.auth for r in fake_x.requests] == ["oauth1", "oauth1"]  # the limit needed one page
+    assert "only the newest" not in capsys.readouterr().err
+
+
+def test_main_api_401_is_one_line(no_x_env, monkeypatch, fake_x, tmp_path, capsys):
+    use_fake_x(monkeypatch, fake_x, BEARER_TOKEN="revoked")
+    assert main(["--username=karpathy", "--limit=10"]) == 1
+    err = on_screen(capsys.readouterr().err)
+    assert err == ["error: X answered 401: Unauthorized: check BEARER_TOKEN, or CONSUMER_KEY, CONSUMER_SECRET, "
+                   "ACCESS_KEY and ACCESS_SECRET, in .env or the environment"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_main_keeps_a_partial_file_when_x_stops_answering(no_x_env, monkeypatch, fake_x, tmp_path, capsys):
+    fake_x.add_user("karpathy", timeline(150))
+    fake_x.enqueue("GET", "/2/users/:id/tweets", FakeResponse(200, {
+        "data": [FakeX.timeline_tweet(10, "first page")], "meta": {"result_count": 1, "next_token": "64"}}),
+        FakeX.server_error(503))
+    use_fake_x(monkeypatch, fake_x)
+    (tmp_path / "karpathy_tweets.csv").write_text("tweets\nfrom an earlier run\n")
+    assert main(["--username=karpathy"]) == 1
+    err = capsys.readouterr().err
+    assert "error: X answered 503: Service Unavailable: try again later" in err
+    assert "Kept the 1 tweets fetched so far in karpathy_tweets.partial.csv (not karpathy_tweets.csv" in err
+    assert read_csv(tmp_path / "karpathy_tweets.partial.csv") == ["first page"]
+    assert read_csv(tmp_path / "karpathy_tweets.csv") == ["from an earlier run"]
+
+
+def test_collect_keeps_what_came_before_ctrl_c():
+    def interrupted():
+        yield SourceTweet("one")
+        yield SourceTweet("two")
+        raise KeyboardInterrupt
+
+    seen = []
+    collected = collect(interrupted(), CleaningOptions(), limit=10, on_fetched=seen.append)
+    assert collected.texts == ["one", "two"] and len(seen) == 2
+    assert isinstance(collected.stopped_by, KeyboardInterrupt)
+
+
+def test_ctrl_c_during_a_rate_limit_wait_keeps_a_partial_file(no_x_env, fake_x, tmp_path):
+    """The real script, run as documented, interrupted while it counts down a 429."""
+    fake_x.add_user("karpathy", timeline(150))
+    fake_x.enqueue("GET", "/2/users/:id/tweets", FakeResponse(200, {
+        "data": [FakeX.timeline_tweet(10, "before the limit")], "meta": {"result_count": 1, "next_token": "64"}}),
+        FakeX.rate_limited(reset=int(time.time()) + 120))
+    env = {**os.environ, **{k: str(v) for k, v in fake_x.settings_values().items()}, "PYTHONUNBUFFERED": "1"}
+    script = REPO / "scripts" / "download_tweets.py"
+    process = subprocess.Popen(
+        [sys.executable, str(script), "--username=karpathy", "--max_wait=300"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            lines.append(line)
+            if "rate limit reached" in line or not line:
+                break
+        assert "waiting 1" in lines[-1], lines  # ~121 s countdown
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "interrupted" in err
+    assert "Kept the 1 tweets fetched so far in karpathy_tweets.partial.csv" in err
+    assert read_csv(tmp_path / "karpathy_tweets.partial.csv") == ["before the limit"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["karpathy_tweets.partial.csv"]
+
+
+# ---- twint (legacy) ----
+
+def test_twint_missing_names_the_other_sources(monkeypatch):
+    monkeypatch.setitem(sys.modules, "twint", None)
+    with pytest.raises(DownloadError) as info:
+        list(fetch_from_twint("karpathy"))
+    assert "twint is not installed" in str(info.value)
+    assert "--source api" in str(info.value) and "--source archive" in str(info.value)
+
+
+def fake_twint(found: list, error: Exception | None = None) -> types.ModuleType:
+    module = types.ModuleType("twint")
+
+    class Config:
+        Username = Limit = Store_object_tweets_list = None
+        Store_object = Hide_output = False
+
+    def search(config):
+        if error is not None:
+            raise error
+        config.Store_object_tweets_list.extend(found)
+
+    module.Config = Config
+    module.run = types.SimpleNamespace(Search=search)
+    return module
+
+
+def twint_tweet(text: str, reply_to: list[str] = (), retweet: bool = False):
+    users = [{"user_id": "1", "username": "karpathy"}] + [{"user_id": "2", "username": name} for name in reply_to]
+    return types.SimpleNamespace(tweet=text, datetime=1_700_000_000_000, reply_to=users, retweet=retweet)
+
+
+def test_twint_results_become_source_tweets(monkeypatch):
+    monkeypatch.setitem(sys.modules, "twint", fake_twint([
+        twint_tweet("mine"), twint_tweet("an answer", reply_to=["friend"]),
+        twint_tweet("cc friend, see this", reply_to=["friend"]), twint_tweet("theirs", retweet=True),
+    ]))
+    tweets = list(fetch_from_twint("karpathy", limit=40))
+    assert [(t.text, t.is_reply, t.is_retweet) for t in tweets] == [
+        ("mine", False, False), ("an answer", True, False), ("cc friend, see this", False, False), ("theirs", False, True),
+    ]
+    assert tweets[0].created_at == datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("error, message", [(None, "twint returned no tweets"), (RuntimeError("blocked"), "twint failed")])
+def test_twint_blocked_exits_non_zero_naming_the_other_sources(no_x_env, monkeypatch, capsys, error, message):
+    monkeypatch.setitem(sys.modules, "twint", fake_twint([], error))
+    assert main(["--username=karpathy", "--source=twint"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "--source api" in err and "--source archive --archive PATH" in err
+
+
+def test_real_twint_config_has_what_we_set():
+    twint = pytest.importorskip("twint")
+    config = twint.Config()
+    for name in ("Username", "Limit", "Store_object", "Store_object_tweets_list", "Hide_output"):
+        assert hasattr(config, name)
+    assert callable(twint.run.Search)
+
+
+def test_module_runs_from_the_repo_root():
+    result = subprocess.run([sys.executable, "scripts/download_tweets.py", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "--include_replies" in result.stdout and "--archive" in result.stdout
