@@ -24,6 +24,10 @@ $(VENV)/.ml: requirements-ml.txt $(VENV)/.api
 	$(BIN)/pip install -q -r requirements-ml.txt
 	touch $@
 
+$(VENV)/.scrape: requirements-scrape.txt $(VENV)/.api
+	$(BIN)/pip install -q -r requirements-scrape.txt
+	touch $@
+
 .PHONY: help venv run-local migrate test
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 28
@@ -38,8 +42,13 @@ run-local: $(VENV)/.api ## serve on http://127.0.0.1:$(PORT) with SQLite and dry
 	$(BIN)/alembic upgrade head
 	$(BIN)/uvicorn api.main:app --host 127.0.0.1 --port $(PORT)
 
-test: $(VENV)/.dev $(VENV)/.ml ## run the test suite (Postgres tests need TEST_POSTGRES_URL)
+test: $(VENV)/.dev $(VENV)/.ml $(VENV)/.scrape ## run the test suite (Postgres tests need TEST_POSTGRES_URL)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: download-tweets
+download-tweets: $(VENV)/.scrape ## collect tweets into USERNAME_tweets.csv: USERNAME=karpathy [LIMIT=6000] [SOURCE=api|archive|twint] [ARCHIVE=x.zip]
+	$(BIN)/python scripts/download_tweets.py $(if $(USERNAME),--username=$(USERNAME)) $(if $(LIMIT),--limit=$(LIMIT)) \
+		$(if $(SOURCE),--source=$(SOURCE)) $(if $(ARCHIVE),--archive="$(ARCHIVE)") $(DOWNLOAD_ARGS)
 
 # Docker, docker compose and Google Cloud targets (docker-compose, docker-cloud-run, add-scheduler, ...).
 include deploy.mk
