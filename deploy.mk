@@ -18,11 +18,12 @@ DEPLOY_VARS := PROJECT_ID REGION DOCKER_INSTANCE_NAME ARTIFACT_REPOSITORY IMAGE_
 	SCHEDULER_ATTEMPT_DEADLINE SCHEDULER_MAX_RETRY_ATTEMPTS SCHEDULER_MIN_BACKOFF SCHEDULER_MAX_BACKOFF \
 	SCHEDULER_MAX_DOUBLINGS GENERATOR_SERVICE_NAME CHECKPOINT_DIR RUN_NAME GENERATOR_MEMORY GENERATOR_CPU
 
-# The last `NAME=value` (or `export NAME=value`) line of $(ENV_FILE), without quotes or a trailing comment.
-env_file_value = $(shell sed -n -E 's/^(export[[:space:]]+)?$(1)[[:space:]]*=[[:space:]]*//p' $(ENV_FILE) 2>/dev/null \
-	| tail -n 1 | sed -E -e 's/[[:space:]]+\#.*$$//' -e 's/^"(.*)"$$/\1/' -e "s/^'(.*)'$$/\1/")
-$(foreach name,$(DEPLOY_VARS),$(if $(filter undefined,$(origin $(name))),\
-	$(eval _env_value := $(call env_file_value,$(name)))$(if $(_env_value),$(eval $(name) := $$(_env_value)))))
+define newline
+
+
+endef
+_env_assignments := $(shell awk -v names="$(DEPLOY_VARS)" -f $(dir $(lastword $(MAKEFILE_LIST)))scripts/deploy_env.awk $(ENV_FILE) 2>/dev/null)
+$(eval $(subst @NL@,$(newline),$(_env_assignments)))
 
 REGION ?= us-central1
 ARTIFACT_REPOSITORY ?= tweet-bot

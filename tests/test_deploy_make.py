@@ -1,0 +1,410 @@
+"""The Makefile's deployment targets (deploy.mk), run with fake `gcloud` and `docker` that record their arguments.
+
+Each test runs make in a copy of the Makefile and deploy.mk under tmp_path, with its own .env, a
+PATH whose first folder holds the fakes, and none of the caller's environment variables.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_SECRET = "value-from-secret-manager-7f3a"
+SERVICE_URL = "https://tweet-bot-abc123-ew.a.run.app"
+
+# Deployment settings and, in the same .env, secrets that must never reach make's output or gcloud's arguments.
+DEPLOY_ENV = {
+    "PROJECT_ID": "my-proj",
+    "REGION": "europe-west1",
+    "DOCKER_INSTANCE_NAME": "tweet-bot",
+    "DB_INSTANCE": "tweets-db",
+    "DB_USERNAME": "tweetbot",
+    "DB_NAME": "tweets",
+    "ACCOUNT": "my_bot",
+    "SCHEDULER_JOB_NAME": "post-tweet",
+    "CLOUD_RUN_URL": SERVICE_URL + "/",
+    "SCHEDULE": "0 9 * * *",
+    "TIME_ZONE": "Europe/Paris",
+}
+SECRETS = {
+    "SECRET_TOKEN": "tok-9c1b2d3e4f5a6b7c8d9e",
+    "DB_PASSWORD": "pa$$word#with(make)$(shell false)",
+    "CONSUMER_KEY": "ck-111",
+    "CONSUMER_SECRET": "cs-222",
+    "ACCESS_KEY": "ak-333",
+    "ACCESS_SECRET": "as-444",
+}
+
+FAKE_PROGRAM = r'''#!{python}
+"""Fake {name}: records its arguments (and standard input when --data-file=-) as one JSON line."""
+import json, os, sys
+args = sys.argv[1:]
+stdin = sys.stdin.read() if "--data-file=-" in args else None
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(json.dumps({{"program": "{name}", "args": args, "stdin": stdin}}) + "\n")
+if args[:3] == ["secrets", "versions", "access"]:
+    print("{secret}")
+elif args[:3] == ["run", "services", "describe"]:
+    print("{url}")
+elif args[:2] == ["secrets", "describe"]:
+    sys.exit(0 if args[2] in os.environ.get("FAKE_EXISTING_SECRETS", "").split() else 1)
+elif "describe" in args:
+    sys.exit(int(os.environ.get("FAKE_DESCRIBE_EXIT", "1")))
+'''
+
+
+class MakeRun:
+    def __init__(self, result: subprocess.CompletedProcess, log: Path):
+        self.returncode = result.returncode
+        self.output = result.stdout + result.stderr
+        self.calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    @property
+    def commands(self) -> list[list[str]]:
+        return [[call["program"], *call["args"]] for call in self.calls]
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    """A folder with the Makefile, deploy.mk, the fakes in bin/, and a .env with DEPLOY_ENV and SECRETS."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("Makefile", "deploy.mk"):
+        shutil.copy(REPO / name, work / name)
+    (work / "scripts").symlink_to(REPO / "scripts")  # cloud_secrets.py, deploy_env.awk
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for name in ("gcloud", "docker"):
+        program = fake_bin / name
+        program.write_text(FAKE_PROGRAM.format(python=sys.executable, name=name, secret=FAKE_SECRET, url=SERVICE_URL))
+        program.chmod(0o755)
+    write_env(work / ".env", {**DEPLOY_ENV, **SECRETS})
+    return work
+
+
+def write_env(path: Path, values: dict[str, str]) -> None:
+    lines = [f"{name}='{value}'" if "$" in value or "#" in value else f"{name}={value}" for name, value in values.items()]
+    path.write_text("# written by tests/test_deploy_make.py\n" + "\n".join(lines) + "\n")
+
+
+def run_make(
+    workdir: Path, target: str, *assignments: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> MakeRun:
+    log = workdir.parent / "calls.jsonl"
+    log.unlink(missing_ok=True)
+    environ = {
+        "PATH": f"{workdir.parent / 'bin'}:{os.environ['PATH']}",
+        "HOME": str(workdir.parent),
+        "FAKE_LOG": str(log),
+        **(env or {}),
+    }
+    result = subprocess.run(
+        ["make", "--no-print-directory", target, f"BIN={REPO / '.venv' / 'bin'}", *assignments],
+        cwd=cwd or workdir, env=environ, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+    )
+    return MakeRun(result, log)
+
+
+def assert_no_secret_shown(run: MakeRun) -> None:
+    for value in (*SECRETS.values(), FAKE_SECRET):
+        assert value not in run.output
+
+
+def assert_no_env_secret_passed(run: MakeRun) -> None:
+    for call in run.calls:
+        for value in SECRETS.values():
+            assert all(value not in arg for arg in call["args"])
+
+
+IMAGE = "europe-west1-docker.pkg.dev/my-proj/tweet-bot/tweet-bot:latest"
+RUN_SA = "tweet-bot-run@my-proj.iam.gserviceaccount.com"
+INVOKER_SA = "tweet-bot-invoker@my-proj.iam.gserviceaccount.com"
+CONNECTION = "my-proj:europe-west1:tweets-db"
+ALL_SECRET_REFS = (
+    "SECRET_TOKEN=tweet-bot-SECRET_TOKEN:latest,DB_PASSWORD=tweet-bot-DB_PASSWORD:latest,"
+    "CONSUMER_KEY=tweet-bot-CONSUMER_KEY:latest,CONSUMER_SECRET=tweet-bot-CONSUMER_SECRET:latest,"
+    "ACCESS_KEY=tweet-bot-ACCESS_KEY:latest,ACCESS_SECRET=tweet-bot-ACCESS_SECRET:latest"
+)
+
+BUILD = ["gcloud", "builds", "submit", "--project=my-proj", "--region=europe-west1", f"--tag={IMAGE}", "."]
+MIGRATE = [
+    "gcloud", "run", "jobs", "deploy", "tweet-bot-migrate", "--project=my-proj", "--region=europe-west1",
+    f"--image={IMAGE}", f"--service-account={RUN_SA}", f"--set-cloudsql-instances={CONNECTION}",
+    f"--set-env-vars=CONNECTION_NAME={CONNECTION},DB_USERNAME=tweetbot,DB_NAME=tweets",
+    "--set-secrets=DB_PASSWORD=tweet-bot-DB_PASSWORD:latest",
+    "--command=alembic", "--args=upgrade,head", "--max-retries=0", "--task-timeout=10m", "--execute-now", "--wait",
+]
+DEPLOY = [
+    "gcloud", "run", "deploy", "tweet-bot", "--project=my-proj", "--region=europe-west1", f"--image={IMAGE}",
+    f"--service-account={RUN_SA}", f"--add-cloudsql-instances={CONNECTION}",
+    f"--set-env-vars=ACCOUNT=my_bot,CONNECTION_NAME={CONNECTION},DB_USERNAME=tweetbot,DB_NAME=tweets",
+    f"--set-secrets={ALL_SECRET_REFS}", "--max-instances=2", "--no-allow-unauthenticated",
+]
+DESCRIBE_URL = [
+    "gcloud", "run", "services", "describe", "tweet-bot", "--project=my-proj", "--region=europe-west1",
+    "--format=value(status.url)",
+]
+
+EXPECTED_COMMANDS = {
+    "cloud-setup": [
+        ["gcloud", "services", "enable", "run.googleapis.com", "sqladmin.googleapis.com", "cloudbuild.googleapis.com",
+         "artifactregistry.googleapis.com", "secretmanager.googleapis.com", "cloudscheduler.googleapis.com",
+         "iam.googleapis.com", "--project=my-proj"],
+        ["gcloud", "artifacts", "repositories", "describe", "tweet-bot", "--location=europe-west1", "--project=my-proj"],
+        ["gcloud", "artifacts", "repositories", "create", "tweet-bot", "--repository-format=docker",
+         "--location=europe-west1", "--project=my-proj"],
+        ["gcloud", "iam", "service-accounts", "describe", RUN_SA, "--project=my-proj"],
+        ["gcloud", "iam", "service-accounts", "create", "tweet-bot-run", "--display-name=tweet bot service", "--project=my-proj"],
+        ["gcloud", "iam", "service-accounts", "describe", INVOKER_SA, "--project=my-proj"],
+        ["gcloud", "iam", "service-accounts", "create", "tweet-bot-invoker", "--display-name=tweet bot scheduler", "--project=my-proj"],
+        ["gcloud", "projects", "add-iam-policy-binding", "my-proj", f"--member=serviceAccount:{RUN_SA}",
+         "--role=roles/cloudsql.client", "--condition=None"],
+        ["gcloud", "projects", "add-iam-policy-binding", "my-proj", f"--member=serviceAccount:{RUN_SA}",
+         "--role=roles/secretmanager.secretAccessor", "--condition=None"],
+    ],
+    "create-postgres-instance": [
+        ["gcloud", "sql", "instances", "create", "tweets-db", "--project=my-proj", "--region=europe-west1",
+         "--database-version=POSTGRES_18", "--edition=ENTERPRISE", "--tier=db-f1-micro"],
+        ["gcloud", "sql", "databases", "create", "tweets", "--instance=tweets-db", "--project=my-proj"],
+        ["gcloud", "secrets", "versions", "access", "latest", "--secret=tweet-bot-DB_PASSWORD", "--project=my-proj"],
+        ["gcloud", "sql", "users", "create", "tweetbot", "--instance=tweets-db", "--project=my-proj",
+         f"--password={FAKE_SECRET}"],
+    ],
+    "docker-cloud-build": [BUILD],
+    "cloud-migrate": [MIGRATE],
+    "docker-cloud-run": [DEPLOY, DESCRIBE_URL],
+    "docker-cloud-build-run": [BUILD, MIGRATE, DEPLOY, DESCRIBE_URL],
+    "add-scheduler": [
+        ["gcloud", "run", "services", "add-iam-policy-binding", "tweet-bot", "--project=my-proj", "--region=europe-west1",
+         f"--member=serviceAccount:{INVOKER_SA}", "--role=roles/run.invoker"],
+        ["gcloud", "secrets", "versions", "access", "latest", "--secret=tweet-bot-SECRET_TOKEN", "--project=my-proj"],
+        ["gcloud", "scheduler", "jobs", "create", "http", "post-tweet", "--project=my-proj", "--location=europe-west1",
+         "--schedule=0 9 * * *", "--time-zone=Europe/Paris", f"--uri={SERVICE_URL}/tweet_curated/", "--http-method=POST",
+         f"--headers=x-token={FAKE_SECRET}", f"--oidc-service-account-email={INVOKER_SA}",
+         f"--oidc-token-audience={SERVICE_URL}", "--attempt-deadline=120s", "--max-retry-attempts=3",
+         "--min-backoff=30s", "--max-backoff=600s", "--max-doublings=3"],
+    ],
+    "scheduler-pause": [["gcloud", "scheduler", "jobs", "pause", "post-tweet", "--project=my-proj", "--location=europe-west1"]],
+    "scheduler-resume": [["gcloud", "scheduler", "jobs", "resume", "post-tweet", "--project=my-proj", "--location=europe-west1"]],
+    "scheduler-run-now": [["gcloud", "scheduler", "jobs", "run", "post-tweet", "--project=my-proj", "--location=europe-west1"]],
+    "scheduler-delete": [
+        ["gcloud", "scheduler", "jobs", "delete", "post-tweet", "--project=my-proj", "--location=europe-west1", "--quiet"],
+    ],
+    "docker-cloud-run-generator": [
+        ["gcloud", "run", "deploy", "tweet-bot-generator", "--project=my-proj", "--region=europe-west1",
+         "--image=europe-west1-docker.pkg.dev/my-proj/tweet-bot/tweet-bot-generator:latest",
+         f"--service-account={RUN_SA}", "--memory=4Gi", "--cpu=2", "--max-instances=2", "--no-allow-unauthenticated"],
+    ],
+}
+
+# What each target needs; each is emptied in turn on the command line.
+REQUIRED = {
+    "cloud-setup": ["PROJECT_ID", "REGION", "ARTIFACT_REPOSITORY", "RUN_SERVICE_ACCOUNT", "SCHEDULER_SERVICE_ACCOUNT"],
+    "cloud-secrets": ["PROJECT_ID", "DOCKER_INSTANCE_NAME"],
+    "create-postgres-instance": ["PROJECT_ID", "REGION", "DOCKER_INSTANCE_NAME", "DB_INSTANCE", "DB_USERNAME", "DB_NAME",
+                                 "DB_VERSION", "DB_TIER", "DB_EDITION"],
+    "docker-cloud-build": ["PROJECT_ID", "REGION", "ARTIFACT_REPOSITORY", "DOCKER_INSTANCE_NAME"],
+    "cloud-migrate": ["PROJECT_ID", "REGION", "ARTIFACT_REPOSITORY", "DOCKER_INSTANCE_NAME", "CONNECTION_NAME",
+                      "DB_USERNAME", "DB_NAME", "RUN_SERVICE_ACCOUNT"],
+    "docker-cloud-run": ["PROJECT_ID", "REGION", "ARTIFACT_REPOSITORY", "DOCKER_INSTANCE_NAME", "CONNECTION_NAME",
+                         "DB_USERNAME", "DB_NAME", "RUN_SERVICE_ACCOUNT", "ACCOUNT"],
+    "docker-cloud-build-run": ["PROJECT_ID", "REGION", "ARTIFACT_REPOSITORY", "DOCKER_INSTANCE_NAME", "CONNECTION_NAME",
+                               "DB_USERNAME", "DB_NAME", "RUN_SERVICE_ACCOUNT", "ACCOUNT"],
+    "add-scheduler": ["PROJECT_ID", "REGION", "DOCKER_INSTANCE_NAME", "SCHEDULER_JOB_NAME", "CLOUD_RUN_URL", "SCHEDULE",
+                      "TIME_ZONE", "SCHEDULER_SERVICE_ACCOUNT"],
+    "scheduler-pause": ["PROJECT_ID", "REGION", "SCHEDULER_JOB_NAME"],
+    "scheduler-resume": ["PROJECT_ID", "REGION", "SCHEDULER_JOB_NAME"],
+    "scheduler-run-now": ["PROJECT_ID", "REGION", "SCHEDULER_JOB_NAME"],
+    "scheduler-delete": ["PROJECT_ID", "REGION", "SCHEDULER_JOB_NAME"],
+    "docker-cloud-build-generator": ["PROJECT_ID", "REGION", "ARTIFACT_REPOSITORY", "DOCKER_INSTANCE_NAME", "RUN_NAME"],
+    "docker-cloud-run-generator": ["PROJECT_ID", "REGION", "ARTIFACT_REPOSITORY", "DOCKER_INSTANCE_NAME",
+                                   "RUN_SERVICE_ACCOUNT", "GENERATOR_MEMORY", "GENERATOR_CPU"],
+}
+
+
+@pytest.mark.parametrize("target", sorted(EXPECTED_COMMANDS))
+def test_cloud_target_runs_exactly_these_commands(workdir, target):
+    run = run_make(workdir, target)
+    assert run.returncode == 0, run.output
+    assert run.commands == EXPECTED_COMMANDS[target]
+    assert_no_secret_shown(run)
+    assert_no_env_secret_passed(run)
+
+
+@pytest.mark.parametrize(
+    ("target", "variable"), [(target, variable) for target, names in sorted(REQUIRED.items()) for variable in names]
+)
+def test_missing_variable_is_named_and_nothing_runs(workdir, target, variable):
+    run = run_make(workdir, target, f"{variable}=")
+    assert run.returncode != 0
+    assert f"Missing {variable}:" in run.output
+    assert "nothing was run" in run.output
+    assert run.calls == []
+
+
+@pytest.mark.parametrize("target", ["docker-cloud-run", "add-scheduler", "create-postgres-instance"])
+def test_each_missing_variable_gets_its_own_line(workdir, target):
+    (workdir / ".env").unlink()
+    run = run_make(workdir, target)
+    assert run.returncode != 0
+    assert run.calls == []
+    missing_lines = [line for line in run.output.splitlines() if line.startswith("Missing ")]
+    named = [line.split()[1].rstrip(":") for line in missing_lines]
+    defaults = {"REGION", "ARTIFACT_REPOSITORY", "DB_NAME", "DB_VERSION", "DB_TIER", "DB_EDITION", "SCHEDULE", "TIME_ZONE"}
+    assert named == [name for name in REQUIRED[target] if name not in defaults]
+
+
+def test_command_line_wins_over_env_file(workdir):
+    run = run_make(workdir, "scheduler-pause", "PROJECT_ID=other-proj")
+    assert run.commands == [["gcloud", "scheduler", "jobs", "pause", "post-tweet", "--project=other-proj", "--location=europe-west1"]]
+
+
+def test_env_file_export_quotes_and_comments_are_understood(workdir):
+    (workdir / ".env").write_text(
+        "export PROJECT_ID=\"quoted-proj\"   # the project\nREGION='asia-east1'\nSCHEDULER_JOB_NAME=job-1 # comment\n"
+    )
+    run = run_make(workdir, "scheduler-run-now")
+    assert run.commands == [["gcloud", "scheduler", "jobs", "run", "job-1", "--project=quoted-proj", "--location=asia-east1"]]
+
+
+def test_opt_out_of_authentication(workdir):
+    run = run_make(workdir, "docker-cloud-run", "ALLOW_UNAUTHENTICATED=true")
+    assert "--allow-unauthenticated" in run.commands[0]
+    assert "--no-allow-unauthenticated" not in run.commands[0]
+
+
+def test_extra_env_vars_and_explicit_connection_name(workdir):
+    run = run_make(workdir, "docker-cloud-run", "EXTRA_ENV_VARS=TWEET_ORDER=oldest", "CONNECTION_NAME=p:r:i", "DB_INSTANCE=")
+    assert "--add-cloudsql-instances=p:r:i" in run.commands[0]
+    assert "--set-env-vars=ACCOUNT=my_bot,CONNECTION_NAME=p:r:i,DB_USERNAME=tweetbot,DB_NAME=tweets,TWEET_ORDER=oldest" in run.commands[0]
+
+
+def test_builtin_postgres_user_gets_a_password_instead_of_being_created(workdir):
+    run = run_make(workdir, "create-postgres-instance", "DB_USERNAME=postgres")
+    assert run.commands[-1] == [
+        "gcloud", "sql", "users", "set-password", "postgres", "--instance=tweets-db", "--project=my-proj",
+        f"--password={FAKE_SECRET}",
+    ]
+
+
+def test_failed_secret_read_creates_no_user(workdir, tmp_path):
+    failing = tmp_path / "bin" / "gcloud"
+    failing.write_text(failing.read_text().replace('    print("' + FAKE_SECRET + '")', "    sys.exit(1)"))
+    run = run_make(workdir, "create-postgres-instance")
+    assert run.returncode != 0
+    assert [command[1:3] for command in run.commands] == [["sql", "instances"], ["sql", "databases"], ["secrets", "versions"]]
+
+
+# ---- cloud-secrets: .env -> Secret Manager through standard input ----
+
+def test_cloud_secrets_sends_values_on_stdin(workdir):
+    run = run_make(workdir, "cloud-secrets", env={"FAKE_EXISTING_SECRETS": "tweet-bot-SECRET_TOKEN"})
+    assert run.returncode == 0, run.output
+    writes = [call for call in run.calls if "--data-file=-" in call["args"]]
+    assert [call["args"][:3] for call in writes] == [
+        ["secrets", "versions", "add"]] + [["secrets", "create", f"tweet-bot-{name}"] for name in list(SECRETS)[1:]]
+    assert writes[0]["args"][3] == "tweet-bot-SECRET_TOKEN"
+    assert {call["args"][3 if call["args"][1] == "versions" else 2]: call["stdin"] for call in writes} == {
+        f"tweet-bot-{name}": value for name, value in SECRETS.items()
+    }
+    assert all("--project=my-proj" in call["args"] for call in run.calls)
+    assert_no_secret_shown(run)
+    assert_no_env_secret_passed(run)
+    assert "SECRET_TOKEN -> secret tweet-bot-SECRET_TOKEN (updated)" in run.output
+
+
+def test_cloud_secrets_names_every_missing_secret_and_sends_nothing(workdir):
+    write_env(workdir / ".env", {**DEPLOY_ENV, "SECRET_TOKEN": SECRETS["SECRET_TOKEN"], "ACCESS_KEY": ""})
+    run = run_make(workdir, "cloud-secrets")
+    assert run.returncode != 0
+    assert run.calls == []
+    for name in ("DB_PASSWORD", "CONSUMER_KEY", "CONSUMER_SECRET", "ACCESS_KEY", "ACCESS_SECRET"):
+        assert f"Missing {name}:" in run.output
+    assert "Missing SECRET_TOKEN" not in run.output
+
+
+# ---- docker compose and the generation image ----
+
+def test_docker_compose_target(workdir):
+    run = run_make(workdir, "docker-compose")
+    assert run.returncode == 0, run.output
+    assert run.commands == [["docker", "compose", "up", "--build", "--detach"], ["docker", "compose", "ps"]]
+
+
+def test_docker_compose_without_env_file_says_what_to_do(workdir):
+    (workdir / ".env").unlink()
+    run = run_make(workdir, "docker-compose")
+    assert run.returncode != 0
+    assert "copy .env_reference to .env" in run.output
+    assert run.calls == []
+
+
+def make_run_folder(root: Path) -> Path:
+    run_folder = root / "checkpoint" / "tweets1"
+    run_folder.mkdir(parents=True)
+    for name in ("hparams.json", "encoder.json", "vocab.bpe", "checkpoint", "model-10.index"):
+        (run_folder / name).write_text("{}")
+    return run_folder
+
+
+def test_generator_context_holds_code_and_the_run_folder_only(tmp_path):
+    """Runs in the repository itself: the context is built from the files git tracks."""
+    run_folder = make_run_folder(tmp_path)
+    context = tmp_path / "context"
+    result = subprocess.run(
+        ["make", "--no-print-directory", "generator-context", f"CHECKPOINT_DIR={run_folder.parent}", "RUN_NAME=tweets1",
+         f"GENERATOR_CONTEXT={context}", "ENV_FILE=/dev/null"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (context / "Dockerfile").read_text() == (REPO / "ml" / "Dockerfile").read_text()
+    assert sorted(path.name for path in (context / "model").iterdir()) == sorted(path.name for path in run_folder.iterdir())
+    assert (context / "requirements-ml.txt").is_file() and (context / "api" / "main.py").is_file()
+    tracked = set(subprocess.run(["git", "ls-files", "api", "ml"], cwd=REPO, capture_output=True, text=True).stdout.split())
+    staged = {str(path.relative_to(context)) for path in context.rglob("*") if path.is_file()}
+    code = {path for path in staged if path.startswith(("api/", "ml/"))}
+    assert code == tracked
+    assert not any(name.endswith((".env", ".db")) or "__pycache__" in name for name in staged)
+
+
+def test_generator_context_without_run_folder_says_what_to_do(tmp_path):
+    result = subprocess.run(
+        ["make", "--no-print-directory", "generator-context", f"CHECKPOINT_DIR={tmp_path}", "RUN_NAME=absent",
+         f"GENERATOR_CONTEXT={tmp_path / 'context'}", "ENV_FILE=/dev/null"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert f"No run folder {tmp_path}/absent" in result.stderr
+    assert not (tmp_path / "context").exists()
+
+
+def test_docker_cloud_build_generator_uploads_the_staged_context(workdir, tmp_path):
+    """Runs in the repository (generator-context lists the files git tracks), settings from the test's .env."""
+    run_folder = make_run_folder(tmp_path)
+    context = tmp_path / "context"
+    run = run_make(
+        workdir, "docker-cloud-build-generator", f"CHECKPOINT_DIR={run_folder.parent}", "RUN_NAME=tweets1",
+        f"GENERATOR_CONTEXT={context}", f"ENV_FILE={workdir / '.env'}", cwd=REPO,
+    )
+    assert run.returncode == 0, run.output
+    assert run.commands == [[
+        "gcloud", "builds", "submit", str(context), "--project=my-proj", "--region=europe-west1", "--timeout=3600s",
+        "--tag=europe-west1-docker.pkg.dev/my-proj/tweet-bot/tweet-bot-generator:latest",
+    ]]
+    assert (context / "model" / "hparams.json").is_file()
+
+
+def test_env_file_values_are_not_expanded_by_make(workdir):
+    """`$` and `#` in a .env value stay text: `$%` would be make's automatic variable, `$(...)` a function."""
+    write_env(workdir / ".env", {**DEPLOY_ENV, "EXTRA_ENV_VARS": "NOTE=cost$%#1", "ACCOUNT": "x$(shell touch pwned)"})
+    run = run_make(workdir, "docker-cloud-run", "ACCOUNT=my_bot")
+    assert run.returncode == 0, run.output
+    assert not (workdir / "pwned").exists()
+    [env_vars] = [arg for arg in run.commands[0] if arg.startswith("--set-env-vars=")]
+    assert env_vars.endswith(",DB_NAME=tweets,NOTE=cost$%#1")
