@@ -9,7 +9,8 @@ from sqlalchemy import Engine
 
 from api.config import Settings
 from api.logs import configure_logging
-from api.routes import health, tweets
+from api.posting import log_posting_configuration
+from api.routes import health, posting, tweets
 from db.engine import make_engine, make_session_factory
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None, configure_lo
 
     app.include_router(health.router)
     app.include_router(tweets.router)
+    app.include_router(posting.router)
+    log_posting_configuration(settings)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -131,7 +131,7 @@ class FakeX:
             def log_message(self, format, *args) -> None:  # noqa: A002 (stdlib's name)
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-x", daemon=True).start()
         return self
@@ -438,6 +438,10 @@ class FakeX:
                 http.send_header(name, value)
         http.end_headers()
         http.wfile.write(payload)
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog of 5 resets connections under a storm of posts
 
 
 @pytest.fixture

@@ -1,0 +1,76 @@
+"""POST /tweet_curated/ (and the original's /tweet_currated/): Cloud Scheduler's call to post the next tweet."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from fastapi.responses import JSONResponse
+
+from api.deps import SettingsDep, require_token
+from api.posting import MAX_IDEMPOTENCY_KEY_LENGTH, PostOutcome, PostResult, post_next
+from api.routing import SlashAgnosticRouter
+from api.schemas import TweetPublic
+
+router = SlashAgnosticRouter(tags=["posting"], dependencies=[Depends(require_token)])
+
+HTTP_STATUS = {
+    PostOutcome.posted: 200,
+    PostOutcome.queue_empty: 404,
+    PostOutcome.in_flight: 409,
+    PostOutcome.key_reused: 409,
+    PostOutcome.not_configured: 503,
+    PostOutcome.rate_limited: 503,
+    PostOutcome.texts_refused: 502,
+    PostOutcome.x_credentials: 502,
+    PostOutcome.x_failed: 502,
+    PostOutcome.unconfirmed: 502,
+}
+RESPONSES = {
+    200: {"description": 'Posted: `{"response": "New tweet posted @ <url>", "tweet": {...}}` '
+                         "(also the replay for an idempotency key already used)."},
+    404: {"description": '`{"detail": "No more tweets left"}`'},
+    409: {"description": "A call with the same idempotency key is still posting (or its tweet was since moved)."},
+    502: {"description": "X refused the texts, the credentials, failed, or its answer was lost (tweet unconfirmed)."},
+    503: {"description": "X's rate limit (see Retry-After), or X credentials are not set."},
+}
+KeyHeader = Annotated[str | None, Header(max_length=MAX_IDEMPOTENCY_KEY_LENGTH)]
+
+
+def answer(result: PostResult) -> JSONResponse:
+    """The HTTP form of a posting result."""
+    tweet = TweetPublic.model_validate(result.tweet).model_dump(mode="json") if result.tweet is not None else None
+    headers = {}
+    if result.retry_after is not None:
+        headers["Retry-After"] = str(result.retry_after)
+    if result.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    if result.outcome is PostOutcome.posted:
+        body = {"response": result.message, "tweet": tweet}
+    elif result.outcome is PostOutcome.queue_empty:
+        body = {"detail": result.message}
+    else:
+        body = {"detail": result.message, "outcome": result.outcome.value, "tweet": tweet}
+    return JSONResponse(body, status_code=HTTP_STATUS[result.outcome], headers=headers)
+
+
+@router.post("/tweet_curated/", responses=RESPONSES)
+def tweet_curated(
+    request: Request,
+    settings: SettingsDep,
+    x_cloudscheduler_scheduletime: KeyHeader = None,
+    idempotency_key: KeyHeader = None,
+):
+    """Post the next queued tweet to X. Retries carrying the same `Idempotency-Key` (or Cloud
+    Scheduler's `X-CloudScheduler-ScheduleTime`) answer with the first call's result."""
+    result = post_next(
+        session_factory=request.app.state.session_factory,
+        settings=settings,
+        idempotency_key=idempotency_key or x_cloudscheduler_scheduletime,
+    )
+    return answer(result)
+
+
+router.add_api_route(
+    "/tweet_currated/", tweet_curated, methods=["POST"], responses=RESPONSES,
+    summary="Tweet Curated (the original's spelling, kept for existing scheduler jobs)",
+)

@@ -1,0 +1,424 @@
+"""Posting the next tweet exactly once: the endpoint, post_next and the CLI against the fake X server,
+on SQLite and on Postgres through psycopg2 and pg8000."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from api import tweets as store
+from api.app import create_app
+from api.config import Settings
+from api.posting import PostOutcome, post_next
+from db.models import Tweet, TweetStatus, utcnow
+from tests.conftest import ACCOUNT, TOKEN
+from tests.fake_x import ACCESS_SECRET, BEARER_TOKEN, CONSUMER_SECRET, DUPLICATE_DETAIL, FakeX
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def settings_values(settings_values, fake_x) -> dict:
+    settings_values.update(fake_x.settings_values(timeout=2), TWEET_ORDER="oldest")
+    return settings_values
+
+
+def queue(session_factory, *texts: str, status: TweetStatus = TweetStatus.queued) -> list[int]:
+    """Store texts in order (their positions follow) and return their ids."""
+    with session_factory() as session:
+        store.ingest_texts(session, account=ACCOUNT, texts=list(texts), status=status)
+        session.commit()
+        return list(session.scalars(select(Tweet.id).where(Tweet.text.in_(texts)).order_by(Tweet.position)))
+
+
+def load(session_factory, tweet_id: int) -> Tweet:
+    with session_factory() as session:
+        return session.get(Tweet, tweet_id)
+
+
+def statuses(session_factory) -> dict[str, TweetStatus]:
+    with session_factory() as session:
+        return {t.text: t.status for t in session.scalars(select(Tweet))}
+
+
+def post(session_factory, settings, key=None, **overrides):
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    return post_next(session_factory=session_factory, settings=settings, idempotency_key=key)
+
+
+def client_with(engine, settings_values, **overrides) -> TestClient:
+    app = create_app(Settings(**{**settings_values, **overrides}), engine=engine, configure_logs=False)
+    return TestClient(app, headers={"x-token": TOKEN})
+
+
+# ---- the endpoint -------------------------------------------------------------------------
+
+def test_posts_the_next_tweet_and_records_xs_id(client, session_factory, fake_x):
+    first, _second = queue(session_factory, "first tweet", "second tweet")
+    response = client.post("/tweet_curated/")
+    assert response.status_code == 200
+    (posted,) = fake_x.posted
+    url = f"https://x.com/{ACCOUNT}/status/{posted['id']}"
+    body = response.json()
+    assert body["response"] == f"New tweet posted @ {url}"
+    assert posted["text"] == "first tweet"
+    assert body["tweet"]["id"] == first and body["tweet"]["status"] == "posted"
+    tweet = load(session_factory, first)
+    assert (tweet.status, tweet.x_tweet_id, tweet.x_url, tweet.dry_run) == (TweetStatus.posted, posted["id"], url, False)
+    assert tweet.posted_at is not None and tweet.error is None
+    assert fake_x.post_attempts[0].auth == "oauth1"
+
+
+@pytest.mark.parametrize("path", ["/tweet_currated/", "/tweet_currated", "/tweet_curated"])
+def test_the_original_spelling_and_slashless_paths_post_too(client, session_factory, fake_x, path):
+    queue(session_factory, "spelled the old way")
+    assert client.post(path).status_code == 200
+    assert [p["text"] for p in fake_x.posted] == ["spelled the old way"]
+
+
+@pytest.mark.parametrize("path", ["/tweet_curated/", "/tweet_currated/"])
+def test_posting_needs_the_token(anon_client, session_factory, fake_x, path):
+    queue(session_factory, "not without a token")
+    assert anon_client.post(path).status_code == 401
+    assert anon_client.post(path, headers={"x-token": "wrong"}).status_code == 401
+    assert fake_x.requests == []
+
+
+def test_empty_queue_answers_404(client, session_factory, fake_x):
+    queue(session_factory, "only pending", status=TweetStatus.pending)
+    response = client.post("/tweet_curated/")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "No more tweets left"}
+    assert fake_x.requests == []
+
+
+def test_oldest_order_follows_position_then_id(session_factory, settings):
+    ids = queue(session_factory, "a", "b", "c")
+    with session_factory() as session:
+        session.get(Tweet, ids[2]).position = -1
+        session.commit()
+    posted = [post(session_factory, settings).tweet.id for _ in range(3)]
+    assert posted == [ids[2], ids[0], ids[1]]
+
+
+def test_random_order_posts_every_tweet_once(session_factory, settings, fake_x):
+    queue(session_factory, *(f"random {n}" for n in range(6)))
+    outcomes = [post(session_factory, settings, TWEET_ORDER="random").outcome for _ in range(7)]
+    assert outcomes == [PostOutcome.posted] * 6 + [PostOutcome.queue_empty]
+    assert sorted(p["text"] for p in fake_x.posted) == [f"random {n}" for n in range(6)]
+
+
+# ---- idempotency --------------------------------------------------------------------------
+
+def test_same_schedule_time_five_times_posts_once(client, session_factory, fake_x):
+    queue(session_factory, "one", "two")
+    headers = {"X-CloudScheduler-ScheduleTime": "2026-11-22T10:00:00Z"}
+    answers = [client.post("/tweet_curated/", headers=headers) for _ in range(5)]
+    assert [a.status_code for a in answers] == [200] * 5
+    assert len({a.text for a in answers}) == 1
+    assert [a.headers.get("Idempotent-Replayed") for a in answers] == [None] + ["true"] * 4
+    assert len(fake_x.post_attempts) == 1
+    # The next scheduled run posts the next tweet.
+    nxt = client.post("/tweet_curated/", headers={"X-CloudScheduler-ScheduleTime": "2026-11-22T11:00:00Z"})
+    assert nxt.status_code == 200 and [p["text"] for p in fake_x.posted] == ["one", "two"]
+
+
+def test_idempotency_key_header_wins_over_schedule_time(client, session_factory, fake_x):
+    queue(session_factory, "one", "two")
+    client.post("/tweet_curated/", headers={"Idempotency-Key": "k1", "X-CloudScheduler-ScheduleTime": "t"})
+    replay = client.post("/tweet_curated/", headers={"Idempotency-Key": "k1"})
+    other = client.post("/tweet_curated/", headers={"X-CloudScheduler-ScheduleTime": "t"})
+    assert replay.headers.get("Idempotent-Replayed") == "true"
+    assert other.status_code == 200 and other.headers.get("Idempotent-Replayed") is None
+    assert len(fake_x.posted) == 2
+
+
+def test_key_in_flight_answers_409(client, session_factory, fake_x):
+    (tweet_id,) = queue(session_factory, "being posted")
+    with session_factory() as session:
+        tweet = session.get(Tweet, tweet_id)
+        tweet.status, tweet.claimed_at, tweet.idempotency_key = TweetStatus.posting, utcnow(), "k"
+        session.commit()
+    response = client.post("/tweet_curated/", headers={"Idempotency-Key": "k"})
+    assert response.status_code == 409
+    assert "still posting" in response.json()["detail"]
+    assert fake_x.requests == []
+
+
+def test_key_of_a_tweet_moved_since_answers_409(session_factory, settings, fake_x):
+    queue(session_factory, "lost answer", "next")
+    fake_x.enqueue("POST", "/2/tweets", FakeX.dropped())
+    first = post(session_factory, settings, "k")
+    assert first.outcome is PostOutcome.unconfirmed
+    with session_factory() as session:  # the operator closes it after checking X
+        store.update_tweet(session, session.get(Tweet, first.tweet.id), status=TweetStatus.rejected)
+        session.commit()
+    again = post(session_factory, settings, "k")
+    assert again.outcome is PostOutcome.key_reused and "now rejected" in again.message
+    assert len(fake_x.post_attempts) == 1
+
+
+def test_concurrent_calls_with_one_key_post_once(session_factory, settings, fake_x):
+    queue(session_factory, *(f"t{n}" for n in range(5)))
+    barrier = threading.Barrier(8)
+
+    def call(_):
+        barrier.wait()
+        return post(session_factory, settings, "same key").outcome
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(call, range(8)))
+    assert len(fake_x.post_attempts) == 1
+    assert set(outcomes) <= {PostOutcome.posted, PostOutcome.in_flight}
+    assert PostOutcome.posted in outcomes
+
+
+def test_long_idempotency_key_is_refused(client, session_factory, fake_x):
+    queue(session_factory, "x")
+    response = client.post("/tweet_curated/", headers={"Idempotency-Key": "k" * 201})
+    assert response.status_code == 422
+    assert fake_x.requests == []
+
+
+def test_fifty_concurrent_calls_over_thirty_tweets(session_factory, settings, fake_x):
+    texts = [f"storm tweet {n}" for n in range(30)]
+    queue(session_factory, *texts)
+    settings = settings.model_copy(update={"TWEET_ORDER": "random"})
+    barrier = threading.Barrier(50)
+
+    def call(n: int) -> PostOutcome:
+        barrier.wait()
+        return post(session_factory, settings, f"key-{n}").outcome
+
+    with ThreadPoolExecutor(50) as pool:
+        outcomes = list(pool.map(call, range(50)))
+    assert outcomes.count(PostOutcome.posted) == 30
+    assert outcomes.count(PostOutcome.queue_empty) == 20
+    assert len(fake_x.post_attempts) == 30
+    assert sorted(p["text"] for p in fake_x.posted) == sorted(texts)
+    with session_factory() as session:
+        tweets = session.scalars(select(Tweet)).all()
+    assert {t.status for t in tweets} == {TweetStatus.posted}
+    assert len({t.x_tweet_id for t in tweets}) == 30
+
+
+# ---- X's answers --------------------------------------------------------------------------
+
+def test_rate_limit_requeues_and_answers_503_with_retry_after(client, session_factory, fake_x):
+    (tweet_id,) = queue(session_factory, "later")
+    reset = int(time.time()) + 300
+    fake_x.enqueue("POST", "/2/tweets", FakeX.rate_limited(reset))
+    started = time.monotonic()
+    response = client.post("/tweet_curated/", headers={"Idempotency-Key": "k"})
+    assert time.monotonic() - started < 2  # never sleeps until the reset
+    assert response.status_code == 503
+    assert 295 <= int(response.headers["Retry-After"]) <= 301
+    assert response.json()["outcome"] == "rate_limited"
+    tweet = load(session_factory, tweet_id)
+    assert (tweet.status, tweet.idempotency_key, tweet.claimed_at) == (TweetStatus.queued, None, None)
+    assert "429" in tweet.error
+    # The key was released: the scheduler's retry posts.
+    assert client.post("/tweet_curated/", headers={"Idempotency-Key": "k"}).status_code == 200
+    assert [p["text"] for p in fake_x.posted] == ["later"]
+
+
+@pytest.mark.parametrize("refusal", [FakeX.duplicate_content(), FakeX.bad_request("Invalid 'text': too long")])
+def test_refused_text_is_rejected_and_the_next_tweet_posted(client, session_factory, fake_x, refusal):
+    refused_id, next_id = queue(session_factory, "refused text", "accepted text")
+    fake_x.enqueue("POST", "/2/tweets", refusal)
+    response = client.post("/tweet_curated/", headers={"Idempotency-Key": "k"})
+    assert response.status_code == 200 and response.json()["tweet"]["id"] == next_id
+    refused = load(session_factory, refused_id)
+    assert refused.status is TweetStatus.rejected and refused.idempotency_key is None
+    assert refused.error.startswith(f"X answered {refusal.status}: ")
+    assert load(session_factory, next_id).idempotency_key == "k"
+    assert len(fake_x.post_attempts) == 2
+
+
+def test_real_duplicate_is_rejected_with_xs_message(session_factory, settings, fake_x):
+    (dup_id,) = queue(session_factory, "already on X")
+    fake_x.posted.append({"id": "1", "text": "already on X"})
+    result = post(session_factory, settings)
+    assert result.outcome is PostOutcome.queue_empty
+    assert [t.id for t in result.rejected] == [dup_id]
+    assert load(session_factory, dup_id).error == f"X answered 403: {DUPLICATE_DETAIL}"
+
+
+def test_refusals_are_bounded_per_call(client, session_factory, fake_x, engine, settings_values):
+    ids = queue(session_factory, "r1", "r2", "r3")
+    fake_x.enqueue("POST", "/2/tweets", FakeX.duplicate_content(), FakeX.duplicate_content())
+    with client_with(engine, settings_values, MAX_REJECTED_PER_CALL=2) as bounded:
+        response = bounded.post("/tweet_curated/")
+    assert response.status_code == 502
+    assert response.json()["outcome"] == "texts_refused"
+    assert "X refused 2 texts in a row" in response.json()["detail"]
+    assert [load(session_factory, i).status for i in ids] == [TweetStatus.rejected, TweetStatus.rejected, TweetStatus.queued]
+
+
+@pytest.mark.parametrize(
+    ("answer", "outcome", "detail"),
+    [
+        (FakeX.unauthorized(), "x_credentials", "X rejected the credentials: check ACCESS_KEY"),
+        (FakeX.forbidden(), "x_credentials", "Read and Write permission"),
+        (FakeX.server_error(500), "x_failed", "X failed (X answered 500"),
+        (FakeX.server_error(503), "x_failed", "X failed (X answered 503"),
+    ],
+)
+def test_x_failures_requeue_and_answer_502(client, session_factory, fake_x, answer, outcome, detail):
+    (tweet_id,) = queue(session_factory, "try again")
+    fake_x.enqueue("POST", "/2/tweets", answer)
+    response = client.post("/tweet_curated/", headers={"Idempotency-Key": "k"})
+    assert response.status_code == 502
+    assert response.json()["outcome"] == outcome
+    assert detail in response.json()["detail"]
+    assert f"tweet {tweet_id} is back in the queue" in response.json()["detail"]
+    tweet = load(session_factory, tweet_id)
+    assert (tweet.status, tweet.idempotency_key) == (TweetStatus.queued, None)
+    assert client.post("/tweet_curated/", headers={"Idempotency-Key": "k"}).status_code == 200
+
+
+def test_wrong_secret_is_a_credentials_failure(session_factory, settings, fake_x):
+    (tweet_id,) = queue(session_factory, "signed wrong")
+    result = post(session_factory, settings, ACCESS_SECRET=settings.ACCESS_SECRET.__class__("wrong"))
+    assert result.outcome is PostOutcome.x_credentials
+    assert load(session_factory, tweet_id).status is TweetStatus.queued
+
+
+def test_unreachable_x_requeues(session_factory, settings, fake_x):
+    (tweet_id,) = queue(session_factory, "nobody listening")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    result = post(session_factory, settings, TWITTER_API_BASE_URL=closed)
+    assert result.outcome is PostOutcome.x_failed and "could not reach X" in result.message
+    assert load(session_factory, tweet_id).status is TweetStatus.queued
+
+
+@pytest.mark.parametrize("lost", [FakeX.hang(30), FakeX.dropped()], ids=["timeout", "dropped"])
+def test_lost_answer_marks_unconfirmed_and_never_reposts(client, session_factory, fake_x, engine, settings_values, lost):
+    lost_id, next_id = queue(session_factory, "did it post?", "next one")
+    fake_x.enqueue("POST", "/2/tweets", lost)
+    with client_with(engine, settings_values, TWITTER_TIMEOUT_SECONDS=0.5) as impatient:
+        response = impatient.post("/tweet_curated/", headers={"Idempotency-Key": "k"})
+        assert response.status_code == 502
+        assert response.json()["outcome"] == "unconfirmed"
+        assert f"https://x.com/{ACCOUNT}" in response.json()["detail"]
+        # The scheduler's retry with the same key gets the same answer and posts nothing.
+        retry = impatient.post("/tweet_curated/", headers={"Idempotency-Key": "k"})
+        assert retry.status_code == 502 and retry.json()["detail"] == response.json()["detail"]
+        assert len(fake_x.post_attempts) == 1
+        listed = impatient.get("/tweets/", params={"status": "unconfirmed"}).json()
+        assert [t["id"] for t in listed["data"]] == [lost_id]
+        # Later runs post other tweets, never the unconfirmed one.
+        assert impatient.post("/tweet_curated/", headers={"Idempotency-Key": "k2"}).json()["tweet"]["id"] == next_id
+        assert impatient.post("/tweet_curated/").status_code == 404
+    assert load(session_factory, lost_id).status is TweetStatus.unconfirmed
+
+
+def test_stale_posting_row_becomes_unconfirmed_not_reposted(session_factory, settings, fake_x):
+    stale_id, fresh_id, queued_id = queue(session_factory, "stale", "fresh", "queued")
+    with session_factory() as session:
+        for tweet_id, minutes in ((stale_id, 11), (fresh_id, 1)):
+            tweet = session.get(Tweet, tweet_id)
+            tweet.status, tweet.claimed_at = TweetStatus.posting, utcnow() - timedelta(minutes=minutes)
+        session.commit()
+    assert post(session_factory, settings).tweet.id == queued_id
+    assert post(session_factory, settings).outcome is PostOutcome.queue_empty
+    stale = load(session_factory, stale_id)
+    assert stale.status is TweetStatus.unconfirmed and "stopped mid-post" in stale.error
+    assert load(session_factory, fresh_id).status is TweetStatus.posting  # its lease still runs
+    assert [p["text"] for p in fake_x.posted] == ["queued"]
+
+
+# ---- configuration ------------------------------------------------------------------------
+
+def test_dry_run_records_without_calling_x(session_factory, fake_x, engine, settings_values, caplog):
+    (tweet_id,) = queue(session_factory, "dry text")
+    values = {k: v for k, v in settings_values.items() if k not in ("CONSUMER_KEY", "ACCESS_SECRET")}
+    caplog.set_level(logging.INFO)
+    with client_with(engine, values, TWITTER_DRY_RUN=True) as dry:
+        response = dry.post("/tweet_curated/")
+    assert response.status_code == 200
+    assert response.json()["response"] == f"Dry run: tweet {tweet_id} recorded as posted; nothing was sent to X"
+    tweet = load(session_factory, tweet_id)
+    assert (tweet.status, tweet.dry_run, tweet.x_tweet_id, tweet.x_url) == (TweetStatus.posted, True, None, None)
+    assert fake_x.requests == []
+    assert "dry text" in caplog.text
+
+
+def test_missing_credentials_answer_503_naming_them(session_factory, fake_x, engine, settings_values, caplog):
+    (tweet_id,) = queue(session_factory, "unposted")
+    values = {k: v for k, v in settings_values.items() if k not in ("ACCESS_KEY", "ACCESS_SECRET")}
+    caplog.set_level(logging.INFO)
+    with client_with(engine, values) as unconfigured:
+        assert "ACCESS_KEY, ACCESS_SECRET not set" in caplog.text  # said once at start
+        response = unconfigured.post("/tweet_curated/")
+    assert response.status_code == 503
+    assert "ACCESS_KEY, ACCESS_SECRET" in response.json()["detail"]
+    assert load(session_factory, tweet_id).status is TweetStatus.queued
+    assert fake_x.requests == []
+
+
+def test_secrets_never_logged(client, session_factory, fake_x, caplog):
+    queue(session_factory, "log me not", "second")
+    caplog.set_level(logging.DEBUG)
+    assert client.post("/tweet_curated/").status_code == 200
+    fake_x.enqueue("POST", "/2/tweets", FakeX.unauthorized())
+    assert client.post("/tweet_curated/").status_code == 502
+    assert "posted tweet" in caplog.text and "X rejected the credentials" in caplog.text
+    logged = caplog.text + "".join(str(r.args) for r in caplog.records)
+    for secret in (CONSUMER_SECRET, ACCESS_SECRET, BEARER_TOKEN, TOKEN, "oauth_signature", "Authorization"):
+        assert secret not in logged
+
+
+# ---- the command line ---------------------------------------------------------------------
+
+def run_cli(tmp_path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "api.post_next", *args],
+        cwd=tmp_path,  # no stray .env
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **env},
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_cli_exit_codes(tmp_path, session_factory, engine, fake_x):
+    queue(session_factory, "from cron")
+    env = {
+        "DATABASE_URL": engine.url.render_as_string(hide_password=False),
+        "SECRET_TOKEN": TOKEN,
+        "ACCOUNT": ACCOUNT,
+        **{k: str(v) for k, v in fake_x.settings_values().items()},
+    }
+    posted = run_cli(tmp_path, env, "--idempotency-key", "2026-11-22T10:00:00Z")
+    assert posted.returncode == 0, posted.stderr
+    assert posted.stdout.startswith("New tweet posted @ https://x.com/") and posted.stdout.count("\n") == 1
+    replay = run_cli(tmp_path, env, "--idempotency-key", "2026-11-22T10:00:00Z")
+    assert replay.returncode == 0 and "earlier run with this idempotency key" in replay.stdout
+    empty = run_cli(tmp_path, env)
+    assert (empty.returncode, empty.stdout) == (3, "No more tweets left\n")
+    queue(session_factory, "rate limited")
+    fake_x.enqueue("POST", "/2/tweets", FakeX.rate_limited())
+    assert run_cli(tmp_path, env).returncode == 4
+    fake_x.enqueue("POST", "/2/tweets", FakeX.unauthorized())
+    assert run_cli(tmp_path, env).returncode == 5
+    unconfigured = run_cli(tmp_path, {k: v for k, v in env.items() if k != "CONSUMER_KEY"})
+    assert unconfigured.returncode == 2 and "CONSUMER_KEY" in unconfigured.stdout
+    bad = run_cli(tmp_path, {k: v for k, v in env.items() if k != "ACCOUNT"})
+    assert bad.returncode == 2 and "ACCOUNT is not set" in bad.stdout
+    assert len(fake_x.posted) == 1
+    for result in (posted, replay, empty):
+        assert CONSUMER_SECRET not in result.stderr and ACCESS_SECRET not in result.stderr
