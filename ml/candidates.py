@@ -1,0 +1,155 @@
+"""Candidate tweets: sample them, filter them, top up when too few survive, write and upload the file to curate."""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from api.tweet_text import END_TOKEN, START_TOKEN, join_samples
+from ml.filters import CandidateFilter, DropReason
+
+log = logging.getLogger(__name__)
+
+UPLOAD_TIMEOUT_SECONDS = 60
+
+# (how many, seed) -> [(text, unfinished)]: `unfinished` when the sample ran to `length` without an end.
+Generate = Callable[[int, "int | None"], list[tuple[str, bool]]]
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """gpt_2_simple.generate's knobs, with the original project's settings for tweets."""
+
+    nsamples: int = 1000
+    batch_size: int = 10
+    length: int = 200
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.9
+    prefix: str | None = START_TOKEN
+    truncate: str | None = END_TOKEN
+    include_prefix: bool = False
+    seed: int | None = None
+    oversample_limit: float = 3.0   # generate at most this many times nsamples in all
+
+    @property
+    def max_generated(self) -> int:
+        return max(self.nsamples, math.ceil(self.nsamples * self.oversample_limit))
+
+
+def sampler_generate(sampler, options: GenerationOptions) -> Generate:
+    """A `Generate` over ml.sampler.Sampler.
+
+    The Sampler stops a sample at `truncate` and returns the text before it; a sample it cut at
+    `length` instead is recognised by its size: it re-encodes to `length` tokens or more.
+    """
+
+    def generate(count: int, seed: int | None) -> list[tuple[str, bool]]:
+        texts = sampler.generate(
+            nsamples=count, length=options.length, temperature=options.temperature, top_k=options.top_k,
+            top_p=options.top_p, prefix=options.prefix, truncate=options.truncate,
+            include_prefix=options.include_prefix, seed=seed, progress=True, batch_size=options.batch_size,
+        )
+        if options.truncate is None:
+            return [(text, False) for text in texts]
+        prefix_tokens = len(sampler.encoder.encode(options.prefix)) if options.prefix and options.include_prefix else 0
+        return [(text, len(sampler.encoder.encode(text)) - prefix_tokens >= options.length) for text in texts]
+
+    return generate
+
+
+@dataclass
+class CandidateReport:
+    wanted: int
+    max_generated: int
+    rounds: int
+    candidate_filter: CandidateFilter
+
+    @property
+    def generated(self) -> int:
+        return self.candidate_filter.offered
+
+    @property
+    def kept(self) -> list[str]:
+        return self.candidate_filter.kept[: self.wanted]
+
+    def summary(self) -> str:
+        dropped = self.candidate_filter.dropped
+        parts = [f"{reason.name} {dropped[reason]}" for reason in DropReason if dropped[reason]]
+        line = (
+            f"generated {self.generated}, kept {len(self.kept)} of {self.wanted} wanted, "
+            f"dropped {sum(dropped.values())}" + (f" ({', '.join(parts)})" if parts else "")
+        )
+        if len(self.kept) < self.wanted:
+            line += f"; stopped at the limit of {self.max_generated} generated (--oversample_limit)"
+        return line
+
+
+def collect_candidates(generate: Generate, candidate_filter: CandidateFilter, options: GenerationOptions) -> CandidateReport:
+    """Generate and filter until `nsamples` survive or `max_generated` were generated.
+
+    The first round asks for `nsamples`; each later round asks for what is missing divided by the
+    share kept so far (all that the limit allows when none was kept), with its own seed.
+    """
+    wanted, limit = options.nsamples, options.max_generated
+    report = CandidateReport(wanted=wanted, max_generated=limit, rounds=0, candidate_filter=candidate_filter)
+    while len(candidate_filter.kept) < wanted and candidate_filter.offered < limit:
+        missing = wanted - len(candidate_filter.kept)
+        if report.rounds == 0:
+            count = wanted
+        elif candidate_filter.kept:
+            count = math.ceil(missing * candidate_filter.offered / len(candidate_filter.kept))
+        else:
+            count = limit
+        count = min(count, limit - candidate_filter.offered)
+        seed = None if options.seed is None else options.seed + report.rounds
+        if report.rounds:
+            log.info("%d of %d candidates kept: generating %d more", len(candidate_filter.kept), wanted, count)
+        for text, unfinished in generate(count, seed):
+            candidate_filter.offer(text, unfinished=unfinished)
+        report.rounds += 1
+    return report
+
+
+def candidate_file_name(run_name: str, now: datetime | None = None) -> str:
+    """`gpt2_<run_name>_<UTC yyyymmdd_HHMMSS>.txt`, as the original named its output."""
+    now = now or datetime.now(timezone.utc)
+    return f"gpt2_{run_name}_{now.astimezone(timezone.utc):%Y%m%d_%H%M%S}.txt"
+
+
+def write_candidate_file(path: Path, texts: list[str]) -> Path:
+    """The curation format (samples separated by a line of 20 `=`), written whole or not at all."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(join_samples(texts), encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
+class UploadError(RuntimeError):
+    """The store did not take the file; str(exc) says why (the file stays where it is)."""
+
+
+def upload_candidate_file(path: Path, base_url: str, token: str, *, status: str = "pending",
+                          timeout: float = UPLOAD_TIMEOUT_SECONDS) -> dict:
+    """POST the file to `base_url/add_tweets_file/?status=<status>` with the x-token; returns the store's answer."""
+    import requests
+
+    url = f"{base_url.rstrip('/')}/add_tweets_file/"
+    try:
+        with path.open("rb") as file:
+            response = requests.post(
+                url, params={"status": status}, headers={"x-token": token},
+                files={"file": (path.name, file, "text/plain")}, timeout=timeout,
+            )
+    except requests.RequestException as exc:
+        raise UploadError(f"could not reach {url} ({type(exc).__name__}: {exc})") from None
+    if response.status_code != 201:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise UploadError(f"{url} answered {response.status_code}: {str(detail)[:300]}")
+    return response.json()

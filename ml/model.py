@@ -1,0 +1,339 @@
+"""`python -m ml.model`: fine-tune GPT-2 on a tweets file with gpt_2_simple, then write candidate tweets to curate.
+
+    python -m ml.model --filename=karpathy_tweets.csv --run_name=karpathy_production --steps=2000
+    python -m ml.model train --filename=tweets.csv --run_name=run1 --steps=500      # only train
+    python -m ml.model generate --run_name=run1 --nsamples=200                      # only generate
+    python -m ml.model --model_name=tiny --filename=ml/sample_data/tweets_sample.csv --steps=20   # offline
+
+Every default is below; each has a command-line flag of the same name in lower case. The resolved
+configuration is logged and saved in the run folder (train_config.json, generate_config.json).
+Bad input stops with one line and exit status 2 before TensorFlow starts; Ctrl-C during training
+saves the last finished step (exit status 130) and `--restore_from latest` (the default) resumes it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, fields
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from api.tweet_text import END_TOKEN, START_TOKEN
+
+# ---- where things live ----
+MODELS_DIR = "ml/models"
+CHECKPOINT_DIR = "ml/checkpoint"
+OUT_DIR = "."
+RUN_NAME = "run1"
+MODEL_NAME = "124M"                 # 124M, 355M, 774M, 1558M (OpenAI's), or tiny (offline tests)
+DOWNLOAD_URL = "https://openaipublic.blob.core.windows.net/gpt-2"
+# ---- training: gpt_2_simple.finetune's defaults ----
+STEPS = 1000                        # -1: until Ctrl-C
+LEARNING_RATE = 1e-4
+BATCH_SIZE = 1
+ACCUMULATE_GRADIENTS = 5
+SAMPLE_EVERY = 100
+SAMPLE_LENGTH = 1023
+SAVE_EVERY = 1000
+PRINT_EVERY = 1
+RESTORE_FROM = "latest"             # latest: resume the run (or start from the base model); fresh: base model
+MAX_CHECKPOINTS = 1
+# ---- generation: the original project's settings for tweets ----
+NSAMPLES = 1000
+GEN_BATCH_SIZE = 10
+LENGTH = 200
+TEMPERATURE = 1.0
+TOP_K = 0
+TOP_P = 0.9
+PREFIX = START_TOKEN
+TRUNCATE = END_TOKEN
+OVERSAMPLE_LIMIT = 3.0              # generate at most 3 x nsamples when filters drop too many
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+TRAIN_CONFIG = "train_config.json"
+GENERATE_CONFIG = "generate_config.json"
+
+log = logging.getLogger("ml.model")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return number
+
+
+def _steps(value: str) -> int:
+    number = int(value)
+    if number == 0 or number < -1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, or -1 to train until Ctrl-C; got {value}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
+def _probability(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (0 turns it off), got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ml.model",
+        description="Fine-tune GPT-2 on a tweets file with gpt_2_simple and write candidate tweets to curate.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("mode", nargs="?", choices=("both", "train", "generate"), default="both",
+                   help="train then generate, only train, or only generate from an existing run")
+    p.add_argument("--filename", help="training file: .csv with a 'tweets' column, or .txt "
+                   "(generate: the training file whose copies are dropped; default: the one the run recorded)")
+    p.add_argument("--run_name", default=RUN_NAME, help="the run's folder inside --checkpoint_dir")
+    p.add_argument("--model_name", default=MODEL_NAME, help="base model: 124M, 355M, 774M, 1558M or tiny")
+    p.add_argument("--models_dir", default=MODELS_DIR, help="folder of base models")
+    p.add_argument("--checkpoint_dir", default=CHECKPOINT_DIR, help="folder of runs")
+    p.add_argument("--download_url", default=DOWNLOAD_URL, help="where the pretrained weights are fetched from")
+
+    t = p.add_argument_group("training (gpt_2_simple.finetune)")
+    t.add_argument("--steps", type=_steps, default=STEPS, help="steps to train (-1: until Ctrl-C)")
+    t.add_argument("--learning_rate", type=_positive_float, default=LEARNING_RATE)
+    t.add_argument("--batch_size", type=_positive_int, default=BATCH_SIZE, help="1024-token windows per batch")
+    t.add_argument("--accumulate_gradients", type=_positive_int, default=ACCUMULATE_GRADIENTS,
+                   help="batches summed into one step")
+    t.add_argument("--sample_every", type=_positive_int, default=SAMPLE_EVERY, help="log a sample every N steps")
+    t.add_argument("--sample_length", type=_positive_int, default=SAMPLE_LENGTH, help="tokens in those samples")
+    t.add_argument("--save_every", type=_positive_int, default=SAVE_EVERY, help="save a checkpoint every N steps")
+    t.add_argument("--print_every", type=_positive_int, default=PRINT_EVERY, help="log progress every N steps")
+    t.add_argument("--restore_from", choices=("latest", "fresh"), default=RESTORE_FROM,
+                   help="latest: resume the run's last checkpoint; fresh: start again from the base model")
+    t.add_argument("--overwrite", action="store_true", help="when resuming, delete the run's older checkpoints")
+    t.add_argument("--only_train_transformer_layers", action="store_true",
+                   help="train only the transformer blocks (less memory, for 774M and up)")
+    t.add_argument("--max_checkpoints", type=_positive_int, default=MAX_CHECKPOINTS, help="checkpoints kept")
+
+    g = p.add_argument_group("generation and filters")
+    g.add_argument("--nsamples", type=_positive_int, default=NSAMPLES, help="candidates wanted in the file")
+    g.add_argument("--gen_batch_size", type=_positive_int, default=GEN_BATCH_SIZE, help="samples made together")
+    g.add_argument("--length", type=_positive_int, default=LENGTH, help="tokens per sample at most")
+    g.add_argument("--temperature", type=_positive_float, default=TEMPERATURE)
+    g.add_argument("--top_k", type=int, default=TOP_K, help="sample from the k likeliest tokens (0: off)")
+    g.add_argument("--top_p", type=_probability, default=TOP_P, help="nucleus sampling (0: off; overrides top_k)")
+    g.add_argument("--prefix", default=PREFIX, help="text samples start from ('' for none)")
+    g.add_argument("--truncate", default=TRUNCATE, help="text that ends a sample ('' for none)")
+    g.add_argument("--include_prefix", action="store_true", help="keep the prefix in the samples")
+    g.add_argument("--seed", type=int, default=None, help="same seed, same samples (also seeds training)")
+    g.add_argument("--no_urls", dest="no_urls", action="store_true", default=True,
+                   help="drop candidates holding a URL (default)")
+    g.add_argument("--allow_urls", dest="no_urls", action="store_false", help="keep candidates holding a URL")
+    g.add_argument("--oversample_limit", type=_positive_float, default=OVERSAMPLE_LIMIT,
+                   help="when filters drop too many, generate at most this many times --nsamples in all")
+    g.add_argument("--out_dir", default=OUT_DIR, help="folder of the candidate file")
+    g.add_argument("--upload", metavar="URL", help="then upload the file to the tweet store at URL as pending "
+                   "tweets (token: SECRET_TOKEN from the environment or .env)")
+    return p
+
+
+def training_options(args: argparse.Namespace):
+    from ml.training import TrainingOptions
+
+    return TrainingOptions(**{f.name: getattr(args, f.name) for f in fields(TrainingOptions)})
+
+
+def generation_options(args: argparse.Namespace):
+    from ml.candidates import GenerationOptions
+
+    return GenerationOptions(
+        nsamples=args.nsamples, batch_size=args.gen_batch_size, length=args.length, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, prefix=args.prefix or None, truncate=args.truncate or None,
+        include_prefix=args.include_prefix, seed=args.seed, oversample_limit=args.oversample_limit,
+    )
+
+
+def upload_token() -> str:
+    """SECRET_TOKEN from the environment, else from ./.env."""
+    from dotenv import dotenv_values
+
+    return os.environ.get("SECRET_TOKEN") or dotenv_values(".env").get("SECRET_TOKEN") or ""
+
+
+def _quiet_tensorflow() -> None:
+    """gpt_2_simple's deprecation warnings would hide our progress log."""
+    import tensorflow as tf
+
+    tf.get_logger().setLevel(logging.ERROR)
+
+
+def _write_config(path: Path, config: dict) -> None:
+    path.write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
+    log.info("configuration (saved in %s):\n%s", path, json.dumps(config, indent=2, default=str))
+
+
+def _training_tweets_for_generation(args, run_folder: Path):
+    """The training file of a generate-only run: --filename, else the one recorded at training."""
+    from ml.dataset import InputError, load_training_file
+
+    if args.filename:
+        return load_training_file(args.filename)
+    recorded = run_folder / TRAIN_CONFIG
+    if recorded.is_file():
+        filename = json.loads(recorded.read_text(encoding="utf-8")).get("filename")
+        if filename and Path(filename).is_file():
+            return load_training_file(filename)
+    raise InputError(
+        f"no training file known for run {run_folder}: pass --filename with the file it was trained on, "
+        "so that candidates copying training tweets can be dropped"
+    )
+
+
+def train(args, training_file, run_folder: Path) -> int:
+    """Fine-tune; returns an exit status (0, or 130 when interrupted)."""
+    from ml.base_model import ensure_base_model
+    from ml.dataset import check_window, encode
+    from ml.training import finetune
+
+    model_folder = ensure_base_model(Path(args.models_dir), args.model_name, base_url=args.download_url)
+    hparams = json.loads((model_folder / "hparams.json").read_text(encoding="utf-8"))
+    tokens = encode(training_file.text, model_folder)
+    check_window(len(tokens), hparams["n_ctx"], training_file.path)
+    options = training_options(args)
+    run_folder.mkdir(parents=True, exist_ok=True)
+    _quiet_tensorflow()
+    import tensorflow as tf
+
+    _write_config(run_folder / TRAIN_CONFIG, {
+        "mode": args.mode,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "filename": str(training_file.path.resolve()),
+        "training_tweets": len(training_file.tweets),
+        "dataset_tokens": len(tokens),
+        "model_name": args.model_name,
+        "model_folder": str(model_folder),
+        "hparams": hparams,
+        "run_folder": str(run_folder),
+        **asdict(options),
+        "tensorflow": tf.__version__,
+        "gpt_2_simple": metadata.version("gpt-2-simple"),
+    })
+    result = finetune(tokens, model_folder=model_folder, run_folder=run_folder, options=options)
+    if result.interrupted:
+        log.warning(
+            "training interrupted after step %d; checkpoint %s saved. Resume with the same command "
+            "(--restore_from latest), or generate with: python -m ml.model generate --run_name=%s --checkpoint_dir=%s",
+            result.last_step, result.checkpoint, args.run_name, args.checkpoint_dir,
+        )
+        return EXIT_INTERRUPTED
+    log.info("trained steps %d-%d in %.0f s; checkpoint %s", result.first_step, result.last_step,
+             result.seconds, result.checkpoint)
+    return 0
+
+
+def generate(args, training_file, run_folder: Path, token: str) -> int:
+    """Generate, filter and write the candidates (and upload them); returns an exit status."""
+    from ml.candidates import (
+        UploadError, candidate_file_name, collect_candidates, sampler_generate, upload_candidate_file,
+        write_candidate_file,
+    )
+    from ml.filters import CandidateFilter, TrainingCopyIndex
+
+    options = generation_options(args)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _quiet_tensorflow()
+    from ml.sampler import Sampler
+
+    _write_config(run_folder / GENERATE_CONFIG, {
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_folder": str(run_folder),
+        "filename": str(training_file.path.resolve()),
+        **asdict(options),
+        "no_urls": args.no_urls,
+        "out_dir": str(out_dir),
+        "upload": args.upload,
+    })
+    candidate_filter = CandidateFilter(TrainingCopyIndex(training_file.tweets), drop_urls=args.no_urls)
+    started = time.monotonic()
+    with Sampler.load(run_folder, batch_size=options.batch_size) as sampler:
+        report = collect_candidates(sampler_generate(sampler, options), candidate_filter, options)
+    seconds = time.monotonic() - started
+    if not report.kept:
+        log.error("%s in %.0f s; no candidate survived, so no file was written", report.summary(), seconds)
+        return EXIT_FAILED
+    path = write_candidate_file(out_dir / candidate_file_name(args.run_name), report.kept)
+    log.info("%s in %.0f s; wrote %s", report.summary(), seconds, path)
+    if len(report.kept) < options.nsamples:
+        log.warning("only %d of the %d candidates asked for survived the filters", len(report.kept), options.nsamples)
+    if args.upload:
+        try:
+            answer = upload_candidate_file(path, args.upload, token)
+        except UploadError as exc:
+            log.error("upload failed: %s; the file is kept at %s", exc, path)
+            return EXIT_FAILED
+        log.info("uploaded %s as pending tweets: %d added, %d duplicates, %d rejected",
+                 path, answer["added"], answer["duplicates"], len(answer["rejected"]))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check everything that can be checked without TensorFlow, then train and/or generate."""
+    from ml.base_model import check_model_name
+    from ml.dataset import GPT2_N_CTX, InputError, check_window, load_training_file, validate_run_name
+
+    validate_run_name(args.run_name)
+    run_folder = Path(args.checkpoint_dir) / args.run_name
+    token = ""
+    if args.upload:
+        token = upload_token()
+        if not token:
+            raise InputError("--upload needs the store's token: set SECRET_TOKEN in the environment or in .env")
+    if args.mode in ("both", "train"):
+        if not args.filename:
+            raise InputError("training needs --filename: a .csv with a 'tweets' column, or a .txt file")
+        check_model_name(Path(args.models_dir), args.model_name)
+        training_file = load_training_file(args.filename)
+        # A token is at least one byte: fewer bytes than the window is too short for any vocabulary.
+        check_window(len(training_file.text.encode("utf-8")), GPT2_N_CTX, training_file.path, unit="bytes")
+        status = train(args, training_file, run_folder)
+        if status or args.mode == "train":
+            return status
+    else:
+        if not (run_folder / "checkpoint").is_file():
+            raise InputError(
+                f"no trained run at {run_folder} (no checkpoint file): train it first, or check --run_name and --checkpoint_dir"
+            )
+        training_file = _training_tweets_for_generation(args, run_folder)
+    return generate(args, training_file, run_folder, token)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ml.base_model import DownloadError, ModelError
+    from ml.dataset import InputError
+    from ml.training import RunFolderError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    try:
+        return run(args)
+    except (InputError, ModelError, RunFolderError) as exc:
+        log.error("error: %s", exc)
+        return EXIT_BAD_INPUT
+    except DownloadError as exc:
+        log.error("error: %s", exc)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
