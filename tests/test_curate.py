@@ -1,0 +1,572 @@
+"""The curation page over HTTP (TestClient): session and CSRF guards, escaping, and every action,
+on SQLite and on Postgres through psycopg2 and pg8000. The browser itself: test_curate_browser.py."""
+from __future__ import annotations
+
+import bisect
+import html
+import re
+import stringprep
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from starlette.requests import Request
+
+from api import tweets as store
+from api.curation_session import (
+    COOKIE_NAME,
+    SESSION_MAX_AGE_SECONDS,
+    cookie_is_secure,
+    decode_session,
+    encode_session,
+    new_session,
+    signing_key,
+)
+from api.tweet_counter_rule import js_regex_source, nameprep_tables
+from db.models import Tweet, TweetStatus, utcnow
+from tests.conftest import ACCOUNT, TOKEN
+
+DELIM = "=" * 20
+JSON = {"Accept": "application/json"}
+# The guards and the rendering do not depend on the database: run them on SQLite only.
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"])
+HOSTILE = ['<script>alert("x")</script>', '<img src=x onerror="alert(1)">']
+
+
+@pytest.fixture
+def settings_values(settings_values) -> dict:
+    settings_values.update(TWITTER_DRY_RUN=True, TWEET_ORDER="oldest")
+    return settings_values
+
+
+def sign_in(client: TestClient) -> str:
+    """Sign `client` in; returns the session's CSRF token (read from the page, as the browser does)."""
+    response = client.post("/curate/sign-in", data={"token": TOKEN}, follow_redirects=False)
+    assert response.status_code == 303, response.text
+    return csrf_of(client.get("/curate").text)
+
+
+def csrf_of(page: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+@pytest.fixture
+def curator(app):
+    """A signed-in browser-like client (https, so the Secure cookie is sent) and its CSRF token."""
+    with TestClient(app, base_url="https://testserver") as test_client:
+        test_client.csrf = sign_in(test_client)
+        yield test_client
+
+
+@pytest.fixture
+def stranger(app):
+    with TestClient(app, base_url="https://testserver") as test_client:
+        yield test_client
+
+
+def add(session_factory, *texts: str, status: TweetStatus = TweetStatus.pending) -> list[int]:
+    with session_factory() as session:
+        store.ingest_texts(session, account=ACCOUNT, texts=list(texts), status=status)
+        session.commit()
+        return list(session.scalars(select(Tweet.id).where(Tweet.text.in_(texts)).order_by(Tweet.position)))
+
+
+def snapshot(session_factory) -> list[tuple]:
+    with session_factory() as session:
+        return [
+            (t.id, t.text, t.status, t.position, t.error, t.posted_at)
+            for t in session.scalars(select(Tweet).order_by(Tweet.id))
+        ]
+
+
+def status_of(session_factory, tweet_id: int) -> TweetStatus:
+    with session_factory() as session:
+        return session.get(Tweet, tweet_id).status
+
+
+def curated(*samples: str) -> bytes:
+    return "".join(f"{s}\n{DELIM}\n" for s in samples).encode()
+
+
+def texts_on(page: str) -> list[str]:
+    return [html.unescape(t) for t in re.findall(r'<p class="tweet-text">(.*?)</p>', page, re.S)]
+
+
+# ---- session and CSRF -------------------------------------------------------------------
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("path", ["/curate", "/curate/", "/curate/queue", "/curate/history"])
+def test_pages_send_strangers_to_sign_in(stranger, path):
+    response = stranger.get(path, follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/curate/sign-in"
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("token, message", [("", "Enter the service token"), ("wrong-token-0123456789", "not the service token")])
+def test_wrong_token_is_refused_without_a_cookie(stranger, token, message):
+    response = stranger.post("/curate/sign-in", data={"token": token})
+    assert response.status_code == 401
+    assert message in response.text
+    assert COOKIE_NAME not in response.headers.get("set-cookie", "")
+
+
+@SQLITE_ONLY
+def test_session_cookie_is_secure_httponly_strict_and_never_in_the_url(stranger):
+    response = stranger.post("/curate/sign-in", data={"token": TOKEN}, follow_redirects=False)
+    cookie = response.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE_NAME}=")
+    for flag in ("HttpOnly", "Secure", "SameSite=strict", "Path=/curate", f"Max-Age={SESSION_MAX_AGE_SECONDS}"):
+        assert flag in cookie
+    assert response.headers["location"] == "/curate"
+    assert TOKEN not in cookie
+
+
+def request_to(url: str) -> Request:
+    scheme, rest = url.split("://")
+    host = rest.split("/")[0]
+    return Request({"type": "http", "scheme": scheme, "server": None, "path": "/curate", "query_string": b"",
+                    "headers": [(b"host", host.encode())]})
+
+
+@pytest.mark.parametrize(
+    "url, secure",
+    [
+        ("http://127.0.0.1:8000/curate", False),
+        ("http://localhost:8000/curate", False),
+        ("http://[::1]:8000/curate", False),
+        ("https://127.0.0.1/curate", True),
+        ("http://bot.example.run.app/curate", True),  # Cloud Run: http from the proxy, public host
+        ("https://bot.example.run.app/curate", True),
+    ],
+)
+def test_cookie_is_secure_except_plain_http_on_loopback(url, secure):
+    assert cookie_is_secure(request_to(url)) is secure
+
+
+def test_signed_sessions_reject_tampering_other_keys_and_age(settings):
+    key = signing_key(settings)
+    assert TOKEN.encode() not in key
+    session = new_session(now=1_000_000)
+    cookie = encode_session(session, key)
+    assert decode_session(cookie, key, now=1_000_060) == session
+    payload, signature = cookie.split(".")
+    assert decode_session(f"{payload}x.{signature}", key, now=1_000_060) is None
+    assert decode_session(cookie, b"another key", now=1_000_060) is None
+    assert decode_session(cookie, key, now=1_000_000 + SESSION_MAX_AGE_SECONDS + 1) is None
+    assert decode_session("garbage", key) is None
+
+
+# Every state-changing request, with the form it needs (ids are the first seeded tweets).
+ACTIONS = [
+    ("/curate/approve", {"ids": "1"}),
+    ("/curate/reject", {"ids": "1"}),
+    ("/curate/tweets/1/edit", {"text": "edited by an attacker"}),
+    ("/curate/tweets/2/requeue", {}),
+    ("/curate/tweets/3/unqueue", {}),
+    ("/curate/tweets/3/move", {"to": "bottom"}),
+    ("/curate/post-next", {"idempotency_key": "curate-abc"}),
+    ("/curate/sign-out", {}),
+]
+
+
+@pytest.fixture
+def seeded(session_factory) -> list[tuple]:
+    add(session_factory, "pending one")
+    add(session_factory, "rejected two", status=TweetStatus.rejected)
+    add(session_factory, "queued three", "queued four", status=TweetStatus.queued)
+    return snapshot(session_factory)
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("path, form", ACTIONS)
+@pytest.mark.parametrize("how", ["no cookie", "forged cookie"])
+def test_actions_without_a_session_are_401_and_change_nothing(app, session_factory, seeded, path, form, how):
+    with TestClient(app, base_url="https://testserver") as client:
+        if how == "forged cookie":
+            client.cookies.set(COOKIE_NAME, encode_session(new_session(), b"not the key"), domain="testserver", path="/curate")
+        response = client.post(path, data={**form, "csrf_token": "anything"}, headers=JSON)
+    assert response.status_code == 401
+    assert "sign in" in response.json()["detail"]
+    assert snapshot(session_factory) == seeded
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("path, form", ACTIONS)
+@pytest.mark.parametrize("csrf", [None, "wrong-token"])
+def test_actions_without_the_csrf_token_are_403_and_change_nothing(curator, session_factory, seeded, path, form, csrf):
+    data = dict(form) if csrf is None else {**form, "csrf_token": csrf}
+    response = curator.post(path, data=data, headers=JSON)
+    assert response.status_code == 403
+    assert ("missing" if csrf is None else "wrong") in response.json()["detail"]
+    assert snapshot(session_factory) == seeded
+    assert curator.get("/curate", follow_redirects=False).status_code == 200  # still signed in
+
+
+@SQLITE_ONLY
+def test_upload_without_csrf_is_403_and_stores_nothing(curator, session_factory):
+    response = curator.post("/curate/upload", files={"file": ("gen.txt", curated("sneaky"))})
+    assert response.status_code == 403
+    assert snapshot(session_factory) == []
+
+
+@SQLITE_ONLY
+def test_another_sessions_csrf_token_does_not_work(app, curator, session_factory, seeded):
+    with TestClient(app, base_url="https://testserver") as other:
+        other_csrf = sign_in(other)
+    response = curator.post("/curate/approve", data={"ids": "1", "csrf_token": other_csrf}, headers=JSON)
+    assert response.status_code == 403
+    assert snapshot(session_factory) == seeded
+
+
+@SQLITE_ONLY
+def test_sign_out_clears_the_cookie(curator):
+    response = curator.post("/curate/sign-out", data={"csrf_token": curator.csrf}, follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/curate/sign-in"
+    assert re.search(rf'{COOKIE_NAME}="?"?; .*Max-Age=0', response.headers["set-cookie"])
+    assert curator.get("/curate", follow_redirects=False).headers["location"] == "/curate/sign-in"
+
+
+@SQLITE_ONLY
+def test_pages_are_not_cached_and_only_run_our_scripts(curator):
+    response = curator.get("/curate")
+    assert response.headers["cache-control"] == "no-store"
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+
+
+# ---- escaping -----------------------------------------------------------------------------
+
+@SQLITE_ONLY
+def test_tweet_text_is_escaped_on_every_page(curator, session_factory):
+    add(session_factory, HOSTILE[0])
+    add(session_factory, HOSTILE[1], status=TweetStatus.queued)
+    rejected_id, = add(session_factory, HOSTILE[0] + " rejected", status=TweetStatus.rejected)
+    with session_factory() as session:
+        store.update_tweet(session, session.get(Tweet, rejected_id), error='X said <b onmouseover="x()">no</b>')
+        session.commit()
+    pages = {path: curator.get(path).text for path in ("/curate", "/curate/queue", "/curate/history")}
+    for page in pages.values():
+        for raw in HOSTILE + ['<b onmouseover="x()">']:
+            assert raw not in page
+    assert HOSTILE[0] in texts_on(pages["/curate"])
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;</textarea>" in pages["/curate"]  # the editor too
+    assert HOSTILE[1] in texts_on(pages["/curate/queue"])
+    assert f"{HOSTILE[0]} rejected" in texts_on(pages["/curate/history"])
+    assert "&lt;b onmouseover=&#34;x()&#34;&gt;no&lt;/b&gt;" in pages["/curate/history"]
+
+
+# ---- upload -------------------------------------------------------------------------------
+
+def test_upload_stores_pending_candidates_with_the_same_summary_as_the_api(curator, session_factory):
+    add(session_factory, "already stored", status=TweetStatus.queued)
+    data = curated("fresh one", "already stored", "x" * 281, "fresh two", "<|endoftext|> marker")
+    response = curator.post("/curate/upload", data={"csrf_token": curator.csrf}, files={"file": ("gen.txt", data)})
+    assert response.status_code == 201
+    page = response.text
+    assert "<strong>2</strong> added" in page and "<strong>1</strong> duplicates skipped" in page
+    assert "<strong>2</strong> rejected" in page
+    assert "Sample #3: tweet is 281 weighted characters, over X&#39;s limit of 280" in page
+    assert "Sample #5: tweet contains the generation marker" in page
+    assert texts_on(page) == ["fresh one", "fresh two"]
+    with session_factory() as session:
+        stored = {t.text: t.status for t in session.scalars(select(Tweet))}
+    assert stored == {"already stored": TweetStatus.queued, "fresh one": TweetStatus.pending, "fresh two": TweetStatus.pending}
+
+
+@pytest.mark.parametrize(
+    "data, code, message",
+    [
+        (b"   ", 400, "file is empty"),
+        (b"\xff\xfe bad", 400, "not UTF-8"),
+        (curated("x" * 300), 422, "file holds no valid tweet"),
+    ],
+)
+def test_bad_upload_says_why_and_stores_nothing(curator, session_factory, data, code, message):
+    response = curator.post("/curate/upload", data={"csrf_token": curator.csrf}, files={"file": ("gen.txt", data)})
+    assert response.status_code == code
+    assert "Nothing was stored" in response.text and message in response.text
+    assert snapshot(session_factory) == []
+
+
+def test_upload_over_the_size_limit_is_413(app, session_factory, settings_values, engine):
+    from api.app import create_app
+    from api.config import Settings
+
+    small = create_app(Settings(**{**settings_values, "MAX_UPLOAD_BYTES": 50}), engine=engine, configure_logs=False)
+    with TestClient(small, base_url="https://testserver") as client:
+        csrf = sign_in(client)
+        response = client.post("/curate/upload", data={"csrf_token": csrf}, files={"file": ("gen.txt", curated("y" * 60))})
+    assert response.status_code == 413
+    assert "MAX_UPLOAD_BYTES" in response.text
+    assert snapshot(session_factory) == []
+
+
+# ---- review -------------------------------------------------------------------------------
+
+@SQLITE_ONLY
+def test_review_lists_pending_in_upload_order_with_lengths(curator, session_factory):
+    add(session_factory, "first", "日本語 😷 https://example.com")
+    add(session_factory, "queued elsewhere", status=TweetStatus.queued)
+    page = curator.get("/curate").text
+    assert texts_on(page) == ["first", "日本語 😷 https://example.com"]
+    assert ">33/280<" in page  # 3 CJK (6) + space + emoji (2) + space + URL (23)
+    for key in ("<kbd>a</kbd>", "<kbd>r</kbd>", "<kbd>e</kbd>", "<kbd>j</kbd>", "<kbd>k</kbd>"):
+        assert key in page  # the shortcuts are listed
+
+
+def test_approve_and_reject_in_bulk_report_what_they_skipped(curator, session_factory):
+    one, two, three = add(session_factory, "one", "two", "three")
+    queued, = add(session_factory, "already queued", status=TweetStatus.queued)
+    response = curator.post("/curate/approve", data={"ids": [one, two, queued], "csrf_token": curator.csrf}, headers=JSON)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["changed"] == [one, two]
+    assert body["skipped"] == [{"id": queued, "reason": f"tweet {queued} is queued, no longer pending"}]
+    assert body["counts"]["queued"] == 3 and body["counts"]["pending"] == 1
+    response = curator.post("/curate/reject", data={"ids": [three], "csrf_token": curator.csrf}, headers=JSON)
+    assert response.json()["changed"] == [three]
+    with session_factory() as session:
+        rejected = session.get(Tweet, three)
+        assert (rejected.status, rejected.error) == (TweetStatus.rejected, "rejected by the curator")
+
+
+@SQLITE_ONLY
+def test_actions_without_javascript_redirect_back_with_a_message(curator, session_factory):
+    one, = add(session_factory, "approve me")
+    response = curator.post("/curate/approve", data={"ids": one, "csrf_token": curator.csrf}, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/curate"
+    page = curator.get("/curate").text
+    assert "Approved 1 tweet." in page
+    assert "Approved 1 tweet." not in curator.get("/curate").text  # shown once
+    assert status_of(session_factory, one) is TweetStatus.queued
+
+
+def test_edit_then_approve_saves_the_new_text(curator, session_factory):
+    one, = add(session_factory, "typo tweet")
+    response = curator.post(f"/curate/tweets/{one}/edit", data={"text": "  fixed tweet \r\n", "csrf_token": curator.csrf}, headers=JSON)
+    assert response.status_code == 200, response.text
+    with session_factory() as session:
+        tweet = session.get(Tweet, one)
+        assert (tweet.text, tweet.status) == ("fixed tweet", TweetStatus.queued)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("x" * 281, "281 weighted characters"),
+        ("日" * 141, "282 weighted characters"),
+        ("😷" * 141, "282 weighted characters"),
+        ("https://example.com/" + "a" * 300 + " " + "x" * 257, "281 weighted characters"),
+        ("   ", "tweet is empty"),
+        ("keep <|endoftext|>", "generation marker"),
+    ],
+)
+def test_edit_breaking_the_rule_is_422_and_changes_nothing(curator, session_factory, text, message):
+    one, = add(session_factory, "original")
+    before = snapshot(session_factory)
+    response = curator.post(f"/curate/tweets/{one}/edit", data={"text": text, "csrf_token": curator.csrf}, headers=JSON)
+    assert response.status_code == 422
+    assert message in response.json()["detail"]
+    assert snapshot(session_factory) == before
+
+
+def test_edit_to_exactly_280_weighted_is_accepted(curator, session_factory):
+    one, = add(session_factory, "original")
+    response = curator.post(f"/curate/tweets/{one}/edit", data={"text": "日" * 140, "csrf_token": curator.csrf}, headers=JSON)
+    assert response.status_code == 200
+
+
+def test_edit_conflicts_are_409(curator, session_factory):
+    one, = add(session_factory, "original")
+    add(session_factory, "taken text", status=TweetStatus.queued)
+    response = curator.post(f"/curate/tweets/{one}/edit", data={"text": "Taken  TEXT", "csrf_token": curator.csrf}, headers=JSON)
+    assert response.status_code == 409 and "already has this text" in response.json()["detail"]
+    queued, = add(session_factory, "not pending", status=TweetStatus.queued)
+    response = curator.post(f"/curate/tweets/{queued}/edit", data={"text": "new", "csrf_token": curator.csrf}, headers=JSON)
+    assert response.status_code == 409 and "no longer pending" in response.json()["detail"]
+    response = curator.post("/curate/tweets/999/edit", data={"text": "new", "csrf_token": curator.csrf}, headers=JSON)
+    assert response.status_code == 404
+
+
+# ---- queue --------------------------------------------------------------------------------
+
+def queue_order(curator) -> list[str]:
+    return texts_on(curator.get("/curate/queue").text)
+
+
+def test_queue_shows_posting_order_and_reorders(curator, session_factory):
+    a, b, c, d = add(session_factory, "a", "b", "c", "d", status=TweetStatus.queued)
+    add(session_factory, "pending is not queued")
+    assert queue_order(curator) == ["a", "b", "c", "d"]
+
+    def move(tweet_id, to):
+        response = curator.post(f"/curate/tweets/{tweet_id}/move", data={"to": to, "csrf_token": curator.csrf}, headers=JSON)
+        assert response.status_code == 200, response.text
+
+    move(c, "up")
+    assert queue_order(curator) == ["a", "c", "b", "d"]
+    move(a, "bottom")
+    assert queue_order(curator) == ["c", "b", "d", "a"]
+    move(a, "top")
+    assert queue_order(curator) == ["a", "c", "b", "d"]
+    move(c, "down")
+    assert queue_order(curator) == ["a", "b", "c", "d"]
+    move(a, "up")  # already first: nothing to do
+    assert queue_order(curator) == ["a", "b", "c", "d"]
+
+
+def test_moving_through_equal_positions_changes_the_order(curator, session_factory):
+    a, b, c = add(session_factory, "a", "b", "c", status=TweetStatus.queued)
+    with session_factory() as session:
+        for tweet_id in (a, b, c):
+            session.get(Tweet, tweet_id).position = 5
+        session.commit()
+    curator.post(f"/curate/tweets/{c}/move", data={"to": "up", "csrf_token": curator.csrf})
+    assert queue_order(curator) == ["a", "c", "b"]
+
+
+def test_remove_from_queue_goes_back_to_review(curator, session_factory):
+    a, = add(session_factory, "queued", status=TweetStatus.queued)
+    response = curator.post(f"/curate/tweets/{a}/unqueue", data={"csrf_token": curator.csrf}, headers=JSON)
+    assert response.status_code == 200
+    assert status_of(session_factory, a) is TweetStatus.pending
+    assert texts_on(curator.get("/curate").text) == ["queued"]
+
+
+def test_random_order_shows_the_pool_without_reordering(app, session_factory, settings_values, engine):
+    from api.app import create_app
+    from api.config import Settings
+
+    add(session_factory, "b", "a", status=TweetStatus.queued)
+    random_app = create_app(Settings(**{**settings_values, "TWEET_ORDER": "random"}), engine=engine, configure_logs=False)
+    with TestClient(random_app, base_url="https://testserver") as client:
+        sign_in(client)
+        page = client.get("/curate/queue").text
+    assert "TWEET_ORDER=random" in page
+    assert "/move" not in page
+    assert texts_on(page) == ["b", "a"]
+
+
+@pytest.mark.parametrize("queued, warned", [(6, True), (7, False)])
+def test_queue_warning_below_the_threshold(curator, session_factory, queued, warned):
+    add(session_factory, *[f"tweet {n}" for n in range(queued)], status=TweetStatus.queued)
+    page = curator.get("/curate/queue").text
+    assert ('id="queue-warning"' in page) is warned
+    if warned:
+        assert f"Only {queued} approved tweets left" in page
+
+
+# ---- history and posting ------------------------------------------------------------------
+
+def test_history_shows_posts_with_links_and_problems_with_reasons(curator, session_factory):
+    posted, dry, failed, unconfirmed = add(session_factory, "real post", "dry post", "failed one", "unsure one", status=TweetStatus.queued)
+    with session_factory() as session:
+        now = utcnow()
+        real = session.get(Tweet, posted)
+        real.status, real.posted_at, real.x_tweet_id = TweetStatus.posted, now - timedelta(hours=1), "1790000000000000001"
+        real.x_url = f"https://x.com/{ACCOUNT}/status/1790000000000000001"
+        fake = session.get(Tweet, dry)
+        fake.status, fake.posted_at, fake.dry_run = TweetStatus.posted, now, True
+        for tweet_id, status, error in ((failed, TweetStatus.failed, "X failed (503)"),
+                                        (unconfirmed, TweetStatus.unconfirmed, "X's answer was lost")):
+            tweet = session.get(Tweet, tweet_id)
+            tweet.status, tweet.error, tweet.idempotency_key = status, error, f"key-{tweet_id}"
+        session.commit()
+    page = curator.get("/curate/history").text
+    assert f'href="https://x.com/{ACCOUNT}/status/1790000000000000001"' in page
+    assert now.strftime("%Y-%m-%d %H:%M UTC") in page
+    assert texts_on(page)[-2:] == ["dry post", "real post"]  # newest post first
+    assert '<span class="status status-dry-run">dry run</span>' in page
+    assert "X failed (503)" in page and "X&#39;s answer was lost" in page
+    assert "data-confirm=" in page  # requeueing an unconfirmed tweet asks first
+
+    for tweet_id in (failed, unconfirmed):
+        response = curator.post(f"/curate/tweets/{tweet_id}/requeue", data={"csrf_token": curator.csrf}, headers=JSON)
+        assert response.status_code == 200
+        assert status_of(session_factory, tweet_id) is TweetStatus.queued
+    response = curator.post(f"/curate/tweets/{posted}/requeue", data={"csrf_token": curator.csrf}, headers=JSON)
+    assert response.status_code == 409  # a posted tweet is never requeued
+
+
+def post_next_key(curator) -> str:
+    return re.search(r'name="idempotency_key" value="([^"]+)"', curator.get("/curate/queue").text).group(1)
+
+
+def test_post_next_now_posts_once_per_rendered_key(curator, session_factory):
+    first, second = add(session_factory, "first", "second", status=TweetStatus.queued)
+    key = post_next_key(curator)
+    form = {"idempotency_key": key, "csrf_token": curator.csrf}
+    response = curator.post("/curate/post-next", data=form, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/curate/history"
+    again = curator.post("/curate/post-next", data=form, headers=JSON)  # the double click
+    assert again.status_code == 200 and "nothing new was posted" in again.json()["message"]
+    assert again.json()["tweet_id"] == first
+    assert status_of(session_factory, first) is TweetStatus.posted
+    assert status_of(session_factory, second) is TweetStatus.queued
+    history = curator.get("/curate/history").text
+    assert "Dry run: tweet" in history and "dry run</span>" in history
+
+    fresh = post_next_key(curator)
+    assert fresh != key
+    curator.post("/curate/post-next", data={"idempotency_key": fresh, "csrf_token": curator.csrf})
+    assert status_of(session_factory, second) is TweetStatus.posted
+
+
+def test_post_next_needs_the_pages_key_and_reports_an_empty_queue(curator, session_factory):
+    response = curator.post("/curate/post-next", data={"csrf_token": curator.csrf}, headers=JSON)
+    assert response.status_code == 400 and "key is missing" in response.json()["detail"]
+    response = curator.post("/curate/post-next", data={"idempotency_key": post_next_key(curator), "csrf_token": curator.csrf}, headers=JSON)
+    assert response.status_code == 404 and response.json()["detail"] == "No more tweets left"
+
+
+# ---- the counter's rule -------------------------------------------------------------------
+
+@SQLITE_ONLY
+def test_rule_script_is_served_with_an_etag(stranger):
+    response = stranger.get("/curate/tweet-rule.js")
+    assert response.status_code == 200
+    assert response.text.startswith("window.TWEET_RULE = {")
+    again = stranger.get("/curate/tweet-rule.js", headers={"If-None-Match": response.headers["etag"]})
+    assert again.status_code == 304
+
+
+@pytest.mark.parametrize(
+    "python, javascript",
+    [
+        (r"\U0001F600|\U0000200D", r"\u{1F600}|\u{200D}"),
+        (r"[^\!'\-\.\/]", r"[^!'\-\.\/]"),
+        (r"\-x", "-x"),
+        (r"[]a]", r"[\]a]"),
+        (r"(?:a)(?=b)(?<!c)", r"(?:a)(?=b)(?<!c)"),
+        (r"\x09\u202A\n", r"\x09\u202A\n"),
+    ],
+)
+def test_python_patterns_become_javascript(python, javascript):
+    assert js_regex_source(python) == javascript
+
+
+@pytest.mark.parametrize("pattern", [r"\d", r"\w+", r"\bword", r"(?i)x", r"(?P<name>x)"])
+def test_patterns_that_differ_between_the_two_are_refused(pattern):
+    with pytest.raises(ValueError, match="no JavaScript twin"):
+        js_regex_source(pattern)
+
+
+def test_nameprep_tables_match_stringprep_on_the_basic_plane():
+    tables = nameprep_tables()
+
+    def covered(ranges, code_point):
+        index = bisect.bisect_right(ranges, [code_point, 0x110000]) - 1
+        return index >= 0 and ranges[index][0] <= code_point <= ranges[index][1]
+
+    def prohibited(char):
+        return any(getattr(stringprep, f"in_table_{t}")(char) for t in ("c12", "c22", "c3", "c4", "c5", "c6", "c7", "c8", "c9"))
+
+    for code_point in range(0x10000):
+        char = chr(code_point)
+        assert covered(tables["prohibited"], code_point) == prohibited(char), hex(code_point)
+        assert covered(tables["randAL"], code_point) == stringprep.in_table_d1(char), hex(code_point)
+        assert covered(tables["leftToRight"], code_point) == stringprep.in_table_d2(char), hex(code_point)
+        assert covered(tables["mappedToNothing"], code_point) == stringprep.in_table_b1(char), hex(code_point)
