@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from api.config import Settings
 from api.logs import configure_logging
 from api.posting import log_posting_configuration
-from api.routes import health, posting, tweets
+from api.routes import curate, health, posting, tweets
 from db.engine import make_engine, make_session_factory
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None, configure_lo
     app.include_router(health.router)
     app.include_router(tweets.router)
     app.include_router(posting.router)
+    app.include_router(curate.router)
+    app.mount(curate.STATIC_PATH, curate.static_files(), name="curate-static")
     log_posting_configuration(settings)
 
     @app.exception_handler(Exception)
