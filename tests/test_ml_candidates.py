@@ -1,0 +1,333 @@
+"""ml.model without TensorFlow: input checks, candidate filters, topping up, the candidate file, upload, download errors."""
+from __future__ import annotations
+
+import csv
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+from sqlalchemy import select
+
+from api.app import create_app
+from api.config import Settings
+from api.tweet_text import END_TOKEN, START_TOKEN, parse_curated_file, validate_tweet
+from db.engine import make_engine, make_session_factory
+from db.models import Base, Tweet, TweetStatus
+from ml.candidates import (
+    GenerationOptions, UploadError, candidate_file_name, collect_candidates, upload_candidate_file, write_candidate_file,
+)
+from ml.dataset import InputError, load_training_file, validate_run_name
+from ml.filters import CandidateFilter, DropReason, TrainingCopyIndex
+from tests.conftest import ACCOUNT, TOKEN
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_CSV = REPO / "ml" / "sample_data" / "tweets_sample.csv"
+
+TRAINING_TWEETS = [
+    "Three coffees in and the bug is still winning.",
+    "Spent an hour naming a variable and I am still not happy with it.",
+    "Rain on the window, tea on the desk, code on the screen.",
+]
+
+
+def write_csv(path: Path, tweets: list[str]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["tweets"])
+        writer.writerows([t] for t in tweets)
+    return path
+
+
+def make_filter(**kwargs) -> CandidateFilter:
+    return CandidateFilter(TrainingCopyIndex(TRAINING_TWEETS), **kwargs)
+
+
+# ---- filters ----
+
+@pytest.mark.parametrize(
+    ("candidate", "reason"),
+    [
+        ("   \n ", DropReason.empty),
+        (f"half a tweet {START_TOKEN}and the next", DropReason.unfinished),
+        (f"ends twice{END_TOKEN}", DropReason.unfinished),
+        ("x" * 281, DropReason.tweet_rule),
+        ("read this https://example.com/a now", DropReason.url),
+        ("bare domain example.com counts too", DropReason.url),
+        ("three COFFEES in and the bug   is still winning.", DropReason.training_copy),  # same content_hash
+        # a run of 8 words of a training tweet, with another start and punctuation
+        ("Honestly: spent an hour naming a variable, and I am done", DropReason.training_copy),
+    ],
+)
+def test_each_filter_drops_its_candidate(candidate, reason):
+    candidate_filter = make_filter()
+    assert candidate_filter.offer(candidate) is reason
+    assert candidate_filter.kept == []
+    assert candidate_filter.dropped == {reason: 1}
+
+
+def test_a_good_candidate_is_kept_normalised():
+    candidate_filter = make_filter()
+    assert candidate_filter.offer("  Spent an hour naming a function. Worth it.\r\n") is None
+    assert candidate_filter.kept == ["Spent an hour naming a function. Worth it."]
+
+
+def test_seven_shared_words_are_not_a_copy():
+    # "spent an hour naming a variable and" is 7 words of a training tweet: below COPY_MIN_WORDS.
+    assert make_filter().offer("Spent an hour naming a variable and it was fun") is None
+
+
+def test_repeated_candidate_is_a_duplicate_after_the_first():
+    candidate_filter = make_filter()
+    assert candidate_filter.offer("Tea first, then code.") is None
+    assert candidate_filter.offer("tea first,   then CODE.") is DropReason.duplicate
+    assert candidate_filter.kept == ["Tea first, then code."]
+
+
+def test_urls_are_kept_when_allowed():
+    candidate_filter = make_filter(drop_urls=False)
+    assert candidate_filter.offer("notes at https://example.com") is None
+
+
+def test_generator_flag_marks_unfinished():
+    assert make_filter().offer("looks fine but ran to length", unfinished=True) is DropReason.unfinished
+
+
+def test_filters_use_the_api_tweet_rule():
+    # 140 CJK characters weigh 280: allowed by X; 141 are not. The count comes from api.tweet_text.
+    candidate_filter = make_filter()
+    assert candidate_filter.offer("漢" * 140) is None
+    assert candidate_filter.offer("字" * 141) is DropReason.tweet_rule
+
+
+# ---- topping up ----
+
+class ScriptedGenerator:
+    """Hands out prepared samples in order and records what it was asked for."""
+
+    def __init__(self, samples):
+        self.samples = list(samples)
+        self.calls: list[tuple[int, int | None]] = []
+
+    def __call__(self, count, seed):
+        self.calls.append((count, seed))
+        batch, self.samples = self.samples[:count], self.samples[count:]
+        return [(text, False) for text in batch]
+
+
+def test_more_batches_are_generated_until_enough_survive():
+    # Half of the first 4 survive, so the second round asks for 2 missing / (2 kept / 4 made) = 4.
+    samples = ["good one", "x" * 300, "good two", "good two", "good three", "https://a.io", "good four", "good five"]
+    generator = ScriptedGenerator(samples)
+    report = collect_candidates(generator, make_filter(), GenerationOptions(nsamples=4, seed=7))
+    assert generator.calls == [(4, 7), (4, 8)]
+    assert report.kept == ["good one", "good two", "good three", "good four"]
+    assert report.rounds == 2
+    assert report.summary() == (
+        "generated 8, kept 4 of 4 wanted, dropped 3 (tweet_rule 1, url 1, duplicate 1)"
+    )
+
+
+def test_topping_up_stops_at_the_limit_and_says_so():
+    generator = ScriptedGenerator(["same"] * 100)
+    report = collect_candidates(generator, make_filter(), GenerationOptions(nsamples=5, oversample_limit=2.0))
+    assert report.generated == 10
+    assert [count for count, _ in generator.calls] == [5, 5]
+    assert report.kept == ["same"]
+    assert "kept 1 of 5 wanted" in report.summary()
+    assert "stopped at the limit of 10 generated" in report.summary()
+
+
+def test_nothing_kept_asks_for_everything_the_limit_allows():
+    generator = ScriptedGenerator([""] * 3 + ["fine"] * 20)
+    report = collect_candidates(generator, make_filter(), GenerationOptions(nsamples=3, oversample_limit=3.0))
+    assert [count for count, _ in generator.calls] == [3, 6]
+    assert report.kept == ["fine"]
+
+
+# ---- the candidate file ----
+
+def test_candidate_file_uses_the_curation_format(tmp_path):
+    texts = ["first tweet", "second\nwith two lines", "third & <b>last</b>"]
+    path = write_candidate_file(tmp_path / candidate_file_name("run1"), texts)
+    assert re.fullmatch(r"gpt2_run1_\d{8}_\d{6}\.txt", path.name)
+    assert parse_curated_file(path.read_bytes(), path.name) == texts
+    assert path.read_text(encoding="utf-8").endswith("third & <b>last</b>\n" + "=" * 20 + "\n")
+    assert not list(tmp_path.glob("*.partial"))
+
+
+# ---- the training file ----
+
+def test_csv_is_read_as_gpt_2_simple_reads_it(tmp_path):
+    path = write_csv(tmp_path / "t.csv", ["one, with a comma", "two\nlines"])
+    training = load_training_file(path)
+    assert training.tweets == ["one, with a comma", "two\nlines"]
+    assert training.text == f"{START_TOKEN}one, with a comma{END_TOKEN}\n{START_TOKEN}two\nlines{END_TOKEN}\n"
+
+
+def test_txt_tweets_are_its_marked_texts_or_its_lines(tmp_path):
+    marked = tmp_path / "marked.txt"
+    marked.write_text(f"{START_TOKEN}a b{END_TOKEN}\n{START_TOKEN}c{END_TOKEN}\n", encoding="utf-8")
+    assert load_training_file(marked).tweets == ["a b", "c"]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("first line\n\nsecond line\n", encoding="utf-8")
+    training = load_training_file(plain)
+    assert training.tweets == ["first line", "second line"]
+    assert training.text == "first line\n\nsecond line\n" + END_TOKEN  # gpt_2_simple's marker after a short file
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.csv", None, "not found"),
+        ("latin1.csv", "tweets\ncaf\xe9\n".encode("latin-1"), "is not UTF-8 (byte 0xe9 on line 2)"),
+        ("noheader.csv", b"just a tweet\nanother\n", "has no 'tweets' header"),
+        ("blank.csv", b"tweets\nfirst\n\nthird\n", "line 3 has no tweet"),
+        ("emptycell.csv", b'tweets\nfirst\n""\n', "line 3 has no tweet"),
+        ("header_only.csv", b"tweets\n", "has a header but no tweets"),
+        ("data.json", b"{}", "neither .csv"),
+    ],
+)
+def test_bad_training_files_say_what_is_wrong(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_training_file(path)
+
+
+@pytest.mark.parametrize("run_name", ["a/b", "..\\up", "../x"])
+def test_run_names_with_path_separators_are_refused(run_name):
+    with pytest.raises(InputError, match="path separator"):
+        validate_run_name(run_name)
+
+
+# ---- the command line refuses bad input before TensorFlow starts ----
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run ml.model's main in a fresh interpreter; prints whether TensorFlow got imported."""
+    code = (
+        "import sys; from ml.model import main; status = main(sys.argv[1:]); "
+        "print('tensorflow imported:', 'tensorflow' in sys.modules); sys.exit(status)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+
+
+@pytest.fixture
+def short_csv(tmp_path) -> Path:
+    return write_csv(tmp_path / "short.csv", ["only a few tweets", "not enough for a window"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--filename", "nowhere.csv"], "training file nowhere.csv not found"),
+        (["--filename", "{latin1}"], "is not UTF-8"),
+        (["--filename", "{noheader}"], "has no 'tweets' header"),
+        (["--filename", "{blank}"], "line 3 has no tweet"),
+        (["--filename", "{short}"], "too short for the model's 1024-token window"),
+        (["--filename", str(SAMPLE_CSV), "--model_name", "300M"], "unknown model '300M'"),
+        (["--filename", str(SAMPLE_CSV), "--run_name", "a/b"], "contains a path separator"),
+        (["train"], "training needs --filename"),
+        (["generate", "--run_name", "never_trained"], "no trained run at"),
+        (["--filename", str(SAMPLE_CSV), "--upload", "http://127.0.0.1:9"], "--upload needs the store's token"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2_without_tensorflow(tmp_path, short_csv, args, message):
+    files = {
+        "latin1": tmp_path / "latin1.csv", "noheader": tmp_path / "noheader.csv",
+        "blank": tmp_path / "blank.csv", "short": short_csv,
+    }
+    files["latin1"].write_bytes("tweets\ncaf\xe9\n".encode("latin-1"))
+    files["noheader"].write_bytes(b"just a tweet\n")
+    files["blank"].write_bytes(b"tweets\nfirst\n\nthird\n")
+    args = [arg.format(**{k: str(v) for k, v in files.items()}) for arg in args]
+    result = run_cli([*args, "--models_dir", str(tmp_path / "models"), "--checkpoint_dir", str(tmp_path / "ck")], tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "tensorflow imported: False" in result.stdout
+    assert not (tmp_path / "ck").exists()
+
+
+def closed_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_offline_download_fails_fast_with_one_clear_line(tmp_path):
+    base = f"http://127.0.0.1:{closed_loopback_port()}/gpt-2"
+    started = time.monotonic()
+    result = run_cli(
+        ["train", "--filename", str(SAMPLE_CSV), "--model_name", "124M", "--models_dir", str(tmp_path / "models"),
+         "--checkpoint_dir", str(tmp_path / "ck"), "--download_url", base],
+        tmp_path,
+    )
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "GPT-2 124M is not in" in lines[0] and "downloading it" in lines[0]
+    [line] = [line for line in lines if "error" in line]
+    assert line == lines[-1]
+    assert f"from {base}/models/124M/checkpoint" in line
+    assert "place a model folder with checkpoint, encoder.json, hparams.json" in line
+    assert f"at {tmp_path / 'models' / '124M'} by hand" in line
+    assert "tensorflow imported: False" in result.stdout
+    assert list((tmp_path / "models").iterdir()) == []  # no half-downloaded folder left behind
+
+
+# ---- upload to the store over real HTTP ----
+
+@pytest.fixture
+def live_store(tmp_path):
+    """The tweet store on SQLite, served by uvicorn on an ephemeral loopback port."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    Base.metadata.create_all(engine)
+    settings = Settings(SECRET_TOKEN=TOKEN, ACCOUNT=ACCOUNT, SQLITE_PATH=str(tmp_path / "unused.db"), _env_file=None)
+    app = create_app(settings, engine=engine, configure_logs=False)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "the store did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}", make_session_factory(engine)
+    server.should_exit = True
+    thread.join(10)
+    engine.dispose()
+
+
+def test_upload_stores_the_file_as_pending_tweets(tmp_path, live_store):
+    url, session_factory = live_store
+    path = write_candidate_file(tmp_path / "gpt2_run1_20250101_000000.txt", ["first candidate", "second candidate"])
+    answer = upload_candidate_file(path, url, TOKEN)
+    assert answer["added"] == 2 and answer["duplicates"] == 0 and answer["rejected"] == []
+    with session_factory() as session:
+        stored = session.execute(select(Tweet.text, Tweet.status).order_by(Tweet.id)).all()
+    assert stored == [("first candidate", TweetStatus.pending), ("second candidate", TweetStatus.pending)]
+    assert all(validate_tweet(text) == text for text, _ in stored)
+
+
+def test_upload_with_a_wrong_token_says_what_the_store_answered(tmp_path, live_store):
+    url, _ = live_store
+    path = write_candidate_file(tmp_path / "c.txt", ["a candidate"])
+    with pytest.raises(UploadError, match="answered 401"):
+        upload_candidate_file(path, url, "wrong-token-0123456789")
+    assert path.exists()
+
+
+def test_config_of_generation_defaults_matches_the_original():
+    options = GenerationOptions()
+    assert (options.nsamples, options.length, options.temperature, options.top_p) == (1000, 200, 1.0, 0.9)
+    assert (options.prefix, options.truncate, options.include_prefix) == (START_TOKEN, END_TOKEN, False)
