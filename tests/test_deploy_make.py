@@ -75,8 +75,8 @@ def workdir(tmp_path) -> Path:
     """A folder with the Makefile, deploy.mk, the fakes in bin/, and a .env with DEPLOY_ENV and SECRETS."""
     work = tmp_path / "work"
     work.mkdir()
-    for name in ("Makefile", "deploy.mk"):
-        shutil.copy(REPO / name, work / name)
+    for makefile in (REPO / "Makefile", *REPO.glob("*.mk")):
+        shutil.copy(makefile, work / makefile.name)
     (work / "scripts").symlink_to(REPO / "scripts")  # cloud_secrets.py, deploy_env.awk
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
