@@ -149,14 +149,13 @@ def claim_next_tweet(
         .scalar_subquery()
     )
     now = utcnow()
-    claimed_id = session.scalar(
+    return session.scalar(
         update(Tweet)
         .where(Tweet.id == next_id)
         .values(status=TweetStatus.posting, claimed_at=now, updated_at=now, idempotency_key=idempotency_key)
-        .returning(Tweet.id)
-        .execution_options(synchronize_session=False)
+        .returning(Tweet)
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
-    return None if claimed_id is None else session.get(Tweet, claimed_id, populate_existing=True)
 
 
 def record_posted(session: Session, tweet: Tweet, *, x_tweet_id: str | None, x_url: str | None, dry_run: bool) -> None:

@@ -1,0 +1,166 @@
+"""A storm of concurrent POST /tweet_curated/ calls on Postgres, with a fake X answering at once.
+
+    .venv/bin/python -m bench.post_storm [--calls 300] [--tweets 120] [--concurrency 50]
+        [--sends-per-key 2] [--postgres postgresql://postgres@127.0.0.1:5432/test]
+
+For each driver (psycopg2, pg8000): a fresh Postgres schema (dropped after) with `--tweets`
+queued tweets, the app under a real uvicorn server, and the fake X API of tests/fake_x.py.
+`--calls` requests go out from `--concurrency` threads of a separate client process (the
+server process also hosts the fake X); each idempotency key is sent
+`--sends-per-key` times (a scheduler's retries), so some calls must be answered as replays.
+Prints the answers by status, p50/p99 latency, posts per second and the duplicate count
+(texts X received more than once, or posted tweets sharing a key: must be 0). The baseline
+is the same storm sent by one thread, measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from multiprocessing import get_context
+
+import httpx
+from sqlalchemy import event, select, text
+from sqlalchemy.engine import make_url
+
+from api.app import create_app
+from api.config import Settings
+from bench.serving import serve_in_thread
+from db.engine import make_engine, make_session_factory
+from db.models import Base, Tweet, TweetStatus, utcnow
+from tests.fake_x import FakeX
+
+TOKEN = "bench-token-0123456789"
+ACCOUNT = "storm_bot"
+
+
+def schema_engine(url: str, schema: str):
+    """An engine whose connections use `schema`, with a pool as big as the test suite's."""
+    engine = make_engine(url, pool_size=20, max_overflow=40)
+
+    @event.listens_for(engine, "connect")
+    def _schema(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f'SET search_path TO "{schema}"')
+        cursor.close()
+        dbapi_connection.commit()
+
+    return engine
+
+
+def seed(engine, count: int) -> None:
+    now = utcnow()
+    with make_session_factory(engine)() as session:
+        session.add_all(
+            Tweet(account=ACCOUNT, text=f"storm tweet number {n}", content_hash=f"{n:064x}",
+                  status=TweetStatus.queued, position=n, created_at=now, updated_at=now)
+            for n in range(count)
+        )
+        session.commit()
+
+
+def fire(base: str, keys: list[str], concurrency: int) -> tuple[list[tuple[int, float]], float]:
+    """Send one call per key from `concurrency` threads; (status, seconds) per call and the wall time.
+
+    Runs in a child process so the clients do not compete for the server's GIL.
+    """
+    local = threading.local()
+
+    def call(key: str) -> tuple[int, float]:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=base, headers={"x-token": TOKEN}, timeout=60)
+        started = time.perf_counter()
+        response = local.client.post("/tweet_curated/", headers={"Idempotency-Key": key})
+        return response.status_code, time.perf_counter() - started
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        answers = list(pool.map(call, keys))
+    return answers, time.perf_counter() - started
+
+
+def storm(url: str, *, calls: int, tweets: int, concurrency: int, sends_per_key: int) -> dict:
+    """Run one storm on a fresh schema; returns its figures."""
+    schema = f"storm_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine = schema_engine(url, schema)
+    fake_x = FakeX().start()
+    try:
+        Base.metadata.create_all(engine)
+        seed(engine, tweets)
+        settings = Settings(
+            SECRET_TOKEN=TOKEN, ACCOUNT=ACCOUNT, TWEET_ORDER="random", _env_file=None,
+            **fake_x.settings_values(timeout=10),
+        )
+        app = create_app(settings, engine=engine, configure_logs=False)
+        keys = [f"run-{n // sends_per_key}" for n in range(calls)]
+        with serve_in_thread(app) as base, ProcessPoolExecutor(1, mp_context=get_context("spawn")) as clients:
+            answers, elapsed = clients.submit(fire, base, keys, concurrency).result()
+
+        with make_session_factory(engine)() as session:
+            posted = session.execute(
+                select(Tweet.text, Tweet.idempotency_key).where(Tweet.status == TweetStatus.posted)
+            ).all()
+        texts_sent = Counter(r.json["text"] for r in fake_x.post_attempts)
+        keys_posted = Counter(key for _text, key in posted)
+        duplicates = sum(n - 1 for n in texts_sent.values()) + sum(n - 1 for n in keys_posted.values())
+        latencies = sorted(seconds for _status, seconds in answers)
+        expected_posts = min(tweets, len(set(keys)))
+        assert len(posted) == len(fake_x.posted) == expected_posts, (len(posted), len(fake_x.posted))
+        return {
+            "statuses": dict(sorted(Counter(status for status, _seconds in answers).items())),
+            "p50_ms": 1000 * statistics.median(latencies),
+            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+            "posts_per_s": len(fake_x.posted) / elapsed,
+            "calls_per_s": calls / elapsed,
+            "posts": len(fake_x.posted),
+            "duplicates": duplicates,
+        }
+    finally:
+        fake_x.stop()
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--tweets", type=int, default=120)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--sends-per-key", type=int, default=2)
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    )
+    args = parser.parse_args()
+    pg = make_url(args.postgres)
+    print(f"{args.calls} calls, {args.calls // args.sends_per_key} idempotency keys (each sent {args.sends_per_key}x), "
+          f"{args.tweets} queued tweets, fake X answering at once")
+    print(f"{'driver':<10}{'threads':>8}{'answers by status':>28}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'posts/s':>9}{'calls/s':>9}{'posts':>7}{'dups':>6}")
+    for driver in ("psycopg2", "pg8000"):
+        url = pg.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
+        rows = {}
+        for threads in (1, args.concurrency):
+            figures = storm(url, calls=args.calls, tweets=args.tweets, concurrency=threads,
+                            sends_per_key=args.sends_per_key)
+            rows[threads] = figures
+            statuses = " ".join(f"{status}:{n}" for status, n in figures["statuses"].items())
+            print(f"{driver:<10}{threads:>8}{statuses:>28}{figures['p50_ms']:>9.1f}{figures['p99_ms']:>9.1f}"
+                  f"{figures['posts_per_s']:>9.1f}{figures['calls_per_s']:>9.1f}{figures['posts']:>7}"
+                  f"{figures['duplicates']:>6}")
+        ratio = rows[args.concurrency]["calls_per_s"] / rows[1]["calls_per_s"]
+        print(f"{driver:<10}calls/s with {args.concurrency} threads vs 1 thread (baseline): {ratio:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
