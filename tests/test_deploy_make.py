@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -363,8 +364,18 @@ def test_generator_context_holds_code_and_the_run_folder_only(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (context / "Dockerfile").read_text() == (REPO / "ml" / "Dockerfile").read_text()
-    assert sorted(path.name for path in (context / "model").iterdir()) == sorted(path.name for path in run_folder.iterdir())
+    staged_dockerfile = (context / "Dockerfile").read_text()
+    assert "\nARG RUN_NAME=tweets1\n" in staged_dockerfile
+    assert staged_dockerfile.replace("ARG RUN_NAME=tweets1", "ARG RUN_NAME=run1") == (REPO / "ml" / "Dockerfile").read_text()
+    staged_run = context / "checkpoint" / "tweets1"
+    assert sorted(path.name for path in staged_run.iterdir()) == sorted(path.name for path in run_folder.iterdir())
+    # ml.serve, with the image's settings (WORKDIR /app, COPY checkpoint/ checkpoint/), loads that folder
+    from ml.config import GenerationSettings
+
+    image_env = dict(re.findall(r"(GENERATION_\w+)=(\S+)", staged_dockerfile))
+    assert image_env == {"GENERATION_CHECKPOINT_DIR": "/app/checkpoint", "GENERATION_RUN_NAME": "${RUN_NAME}"}
+    image_env["GENERATION_RUN_NAME"] = "tweets1"
+    assert GenerationSettings(_env_file=None, **image_env).run_folder == Path("/app") / staged_run.relative_to(context)
     assert (context / "requirements-ml.txt").is_file() and (context / "api" / "main.py").is_file()
     tracked = set(subprocess.run(["git", "ls-files", "api", "ml"], cwd=REPO, capture_output=True, text=True).stdout.split())
     staged = {str(path.relative_to(context)) for path in context.rglob("*") if path.is_file()}
@@ -384,6 +395,18 @@ def test_generator_context_without_run_folder_says_what_to_do(tmp_path):
     assert not (tmp_path / "context").exists()
 
 
+@pytest.mark.parametrize("run_name", ["../escape", "a b", ""])
+def test_generator_context_refuses_a_run_name_that_is_not_one_folder(tmp_path, run_name):
+    result = subprocess.run(
+        ["make", "--no-print-directory", "generator-context", f"CHECKPOINT_DIR={tmp_path}", f"RUN_NAME={run_name}",
+         f"GENERATOR_CONTEXT={tmp_path / 'context'}", "ENV_FILE=/dev/null"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "RUN_NAME must be one folder name" in result.stderr
+    assert not (tmp_path / "context").exists()
+
+
 def test_docker_cloud_build_generator_uploads_the_staged_context(workdir, tmp_path):
     """Runs in the repository (generator-context lists the files git tracks), settings from the test's .env."""
     run_folder = make_run_folder(tmp_path)
@@ -397,7 +420,7 @@ def test_docker_cloud_build_generator_uploads_the_staged_context(workdir, tmp_pa
         "gcloud", "builds", "submit", str(context), "--project=my-proj", "--region=europe-west1", "--timeout=3600s",
         "--tag=europe-west1-docker.pkg.dev/my-proj/tweet-bot/tweet-bot-generator:latest",
     ]]
-    assert (context / "model" / "hparams.json").is_file()
+    assert (context / "checkpoint" / "tweets1" / "hparams.json").is_file()
 
 
 def test_env_file_values_are_not_expanded_by_make(workdir):
