@@ -178,14 +178,14 @@ scheduler-delete: ## delete the Cloud Scheduler job
 	gcloud scheduler jobs delete $(SCHEDULER_JOB_NAME) --project=$(PROJECT_ID) --location=$(REGION) --quiet
 
 # ---- the generation service (TensorFlow; its own image) ----
-generator-context: ## stage ml/Dockerfile's build context in build/generator: tracked api/ and ml/ code, the run CHECKPOINT_DIR/RUN_NAME
+generator-context: ## stage ml/Dockerfile's build context in build/generator: api/ and ml/ (what git does not ignore), the run CHECKPOINT_DIR/RUN_NAME
 	@echo '$(RUN_NAME)' | grep -Eqx '[A-Za-z0-9][A-Za-z0-9._-]*' || { echo "RUN_NAME must be one folder name (letters, digits, . _ -)." >&2; exit 1; }
 	@test -f $(CHECKPOINT_DIR)/$(RUN_NAME)/hparams.json || { echo "No run folder $(CHECKPOINT_DIR)/$(RUN_NAME) (hparams.json missing): train one (make train) or set CHECKPOINT_DIR and RUN_NAME." >&2; exit 1; }
 	rm -rf $(GENERATOR_CONTEXT)
 	mkdir -p $(GENERATOR_CONTEXT)/checkpoint
 	sed 's/^ARG RUN_NAME=.*/ARG RUN_NAME=$(RUN_NAME)/' ml/Dockerfile > $(GENERATOR_CONTEXT)/Dockerfile
 	cp requirements.txt requirements-ml.txt $(GENERATOR_CONTEXT)/
-	git ls-files -z api ml | tar --null -T - -cf - | tar -xf - -C $(GENERATOR_CONTEXT)
+	git ls-files -z --cached --others --exclude-standard api ml | tar --null -T - -cf - | tar -xf - -C $(GENERATOR_CONTEXT)
 	cp -R $(CHECKPOINT_DIR)/$(RUN_NAME) $(GENERATOR_CONTEXT)/checkpoint/$(RUN_NAME)
 
 docker-generator: generator-context ## build the generation image locally (tag $(GENERATOR_SERVICE_NAME):local)

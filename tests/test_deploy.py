@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -366,3 +367,61 @@ def test_importing_the_api_never_imports_tensorflow(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.ml
+def test_generator_starts_as_its_image_command_does(tmp_path):
+    """The staged generation context, a tiny random run, and ml/Dockerfile's command: /health and one POST /."""
+    subprocess.run(
+        [sys.executable, "-c", "import sys; from ml.tiny import write_tiny_run; write_tiny_run(sys.argv[1], 'tiny_run', sys.argv[2])",
+         str(tmp_path / "checkpoint"), str(tmp_path / "models")],
+        cwd=REPO, check=True, capture_output=True, timeout=240,
+    )
+    context = tmp_path / "context"
+    subprocess.run(
+        ["make", "--no-print-directory", "generator-context", f"CHECKPOINT_DIR={tmp_path / 'checkpoint'}",
+         "RUN_NAME=tiny_run", f"GENERATOR_CONTEXT={context}", "ENV_FILE=/dev/null"],
+        cwd=REPO, check=True, capture_output=True, timeout=120,
+    )
+    steps = instructions(context / "Dockerfile")
+    environment = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
+        **env_of(steps),
+        "GENERATION_CHECKPOINT_DIR": str(context / "checkpoint"),  # /app/checkpoint in the image
+        "GENERATION_RUN_NAME": "tiny_run",
+        "PORT": "0",
+    }
+    assert env_of(steps)["GENERATION_CHECKPOINT_DIR"] == "/app/checkpoint"
+    command = json.loads(steps[-1][1])
+    command[-1] = command[-1].replace("--host 0.0.0.0", "--host 127.0.0.1")
+    server = subprocess.Popen(command, cwd=context, env=environment, stderr=subprocess.PIPE, text=True)
+    try:
+        lines, port = [], None
+        deadline = time.monotonic() + 240
+        while port is None and time.monotonic() < deadline:
+            line = server.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
+            port = int(found.group(1)) if found else None
+        assert port, "".join(lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as response:
+            assert response.status == 200
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/", data=json.dumps({"length": 5, "prefix": "hi"}).encode(),
+            headers={"Content-Type": "application/json"}, method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            pytest.fail(f"POST / answered {exc.code}: {exc.read().decode()}")
+        assert answer["text"].startswith("hi")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

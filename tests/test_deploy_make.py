@@ -355,7 +355,7 @@ def make_run_folder(root: Path) -> Path:
 
 
 def test_generator_context_holds_code_and_the_run_folder_only(tmp_path):
-    """Runs in the repository itself: the context is built from the files git tracks."""
+    """Runs in the repository itself: the context takes the api/ and ml/ files git does not ignore."""
     run_folder = make_run_folder(tmp_path)
     context = tmp_path / "context"
     result = subprocess.run(
@@ -377,7 +377,9 @@ def test_generator_context_holds_code_and_the_run_folder_only(tmp_path):
     image_env["GENERATION_RUN_NAME"] = "tweets1"
     assert GenerationSettings(_env_file=None, **image_env).run_folder == Path("/app") / staged_run.relative_to(context)
     assert (context / "requirements-ml.txt").is_file() and (context / "api" / "main.py").is_file()
-    tracked = set(subprocess.run(["git", "ls-files", "api", "ml"], cwd=REPO, capture_output=True, text=True).stdout.split())
+    tracked = set(subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "api", "ml"], cwd=REPO, capture_output=True, text=True,
+    ).stdout.split())
     staged = {str(path.relative_to(context)) for path in context.rglob("*") if path.is_file()}
     code = {path for path in staged if path.startswith(("api/", "ml/"))}
     assert code == tracked
@@ -408,7 +410,7 @@ def test_generator_context_refuses_a_run_name_that_is_not_one_folder(tmp_path, r
 
 
 def test_docker_cloud_build_generator_uploads_the_staged_context(workdir, tmp_path):
-    """Runs in the repository (generator-context lists the files git tracks), settings from the test's .env."""
+    """Runs in the repository (generator-context asks git for its files), settings from the test's .env."""
     run_folder = make_run_folder(tmp_path)
     context = tmp_path / "context"
     run = run_make(
