@@ -84,6 +84,7 @@ def test_compose_app_services_share_the_api_image_and_env_file(compose):
     assert services["scheduler"]["command"] == ["python", "-m", "api.scheduler"]
     assert "command" not in services["api"]  # the image's CMD
     assert services["api"]["ports"] == ["127.0.0.1:${API_PORT:-8080}:8080"]
+    assert "http://127.0.0.1:8080/health" in " ".join(services["api"]["healthcheck"]["test"])
 
 
 def secret_settings(node, path=""):
