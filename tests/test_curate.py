@@ -266,7 +266,7 @@ def test_upload_stores_pending_candidates_with_the_same_summary_as_the_api(curat
     response = curator.post("/curate/upload", data={"csrf_token": curator.csrf}, files={"file": ("gen.txt", data)})
     assert response.status_code == 201
     page = response.text
-    assert "<strong>2</strong> added" in page and "<strong>1</strong> duplicates skipped" in page
+    assert "<strong>2</strong> added" in page and "<strong>1</strong> duplicate skipped" in page
     assert "<strong>2</strong> rejected" in page
     assert "Sample #3: tweet is 281 weighted characters, over X&#39;s limit of 280" in page
     assert "Sample #5: tweet contains the generation marker" in page

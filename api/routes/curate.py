@@ -300,6 +300,12 @@ def upload(
     )
 
 
+@router.get("/curate/upload")
+def after_upload():
+    """The upload's result page reloaded or reached through history: back to the review list."""
+    return RedirectResponse("/curate", status.HTTP_303_SEE_OTHER)
+
+
 @router.post("/curate/approve")
 def approve(
     request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,

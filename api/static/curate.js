@@ -60,12 +60,14 @@
     focusCard(all[next]);
   }
 
-  function removeCards(ids) {
+  // Remove the cards an action changed; the focus goes to the next candidate after `anchor`
+  // (the card the curator was on), so a run of a/r/e keeps going down the list.
+  function removeCards(ids, anchor) {
     const all = cards();
-    const focused = currentCard();
     let nextFocus = null;
-    if (focused && ids.includes(Number(focused.dataset.tweetId))) {
-      const after = all.slice(all.indexOf(focused) + 1).concat(all.slice(0, all.indexOf(focused)).reverse());
+    if (anchor && all.includes(anchor)) {
+      const at = all.indexOf(anchor);
+      const after = all.slice(at).concat(all.slice(0, at).reverse());
       nextFocus = after.find((card) => !ids.includes(Number(card.dataset.tweetId))) || null;
     }
     for (const id of ids) {
@@ -92,6 +94,7 @@
   }
 
   async function submitInPlace(form, submitter) {
+    const anchor = currentCard() || form.closest(".card");
     const action = submitter && submitter.hasAttribute("formaction") ? submitter.formAction : form.action;
     const buttons = Array.from(form.querySelectorAll("button"));
     buttons.forEach((button) => (button.disabled = true));
@@ -109,13 +112,13 @@
       }
       showMessage(body.message, body.skipped && body.skipped.length > 0);
       updateCounts(body.counts);
-      removeCards(body.changed || []);
+      removeCards(body.changed || [], anchor);
     } catch (error) {
       showCardError(form, "The server could not be reached; nothing was changed. Try again.");
     } finally {
       buttons.forEach((button) => (button.disabled = false));
       const textarea = form.querySelector("textarea[data-counter]");
-      if (textarea) updateCounter(textarea);
+      if (textarea && textarea.isConnected) updateCounter(textarea);
     }
   }
 

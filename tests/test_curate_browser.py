@@ -1,0 +1,365 @@
+"""The curation page in a real browser: Debian's Chromium (headless, driven by Playwright) against a
+real uvicorn server on 127.0.0.1 with SQLite and TWITTER_DRY_RUN=true.
+
+Skips when Chromium or Playwright is missing, unless REQUIRE_BROWSER=1 (CI), where it fails.
+Screenshots go to CURATE_SCREENSHOT_DIR, or to a pytest temporary directory (printed).
+Never run `playwright install`: the tests use /usr/bin/chromium.
+"""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from api.tweet_text import normalize_text, weighted_length
+from db.engine import make_engine, make_session_factory
+from db.models import Tweet, TweetStatus, utcnow
+from tests.conftest import TOKEN
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+ACCOUNT = "curation_bot"
+SEEDED_X_ID = "1790000000000000042"
+DELIM = "=" * 20
+HOSTILE = '<script>window.__pwned = 1</script> and <img src=x onerror="window.__pwned = 2">'
+
+
+def _browser_missing() -> str | None:
+    if not os.path.exists(CHROMIUM):
+        return f"{CHROMIUM} is missing: apt-get install -y chromium (Debian's package)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright's Python package is missing: pip install -r requirements-dev.txt"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _need_browser():
+    reason = _browser_missing()
+    if reason:
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(f"REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, base_url: str, database_url: str, log_path: Path):
+        self.base_url = base_url
+        self.log_path = log_path
+        self.session_factory = make_session_factory(make_engine(database_url))
+
+    def count(self, status: TweetStatus) -> int:
+        with self.session_factory() as session:
+            return session.scalar(select(func.count()).select_from(Tweet).where(Tweet.status == status))
+
+    def tweet(self, text: str) -> Tweet:
+        with self.session_factory() as session:
+            return session.scalar(select(Tweet).where(Tweet.text == text))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`alembic upgrade head`, one earlier post seeded, then uvicorn serving api.main:app."""
+    workdir = tmp_path_factory.mktemp("curate-server")
+    database = workdir / "tweets.db"
+    env = {
+        **os.environ,
+        "SECRET_TOKEN": TOKEN,
+        "ACCOUNT": ACCOUNT,
+        "SQLITE_PATH": str(database),
+        "DATABASE_URL": "",
+        "CONNECTION_NAME": "",
+        "DB_HOST": "",
+        "TWITTER_DRY_RUN": "true",
+        "TWEET_ORDER": "oldest",
+        "QUEUE_WARNING_THRESHOLD": "7",
+        "LOG_LEVEL": "WARNING",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), "upgrade", "head"],
+        cwd=ROOT, env=env, check=True, capture_output=True, timeout=120,
+    )
+    database_url = f"sqlite:///{database}"
+    seed = make_session_factory(make_engine(database_url))
+    with seed() as session:  # an earlier, real post, for the history's link to X
+        session.add(Tweet(
+            account=ACCOUNT, text="an earlier post that reached X", content_hash="seeded-post",
+            status=TweetStatus.posted, position=0, posted_at=utcnow(), x_tweet_id=SEEDED_X_ID,
+            x_url=f"https://x.com/{ACCOUNT}/status/{SEEDED_X_ID}",
+        ))
+        session.commit()
+
+    port = _free_port()
+    log_path = workdir / "uvicorn.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"uvicorn did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield Server(base_url, database_url, log_path)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    chosen = os.environ.get("CURATE_SCREENSHOT_DIR")
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("curate-screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\ncuration page screenshots: {folder}")
+    return folder
+
+
+def new_page(browser, server, **context_options):
+    context = browser.new_context(base_url=server.base_url, **context_options)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.errors = errors
+    return page
+
+
+def sign_in(page) -> None:
+    page.goto("/curate")
+    assert page.url.endswith("/curate/sign-in")
+    page.locator("#token").fill(TOKEN)
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/curate")
+
+
+def upload(page, tmp_path: Path, samples: list[str]) -> None:
+    path = tmp_path / "generated.txt"
+    path.write_text("".join(f"{sample}\n{DELIM}\n" for sample in samples), encoding="utf-8")
+    page.locator("#upload-file").set_input_files(str(path))
+    page.get_by_role("button", name="Upload for review").click()
+    page.wait_for_selector("#upload-summary")
+
+
+def card(page, text: str):
+    return page.locator("#review-list .card", has=page.locator(".tweet-text", has_text=text))
+
+
+def flash_text(page) -> str:
+    return page.locator("#flash").inner_text()
+
+
+def test_curation_end_to_end(browser, server, screenshots, tmp_path):
+    page = new_page(browser, server, viewport={"width": 1100, "height": 1000})
+
+    # Sign in once; the session is an HttpOnly, SameSite=Strict cookie (not Secure: http on loopback).
+    sign_in(page)
+    cookie, = [c for c in page.context.cookies() if c["name"] == "curate_session"]
+    assert (cookie["httpOnly"], cookie["sameSite"], cookie["secure"], cookie["path"]) == (True, "Strict", False, "/curate")
+    assert TOKEN not in page.url
+
+    # Upload a generated file: the same summary as /add_tweets_file/.
+    first, second, third, fourth = (
+        "first candidate, approved with the keyboard",
+        "second candidate, approved with its button",
+        "third candidate, rejected",
+        "fourth candidate, to be edited",
+    )
+    upload(page, tmp_path, [first, second, third, fourth, HOSTILE, "x" * 300, first.upper()])
+    summary = page.locator("#upload-summary").inner_text()
+    assert "5 added" in summary and "1 duplicate skipped" in summary and "1 rejected" in summary
+    page.locator("#upload-summary summary").click()
+    assert "Sample #6: tweet is 300 weighted characters, over X's limit of 280" in page.locator(".rejections").inner_text()
+
+    # Tweet text with HTML in it is shown as text and never runs.
+    assert card(page, "window.__pwned").locator(".tweet-text").inner_text() == HOSTILE
+    assert page.locator("#review-list img").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    page.screenshot(path=str(screenshots / "curate-review.png"), full_page=True)
+
+    # Approve the first with the keyboard (j goes to the first candidate), the second with its button.
+    page.keyboard.press("j")
+    assert page.evaluate("document.activeElement.dataset.tweetId") == str(server.tweet(first).id)
+    page.keyboard.press("a")
+    card(page, first).wait_for(state="detached")
+    assert flash_text(page) == "Approved 1 tweet."
+    card(page, second).get_by_role("button", name="Approve").click()
+    card(page, second).wait_for(state="detached")
+
+    # Reject the third with the keyboard: the focus moved on to it.
+    focused_id = lambda: page.evaluate("document.activeElement.dataset.tweetId")  # noqa: E731
+    assert focused_id() == str(server.tweet(third).id)
+    page.keyboard.press("r")
+    card(page, third).wait_for(state="detached")
+    assert flash_text(page) == "Rejected 1 tweet."
+
+    # Edit the fourth: the counter follows X's weights and blocks 281.
+    assert focused_id() == str(server.tweet(fourth).id)
+    page.keyboard.press("e")
+    editor = card(page, fourth).locator("textarea")
+    counter = card(page, fourth).locator("output.counter")
+    save = card(page, fourth).get_by_role("button", name="Save & approve")
+    assert page.evaluate("document.activeElement.tagName") == "TEXTAREA"
+    assert counter.inner_text() == f"{len(fourth)}/280"
+    page.keyboard.type(" https://example.com/a/very/long/path/that/counts/as/twenty/three")
+    assert counter.inner_text() == f"{len(fourth) + 1 + 23}/280"
+    editor.fill("日" * 140)
+    assert counter.inner_text() == "280/280" and save.is_enabled()
+    editor.fill("y" * 281)
+    assert counter.inner_text() == "281/280 · over 280"
+    assert save.is_disabled()
+    page.keyboard.press("Control+Enter")  # blocked: nothing is sent
+    assert server.tweet(fourth).status is TweetStatus.pending
+    page.screenshot(path=str(screenshots / "curate-edit-over-limit.png"), full_page=False)
+    edited = "fourth candidate, edited in the browser — at most 280 weighted characters"
+    editor.fill(edited)
+    assert counter.inner_text() == f"{weighted_length(edited)}/280"
+    page.keyboard.press("Control+Enter")
+    card(page, fourth).wait_for(state="detached")
+    assert flash_text(page) == f"Tweet {server.tweet(edited).id} edited and approved."
+    assert server.tweet(edited).status is TweetStatus.queued
+    assert server.tweet(third).status is TweetStatus.rejected
+    assert page.locator('[data-count="queued"]').inner_text() == "3"
+
+    # The queue: posting order (oldest first), a warning below 7, reorder with buttons.
+    page.get_by_role("link", name="Queue").click()
+    page.wait_for_url("**/curate/queue")
+    queue_texts = lambda: page.locator(".queue-list .tweet-text").all_inner_texts()  # noqa: E731
+    assert queue_texts() == [first, second, edited]
+    assert "Only 3 approved tweets left in the queue." in page.locator("#queue-warning").inner_text()
+    page.get_by_role("button", name=f"Move tweet {server.tweet(edited).id} top").click()
+    page.wait_for_url("**/curate/queue*")
+    assert queue_texts() == [edited, first, second]
+
+    # Post next now (dry run): the scheduler's code path; a double click posts once.
+    posted_before = server.count(TweetStatus.posted)
+    page.get_by_role("button", name="Post next now").dblclick()
+    page.wait_for_url("**/curate/history")
+    assert server.count(TweetStatus.posted) == posted_before + 1
+    assert server.tweet(edited).status is TweetStatus.posted and server.tweet(edited).dry_run
+    assert f"Dry run: tweet {server.tweet(edited).id} recorded as posted" in flash_text(page)
+
+    # History: the dry run marked as such, the earlier post linked to X, the rejection with its reason.
+    posted = page.locator(".posted-list .card")
+    assert posted.nth(0).locator(".tweet-text").inner_text() == edited
+    assert posted.nth(0).locator(".status-dry-run").inner_text().lower() == "dry run"
+    link = page.get_by_role("link", name="View on X")
+    assert link.get_attribute("href") == f"https://x.com/{ACCOUNT}/status/{SEEDED_X_ID}"
+    rejected = page.locator(".card", has=page.locator(".tweet-text", has_text=third))
+    assert "rejected by the curator" in rejected.locator(".reason").inner_text()
+    page.screenshot(path=str(screenshots / "curate-history.png"), full_page=True)
+    rejected.get_by_role("button", name="Requeue").click()
+    page.wait_for_url("**/curate/history")
+    assert server.tweet(third).status is TweetStatus.queued
+
+    # Sign out: the cookie is gone and the pages ask to sign in again.
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**/curate/sign-in")
+    assert not [c for c in page.context.cookies() if c["name"] == "curate_session"]
+    page.goto("/curate/queue")
+    assert page.url.endswith("/curate/sign-in")
+    assert page.errors == []
+    page.context.close()
+
+
+def test_phone_sized_screen_and_keyboard_only(browser, server, screenshots, tmp_path):
+    page = new_page(browser, server, viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    sign_in(page)
+    upload(page, tmp_path, ["a phone-sized candidate", "another one, long enough to wrap " + "word " * 30])
+    for path in ("/curate", "/curate/queue", "/curate/history"):
+        page.goto(path)
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), f"{path} scrolls sideways"
+    page.goto("/curate")
+    page.screenshot(path=str(screenshots / "curate-review-phone.png"), full_page=False)
+
+    # Tab through to the first candidate's approve button and press Enter: no mouse needed.
+    target = card(page, "a phone-sized candidate").get_by_role("button", name="Approve")
+    page.locator("body").focus()
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if target.evaluate("button => button === document.activeElement"):
+            break
+    else:
+        pytest.fail("Tab never reached the approve button")
+    page.keyboard.press("Enter")
+    card(page, "a phone-sized candidate").wait_for(state="detached")
+    assert server.tweet("a phone-sized candidate").status is TweetStatus.queued
+    assert page.errors == []
+    page.context.close()
+
+
+COUNTER_PIECES = [
+    "hello", " ", "\n", "\r\n", "日本語", "한국어", "😷", "👍🏽", "🇺🇸", "1️⃣", "#⃣", "👨‍👩‍👧", "🧑‍🧑‍🧒", "©", "™", "é", "e\u0301",
+    "https://example.com/path?q=1", "http://t.co/abcdef", "example.com", "a.co", "file.txt", "www.例え.jp", "例え.jp/path",
+    "https://例え.テスト", ".", "-", "_", "/", "@", "#", "$", "foo.bar.baz", "t.co/x", "\u2013", "\u2026", "\u2018", "\u3000",
+    "\t", "\x85", "\ufeff", "<script>", "ok.google", "http://localhost", "https://a.b", "مرحبا", "שלום", "привет",
+    "Ελληνικά", "১২৩", "\u200d", "\u1100", "\u10ff", "İ", "ß", "ﬁ", "\u00ad", "Straße.de", "例" * 30 + ".jp",
+    "xn--abc.com", "ＡＢＣ．ｃｏｍ", ":8080", "?q=x&y=1", "/path",
+]
+COUNTER_CASES = [
+    "", "plain ascii", "a" * 280, "a" * 281, "日" * 140, "日" * 141, "😷" * 140, "https://example.com " * 12,
+    "see https://example.com/foo.", "(example.com)", "http://t.co/" + "a" * 41, "a" * 64 + ".com",
+    "@example.com", "$example.com", "#example.com", "foo-example.com", "  trimmed \n",
+]
+
+
+def test_counter_in_the_browser_agrees_with_the_server(browser, server):
+    """The live counter (api/static/tweet_counter.js) against api.tweet_text.weighted_length."""
+    generator = random.Random(8)
+    cases = COUNTER_CASES + [
+        "".join(generator.choice(COUNTER_PIECES) for _ in range(generator.randint(1, 12))) for _ in range(600)
+    ]
+    page = new_page(browser, server)
+    sign_in(page)
+    counted = page.evaluate("(texts) => texts.map((text) => TweetCounter.weightedLength(text))", cases)
+    expected = [weighted_length(normalize_text(text)) for text in cases]
+    disagreements = [(text, server_length, browser_length)
+                     for text, server_length, browser_length in zip(cases, expected, counted)
+                     if server_length != browser_length]
+    assert disagreements == []
+    over = page.evaluate("(texts) => texts.map((text) => TweetCounter.check(text).problem)", ["a" * 280, "a" * 281, "日" * 141])
+    assert over == [None, "over 280", "over 280"]
+    assert page.errors == []
+    page.context.close()
