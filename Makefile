@@ -50,5 +50,13 @@ download-tweets: $(VENV)/.scrape ## collect tweets into USERNAME_tweets.csv: USE
 	$(BIN)/python scripts/download_tweets.py $(if $(USERNAME),--username=$(USERNAME)) $(if $(LIMIT),--limit=$(LIMIT)) \
 		$(if $(SOURCE),--source=$(SOURCE)) $(if $(ARCHIVE),--archive="$(ARCHIVE)") $(DOWNLOAD_ARGS)
 
+.PHONY: train demo
+train: $(VENV)/.ml ## fine-tune and write candidates: FILENAME=karpathy_tweets.csv [RUN_NAME=run1] [STEPS=1000] [MODEL_NAME=124M] [TRAIN_ARGS=...]
+	$(BIN)/python -m ml.model $(if $(FILENAME),--filename="$(FILENAME)") $(if $(RUN_NAME),--run_name="$(RUN_NAME)") \
+		$(if $(STEPS),--steps=$(STEPS)) $(if $(MODEL_NAME),--model_name=$(MODEL_NAME)) $(TRAIN_ARGS)
+
+demo: $(VENV)/.ml ## offline end to end: sample tweets -> tiny model -> candidates -> local store -> one dry-run post
+	$(BIN)/python -m ml.demo $(DEMO_ARGS)
+
 # Docker, docker compose and Google Cloud targets (docker-compose, docker-cloud-run, add-scheduler, ...).
 include deploy.mk
