@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -21,6 +22,7 @@ from api import tweets as store
 from api.app import create_app
 from api.config import Settings
 from api.posting import PostOutcome, post_next
+from api.x_client import make_x_client
 from db.models import Tweet, TweetStatus, utcnow
 from tests.conftest import ACCOUNT, TOKEN
 from tests.fake_x import ACCESS_SECRET, BEARER_TOKEN, CONSUMER_SECRET, DUPLICATE_DETAIL, FakeX
@@ -289,10 +291,12 @@ def test_x_failures_requeue_and_answer_502(client, session_factory, fake_x, answ
     assert client.post("/tweet_curated/", headers={"Idempotency-Key": "k"}).status_code == 200
 
 
-def test_wrong_secret_is_a_credentials_failure(session_factory, settings, fake_x):
+def test_given_client_with_a_wrong_secret_is_a_credentials_failure(session_factory, settings, fake_x):
     (tweet_id,) = queue(session_factory, "signed wrong")
-    result = post(session_factory, settings, ACCESS_SECRET=settings.ACCESS_SECRET.__class__("wrong"))
+    wrong = make_x_client(settings.model_copy(update={"ACCESS_SECRET": SecretStr("wrong")}))
+    result = post_next(session_factory=session_factory, settings=settings, x_client=wrong)
     assert result.outcome is PostOutcome.x_credentials
+    assert fake_x.post_attempts[0].auth is None  # signed with the given client's secret, refused
     assert load(session_factory, tweet_id).status is TweetStatus.queued
 
 
