@@ -144,5 +144,4 @@ def require_session_and_csrf(
     return session
 
 
-CuratorDep = Annotated[CurationSession, Depends(require_session)]
 CuratorPostDep = Annotated[CurationSession, Depends(require_session_and_csrf)]

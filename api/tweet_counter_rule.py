@@ -105,7 +105,7 @@ def nameprep_tables() -> dict[str, list[list[int]]]:
     twitter-text only counts a URL whose domain Python can IDNA-encode, so the browser needs
     the same tables: characters mapped to nothing (B.1), prohibited ones (C.1.2-C.9) and the
     bidi classes (D.1 RandALCat, D.2 LCat). Built from `stringprep`'s own data (Unicode 3.2)
-    in one pass over the code points (about a second, once per process).
+    in one pass over the code points (one to two seconds, once per process, on the first request).
     """
     ucd = unicodedata.ucd_3_2_0
     chars = [chr(code_point) for code_point in range(0x110000)]

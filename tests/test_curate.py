@@ -14,6 +14,8 @@ from sqlalchemy import select
 from starlette.requests import Request
 
 from api import tweets as store
+from api.app import create_app
+from api.config import Settings
 from api.curation_session import (
     COOKIE_NAME,
     SESSION_MAX_AGE_SECONDS,
@@ -291,10 +293,7 @@ def test_bad_upload_says_why_and_stores_nothing(curator, session_factory, data, 
     assert snapshot(session_factory) == []
 
 
-def test_upload_over_the_size_limit_is_413(app, session_factory, settings_values, engine):
-    from api.app import create_app
-    from api.config import Settings
-
+def test_upload_over_the_size_limit_is_413(session_factory, settings_values, engine):
     small = create_app(Settings(**{**settings_values, "MAX_UPLOAD_BYTES": 50}), engine=engine, configure_logs=False)
     with TestClient(small, base_url="https://testserver") as client:
         csrf = sign_in(client)
@@ -436,10 +435,7 @@ def test_remove_from_queue_goes_back_to_review(curator, session_factory):
     assert texts_on(curator.get("/curate").text) == ["queued"]
 
 
-def test_random_order_shows_the_pool_without_reordering(app, session_factory, settings_values, engine):
-    from api.app import create_app
-    from api.config import Settings
-
+def test_random_order_shows_the_pool_without_reordering(session_factory, settings_values, engine):
     add(session_factory, "b", "a", status=TweetStatus.queued)
     random_app = create_app(Settings(**{**settings_values, "TWEET_ORDER": "random"}), engine=engine, configure_logs=False)
     with TestClient(random_app, base_url="https://testserver") as client:
