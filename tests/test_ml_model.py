@@ -202,3 +202,12 @@ def test_a_checkpoint_of_stock_gpt_2_simple_generates_through_ml_model(trained, 
     assert any(line.startswith(f"loaded {tmp_path / 'checkpoint' / 'stock' / 'model-2'}") for line in log)
     [summary] = [line for line in log if SUMMARY.search(line)]
     assert SUMMARY.search(summary).group(1) == "3"
+
+
+def test_demo_runs_the_pipeline_end_to_end():
+    from ml.demo import main as demo
+
+    with LogLines() as log:
+        assert demo([]) == 0
+    [posted] = [line for line in log if line.startswith("dry-run post:")]
+    assert "status posted, dry_run=True" in posted
