@@ -1,0 +1,191 @@
+"""ml.sampler on the tiny model: same outputs as gpt_2_simple's model, early stop, batching, sliding window."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from api.tweet_text import END_TOKEN, join_samples
+from ml.sampler import SampleJob, SampleRequest, Sampler, SamplerError, SampleText
+from ml.tiny import write_tiny_run
+
+pytestmark = pytest.mark.ml
+
+PREFIX = "<|startoftext|>"
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return write_tiny_run(root / "checkpoint", "run1", root / "models")
+
+
+@pytest.fixture(scope="module")
+def sampler(run_folder):
+    with Sampler.load(run_folder, batch_size=4) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def greedy_reference(run_folder):
+    """Greedy decoding with gpt_2_simple's own model.model, re-reading the whole sequence each step."""
+    import tensorflow as tf
+    from gpt_2_simple.src import model
+
+    hparams = model.default_hparams()
+    hparams.override_from_dict(json.loads((run_folder / "hparams.json").read_text()))
+    graph = tf.Graph()
+    with graph.as_default():
+        tokens = tf.compat.v1.placeholder(tf.int32, [1, None])
+        logits = model.model(hparams=hparams, X=tokens)["logits"][0, -1]
+        saver = tf.compat.v1.train.Saver()
+    session = tf.compat.v1.Session(graph=graph)
+    saver.restore(session, tf.train.latest_checkpoint(str(run_folder)))
+
+    def greedy(context: list[int], steps: int) -> list[int]:
+        sequence = list(context)
+        for _ in range(steps):
+            sequence.append(int(np.argmax(session.run(logits, {tokens: [sequence]}))))
+        return sequence[len(context):]
+
+    yield greedy
+    session.close()
+
+
+def decode(sampler: Sampler, tokens: list[int]) -> str:
+    return b"".join(sampler._token_bytes[t] for t in tokens).decode("utf-8", errors="replace")
+
+
+def test_greedy_samples_equal_gpt_2_simple_models_greedy_decoding(sampler, greedy_reference):
+    for prefix in (PREFIX, "hello", None):
+        context = sampler.encoder.encode(prefix) if prefix else [sampler.encoder.encoder[END_TOKEN]]
+        expected = decode(sampler, greedy_reference(context, 12))
+        texts = sampler.generate(nsamples=2, length=12, top_k=1, prefix=prefix, include_prefix=False)
+        assert texts == [expected.lstrip("\n")] * 2
+
+
+def test_continuous_batching_gives_each_sample_its_own_rows_output(sampler):
+    """More jobs than rows, each with its own prompt, length and parameters, refilled as rows end."""
+    requests = [
+        SampleRequest(length=length, top_k=1, prefix=prefix, include_prefix=False)
+        for length, prefix in [(9, "one"), (3, "two two"), (14, None), (5, "one"), (7, PREFIX), (2, "x")]
+    ]
+    alone = [sampler.generate(nsamples=1, length=r.length, top_k=1, prefix=r.prefix, include_prefix=False)[0]
+             for r in requests]
+    results: dict[int, str] = {}
+    queue = list(enumerate(requests))
+
+    def take_job():
+        if not queue:
+            return None
+        index, request = queue.pop(0)
+        return SampleJob(request, lambda text, index=index: results.__setitem__(index, text))
+
+    stats = sampler.run(take_job, batch_size=2)
+    assert [results[i] for i in range(len(requests))] == alone
+    assert stats.samples == len(requests)
+    assert stats.steps < sum(r.length for r in requests)
+
+
+def test_same_seed_gives_the_same_texts(sampler):
+    first = sampler.generate(nsamples=6, length=15, seed=7)
+    assert sampler.generate(nsamples=6, length=15, seed=7) == first
+    assert sampler.generate(nsamples=6, length=15, seed=8) != first
+    assert len(set(first)) > 1
+
+
+def test_top_k_1_is_greedy_and_ignores_the_seed(sampler):
+    texts = sampler.generate(nsamples=3, length=10, top_k=1, seed=1)
+    assert len(set(texts)) == 1
+    assert sampler.generate(nsamples=3, length=10, top_k=1, seed=2) == texts
+    # A tiny nucleus or a cold temperature keeps only the likeliest token too.
+    assert sampler.generate(nsamples=3, length=10, top_p=1e-6, seed=3) == texts
+    assert sampler.generate(nsamples=3, length=10, temperature=1e-4, seed=4) == texts
+    # Wider top_k samples.
+    assert len(set(sampler.generate(nsamples=4, length=10, top_k=40, seed=5))) > 1
+
+
+def test_a_batch_stops_as_soon_as_every_row_has_ended(sampler, greedy_reference):
+    context = sampler.encoder.encode(PREFIX)
+    greedy = greedy_reference(context, 40)
+    # An ASCII byte of the greedy continuation, as a one-character truncate text.
+    stop_at = next(i for i, t in enumerate(greedy) if i >= 3 and 32 <= t < 127)
+    truncate = chr(greedy[stop_at])
+    stop_at = greedy.index(greedy[stop_at])
+    assert sampler.encoder.encoder[END_TOKEN] not in greedy[:stop_at]
+    texts = sampler.generate(nsamples=4, length=200, top_k=1, prefix=PREFIX, truncate=truncate,
+                             include_prefix=False)
+    assert sampler.last_run.steps == stop_at + 1
+    assert texts == [decode(sampler, greedy[:stop_at]).lstrip("\n")] * 4
+
+
+def test_sample_text_ends_at_truncate_spelled_over_several_tokens_or_at_the_end_token():
+    text = SampleText(END_TOKEN)
+    assert not any(text.add(piece) for piece in (b"hi there", b" <|", b"endof"))
+    assert text.add(b"text|>and more")
+    assert text.text() == "hi there "
+
+    ended_by_token = SampleText(END_TOKEN)
+    assert not ended_by_token.add(b"short")
+    assert ended_by_token.add(END_TOKEN.encode(), is_end_token=True)
+    assert ended_by_token.text() == "short"
+
+    no_truncate = SampleText(None)
+    assert not no_truncate.add(b"a<|endoftext|>b") and not no_truncate.add(b"", is_end_token=True)
+    assert no_truncate.text() == "a<|endoftext|>b"
+
+
+def test_prefix_is_kept_or_dropped(sampler):
+    kept = sampler.generate(nsamples=1, length=8, top_k=1, prefix="Hello world")[0]
+    dropped = sampler.generate(nsamples=1, length=8, top_k=1, prefix="Hello world", include_prefix=False)[0]
+    assert kept.startswith("Hello world")
+    assert kept[len("Hello world"):].lstrip("\n") == dropped
+
+
+def test_generates_past_the_models_window_by_sliding(sampler):
+    n_ctx = sampler.hparams.n_ctx
+    texts = sampler.generate(nsamples=1, length=n_ctx + 60, prefix="slide", batch_size=1, seed=0)
+    stats = sampler.last_run
+    assert stats.steps == n_ctx + 60 and stats.generated_tokens == n_ctx + 60
+    assert stats.context_encodings >= 1  # the window was encoded again when it filled
+    assert len(texts) == 1 and texts[0].startswith("slide")
+
+
+def test_generate_to_file_writes_the_curation_format(sampler, tmp_path):
+    path = tmp_path / "samples.txt"
+    written = sampler.generate_to_file(path, nsamples=5, length=6, seed=3, prefix=PREFIX, include_prefix=False)
+    assert written == 5
+    assert path.read_text(encoding="utf-8") == join_samples(
+        sampler.generate(nsamples=5, length=6, seed=3, prefix=PREFIX, include_prefix=False)
+    )
+    assert not path.with_name("samples.txt.partial").exists()
+
+
+def test_the_graph_is_built_once(sampler):
+    before = sampler.operation_count
+    for top_p, top_k in [(0.9, 0), (0.0, 5), (0.0, 0)]:
+        sampler.generate(nsamples=3, length=4, top_p=top_p, top_k=top_k, prefix="abc", truncate="z")
+    assert sampler.operation_count == before
+    assert sampler._session.graph.finalized
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": 0}, "temperature must be > 0"),
+        ({"top_p": 1.5}, "top_p must be between 0 and 1"),
+        ({"top_k": -1}, "top_k must be a whole number"),
+        ({"length": 0}, "length must be"),
+        ({"nsamples": 0}, "nsamples must be >= 1"),
+        ({"truncate": ""}, "truncate must be None or a non-empty text"),
+    ],
+)
+def test_bad_parameters_are_refused_with_a_clear_message(sampler, kwargs, message):
+    with pytest.raises(SamplerError, match=message):
+        sampler.generate(**kwargs)
+
+
+def test_loading_a_folder_that_is_not_a_checkpoint_says_what_is_missing(tmp_path):
+    with pytest.raises(SamplerError, match="missing hparams.json"):
+        Sampler.load(tmp_path)
