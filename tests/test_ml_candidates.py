@@ -20,7 +20,8 @@ from api.tweet_text import END_TOKEN, START_TOKEN, parse_curated_file, validate_
 from db.engine import make_engine, make_session_factory
 from db.models import Base, Tweet, TweetStatus
 from ml.candidates import (
-    GenerationOptions, UploadError, candidate_file_name, collect_candidates, upload_candidate_file, write_candidate_file,
+    GenerationOptions, UploadError, candidate_file_name, collect_candidates, sampler_generate, upload_candidate_file,
+    write_candidate_file,
 )
 from ml.dataset import InputError, load_training_file, validate_run_name
 from ml.filters import CandidateFilter, DropReason, TrainingCopyIndex
@@ -148,6 +149,34 @@ def test_nothing_kept_asks_for_everything_the_limit_allows():
     report = collect_candidates(generator, make_filter(), GenerationOptions(nsamples=3, oversample_limit=3.0))
     assert [count for count, _ in generator.calls] == [3, 6]
     assert report.kept == ["fine"]
+
+
+class ByteSampler:
+    """Stands in for ml.sampler.Sampler: canned texts, and a byte-level encoder like the tiny model's."""
+
+    def __init__(self, texts):
+        self.texts = texts
+        self.encoder = self
+        self.asked: dict = {}
+
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
+    def generate(self, **kwargs):
+        self.asked = kwargs
+        return self.texts[: kwargs["nsamples"]]
+
+
+def test_samples_cut_at_length_count_as_unfinished():
+    sampler = ByteSampler(["short", "x" * 10, "y" * 9])
+    generate = sampler_generate(sampler, GenerationOptions(length=10, seed=5))
+    assert generate(3, 5) == [("short", False), ("x" * 10, True), ("y" * 9, False)]
+    assert sampler.asked["truncate"] == END_TOKEN and sampler.asked["prefix"] == START_TOKEN
+    assert sampler.asked["include_prefix"] is False and sampler.asked["seed"] == 5
+    # without truncate every sample runs to length by request: none is unfinished
+    assert sampler_generate(sampler, GenerationOptions(length=10, truncate=None))(2, None) == [
+        ("short", False), ("x" * 10, False),
+    ]
 
 
 # ---- the candidate file ----
