@@ -111,12 +111,21 @@ class SampleText:
         return bytes(data).decode("utf-8", errors="replace")
 
 
+@dataclass(frozen=True)
+class GeneratedSample:
+    """One finished sample."""
+
+    text: str
+    ended: bool  # the truncate text or the end token ended it; False: it ran to `length` (or no truncate)
+    tokens: int  # tokens generated (the prefix not counted)
+
+
 @dataclass
 class SampleJob:
-    """A request and where its text goes when it is done."""
+    """A request and where its sample goes when it is done."""
 
     request: SampleRequest
-    deliver: Callable[[str], None]
+    deliver: Callable[[GeneratedSample], None]
 
 
 @dataclass
@@ -419,13 +428,34 @@ class Sampler:
         ends and takes the next one; `length` may exceed the model's window; `include_prefix=False`
         drops the prefix even without `truncate`; `truncate` is looked for in the generated text only.
         """
+        return [sample.text for sample in self.generate_samples(
+            nsamples=nsamples, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
+            prefix=prefix, truncate=truncate, include_prefix=include_prefix, seed=seed,
+            progress=progress, batch_size=batch_size,
+        )]
+
+    def generate_samples(
+        self,
+        nsamples: int = 1,
+        length: int = 1023,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        prefix: str | None = None,
+        truncate: str | None = None,
+        include_prefix: bool = True,
+        seed: int | None = None,
+        progress: bool = False,
+        batch_size: int | None = None,
+    ) -> list[GeneratedSample]:
+        """As `generate`, with each text's `ended` flag (False: cut at `length`) and token count."""
         if nsamples < 1:
             raise SamplerError(f"nsamples must be >= 1, got {nsamples}")
         request = SampleRequest(
             length=length, temperature=float(temperature), top_k=top_k, top_p=float(top_p),
             prefix=prefix or None, truncate=truncate, include_prefix=include_prefix,
         )
-        texts: list[str | None] = [None] * nsamples
+        samples: list[GeneratedSample | None] = [None] * nsamples
         bar = None
         if progress:
             from tqdm import tqdm
@@ -434,7 +464,7 @@ class Sampler:
 
         def jobs() -> Iterator[SampleJob]:
             for index in range(nsamples):
-                yield SampleJob(request, self._store(texts, index, bar))
+                yield SampleJob(request, self._store(samples, index, bar))
 
         pending = jobs()
         try:
@@ -442,7 +472,7 @@ class Sampler:
         finally:
             if bar is not None:
                 bar.close()
-        return texts
+        return samples
 
     def generate_to_file(self, path: str | Path, **kwargs) -> int:
         """Write the samples to `path` in the curation format (samples separated by a line of 20 `=`).
@@ -458,9 +488,9 @@ class Sampler:
         return len(texts)
 
     @staticmethod
-    def _store(texts: list, index: int, bar) -> Callable[[str], None]:
-        def deliver(text: str) -> None:
-            texts[index] = text
+    def _store(samples: list, index: int, bar) -> Callable[[GeneratedSample], None]:
+        def deliver(sample: GeneratedSample) -> None:
+            samples[index] = sample
             if bar is not None:
                 bar.update(1)
 
@@ -663,7 +693,7 @@ class _BatchRun:
             text = request.prefix + text
         row.done = True
         self.stats.samples += 1
-        row.job.deliver(text.lstrip("\n"))
+        row.job.deliver(GeneratedSample(text=text.lstrip("\n"), ended=ended, tokens=row.generated_count))
 
     def _compact(self) -> None:
         """Drop the row-cache slots no row sees any more."""

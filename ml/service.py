@@ -99,7 +99,7 @@ class GenerationWorker:
             raise WorkerStopped("the generation worker is not running")
         future: concurrent.futures.Future = concurrent.futures.Future()
         try:
-            self._waiting.put_nowait(_ServiceJob(request, lambda text: _settle(future, text), future))
+            self._waiting.put_nowait(_ServiceJob(request, lambda sample: _settle(future, sample.text), future))
         except queue.Full:
             raise ServiceBusy(f"{self._waiting.maxsize} requests are already waiting") from None
         return future

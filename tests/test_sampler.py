@@ -80,7 +80,7 @@ def test_continuous_batching_gives_each_sample_its_own_rows_output(sampler):
         if not queue:
             return None
         index, request = queue.pop(0)
-        return SampleJob(request, lambda text, index=index: results.__setitem__(index, text))
+        return SampleJob(request, lambda sample, index=index: results.__setitem__(index, sample.text))
 
     stats = sampler.run(take_job, batch_size=2)
     assert [results[i] for i in range(len(requests))] == alone
@@ -114,10 +114,13 @@ def test_a_batch_stops_as_soon_as_every_row_has_ended(sampler, greedy_reference)
     truncate = chr(greedy[stop_at])
     stop_at = greedy.index(greedy[stop_at])
     assert sampler.encoder.encoder[END_TOKEN] not in greedy[:stop_at]
-    texts = sampler.generate(nsamples=4, length=200, top_k=1, prefix=PREFIX, truncate=truncate,
-                             include_prefix=False)
+    samples = sampler.generate_samples(nsamples=4, length=200, top_k=1, prefix=PREFIX, truncate=truncate,
+                                       include_prefix=False)
     assert sampler.last_run.steps == stop_at + 1
-    assert texts == [decode(sampler, greedy[:stop_at]).lstrip("\n")] * 4
+    assert [s.text for s in samples] == [decode(sampler, greedy[:stop_at]).lstrip("\n")] * 4
+    assert all(s.ended and s.tokens == stop_at + 1 for s in samples)
+    cut = sampler.generate_samples(nsamples=1, length=stop_at, top_k=1, prefix=PREFIX, truncate=truncate)
+    assert not cut[0].ended and cut[0].tokens == stop_at
 
 
 def test_sample_text_ends_at_truncate_spelled_over_several_tokens_or_at_the_end_token():
