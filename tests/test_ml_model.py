@@ -16,7 +16,7 @@ import pytest
 from api.tweet_text import parse_curated_file, validate_tweet
 from ml.dataset import encode, load_training_file
 from ml.model import main
-from ml.tiny import TINY_HPARAMS, byte_level_encoder, ensure_tiny_model
+from ml.tiny import TINY_HPARAMS, byte_level_encoder, ensure_tiny_model, write_tiny_run
 from ml.training import TrainingOptions, finetune, read_counter
 
 pytestmark = pytest.mark.ml
@@ -93,6 +93,22 @@ def test_tiny_model_is_in_gpt_2_simple_format(tmp_path):
     tokens = encode(text, folder)
     assert len(tokens) == len(text.encode("utf-8"))
     assert ensure_tiny_model(tmp_path) == folder  # present: left as it is
+
+
+def test_write_tiny_run_is_a_run_gpt_2_simple_loads(tmp_path):
+    import gpt_2_simple as gpt2
+
+    run = write_tiny_run(tmp_path / "checkpoint", "run1", tmp_path / "models")
+    assert run == tmp_path / "checkpoint" / "run1"
+    assert read_counter(run) == 0
+    assert (run / "checkpoint").read_text().startswith('model_checkpoint_path: "model-0"')
+    for name in ("hparams.json", "encoder.json", "vocab.bpe"):
+        assert (run / name).read_bytes() == (tmp_path / "models" / "tiny" / name).read_bytes()
+    sess = gpt2.start_tf_sess()
+    try:
+        gpt2.load_gpt2(sess, run_name="run1", checkpoint_dir=str(tmp_path / "checkpoint"))
+    finally:
+        sess.close()
 
 
 def test_training_leaves_a_gpt_2_simple_run_folder(trained):
