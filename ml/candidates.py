@@ -41,22 +41,15 @@ class GenerationOptions:
 
 
 def sampler_generate(sampler, options: GenerationOptions) -> Generate:
-    """A `Generate` over ml.sampler.Sampler.
-
-    The Sampler stops a sample at `truncate` and returns the text before it; a sample it cut at
-    `length` instead is recognised by its size: it re-encodes to `length` tokens or more.
-    """
+    """A `Generate` over ml.sampler.Sampler: a sample is unfinished when it ran to `length` without `truncate`."""
 
     def generate(count: int, seed: int | None) -> list[tuple[str, bool]]:
-        texts = sampler.generate(
+        samples = sampler.generate_samples(
             nsamples=count, length=options.length, temperature=options.temperature, top_k=options.top_k,
             top_p=options.top_p, prefix=options.prefix, truncate=options.truncate,
             include_prefix=options.include_prefix, seed=seed, progress=True, batch_size=options.batch_size,
         )
-        if options.truncate is None:
-            return [(text, False) for text in texts]
-        prefix_tokens = len(sampler.encoder.encode(options.prefix)) if options.prefix and options.include_prefix else 0
-        return [(text, len(sampler.encoder.encode(text)) - prefix_tokens >= options.length) for text in texts]
+        return [(sample.text, options.truncate is not None and not sample.ended) for sample in samples]
 
     return generate
 

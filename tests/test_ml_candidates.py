@@ -151,31 +151,29 @@ def test_nothing_kept_asks_for_everything_the_limit_allows():
     assert report.kept == ["fine"]
 
 
-class ByteSampler:
-    """Stands in for ml.sampler.Sampler: canned texts, and a byte-level encoder like the tiny model's."""
+class ScriptedSampler:
+    """Stands in for ml.sampler.Sampler: canned samples, and the arguments it was called with."""
 
-    def __init__(self, texts):
-        self.texts = texts
-        self.encoder = self
+    def __init__(self, samples):
+        self.samples = samples
         self.asked: dict = {}
 
-    def encode(self, text):
-        return list(text.encode("utf-8"))
-
-    def generate(self, **kwargs):
+    def generate_samples(self, **kwargs):
         self.asked = kwargs
-        return self.texts[: kwargs["nsamples"]]
+        return self.samples[: kwargs["nsamples"]]
 
 
 def test_samples_cut_at_length_count_as_unfinished():
-    sampler = ByteSampler(["short", "x" * 10, "y" * 9])
+    from ml.sampler import GeneratedSample
+
+    sampler = ScriptedSampler([GeneratedSample("ended", True, 6), GeneratedSample("cut at length", False, 10)])
     generate = sampler_generate(sampler, GenerationOptions(length=10, seed=5))
-    assert generate(3, 5) == [("short", False), ("x" * 10, True), ("y" * 9, False)]
+    assert generate(2, 5) == [("ended", False), ("cut at length", True)]
     assert sampler.asked["truncate"] == END_TOKEN and sampler.asked["prefix"] == START_TOKEN
-    assert sampler.asked["include_prefix"] is False and sampler.asked["seed"] == 5
+    assert sampler.asked["include_prefix"] is False and sampler.asked["seed"] == 5 and sampler.asked["length"] == 10
     # without truncate every sample runs to length by request: none is unfinished
     assert sampler_generate(sampler, GenerationOptions(length=10, truncate=None))(2, None) == [
-        ("short", False), ("x" * 10, False),
+        ("ended", False), ("cut at length", False),
     ]
 
 
