@@ -24,6 +24,9 @@ END_TOKEN = "<|endoftext|>"
 MARKERS = (START_TOKEN, END_TOKEN)
 
 _MAYBE_URL = re.compile(r"\.[A-Za-z0-9]")
+# Control characters (but newline and tab) and lone surrogates: invisible on X, and Postgres
+# cannot store NUL. Model output trained on raw bytes can contain them.
+_CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _DELIMITER_LINE = re.compile(r"^={20}[ \t]*$", re.MULTILINE)
 
 
@@ -58,6 +61,9 @@ def validate_tweet(text: str) -> str:
     text = normalize_text(text)
     if not text:
         raise TweetRejected("tweet is empty")
+    control = _CONTROL_CHARS.search(text)
+    if control:
+        raise TweetRejected(f"tweet contains the control character U+{ord(control.group()):04X}: remove it")
     for marker in MARKERS:
         if marker in text:
             raise TweetRejected(f"tweet contains the generation marker {marker}")

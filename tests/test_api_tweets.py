@@ -152,6 +152,7 @@ def test_upload_crlf_and_no_trailing_delimiter(client):
         (b"\xff\xfe\x00bad", 400, "not UTF-8"),
         (f"\n{DELIM}\n{DELIM}\n".encode(), 400, "no tweets"),
         (curated("x" * 281, "<|startoftext|>"), 422, "no valid tweet"),
+        (curated("a NUL \x00 byte"), 422, "control character U+0000"),
     ],
 )
 def test_bad_uploads_store_nothing(client, session_factory, data, status, message):

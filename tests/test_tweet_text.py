@@ -55,11 +55,19 @@ def test_validate_normalises_and_trims():
         ("a" * 281, "281 weighted characters"),
         ("日" * 141, "282 weighted characters"),
         ("bad \ufffe char", "characters X does not allow"),
+        ("nul \x00 byte", "control character U\\+0000"),
+        ("bell \x07", "control character U\\+0007"),
+        ("c1 \x85 control", "control character U\\+0085"),
+        ("lone \ud800 surrogate", "control character U\\+D800"),
     ],
 )
 def test_validate_rejects(text, reason):
     with pytest.raises(TweetRejected, match=reason.replace("|", r"\|")):
         validate_tweet(text)
+
+
+def test_newlines_and_tabs_are_kept():
+    assert validate_tweet("line one\n\tline two") == "line one\n\tline two"
 
 
 def test_limit_is_inclusive():
