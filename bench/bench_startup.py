@@ -121,6 +121,9 @@ def main() -> None:
             "PYTHONDONTWRITEBYTECODE": "1", "LOG_FORMAT": "json", "SQLITE_PATH": str(scratch / "tweets.db"),
             "SECRET_TOKEN": "bench-token-0123456789", "ACCOUNT": "bench_bot",
         }
+        # As the Dockerfile does: bytecode compiled at build time.
+        subprocess.run(["python", "-m", "compileall", "-q", "api", "db", "migrations"], cwd=api_dir, env=environment, check=True)
+        subprocess.run(["python", "-m", "compileall", "-q", "bare.py"], cwd=bare_dir, env=environment, check=True)
         subprocess.run(["alembic", "upgrade", "head"], cwd=api_dir, env=environment, check=True, capture_output=True)
         command = image_command()
         # A first start of each fills the OS file cache and writes no bytecode (PYTHONDONTWRITEBYTECODE).

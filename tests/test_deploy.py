@@ -180,6 +180,7 @@ def test_api_image_copies_only_what_the_service_needs():
     assert copied == {"requirements.txt", "alembic.ini", "migrations/", "db/", "api/"}
     installs = [rest for keyword, rest in instructions(REPO / "Dockerfile") if keyword == "RUN" and "pip install" in rest]
     assert installs == ["pip install --no-cache-dir -r requirements.txt"]
+    assert ("RUN", "python -m compileall -q api db migrations") in instructions(REPO / "Dockerfile")
 
 
 def requirement_names(path: Path) -> set[str]:
