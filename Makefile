@@ -58,5 +58,10 @@ train: $(VENV)/.ml ## fine-tune and write candidates: FILENAME=karpathy_tweets.c
 demo: $(VENV)/.ml ## offline end to end: sample tweets -> tiny model -> candidates -> local store -> one dry-run post
 	$(BIN)/python -m ml.demo $(DEMO_ARGS)
 
+.PHONY: serve-generation
+GENERATION_PORT ?= 8001
+serve-generation: $(VENV)/.ml ## serve the generation service on http://127.0.0.1:$(GENERATION_PORT) (GENERATION_* settings, .env_reference)
+	$(BIN)/uvicorn ml.serve:app --host 127.0.0.1 --port $(GENERATION_PORT)
+
 # Docker, docker compose and Google Cloud targets (docker-compose, docker-cloud-run, add-scheduler, ...).
 include deploy.mk

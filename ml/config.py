@@ -23,7 +23,7 @@ class GenerationSettings(BaseSettings):
     )
 
     # The run to serve: GENERATION_CHECKPOINT_DIR/GENERATION_RUN_NAME, as ml.model / finetune wrote it.
-    GENERATION_CHECKPOINT_DIR: Path = Path("checkpoint")
+    GENERATION_CHECKPOINT_DIR: Path = Path("ml/checkpoint")
     GENERATION_RUN_NAME: str = "run1"
     GENERATION_BATCH_SIZE: int = Field(default=8, ge=1, le=64)
     GENERATION_MAX_LENGTH: int = Field(default=1023, ge=1, le=100_000)

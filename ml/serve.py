@@ -5,12 +5,17 @@ import sys
 
 from api.config import ConfigError
 from ml.config import load_generation_settings
+from ml.sampler import SamplerError, resolve_run_folder
 from ml.service import create_app
 
 try:
     settings = load_generation_settings()
+    resolve_run_folder(settings.run_folder)
 except ConfigError as exc:
     print(f"Configuration error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
+except SamplerError as exc:
+    print(f"Configuration error: {exc}; set GENERATION_CHECKPOINT_DIR and GENERATION_RUN_NAME", file=sys.stderr)
     raise SystemExit(2) from None
 
 app = create_app(settings)
