@@ -288,6 +288,20 @@ def _build_graph(tf, hparams) -> _Graph:
     )
 
 
+def _session_callable(session, fetches: list, feeds: list):
+    """Run `fetches` from positional numpy arrays for `feeds`, returning a list of arrays.
+
+    Session.run (and make_callable with feeds, which calls it) converts and checks every feed in
+    Python on every call: ~2 ms, a third of a tiny model's step. TensorFlow's own
+    Session._make_callable_from_options (as Keras's v1 backend uses it) hands the arrays straight
+    to the C++ session; the arrays must already have the placeholders' dtypes.
+    """
+    from tensorflow.core.protobuf import config_pb2
+
+    options = config_pb2.CallableOptions(feed=[t.name for t in feeds], fetch=[t.name for t in fetches])
+    return session._make_callable_from_options(options)
+
+
 def resolve_run_folder(checkpoint_dir: str | Path, run_name: str | None = None) -> Path:
     """The folder holding hparams.json and the checkpoint: `checkpoint_dir/run_name`, or `checkpoint_dir`."""
     folder = Path(checkpoint_dir) / run_name if run_name else Path(checkpoint_dir)
@@ -310,6 +324,13 @@ class Sampler:
     def __init__(self, *, session, graph: _Graph, encoder, hparams, batch_size: int, folder: Path, checkpoint: str):
         self._session = session
         self._graph = graph
+        context_feeds = [graph.tokens, graph.row_past, graph.row_start, graph.shared_past, graph.shared_lo,
+                         graph.shared_hi]
+        self._run_context = _session_callable(session, [graph.presents], context_feeds)
+        self._run_step = _session_callable(
+            session, [graph.next_tokens, graph.presents],
+            [*context_feeds, graph.temperature, graph.top_k, graph.top_p, graph.seed],
+        )
         self.encoder = encoder
         self.hparams = hparams
         self.batch_size = batch_size
@@ -533,15 +554,10 @@ class Sampler:
             self._contexts.move_to_end(key)
             return cached
         if key:
-            g = self._graph
-            presents = self._session.run(g.presents, {
-                g.tokens: np.asarray([key], np.int32),
-                g.row_past: self._empty_rows(1, 0),
-                g.row_start: np.zeros(1, np.int32),
-                g.shared_past: self._empty_shared(),
-                g.shared_lo: np.zeros(1, np.int32),
-                g.shared_hi: np.zeros(1, np.int32),
-            })
+            zero = np.zeros(1, np.int32)
+            (presents,) = self._run_context(
+                np.asarray([key], np.int32), self._empty_rows(1, 0), zero, self._empty_shared(), zero, zero
+            )
             keys_values = presents[:, :, 0]
             stats.context_encodings += 1
         else:
@@ -654,21 +670,20 @@ class _BatchRun:
             position = len(row.context.tokens) + self.used - row.row_start
             if position >= self.n_ctx:
                 self._slide(row)
-        sampler, g = self.sampler, self.sampler._graph
         shared_lo, shared_hi = self._shared_feed()
         requests = [row.job.request for row in self.rows]
-        next_tokens, presents = sampler._session.run([g.next_tokens, g.presents], {
-            g.tokens: np.array([[row.next_token] for row in self.rows], np.int32),
-            g.row_past: np.ascontiguousarray(self.cache[:, :, :, :, : self.used]),
-            g.row_start: np.array([row.row_start for row in self.rows], np.int32),
-            g.shared_past: self.shared_past,
-            g.shared_lo: shared_lo,
-            g.shared_hi: shared_hi,
-            g.temperature: np.array([r.temperature for r in requests], np.float32),
-            g.top_k: np.array([r.top_k for r in requests], np.int32),
-            g.top_p: np.array([r.top_p for r in requests], np.float32),
-            g.seed: self.rng.integers(0, 2**62, size=2),
-        })
+        next_tokens, presents = self.sampler._run_step(
+            np.array([[row.next_token] for row in self.rows], np.int32),
+            np.ascontiguousarray(self.cache[:, :, :, :, : self.used]),
+            np.array([row.row_start for row in self.rows], np.int32),
+            self.shared_past,
+            shared_lo,
+            shared_hi,
+            np.array([r.temperature for r in requests], np.float32),
+            np.array([r.top_k for r in requests], np.int32),
+            np.array([r.top_p for r in requests], np.float32),
+            self.rng.integers(0, 2**62, size=2),
+        )
         if self.used == self.cache.shape[4]:
             grown = self.sampler._empty_rows(len(self.rows), 2 * self.used)
             grown[:, :, :, :, : self.used] = self.cache
