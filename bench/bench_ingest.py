@@ -8,21 +8,20 @@ The baseline is the same rows inserted one statement per row, measured in the sa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
-from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
 from api.config import Settings
 from api.tweet_text import content_hash, join_samples
 from bench.serving import serve_in_thread
-from db.engine import make_engine, make_session_factory
+from db.engine import make_engine, make_session_factory, temporary_schema
 from db.models import Base, Tweet, TweetStatus, utcnow
 
 TOKEN = "bench-token-0123456789"
@@ -34,40 +33,26 @@ def make_tweets(count: int, seed: int = 0) -> list[str]:
     return [f"{' '.join(rng.choices(WORDS, k=rng.randint(5, 25)))} #{n}" for n in range(count)]
 
 
-def engine_for(url: str):
-    """An engine on an empty database; returns (engine, cleanup)."""
+@contextlib.contextmanager
+def empty_database(url: str):
+    """An engine on an empty database with the tables: the SQLite file, or a fresh Postgres schema."""
     if url.startswith("sqlite"):
+        Path(make_url(url).database).unlink(missing_ok=True)
         engine = make_engine(url)
         Base.metadata.create_all(engine)
-        return engine, engine.dispose
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine = make_engine(url)
-
-    @event.listens_for(engine, "connect")
-    def _schema(dbapi_connection, _record):
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f'SET search_path TO "{schema}"')
-        cursor.close()
-        dbapi_connection.commit()
-
-    Base.metadata.create_all(engine)
-
-    def cleanup():
+        yield engine
         engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-    return engine, cleanup
+        return
+    with temporary_schema(url, prefix="bench") as engine:
+        Base.metadata.create_all(engine)
+        yield engine
 
 
 def upload_rate(url: str, payload: bytes, count: int) -> float:
-    engine, cleanup = engine_for(url)
-    try:
-        settings = Settings(SECRET_TOKEN=TOKEN, ACCOUNT="bench", MAX_UPLOAD_BYTES=50_000_000, _env_file=None)
+    with empty_database(url) as engine:
+        settings = Settings(
+            SECRET_TOKEN=TOKEN, ACCOUNT="bench", MAX_UPLOAD_BYTES=50_000_000, TWITTER_DRY_RUN=True, _env_file=None
+        )
         app = create_app(settings, engine=engine, configure_logs=False)
         with serve_in_thread(app) as base:
             started = time.perf_counter()
@@ -76,29 +61,22 @@ def upload_rate(url: str, payload: bytes, count: int) -> float:
                 files={"file": ("bench.txt", payload)}, timeout=600,
             )
             elapsed = time.perf_counter() - started
-        response.raise_for_status()
-        assert response.json()["added"] == count, response.json()
-        return count / elapsed
-    finally:
-        cleanup()
+    response.raise_for_status()
+    assert response.json()["added"] == count, response.json()
+    return count / elapsed
 
 
 def row_by_row_rate(url: str, tweets: list[str]) -> float:
     """Baseline: one INSERT per row, in one transaction (what a naive ORM loop does)."""
-    engine, cleanup = engine_for(url)
-    try:
-        session_factory = make_session_factory(engine)
+    with empty_database(url) as engine, make_session_factory(engine)() as session:
         started = time.perf_counter()
-        with session_factory() as session:
-            now = utcnow()
-            for n, tweet in enumerate(tweets):
-                session.add(Tweet(account="bench", text=tweet, content_hash=content_hash(tweet),
-                                  status=TweetStatus.queued, position=n, created_at=now, updated_at=now))
-                session.flush()
-            session.commit()
+        now = utcnow()
+        for n, tweet in enumerate(tweets):
+            session.add(Tweet(account="bench", text=tweet, content_hash=content_hash(tweet),
+                              status=TweetStatus.queued, position=n, created_at=now, updated_at=now))
+            session.flush()
+        session.commit()
         return len(tweets) / (time.perf_counter() - started)
-    finally:
-        cleanup()
 
 
 def main() -> None:
@@ -118,11 +96,7 @@ def main() -> None:
         targets["postgres+pg8000"] = pg.set(drivername="postgresql+pg8000").render_as_string(False)
         print(f"{'database':<20}{'upload tweets/s':>16}{'row-by-row tweets/s':>22}{'ratio':>8}{'100k upload s':>15}")
         for name, url in targets.items():
-            if name == "sqlite":
-                Path(tmp, "bench.db").unlink(missing_ok=True)
             rate = upload_rate(url, payload, args.tweets)
-            if name == "sqlite":
-                Path(tmp, "bench.db").unlink(missing_ok=True)
             baseline = row_by_row_rate(url, tweets[: args.baseline_tweets])
             print(f"{name:<20}{rate:>16,.0f}{baseline:>22,.0f}{rate / baseline:>8.1f}{args.tweets / rate:>15.2f}")
 

@@ -19,38 +19,23 @@ import os
 import statistics
 import threading
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
 
 import httpx
-from sqlalchemy import event, select, text
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
 from api.config import Settings
 from bench.serving import serve_in_thread
-from db.engine import make_engine, make_session_factory
+from db.engine import make_session_factory, temporary_schema
 from db.models import Base, Tweet, TweetStatus, utcnow
 from tests.fake_x import FakeX
 
 TOKEN = "bench-token-0123456789"
 ACCOUNT = "storm_bot"
-
-
-def schema_engine(url: str, schema: str):
-    """An engine whose connections use `schema`, with a pool as big as the test suite's."""
-    engine = make_engine(url, pool_size=20, max_overflow=40)
-
-    @event.listens_for(engine, "connect")
-    def _schema(dbapi_connection, _record):
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f'SET search_path TO "{schema}"')
-        cursor.close()
-        dbapi_connection.commit()
-
-    return engine
 
 
 def seed(engine, count: int) -> None:
@@ -86,11 +71,11 @@ def fire(base: str, keys: list[str], concurrency: int) -> tuple[list[tuple[int, 
 
 def storm(url: str, *, calls: int, tweets: int, concurrency: int, sends_per_key: int) -> dict:
     """Run one storm on a fresh schema; returns its figures."""
-    schema = f"storm_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine = schema_engine(url, schema)
+    with temporary_schema(url, prefix="storm", pool_size=20, max_overflow=40) as engine:
+        return _storm(engine, calls=calls, tweets=tweets, concurrency=concurrency, sends_per_key=sends_per_key)
+
+
+def _storm(engine, *, calls: int, tweets: int, concurrency: int, sends_per_key: int) -> dict:
     fake_x = FakeX().start()
     try:
         Base.metadata.create_all(engine)
@@ -125,10 +110,6 @@ def storm(url: str, *, calls: int, tweets: int, concurrency: int, sends_per_key:
         }
     finally:
         fake_x.stop()
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def main() -> None:

@@ -1,7 +1,11 @@
 """Engines and sessions for SQLite (local) and Postgres (psycopg2 or pg8000)."""
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, event
+import contextlib
+import uuid
+from collections.abc import Iterator
+
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -32,3 +36,32 @@ def make_engine(url: str, **kwargs) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def temporary_schema(url: str, *, prefix: str = "t", **engine_kwargs) -> Iterator[Engine]:
+    """An engine on a new, empty Postgres schema that is dropped on exit (tests, benchmarks).
+
+    Every connection of the engine sets its search_path to the schema, so the app and
+    migrations see only it: each test or benchmark run gets a database of its own.
+    """
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(url)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine = make_engine(url, **engine_kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _use_schema(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f'SET search_path TO "{schema}"')
+        cursor.close()
+        dbapi_connection.commit()
+
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()

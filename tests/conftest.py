@@ -6,17 +6,16 @@ when it is unset, unless REQUIRE_POSTGRES=1 (CI), where a missing URL fails them
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
 from api.config import Settings
-from db.engine import make_engine, make_session_factory
+from db.engine import make_engine, make_session_factory, temporary_schema
 from db.models import Base
 from tests.fake_x import fake_x  # noqa: F401 (fixture: the fake X API server)
 
@@ -35,37 +34,6 @@ def postgres_url(driver: str) -> str:
     return make_url(raw).set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
 
 
-def make_test_engine(backend: str, tmp_path) -> tuple[Engine, str | None]:
-    """An engine on an empty database: a SQLite file, or a fresh Postgres schema."""
-    if backend == "sqlite":
-        return make_engine(f"sqlite:///{tmp_path / 'test.db'}"), None
-    url = postgres_url(backend)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    admin.dispose()
-    engine = make_engine(url, pool_size=20, max_overflow=40)
-
-    @event.listens_for(engine, "connect")
-    def _use_schema(dbapi_connection, _record):
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f'SET search_path TO "{schema}"')
-        cursor.close()
-        dbapi_connection.commit()
-
-    return engine, schema
-
-
-def drop_schema(backend: str, schema: str | None) -> None:
-    if schema is None:
-        return
-    admin = make_engine(postgres_url(backend))
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    admin.dispose()
-
-
 @pytest.fixture(params=BACKENDS)
 def backend(request) -> str:
     if request.param != "sqlite":
@@ -75,11 +43,14 @@ def backend(request) -> str:
 
 @pytest.fixture
 def empty_engine(backend, tmp_path) -> Iterator[Engine]:
-    """An engine on a database with no tables (for migration tests)."""
-    engine, schema = make_test_engine(backend, tmp_path)
-    yield engine
-    engine.dispose()
-    drop_schema(backend, schema)
+    """An engine on a database with no tables: a SQLite file, or a fresh Postgres schema."""
+    if backend == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'test.db'}")
+        yield engine
+        engine.dispose()
+        return
+    with temporary_schema(postgres_url(backend), pool_size=20, max_overflow=40) as engine:
+        yield engine
 
 
 @pytest.fixture
