@@ -163,9 +163,9 @@ class _Row:
 @dataclass
 class _Graph:
     tokens: object
-    row_past: object
+    row_past: list       # per layer: keys, values [B, heads, S, head_size]
     row_start: object
-    shared_past: object
+    shared_past: list    # per layer: keys, values [heads, Sp, head_size]
     shared_lo: object
     shared_hi: object
     temperature: object
@@ -180,10 +180,12 @@ class _Graph:
 def _build_graph(tf, hparams) -> _Graph:
     """The one-step sampling graph, with the model's variables under `model/` as gpt_2_simple names them.
 
-    Feeds: `tokens` [B, T]; `row_past` [layers, 2, B, heads, S, head_size], keys/values of earlier
-    steps, row b seeing slots >= row_start[b]; `shared_past` [layers, 2, heads, Sp, head_size], prompt
-    keys/values shared by rows, row b seeing [shared_lo[b], shared_hi[b]). Outputs: next token and
-    last-position logits per row, and `presents` [layers, 2, B, heads, T, head_size].
+    Feeds: `tokens` [B, T]; `row_past`, each layer's keys and values of earlier steps
+    [B, heads, S, head_size], row b seeing slots >= row_start[b]; `shared_past`, each layer's prompt
+    keys and values [heads, Sp, head_size] shared by rows, row b seeing [shared_lo[b], shared_hi[b]).
+    Outputs: next token and last-position logits per row, and `presents`
+    [layers, 2, B, heads, T, head_size]. The caches are read where they are fed, never copied:
+    attention scores the shared prompt, the row cache and the new tokens separately.
     """
     from gpt_2_simple.src import model as gpt2
 
@@ -191,10 +193,14 @@ def _build_graph(tf, hparams) -> _Graph:
     head_size = n_embd // n_head
     v1 = tf.compat.v1
 
+    def cache_placeholders(shape, name):
+        return [v1.placeholder(tf.float32, shape, name=f"{name}_{layer}_{kind}")
+                for layer in range(hparams.n_layer) for kind in ("keys", "values")]
+
     tokens = v1.placeholder(tf.int32, [None, None], name="tokens")
-    row_past = v1.placeholder(tf.float32, [hparams.n_layer, 2, None, n_head, None, head_size], name="row_past")
+    row_past = cache_placeholders([None, n_head, None, head_size], "row_past")
     row_start = v1.placeholder(tf.int32, [None], name="row_start")
-    shared_past = v1.placeholder(tf.float32, [hparams.n_layer, 2, n_head, None, head_size], name="shared_past")
+    shared_past = cache_placeholders([n_head, None, head_size], "shared_past")
     shared_lo = v1.placeholder(tf.int32, [None], name="shared_lo")
     shared_hi = v1.placeholder(tf.int32, [None], name="shared_hi")
     temperature = v1.placeholder(tf.float32, [None], name="temperature")
@@ -203,7 +209,7 @@ def _build_graph(tf, hparams) -> _Graph:
     seed = v1.placeholder(tf.int64, [2], name="seed")
 
     batch, steps = tf.shape(tokens)[0], tf.shape(tokens)[1]
-    row_slots, shared_slots = tf.shape(row_past)[4], tf.shape(shared_past)[3]
+    row_slots, shared_slots = tf.shape(row_past[0])[2], tf.shape(shared_past[0])[1]
 
     # Row b's first new token sits after its shared prompt and the row slots it sees.
     first_position = (shared_hi - shared_lo) + (row_slots - row_start)
@@ -223,27 +229,28 @@ def _build_graph(tf, hparams) -> _Graph:
         axis=-1,
     )
     mask = tf.cast(visible, tf.float32)
-    shared_shape = [batch, n_head, shared_slots, head_size]
 
     def split_heads(x):
         return tf.transpose(gpt2.split_states(x, n_head), [0, 2, 1, 3])
 
     def attention(x, layer):
-        # gpt_2_simple.src.model.attn, with the keys/values of the caches and per-row visibility.
+        # gpt_2_simple.src.model.attn over [shared prompt | row cache | new tokens], per-row visibility.
         with v1.variable_scope("attn"):
             c = gpt2.conv1d(x, "c_attn", n_embd * 3)
             q, k, v = map(split_heads, tf.split(c, 3, axis=2))
             present = tf.stack([k, v], axis=0)
-            keys = tf.concat(
-                [tf.broadcast_to(shared_past[layer, 0][None], shared_shape), row_past[layer, 0], k], axis=-2
+            shared_keys, shared_values = shared_past[2 * layer][None], shared_past[2 * layer + 1][None]
+            past_keys, past_values = row_past[2 * layer], row_past[2 * layer + 1]
+            w = tf.concat(
+                [tf.matmul(q, shared_keys, transpose_b=True), tf.matmul(q, past_keys, transpose_b=True),
+                 tf.matmul(q, k, transpose_b=True)],
+                axis=-1,
             )
-            values = tf.concat(
-                [tf.broadcast_to(shared_past[layer, 1][None], shared_shape), row_past[layer, 1], v], axis=-2
-            )
-            w = tf.matmul(q, keys, transpose_b=True)
             w = w * tf.math.rsqrt(tf.cast(head_size, w.dtype))
             w = w * mask - tf.cast(1e10, w.dtype) * (1 - mask)
-            a = tf.matmul(gpt2.softmax(w), values)
+            w = gpt2.softmax(w)
+            w_shared, w_past, w_new = tf.split(w, [shared_slots, row_slots, steps], axis=-1)
+            a = tf.matmul(w_shared, shared_values) + tf.matmul(w_past, past_values) + tf.matmul(w_new, v)
             a = gpt2.merge_states(tf.transpose(a, [0, 2, 1, 3]))
             return gpt2.conv1d(a, "c_proj", n_embd), present
 
@@ -302,6 +309,11 @@ def _session_callable(session, fetches: list, feeds: list):
     return session._make_callable_from_options(options)
 
 
+def _per_layer(cache: np.ndarray) -> list[np.ndarray]:
+    """[layers, 2, ...] -> the feeds of one cache placeholder list: layer 0 keys, layer 0 values, ..."""
+    return [np.ascontiguousarray(cache[layer, kind]) for layer in range(cache.shape[0]) for kind in (0, 1)]
+
+
 def resolve_run_folder(checkpoint_dir: str | Path, run_name: str | None = None) -> Path:
     """The folder holding hparams.json and the checkpoint: `checkpoint_dir/run_name`, or `checkpoint_dir`."""
     folder = Path(checkpoint_dir) / run_name if run_name else Path(checkpoint_dir)
@@ -324,7 +336,7 @@ class Sampler:
     def __init__(self, *, session, graph: _Graph, encoder, hparams, batch_size: int, folder: Path, checkpoint: str):
         self._session = session
         self._graph = graph
-        context_feeds = [graph.tokens, graph.row_past, graph.row_start, graph.shared_past, graph.shared_lo,
+        context_feeds = [graph.tokens, *graph.row_past, graph.row_start, *graph.shared_past, graph.shared_lo,
                          graph.shared_hi]
         self._run_context = _session_callable(session, [graph.presents], context_feeds)
         self._run_step = _session_callable(
@@ -556,7 +568,8 @@ class Sampler:
         if key:
             zero = np.zeros(1, np.int32)
             (presents,) = self._run_context(
-                np.asarray([key], np.int32), self._empty_rows(1, 0), zero, self._empty_shared(), zero, zero
+                np.asarray([key], np.int32), *_per_layer(self._empty_rows(1, 0)), zero,
+                *_per_layer(self._empty_shared()), zero, zero,
             )
             keys_values = presents[:, :, 0]
             stats.context_encodings += 1
@@ -674,9 +687,9 @@ class _BatchRun:
         requests = [row.job.request for row in self.rows]
         next_tokens, presents = self.sampler._run_step(
             np.array([[row.next_token] for row in self.rows], np.int32),
-            np.ascontiguousarray(self.cache[:, :, :, :, : self.used]),
+            *_per_layer(self.cache[:, :, :, :, : self.used]),
             np.array([row.row_start for row in self.rows], np.int32),
-            self.shared_past,
+            *_per_layer(self.shared_past),
             shared_lo,
             shared_hi,
             np.array([r.temperature for r in requests], np.float32),
