@@ -596,9 +596,8 @@ class _BatchRun:
         # Row cache [layers, 2, rows, heads, slot, head_size]: slots [0, used) hold earlier steps.
         self.cache = sampler._empty_rows(0, 64)
         self.used = 0
-        self.shared_key: tuple | None = None
-        self.shared_past = sampler._empty_shared()
-        self.shared_ranges: dict[int, tuple[int, int]] = {}
+        self.row_feeds_key: tuple | None = None
+        self.row_feeds: list[np.ndarray] = []
 
     def run(self) -> RunStats:
         self._fill_free_rows()
@@ -660,10 +659,11 @@ class _BatchRun:
 
     # -- one model step --
 
-    def _shared_feed(self) -> tuple[np.ndarray, np.ndarray]:
-        """Lay the rows' prompt caches one after another (each distinct prompt once)."""
-        key = tuple(id(row.context) for row in self.rows)
-        if key != self.shared_key:
+    def _row_feeds(self) -> list[np.ndarray]:
+        """Feeds that change only when rows do: row starts, prompt caches (each distinct prompt once)
+        with each row's range in them, and sampling parameters. Rebuilt when a row changes."""
+        key = tuple((id(row), row.row_start, id(row.context)) for row in self.rows)
+        if key != self.row_feeds_key:
             parts, ranges, offset = [], {}, 0
             for row in self.rows:
                 if id(row.context) not in ranges:
@@ -671,30 +671,29 @@ class _BatchRun:
                     ranges[id(row.context)] = (offset, offset + size)
                     parts.append(row.context.keys_values)
                     offset += size
-            self.shared_past = np.concatenate(parts, axis=3) if parts else self.sampler._empty_shared()
-            self.shared_ranges = ranges
-            self.shared_key = key
-        lo = np.array([self.shared_ranges[id(row.context)][0] for row in self.rows], np.int32)
-        hi = np.array([self.shared_ranges[id(row.context)][1] for row in self.rows], np.int32)
-        return lo, hi
+            shared = np.concatenate(parts, axis=3) if parts else self.sampler._empty_shared()
+            requests = [row.job.request for row in self.rows]
+            self.row_feeds = [
+                np.array([row.row_start for row in self.rows], np.int32),
+                *_per_layer(shared),
+                np.array([ranges[id(row.context)][0] for row in self.rows], np.int32),
+                np.array([ranges[id(row.context)][1] for row in self.rows], np.int32),
+                np.array([r.temperature for r in requests], np.float32),
+                np.array([r.top_k for r in requests], np.int32),
+                np.array([r.top_p for r in requests], np.float32),
+            ]
+            self.row_feeds_key = key
+        return self.row_feeds
 
     def _step(self) -> None:
         for row in self.rows:
             position = len(row.context.tokens) + self.used - row.row_start
             if position >= self.n_ctx:
                 self._slide(row)
-        shared_lo, shared_hi = self._shared_feed()
-        requests = [row.job.request for row in self.rows]
         next_tokens, presents = self.sampler._run_step(
             np.array([[row.next_token] for row in self.rows], np.int32),
             *_per_layer(self.cache[:, :, :, :, : self.used]),
-            np.array([row.row_start for row in self.rows], np.int32),
-            *_per_layer(self.shared_past),
-            shared_lo,
-            shared_hi,
-            np.array([r.temperature for r in requests], np.float32),
-            np.array([r.top_k for r in requests], np.int32),
-            np.array([r.top_p for r in requests], np.float32),
+            *self._row_feeds(),
             self.rng.integers(0, 2**62, size=2),
         )
         if self.used == self.cache.shape[4]:
