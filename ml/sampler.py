@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 END_OF_TEXT = "<|endoftext|>"
 DEFAULT_BATCH_SIZE = 10
 CONTEXT_CACHE_ENTRIES = 8
+SLOT_BLOCK = 32
 
 
 class SamplerError(ValueError):
@@ -164,6 +165,7 @@ class _Row:
 class _Graph:
     tokens: object
     row_past: list       # per layer: keys, values [B, heads, S, head_size]
+    row_used: object
     row_start: object
     shared_past: list    # per layer: keys, values [heads, Sp, head_size]
     shared_lo: object
@@ -181,7 +183,8 @@ def _build_graph(tf, hparams) -> _Graph:
     """The one-step sampling graph, with the model's variables under `model/` as gpt_2_simple names them.
 
     Feeds: `tokens` [B, T]; `row_past`, each layer's keys and values of earlier steps
-    [B, heads, S, head_size], row b seeing slots >= row_start[b]; `shared_past`, each layer's prompt
+    [B, heads, S, head_size], of which the first `row_used` slots hold data and row b sees those from
+    row_start[b] on; `shared_past`, each layer's prompt
     keys and values [heads, Sp, head_size] shared by rows, row b seeing [shared_lo[b], shared_hi[b]).
     Outputs: next token and last-position logits per row, and `presents`
     [layers, 2, B, heads, T, head_size]. The caches are read where they are fed, never copied:
@@ -199,6 +202,7 @@ def _build_graph(tf, hparams) -> _Graph:
 
     tokens = v1.placeholder(tf.int32, [None, None], name="tokens")
     row_past = cache_placeholders([None, n_head, None, head_size], "row_past")
+    row_used = v1.placeholder(tf.int32, [], name="row_used")
     row_start = v1.placeholder(tf.int32, [None], name="row_start")
     shared_past = cache_placeholders([n_head, None, head_size], "shared_past")
     shared_lo = v1.placeholder(tf.int32, [None], name="shared_lo")
@@ -212,13 +216,14 @@ def _build_graph(tf, hparams) -> _Graph:
     row_slots, shared_slots = tf.shape(row_past[0])[2], tf.shape(shared_past[0])[1]
 
     # Row b's first new token sits after its shared prompt and the row slots it sees.
-    first_position = (shared_hi - shared_lo) + (row_slots - row_start)
+    first_position = (shared_hi - shared_lo) + (row_used - row_start)
     positions = first_position[:, None] + tf.range(steps)[None, :]
 
     # Which keys each query may see: [B, 1, T, Sp + S + T], 1.0 = visible.
     shared_index = tf.range(shared_slots)[None, :]
     shared_visible = (shared_index >= shared_lo[:, None]) & (shared_index < shared_hi[:, None])
-    row_visible = tf.range(row_slots)[None, :] >= row_start[:, None]
+    row_index = tf.range(row_slots)[None, :]
+    row_visible = (row_index >= row_start[:, None]) & (row_index < row_used)
     causal = tf.range(steps)[:, None] >= tf.range(steps)[None, :]
     visible = tf.concat(
         [
@@ -289,7 +294,7 @@ def _build_graph(tf, hparams) -> _Graph:
     next_tokens = tf.random.stateless_categorical(sampling_logits, 1, seed, dtype=tf.int32)[:, 0]
 
     return _Graph(
-        tokens=tokens, row_past=row_past, row_start=row_start, shared_past=shared_past,
+        tokens=tokens, row_past=row_past, row_used=row_used, row_start=row_start, shared_past=shared_past,
         shared_lo=shared_lo, shared_hi=shared_hi, temperature=temperature, top_k=top_k, top_p=top_p,
         seed=seed, next_tokens=next_tokens, logits=logits, presents=presents,
     )
@@ -307,6 +312,16 @@ def _session_callable(session, fetches: list, feeds: list):
 
     options = config_pb2.CallableOptions(feed=[t.name for t in feeds], fetch=[t.name for t in fetches])
     return session._make_callable_from_options(options)
+
+
+def _padded(slots: int) -> int:
+    """`slots` rounded up to a multiple of SLOT_BLOCK.
+
+    Caches and prompts are fed in whole blocks (the extra slots hidden by the mask) so that the
+    tensor shapes TensorFlow sees repeat: oneDNN builds and keeps a kernel for every new shape,
+    and a cache growing one slot a step would make its memory grow request after request.
+    """
+    return -(-slots // SLOT_BLOCK) * SLOT_BLOCK
 
 
 def _per_layer(cache: np.ndarray) -> list[np.ndarray]:
@@ -336,8 +351,8 @@ class Sampler:
     def __init__(self, *, session, graph: _Graph, encoder, hparams, batch_size: int, folder: Path, checkpoint: str):
         self._session = session
         self._graph = graph
-        context_feeds = [graph.tokens, *graph.row_past, graph.row_start, *graph.shared_past, graph.shared_lo,
-                         graph.shared_hi]
+        context_feeds = [graph.tokens, *graph.row_past, graph.row_used, graph.row_start, *graph.shared_past,
+                         graph.shared_lo, graph.shared_hi]
         self._run_context = _session_callable(session, [graph.presents], context_feeds)
         self._run_step = _session_callable(
             session, [graph.next_tokens, graph.presents],
@@ -566,12 +581,14 @@ class Sampler:
             self._contexts.move_to_end(key)
             return cached
         if key:
+            # Padding tokens after the prompt change nothing before them (attention is causal).
+            padded = min(_padded(len(key)), self.hparams.n_ctx)
             zero = np.zeros(1, np.int32)
             (presents,) = self._run_context(
-                np.asarray([key], np.int32), *_per_layer(self._empty_rows(1, 0)), zero,
-                *_per_layer(self._empty_shared()), zero, zero,
+                np.asarray([key + (0,) * (padded - len(key))], np.int32), *_per_layer(self._empty_rows(1, 0)),
+                np.int32(0), zero, *_per_layer(self._empty_shared()), zero, zero,
             )
-            keys_values = presents[:, :, 0]
+            keys_values = presents[:, :, 0, :, : len(key)]
             stats.context_encodings += 1
         else:
             keys_values = self._empty_shared()
@@ -672,6 +689,8 @@ class _BatchRun:
                     parts.append(row.context.keys_values)
                     offset += size
             shared = np.concatenate(parts, axis=3) if parts else self.sampler._empty_shared()
+            padding = _padded(shared.shape[3]) - shared.shape[3]
+            shared = np.pad(shared, [(0, 0)] * 3 + [(0, padding), (0, 0)])
             requests = [row.job.request for row in self.rows]
             self.row_feeds = [
                 np.array([row.row_start for row in self.rows], np.int32),
@@ -690,16 +709,18 @@ class _BatchRun:
             position = len(row.context.tokens) + self.used - row.row_start
             if position >= self.n_ctx:
                 self._slide(row)
-        next_tokens, presents = self.sampler._run_step(
-            np.array([[row.next_token] for row in self.rows], np.int32),
-            *_per_layer(self.cache[:, :, :, :, : self.used]),
-            *self._row_feeds(),
-            self.rng.integers(0, 2**62, size=2),
-        )
         if self.used == self.cache.shape[4]:
             grown = self.sampler._empty_rows(len(self.rows), 2 * self.used)
             grown[:, :, :, :, : self.used] = self.cache
             self.cache = grown
+        fed = min(_padded(self.used), self.cache.shape[4])
+        next_tokens, presents = self.sampler._run_step(
+            np.array([[row.next_token] for row in self.rows], np.int32),
+            *_per_layer(self.cache[:, :, :, :, :fed]),
+            np.int32(self.used),
+            *self._row_feeds(),
+            self.rng.integers(0, 2**62, size=2),
+        )
         self.cache[:, :, :, :, self.used] = presents[:, :, :, :, 0]
         self.used += 1
         self.stats.steps += 1
