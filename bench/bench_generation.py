@@ -82,8 +82,8 @@ def measure_gpt_2_simple(run_folder: Path, samples: int) -> tuple[int, float, in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=1000, help="candidates to generate with ml.sampler")
-    parser.add_argument("--baseline-samples", type=int, default=100,
-                        help="candidates to generate with gpt_2_simple (a multiple of 10; time extrapolated)")
+    parser.add_argument("--baseline-samples", type=int, default=1000,
+                        help="candidates to generate with gpt_2_simple (a multiple of 10; fewer: time extrapolated)")
     parser.add_argument("--workdir", type=Path, default=Path("bench/out/tweet_model"))
     args = parser.parse_args()
     if args.samples % BATCH_SIZE or args.baseline_samples % BATCH_SIZE:

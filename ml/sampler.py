@@ -187,8 +187,7 @@ def _build_graph(tf, hparams) -> _Graph:
     row_start[b] on; `shared_past`, each layer's prompt
     keys and values [heads, Sp, head_size] shared by rows, row b seeing [shared_lo[b], shared_hi[b]).
     Outputs: next token and last-position logits per row, and `presents`
-    [layers, 2, B, heads, T, head_size]. The caches are read where they are fed, never copied:
-    attention scores the shared prompt, the row cache and the new tokens separately.
+    [layers, 2, B, heads, T, head_size].
     """
     from gpt_2_simple.src import model as gpt2
 
@@ -244,18 +243,18 @@ def _build_graph(tf, hparams) -> _Graph:
             c = gpt2.conv1d(x, "c_attn", n_embd * 3)
             q, k, v = map(split_heads, tf.split(c, 3, axis=2))
             present = tf.stack([k, v], axis=0)
-            shared_keys, shared_values = shared_past[2 * layer][None], shared_past[2 * layer + 1][None]
-            past_keys, past_values = row_past[2 * layer], row_past[2 * layer + 1]
-            w = tf.concat(
-                [tf.matmul(q, shared_keys, transpose_b=True), tf.matmul(q, past_keys, transpose_b=True),
-                 tf.matmul(q, k, transpose_b=True)],
-                axis=-1,
+            shared_shape = [batch, n_head, shared_slots, head_size]
+            keys = tf.concat(
+                [tf.broadcast_to(shared_past[2 * layer][None], shared_shape), row_past[2 * layer], k], axis=-2
             )
+            values = tf.concat(
+                [tf.broadcast_to(shared_past[2 * layer + 1][None], shared_shape), row_past[2 * layer + 1], v],
+                axis=-2,
+            )
+            w = tf.matmul(q, keys, transpose_b=True)
             w = w * tf.math.rsqrt(tf.cast(head_size, w.dtype))
             w = w * mask - tf.cast(1e10, w.dtype) * (1 - mask)
-            w = gpt2.softmax(w)
-            w_shared, w_past, w_new = tf.split(w, [shared_slots, row_slots, steps], axis=-1)
-            a = tf.matmul(w_shared, shared_values) + tf.matmul(w_past, past_values) + tf.matmul(w_new, v)
+            a = tf.matmul(gpt2.softmax(w), values)
             a = gpt2.merge_states(tf.transpose(a, [0, 2, 1, 3]))
             return gpt2.conv1d(a, "c_proj", n_embd), present
 
