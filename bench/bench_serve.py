@@ -5,7 +5,7 @@
 Starts `uvicorn ml.serve:app` as its own process on a free loopback port, serving the tiny model
 fine-tuned on short tweets (bench/tweet_checkpoint.py), and sends the original bot's request
 (length 200, top_p 0.9, prefix `<|startoftext|>`, truncate `<|endoftext|>`, include_prefix false).
-Prints the server process's resident memory after 1, 100 and 1,000 requests.
+Prints the server process's resident memory after 1, 100, 1,000 and 2,000 requests.
 """
 from __future__ import annotations
 
@@ -108,6 +108,8 @@ def main() -> None:
                     rss[100] = resident_mb(server.pid)
             send(base_url, 500, 8)
             rss[1000] = resident_mb(server.pid)
+            send(base_url, 1000, 8)
+            rss[2000] = resident_mb(server.pid)
         finally:
             server.terminate()
             server.wait(30)
