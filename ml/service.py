@@ -139,7 +139,7 @@ class GenerationWorker:
                 self.requests += len(taken)
             except Exception as exc:  # noqa: BLE001 - the worker must survive to answer later requests
                 log.exception("generation failed")
-                for job in taken:
+                for job in taken + pending:
                     _settle(job.future, exc)
         while True:
             try:
@@ -250,6 +250,11 @@ def create_app(settings: GenerationSettings, *, sampler: Sampler | None = None,
         allow_headers=["content-type", "x-token"],
     )
     guarded = [Depends(require_token)]
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; the service log has the details"}, status_code=500)
 
     @app.head("/", dependencies=guarded, response_model=GeneratedText)
     def head_root():

@@ -137,3 +137,19 @@ def test_health_says_the_model_is_loaded(client, sampler):
     body = client.get("/health").json()
     assert body["model_loaded"] is True and body["status"] == "ok"
     assert body["checkpoint"] == sampler.checkpoint
+
+
+def test_a_failed_generation_answers_500_and_the_worker_goes_on(sampler, monkeypatch):
+    settings = GenerationSettings(_env_file=None)
+    app = create_app(settings, sampler=sampler, configure_logs=False)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        def broken_run(*args, **kwargs):
+            raise RuntimeError("model exploded")
+
+        monkeypatch.setattr(sampler, "run", broken_run)
+        response = test_client.get("/", params={"length": 2})
+        assert response.status_code == 500
+        assert response.json() == {"detail": "internal error; the service log has the details"}
+        monkeypatch.undo()
+        assert test_client.get("/", params={"length": 2}).status_code == 200
+        assert test_client.get("/health").json()["model_loaded"] is True
