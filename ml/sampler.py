@@ -14,8 +14,8 @@ can add an operation) and drives it from Python:
 
 The model is gpt_2_simple's (same variables, same checkpoint, same layers from
 `gpt_2_simple.src.model`); only its attention is rewritten here so that each row has its own
-positions and its own set of visible keys. `tests/test_sampler.py` checks that its logits equal
-`gpt_2_simple.src.model.model`'s. Sampling follows `gpt_2_simple.src.sample` (temperature, then top_p
+positions and its own set of visible keys. `tests/test_sampler.py` checks that its greedy samples
+equal greedy decoding with `gpt_2_simple.src.model.model` itself. Sampling follows `gpt_2_simple.src.sample` (temperature, then top_p
 if it is > 0, else top_k), with per-row parameters.
 """
 from __future__ import annotations
@@ -378,7 +378,6 @@ class Sampler:
         *,
         run_name: str | None = None,
         checkpoint: str = "latest",
-        threads: int | None = None,
     ) -> Sampler:
         """Load a checkpoint folder (finetune's `checkpoint/run1`, or a base model such as `models/124M`).
 
@@ -388,7 +387,6 @@ class Sampler:
             with `run_name`, the parent folder (gpt_2_simple's `checkpoint_dir`).
         batch_size : rows sampled together (the default of `generate`).
         checkpoint : "latest" or a checkpoint name inside the folder, e.g. "model-500".
-        threads : TensorFlow's intra/inter-op threads (default: TensorFlow's choice).
         """
         import tensorflow as tf
         from gpt_2_simple.src import encoder as gpt2_encoder
@@ -409,11 +407,7 @@ class Sampler:
             built = _build_graph(tf, hparams)
             saver = tf.compat.v1.train.Saver(var_list=tf.compat.v1.global_variables())
         graph.finalize()
-        config = tf.compat.v1.ConfigProto()
-        if threads:
-            config.intra_op_parallelism_threads = threads
-            config.inter_op_parallelism_threads = threads
-        session = tf.compat.v1.Session(graph=graph, config=config)
+        session = tf.compat.v1.Session(graph=graph)
         try:
             saver.restore(session, path)
         except Exception:

@@ -85,7 +85,6 @@ class GenerationWorker:
         self._thread = threading.Thread(target=self._serve, name="generation-worker", daemon=True)
         self._stopping = False
         self.batches = 0  # sampler runs so far; fewer than requests when requests shared a batch
-        self.requests = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -105,12 +104,17 @@ class GenerationWorker:
         return future
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish the batch in progress, then end the thread; requests still waiting fail."""
+        """Finish the samples in progress, then end the thread; requests still waiting fail."""
         self._stopping = True
-        self._waiting.put(_STOP)
+        try:
+            self._waiting.put_nowait(_STOP)  # wakes the thread if it waits for a request
+        except queue.Full:
+            pass  # the thread is busy and will see _stopping when the samples in progress end
         self._thread.join(timeout)
 
     def _take_waiting(self) -> SampleJob | None:
+        if self._stopping:
+            return None
         try:
             job = self._waiting.get_nowait()
         except queue.Empty:
@@ -136,7 +140,6 @@ class GenerationWorker:
             try:
                 self.sampler.run(take_job)
                 self.batches += 1
-                self.requests += len(taken)
             except Exception as exc:  # noqa: BLE001 - the worker must survive to answer later requests
                 log.exception("generation failed")
                 for job in taken + pending:
