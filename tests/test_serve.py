@@ -80,10 +80,10 @@ def test_bad_parameters_get_a_422_naming_the_field(client, params, field, words)
         assert words in error["msg"]
 
 
-def test_unknown_body_fields_are_refused(client):
-    response = client.post("/", json={"lenght": 5})
-    assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["body", "lenght"]
+def test_unknown_parameters_are_refused(client):
+    for response, where in ((client.get("/", params={"lenght": 5}), "query"), (client.post("/", json={"lenght": 5}), "body")):
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"] == [where, "lenght"]
 
 
 def test_the_token_guards_generation_when_set(sampler):
