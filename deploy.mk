@@ -56,7 +56,7 @@ SCHEDULER_MAX_BACKOFF ?= 600s
 SCHEDULER_MAX_DOUBLINGS ?= 3
 # The generation service (ml/Dockerfile), bundling the run folder $(CHECKPOINT_DIR)/$(RUN_NAME).
 GENERATOR_SERVICE_NAME ?= $(DOCKER_INSTANCE_NAME)-generator
-CHECKPOINT_DIR ?= checkpoint
+CHECKPOINT_DIR ?= ml/checkpoint
 RUN_NAME ?= run1
 GENERATOR_MEMORY ?= 4Gi
 GENERATOR_CPU ?= 2

@@ -228,6 +228,7 @@ def test_dockerignore_keeps_secrets_and_data_out():
     ]
     kept_out = [
         ".env", ".env.local", ".venv/bin/python", ".venv-api/pyvenv.cfg", "checkpoint/run1/model-1000.index",
+        "ml/checkpoint/run1/model-1000.index",
         "models/124M/hparams.json", "ml/models/124M/encoder.json", "tweets.db", "api/tweets.db", "api/.env",
         "elonmusk_tweets.csv", "data/tweets.csv", "build/generator/model/checkpoint", ".git/config",
         "tests/test_deploy.py", "api/__pycache__/main.cpython-311.pyc",
@@ -241,8 +242,8 @@ def test_dockerignore_keeps_secrets_and_data_out():
 def test_cloud_build_upload_leaves_out_what_git_ignores():
     """.gcloudignore includes .gitignore; git itself says which of these it ignores."""
     assert "#!include:.gitignore" in (REPO / ".gcloudignore").read_text().splitlines()
-    paths = [".env", ".venv/x", ".venv-api/x", "checkpoint/run1/x", "models/124M/x", "ml/models/x", "tweets.db",
-             "build/generator/x", "u_tweets.csv"]
+    paths = [".env", ".venv/x", ".venv-api/x", "checkpoint/run1/x", "ml/checkpoint/run1/x", "models/124M/x", "ml/models/x",
+             "tweets.db", "build/generator/x", "u_tweets.csv"]
     result = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True)
     assert sorted(result.stdout.split()) == sorted(paths)
 

@@ -397,6 +397,24 @@ def test_generator_context_without_run_folder_says_what_to_do(tmp_path):
     assert not (tmp_path / "context").exists()
 
 
+def test_checkpoint_dir_defaults_to_where_ml_model_writes_runs(tmp_path, monkeypatch):
+    """make's CHECKPOINT_DIR, ml.model's --checkpoint_dir, ml.serve's GENERATION_CHECKPOINT_DIR and .env_reference agree."""
+    from ml import model
+    from ml.config import GenerationSettings
+
+    result = subprocess.run(
+        ["make", "--no-print-directory", "generator-context", "RUN_NAME=absent", f"GENERATOR_CONTEXT={tmp_path / 'context'}",
+         "ENV_FILE=/dev/null"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+        env={name: value for name, value in os.environ.items() if name != "CHECKPOINT_DIR"},
+    )
+    assert f"No run folder {model.CHECKPOINT_DIR}/absent " in result.stderr
+    monkeypatch.delenv("GENERATION_CHECKPOINT_DIR", raising=False)
+    assert GenerationSettings(_env_file=None).GENERATION_CHECKPOINT_DIR == Path(model.CHECKPOINT_DIR)
+    reference = dict(re.findall(r"^([A-Z_]+)=(.*)$", (REPO / ".env_reference").read_text(), flags=re.M))
+    assert reference["CHECKPOINT_DIR"] == reference["GENERATION_CHECKPOINT_DIR"] == model.CHECKPOINT_DIR == "ml/checkpoint"
+
+
 @pytest.mark.parametrize("run_name", ["../escape", "a b", ""])
 def test_generator_context_refuses_a_run_name_that_is_not_one_folder(tmp_path, run_name):
     result = subprocess.run(
