@@ -149,6 +149,8 @@ docker-cloud-build-run: ## build, migrate, then deploy (checks every variable fi
 	@$(call require,$(sort $(BUILD_VARS) $(MIGRATE_VARS) $(RUN_VARS)))
 	$(MAKE) --no-print-directory docker-cloud-build cloud-migrate docker-cloud-run
 
+# The token goes from Secret Manager to gcloud in a shell variable (make echoes its name, not its value),
+# and --format prints only the job's name: the whole job, which gcloud prints otherwise, holds the header.
 add-scheduler: ## create the Cloud Scheduler job: POST $(CLOUD_RUN_URL)/tweet_curated/ on SCHEDULE, with OIDC and x-token
 	@$(call require,$(SCHEDULER_VARS))
 	gcloud run services add-iam-policy-binding $(DOCKER_INSTANCE_NAME) --project=$(PROJECT_ID) --region=$(REGION) \
@@ -159,7 +161,8 @@ add-scheduler: ## create the Cloud Scheduler job: POST $(CLOUD_RUN_URL)/tweet_cu
 	  --headers="x-token=$$token" \
 	  --oidc-service-account-email=$(SCHEDULER_SERVICE_ACCOUNT) --oidc-token-audience=$(service_url) \
 	  --attempt-deadline=$(SCHEDULER_ATTEMPT_DEADLINE) --max-retry-attempts=$(SCHEDULER_MAX_RETRY_ATTEMPTS) \
-	  --min-backoff=$(SCHEDULER_MIN_BACKOFF) --max-backoff=$(SCHEDULER_MAX_BACKOFF) --max-doublings=$(SCHEDULER_MAX_DOUBLINGS)
+	  --min-backoff=$(SCHEDULER_MIN_BACKOFF) --max-backoff=$(SCHEDULER_MAX_BACKOFF) --max-doublings=$(SCHEDULER_MAX_DOUBLINGS) \
+	  --format='value(name)'
 
 scheduler-pause: ## pause the Cloud Scheduler job
 	@$(call require,$(JOB_VARS))

@@ -53,6 +53,8 @@ if args[:3] == ["secrets", "versions", "access"]:
     print("{secret}")
 elif args[:3] == ["run", "services", "describe"]:
     print("{url}")
+elif args[:3] == ["scheduler", "jobs", "create"] and not any(arg.startswith("--format=") for arg in args):
+    print(" ".join(args))  # like the created job gcloud prints, its headers included
 elif args[:2] == ["secrets", "describe"]:
     sys.exit(0 if args[2] in os.environ.get("FAKE_EXISTING_SECRETS", "").split() else 1)
 elif "describe" in args:
@@ -189,7 +191,7 @@ EXPECTED_COMMANDS = {
          "--schedule=0 9 * * *", "--time-zone=Europe/Paris", f"--uri={SERVICE_URL}/tweet_curated/", "--http-method=POST",
          f"--headers=x-token={FAKE_SECRET}", f"--oidc-service-account-email={INVOKER_SA}",
          f"--oidc-token-audience={SERVICE_URL}", "--attempt-deadline=120s", "--max-retry-attempts=3",
-         "--min-backoff=30s", "--max-backoff=600s", "--max-doublings=3"],
+         "--min-backoff=30s", "--max-backoff=600s", "--max-doublings=3", "--format=value(name)"],
     ],
     "scheduler-pause": [["gcloud", "scheduler", "jobs", "pause", "post-tweet", "--project=my-proj", "--location=europe-west1"]],
     "scheduler-resume": [["gcloud", "scheduler", "jobs", "resume", "post-tweet", "--project=my-proj", "--location=europe-west1"]],
