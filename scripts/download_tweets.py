@@ -202,9 +202,11 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=total, unit=" tweets", desc="Fetching", file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def on_fetched(tweet: SourceTweet) -> None:
-        bar.update(1)
+        # Tweets come newest first: the one just fetched is the oldest reached. Set before update()
+        # redraws, so the bar never shows the date of the tweet before.
         if tweet.created_at is not None:
             bar.set_description_str(f"Oldest tweet {tweet.created_at:%Y-%m-%d}", refresh=False)
+        bar.update(1)
 
     try:
         if archived is not None:

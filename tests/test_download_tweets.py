@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -12,12 +13,15 @@ import time
 import types
 import zipfile
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import pytest
+from tqdm import tqdm
 
 from api.config import XSettings
 from api.x_client import make_x_client
+import scripts.download_tweets as download_tweets
 from scripts.download_tweets import collect, main, parse_args
 from scripts.training_text import (
     CleaningOptions,
@@ -463,6 +467,48 @@ def test_main_from_archive_writes_csv_and_reports(no_x_env, tmp_path, capsys):
     assert read_csv(tmp_path / "two.csv") == ARCHIVE_KEPT[:2]
 
 
+def test_main_cleaning_options_reach_the_csv(no_x_env, tmp_path, capsys):
+    assert main(["--archive", str(ARCHIVE), "--include_replies", "--strip_usertags=true", "--strip_hashtags", "true",
+                 "--output", "all.csv"]) == 0
+    assert read_csv(tmp_path / "all.csv") == [
+        ARCHIVE_KEPT[0], ARCHIVE_KEPT[1], "thanks, that fixed it!", LONG_POST, ARCHIVE_KEPT[3],
+        "Thanks for , it's great", "this is an old-style reply", ARCHIVE_KEPT[5],
+    ]
+    assert "fetched 11, kept 8, dropped 3 (1 retweet, 1 exact duplicate, 1 empty after cleaning)" in capsys.readouterr().out
+
+
+def test_main_archive_has_no_3200_cap(no_x_env, tmp_path, capsys):
+    entries = [{"tweet": {"full_text": f"archived tweet {i}", "created_at": "Tue Mar 05 18:04:12 +0000 2024"}}
+               for i in range(3500)]
+    (tmp_path / "tweets.js").write_text("window.YTD.tweets.part0 = " + json.dumps(entries), encoding="utf-8")
+    assert main(["--archive", str(tmp_path / "tweets.js"), "--username", "prolific"]) == 0
+    assert len(read_csv(tmp_path / "prolific_tweets.csv")) == 3500
+    captured = capsys.readouterr()
+    assert "Wrote 3500 tweets" in captured.out and "3,200" not in captured.err
+
+
+def test_progress_bar_shows_the_count_and_the_oldest_tweet_reached(no_x_env, monkeypatch, capsys):
+    monkeypatch.setattr(download_tweets, "tqdm", partial(tqdm, mininterval=0, miniters=1))  # draw every tweet
+    assert main(["--archive", str(ARCHIVE), "--output", "out.csv"]) == 0
+    frames = capsys.readouterr().err.split("\r")
+    assert any(frame.startswith("Oldest tweet 2024-03-05:") and " 1/11 " in frame for frame in frames)
+    assert any(frame.startswith("Oldest tweet 2022-09-05: 100%") and " 11/11 " in frame for frame in frames)
+
+
+def test_rate_limit_countdown_shows_the_seconds_left(monkeypatch, capsys):
+    now = [100.0]
+    monkeypatch.setattr(download_tweets, "time", types.SimpleNamespace(
+        monotonic=lambda: now[0], sleep=lambda seconds: now.__setitem__(0, now[0] + seconds)))
+    screen = io.StringIO()
+    with tqdm(total=10, file=screen, mininterval=0) as bar:
+        download_tweets._countdown(bar)(3)
+    assert "X's rate limit reached: waiting 3 s for it to reset" in capsys.readouterr().err
+    frames = screen.getvalue().split("\r")
+    shown = [f for f in frames if "resuming in" in f]
+    assert [f.split("resuming in ")[1].split(" s")[0] for f in shown] == ["3", "2", "1"]
+    assert now[0] == 103.0 and "resuming" not in frames[-1]
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: zipfile.ZipFile(p / "a.zip", "w").close() or p / "a.zip", "has no tweets file"),
     (lambda p: (p / "t.js").write_text("window.YTD.tweets.part0 = [") and p / "t.js", "is not valid JSON"),
@@ -515,12 +561,16 @@ def test_main_from_api_with_bearer_or_user_credentials(no_x_env, monkeypatch, fa
     assert "only the newest" not in capsys.readouterr().err
 
 
-def test_main_api_401_is_one_line(no_x_env, monkeypatch, fake_x, tmp_path, capsys):
-    use_fake_x(monkeypatch, fake_x, BEARER_TOKEN="revoked")
-    assert main(["--username=karpathy", "--limit=10"]) == 1
-    err = on_screen(capsys.readouterr().err)
-    assert err == ["error: X answered 401: Unauthorized: check BEARER_TOKEN, or CONSUMER_KEY, CONSUMER_SECRET, "
-                   "ACCESS_KEY and ACCESS_SECRET, in .env or the environment"]
+@pytest.mark.parametrize("username, token, line", [
+    ("karpathy", "revoked", "error: X answered 401: Unauthorized: check BEARER_TOKEN, or CONSUMER_KEY, CONSUMER_SECRET, "
+                            "ACCESS_KEY and ACCESS_SECRET, in .env or the environment"),
+    ("nobody", None, "error: X has no account @nobody (Could not find user with username: [nobody].): check the username"),
+])
+def test_main_api_errors_are_one_line(no_x_env, monkeypatch, fake_x, tmp_path, capsys, username, token, line):
+    fake_x.add_user("karpathy", timeline(5))
+    use_fake_x(monkeypatch, fake_x, **({"BEARER_TOKEN": token} if token else {}))
+    assert main([f"--username={username}", "--limit=10"]) == 1
+    assert on_screen(capsys.readouterr().err) == [line]
     assert list(tmp_path.iterdir()) == []
 
 
