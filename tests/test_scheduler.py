@@ -1,6 +1,7 @@
 """The self-hosted scheduler (api.scheduler): cron parsing, fire times across DST, retries, on a fake clock."""
 from __future__ import annotations
 
+import signal
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -245,13 +246,12 @@ def test_bad_schedule_exits_2_naming_it(scheduler_env, capsys):
     assert capsys.readouterr().err.startswith("Configuration error: SCHEDULE is invalid")
 
 
-def test_post_with_cli_runs_the_posting_command_once_per_key(scheduler_env, tmp_path):
-    """The real `python -m api.post_next` in a child process, on SQLite with dry-run posting."""
-    from sqlalchemy import select
-
+@pytest.fixture
+def dry_run_store(scheduler_env, tmp_path):
+    """A SQLite store (tables from the models) with two queued tweets, posting in dry run; yields its session factory."""
     from api.tweets import ingest_texts
     from db.engine import make_engine, make_session_factory
-    from db.models import Base, Tweet, TweetStatus
+    from db.models import Base, TweetStatus
 
     database = tmp_path / "scheduler.db"
     scheduler_env.setenv("SQLITE_PATH", str(database))
@@ -262,14 +262,51 @@ def test_post_with_cli_runs_the_posting_command_once_per_key(scheduler_env, tmp_
     sessions = make_session_factory(engine)
     with sessions.begin() as session:
         ingest_texts(session, account="test_bot", texts=["first queued tweet", "second queued tweet"], status=TweetStatus.queued)
+    yield sessions
+    engine.dispose()
 
+
+def posted_keys(sessions) -> list[str]:
+    from sqlalchemy import select
+
+    from db.models import Tweet, TweetStatus
+
+    with sessions() as session:
+        posted = session.scalars(select(Tweet).where(Tweet.status == TweetStatus.posted)).all()
+    assert all(tweet.dry_run for tweet in posted)
+    return sorted(tweet.idempotency_key for tweet in posted)
+
+
+def test_post_with_cli_runs_the_posting_command_once_per_key(dry_run_store):
+    """The real `python -m api.post_next` in a child process, on SQLite with dry-run posting."""
     assert scheduler.post_with_cli("2026-11-22T09:00:00Z") == POSTED
     assert scheduler.post_with_cli("2026-11-22T09:00:00Z") == POSTED  # a retry: answered, not posted again
     assert scheduler.post_with_cli("2026-11-23T09:00:00Z") == POSTED
     assert scheduler.post_with_cli("2026-11-24T09:00:00Z") == QUEUE_EMPTY
+    assert posted_keys(dry_run_store) == ["2026-11-22T09:00:00Z", "2026-11-23T09:00:00Z"]
 
-    with sessions() as session:
-        posted = session.scalars(select(Tweet).where(Tweet.status == TweetStatus.posted)).all()
-    engine.dispose()
-    assert sorted(tweet.idempotency_key for tweet in posted) == ["2026-11-22T09:00:00Z", "2026-11-23T09:00:00Z"]
-    assert all(tweet.dry_run for tweet in posted)
+
+def test_main_posts_with_the_scheduled_time_as_the_key(dry_run_store, monkeypatch):
+    """What docker compose's `scheduler` service runs (`python -m api.scheduler`), on a fake clock: SCHEDULE and
+    TIME_ZONE from the settings, the real posting command, and the run's scheduled time stored as the tweet's key."""
+    clock = FakeClock(at("2026-11-22T07:59:10"), stop_after_posts=1)
+    loop = scheduler.run_forever
+
+    def run_forever_on_the_fake_clock(schedule, *, post, now, sleep):
+        def recorded(key):
+            clock.posts.append((key, clock.current))
+            return post(key)
+
+        loop(schedule, post=recorded, now=clock.now, sleep=clock.sleep)
+
+    monkeypatch.setattr(scheduler, "run_forever", run_forever_on_the_fake_clock)
+    monkeypatch.setattr(scheduler, "configure_logging", lambda *args: None)  # keeps pytest's log handlers
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert scheduler.main([]) == 0
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    # 09:00 in Paris (TIME_ZONE) is 08:00 UTC
+    assert clock.posts == [("2026-11-22T08:00:00Z", at("2026-11-22T08:00:00"))]
+    assert posted_keys(dry_run_store) == ["2026-11-22T08:00:00Z"]
