@@ -5,8 +5,10 @@
     python -m ml.model generate --run_name=run1 --nsamples=200                      # only generate
     python -m ml.model --model_name=tiny --filename=ml/sample_data/tweets_sample.csv --steps=20   # offline
 
-Every default is below; each has a command-line flag of the same name in lower case. The resolved
-configuration is logged and saved in the run folder (train_config.json, generate_config.json).
+The folders' defaults are below; the training knobs' are `TrainingOptions` (ml/training.py,
+gpt_2_simple.finetune's) and the generation knobs' `GenerationOptions` (ml/candidates.py, the
+original project's), each a flag of the same name. The resolved configuration is logged and saved
+in the run folder (train_config.json, generate_config.json).
 Bad input stops with one line and exit status 2 before TensorFlow starts; Ctrl-C during training
 saves the last finished step (exit status 130) and `--restore_from latest` (the default) resumes it.
 """
@@ -23,7 +25,14 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from api.tweet_text import END_TOKEN, START_TOKEN
+from ml.base_model import GPT2_BASE_URL, DownloadError, ModelError, check_model_name, ensure_base_model
+from ml.candidates import (
+    GenerationOptions, UploadError, candidate_file_name, collect_candidates, sampler_generate, upload_candidate_file,
+    write_candidate_file,
+)
+from ml.dataset import GPT2_N_CTX, InputError, check_window, encode, load_training_file, validate_run_name
+from ml.filters import CandidateFilter, TrainingCopyIndex
+from ml.training import RESTORE_CHOICES, RunFolderError, TrainingOptions, finetune
 
 # ---- where things live ----
 MODELS_DIR = "ml/models"
@@ -31,28 +40,8 @@ CHECKPOINT_DIR = "ml/checkpoint"
 OUT_DIR = "."
 RUN_NAME = "run1"
 MODEL_NAME = "124M"                 # 124M, 355M, 774M, 1558M (OpenAI's), or tiny (offline tests)
-DOWNLOAD_URL = "https://openaipublic.blob.core.windows.net/gpt-2"
-# ---- training: gpt_2_simple.finetune's defaults ----
-STEPS = 1000                        # -1: until Ctrl-C
-LEARNING_RATE = 1e-4
-BATCH_SIZE = 1
-ACCUMULATE_GRADIENTS = 5
-SAMPLE_EVERY = 100
-SAMPLE_LENGTH = 1023
-SAVE_EVERY = 1000
-PRINT_EVERY = 1
-RESTORE_FROM = "latest"             # latest: resume the run (or start from the base model); fresh: base model
-MAX_CHECKPOINTS = 1
-# ---- generation: the original project's settings for tweets ----
-NSAMPLES = 1000
-GEN_BATCH_SIZE = 10
-LENGTH = 200
-TEMPERATURE = 1.0
-TOP_K = 0
-TOP_P = 0.9
-PREFIX = START_TOKEN
-TRUNCATE = END_TOKEN
-OVERSAMPLE_LIMIT = 3.0              # generate at most 3 x nsamples when filters drop too many
+TRAINING = TrainingOptions()        # the defaults of every training flag
+GENERATION = GenerationOptions()    # the defaults of every generation flag
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -105,40 +94,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_name", default=MODEL_NAME, help="base model: 124M, 355M, 774M, 1558M or tiny")
     p.add_argument("--models_dir", default=MODELS_DIR, help="folder of base models")
     p.add_argument("--checkpoint_dir", default=CHECKPOINT_DIR, help="folder of runs")
-    p.add_argument("--download_url", default=DOWNLOAD_URL, help="where the pretrained weights are fetched from")
+    p.add_argument("--download_url", default=GPT2_BASE_URL, help="where the pretrained weights are fetched from")
 
     t = p.add_argument_group("training (gpt_2_simple.finetune)")
-    t.add_argument("--steps", type=_steps, default=STEPS, help="steps to train (-1: until Ctrl-C)")
-    t.add_argument("--learning_rate", type=_positive_float, default=LEARNING_RATE)
-    t.add_argument("--batch_size", type=_positive_int, default=BATCH_SIZE, help="1024-token windows per batch")
-    t.add_argument("--accumulate_gradients", type=_positive_int, default=ACCUMULATE_GRADIENTS,
+    t.add_argument("--steps", type=_steps, default=TRAINING.steps, help="steps to train (-1: until Ctrl-C)")
+    t.add_argument("--learning_rate", type=_positive_float, default=TRAINING.learning_rate)
+    t.add_argument("--batch_size", type=_positive_int, default=TRAINING.batch_size, help="1024-token windows per batch")
+    t.add_argument("--accumulate_gradients", type=_positive_int, default=TRAINING.accumulate_gradients,
                    help="batches summed into one step")
-    t.add_argument("--sample_every", type=_positive_int, default=SAMPLE_EVERY, help="log a sample every N steps")
-    t.add_argument("--sample_length", type=_positive_int, default=SAMPLE_LENGTH, help="tokens in those samples")
-    t.add_argument("--save_every", type=_positive_int, default=SAVE_EVERY, help="save a checkpoint every N steps")
-    t.add_argument("--print_every", type=_positive_int, default=PRINT_EVERY, help="log progress every N steps")
-    t.add_argument("--restore_from", choices=("latest", "fresh"), default=RESTORE_FROM,
+    t.add_argument("--sample_every", type=_positive_int, default=TRAINING.sample_every, help="log a sample every N steps")
+    t.add_argument("--sample_length", type=_positive_int, default=TRAINING.sample_length, help="tokens in those samples")
+    t.add_argument("--save_every", type=_positive_int, default=TRAINING.save_every, help="save a checkpoint every N steps")
+    t.add_argument("--print_every", type=_positive_int, default=TRAINING.print_every, help="log progress every N steps")
+    t.add_argument("--restore_from", choices=RESTORE_CHOICES, default=TRAINING.restore_from,
                    help="latest: resume the run's last checkpoint; fresh: start again from the base model")
     t.add_argument("--overwrite", action="store_true", help="when resuming, delete the run's older checkpoints")
     t.add_argument("--only_train_transformer_layers", action="store_true",
                    help="train only the transformer blocks (less memory, for 774M and up)")
-    t.add_argument("--max_checkpoints", type=_positive_int, default=MAX_CHECKPOINTS, help="checkpoints kept")
+    t.add_argument("--max_checkpoints", type=_positive_int, default=TRAINING.max_checkpoints, help="checkpoints kept")
 
     g = p.add_argument_group("generation and filters")
-    g.add_argument("--nsamples", type=_positive_int, default=NSAMPLES, help="candidates wanted in the file")
-    g.add_argument("--gen_batch_size", type=_positive_int, default=GEN_BATCH_SIZE, help="samples made together")
-    g.add_argument("--length", type=_positive_int, default=LENGTH, help="tokens per sample at most")
-    g.add_argument("--temperature", type=_positive_float, default=TEMPERATURE)
-    g.add_argument("--top_k", type=int, default=TOP_K, help="sample from the k likeliest tokens (0: off)")
-    g.add_argument("--top_p", type=_probability, default=TOP_P, help="nucleus sampling (0: off; overrides top_k)")
-    g.add_argument("--prefix", default=PREFIX, help="text samples start from ('' for none)")
-    g.add_argument("--truncate", default=TRUNCATE, help="text that ends a sample ('' for none)")
+    g.add_argument("--nsamples", type=_positive_int, default=GENERATION.nsamples, help="candidates wanted in the file")
+    g.add_argument("--gen_batch_size", type=_positive_int, default=GENERATION.batch_size, help="samples made together")
+    g.add_argument("--length", type=_positive_int, default=GENERATION.length, help="tokens per sample at most")
+    g.add_argument("--temperature", type=_positive_float, default=GENERATION.temperature)
+    g.add_argument("--top_k", type=int, default=GENERATION.top_k, help="sample from the k likeliest tokens (0: off)")
+    g.add_argument("--top_p", type=_probability, default=GENERATION.top_p, help="nucleus sampling (0: off; overrides top_k)")
+    g.add_argument("--prefix", default=GENERATION.prefix, help="text samples start from ('' for none)")
+    g.add_argument("--truncate", default=GENERATION.truncate, help="text that ends a sample ('' for none)")
     g.add_argument("--include_prefix", action="store_true", help="keep the prefix in the samples")
     g.add_argument("--seed", type=int, default=None, help="same seed, same samples (also seeds training)")
     g.add_argument("--no_urls", dest="no_urls", action="store_true", default=True,
                    help="drop candidates holding a URL (default)")
     g.add_argument("--allow_urls", dest="no_urls", action="store_false", help="keep candidates holding a URL")
-    g.add_argument("--oversample_limit", type=_positive_float, default=OVERSAMPLE_LIMIT,
+    g.add_argument("--oversample_limit", type=_positive_float, default=GENERATION.oversample_limit,
                    help="when filters drop too many, generate at most this many times --nsamples in all")
     g.add_argument("--out_dir", default=OUT_DIR, help="folder of the candidate file")
     g.add_argument("--upload", metavar="URL", help="then upload the file to the tweet store at URL as pending "
@@ -146,15 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def training_options(args: argparse.Namespace):
-    from ml.training import TrainingOptions
-
+def training_options(args: argparse.Namespace) -> TrainingOptions:
     return TrainingOptions(**{f.name: getattr(args, f.name) for f in fields(TrainingOptions)})
 
 
-def generation_options(args: argparse.Namespace):
-    from ml.candidates import GenerationOptions
-
+def generation_options(args: argparse.Namespace) -> GenerationOptions:
     return GenerationOptions(
         nsamples=args.nsamples, batch_size=args.gen_batch_size, length=args.length, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, prefix=args.prefix or None, truncate=args.truncate or None,
@@ -183,8 +168,6 @@ def _write_config(path: Path, config: dict) -> None:
 
 def _training_tweets_for_generation(args, run_folder: Path):
     """The training file of a generate-only run: --filename, else the one recorded at training."""
-    from ml.dataset import InputError, load_training_file
-
     if args.filename:
         return load_training_file(args.filename)
     recorded = run_folder / TRAIN_CONFIG
@@ -200,10 +183,6 @@ def _training_tweets_for_generation(args, run_folder: Path):
 
 def train(args, training_file, run_folder: Path) -> int:
     """Fine-tune; returns an exit status (0, or 130 when interrupted)."""
-    from ml.base_model import ensure_base_model
-    from ml.dataset import check_window, encode
-    from ml.training import finetune
-
     model_folder = ensure_base_model(Path(args.models_dir), args.model_name, base_url=args.download_url)
     hparams = json.loads((model_folder / "hparams.json").read_text(encoding="utf-8"))
     tokens = encode(training_file.text, model_folder)
@@ -242,12 +221,6 @@ def train(args, training_file, run_folder: Path) -> int:
 
 def generate(args, training_file, run_folder: Path, token: str) -> int:
     """Generate, filter and write the candidates (and upload them); returns an exit status."""
-    from ml.candidates import (
-        UploadError, candidate_file_name, collect_candidates, sampler_generate, upload_candidate_file,
-        write_candidate_file,
-    )
-    from ml.filters import CandidateFilter, TrainingCopyIndex
-
     options = generation_options(args)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -288,9 +261,6 @@ def generate(args, training_file, run_folder: Path, token: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Check everything that can be checked without TensorFlow, then train and/or generate."""
-    from ml.base_model import check_model_name
-    from ml.dataset import GPT2_N_CTX, InputError, check_window, load_training_file, validate_run_name
-
     validate_run_name(args.run_name)
     run_folder = Path(args.checkpoint_dir) / args.run_name
     token = ""
@@ -318,10 +288,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ml.base_model import DownloadError, ModelError
-    from ml.dataset import InputError
-    from ml.training import RunFolderError
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:

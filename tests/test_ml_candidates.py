@@ -25,6 +25,8 @@ from ml.candidates import (
 )
 from ml.dataset import InputError, load_training_file, validate_run_name
 from ml.filters import CandidateFilter, DropReason, TrainingCopyIndex
+from ml.model import build_parser, generation_options, training_options
+from ml.training import TrainingOptions
 from tests.conftest import ACCOUNT, TOKEN
 
 REPO = Path(__file__).resolve().parent.parent
@@ -358,3 +360,11 @@ def test_config_of_generation_defaults_matches_the_original():
     options = GenerationOptions()
     assert (options.nsamples, options.length, options.temperature, options.top_p) == (1000, 200, 1.0, 0.9)
     assert (options.prefix, options.truncate, options.include_prefix) == (START_TOKEN, END_TOKEN, False)
+
+
+def test_command_line_defaults_are_the_options_defaults():
+    args = build_parser().parse_args([])
+    assert (args.mode, args.model_name, args.models_dir, args.checkpoint_dir) == ("both", "124M", "ml/models", "ml/checkpoint")
+    assert training_options(args) == TrainingOptions()
+    assert generation_options(args) == GenerationOptions()
+    assert args.no_urls is True

@@ -78,6 +78,19 @@ def fresh_default_graph():
     tf.compat.v1.reset_default_graph()
 
 
+def test_training_defaults_are_gpt_2_simple_finetunes():
+    import inspect
+    from dataclasses import asdict
+
+    import gpt_2_simple as gpt2
+
+    stock = inspect.signature(gpt2.finetune).parameters
+    ours = asdict(TrainingOptions())
+    assert ours.pop("steps") == 1000 and stock["steps"].default == -1  # ours stops; -1 still trains until Ctrl-C
+    assert ours.pop("seed") is None  # not a finetune parameter
+    assert ours == {name: stock[name].default for name in ours}
+
+
 def test_tiny_model_is_in_gpt_2_simple_format(tmp_path):
     folder = ensure_tiny_model(tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == [
