@@ -6,6 +6,7 @@ caller commits.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from api import tweets as store
 from api.config import Settings, TweetOrder
+from api.posting import X_POST_ID_PATTERN
 from db import tweets as queries
 from db.models import Tweet, TweetStatus
 
@@ -149,6 +151,43 @@ def requeue(session: Session, account: str, tweet_id: int) -> Tweet:
     if tweet.status not in REQUEUEABLE:
         raise store.TweetConflict(f"tweet {tweet_id} is {tweet.status.value}; only unconfirmed, failed or rejected tweets can be requeued")
     return store.update_tweet(session, tweet, status=TweetStatus.queued)
+
+
+class BadXLink(ValueError):
+    """What the operator gave is neither a link to a post on X nor a post's id; str(exc) says so."""
+
+
+# A post's id, or its link as X and Twitter show it (any handle: X redirects by id).
+X_POST_ID = re.compile(X_POST_ID_PATTERN)
+X_POST_LINK = re.compile(
+    r"https?://(?:www\.|mobile\.)?(?:x|twitter)\.com/[A-Za-z0-9_]{1,15}/status(?:es)?/(" + X_POST_ID_PATTERN + r")(?:[/?#].*)?",
+    re.IGNORECASE,
+)
+
+
+def x_post_id(link: str) -> str | None:
+    """The post id in an X link or a bare id; None when empty. Raises BadXLink otherwise."""
+    link = link.strip()
+    if not link:
+        return None
+    if X_POST_ID.fullmatch(link):
+        return link
+    match = X_POST_LINK.fullmatch(link)
+    if match is None:
+        raise BadXLink(f"{link[:100]!r} is not a link to a post on X (https://x.com/<account>/status/<id>) or a post's id")
+    return match.group(1)
+
+
+def confirm_posted(session: Session, account: str, tweet_id: int, x_link: str = "") -> Tweet:
+    """The operator found an unconfirmed tweet on X: record it as posted, with the post's link if given.
+
+    Raises BadXLink, TweetNotFound, or TweetConflict (the tweet is not unconfirmed).
+    """
+    x_tweet_id = x_post_id(x_link)
+    tweet = store.get_tweet(session, tweet_id, account=account)
+    if tweet.status is not TweetStatus.unconfirmed:
+        raise store.TweetConflict(f"tweet {tweet_id} is {tweet.status.value}; only unconfirmed tweets can be marked posted")
+    return store.update_tweet(session, tweet, status=TweetStatus.posted, x_tweet_id=x_tweet_id)
 
 
 def unqueue(session: Session, account: str, tweet_id: int) -> Tweet:

@@ -25,7 +25,7 @@ import enum
 import logging
 import math
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import tweepy
 from sqlalchemy import func, select, text, update
@@ -158,14 +158,23 @@ def claim_next_tweet(
     )
 
 
-def record_posted(session: Session, tweet: Tweet, *, x_tweet_id: str | None, x_url: str | None, dry_run: bool) -> None:
+def record_posted(
+    session: Session, tweet: Tweet, *, x_tweet_id: str | None, dry_run: bool, posted_at: datetime | None = None
+) -> None:
+    """Posted (X's id and URL when known), at `posted_at` (default: now)."""
     now = utcnow()
     tweet.status = TweetStatus.posted
-    tweet.posted_at = now
+    tweet.posted_at = posted_at or now
     tweet.updated_at = now
-    tweet.x_tweet_id, tweet.x_url, tweet.dry_run = x_tweet_id, x_url, dry_run
+    tweet.x_tweet_id, tweet.dry_run = x_tweet_id, dry_run
+    tweet.x_url = tweet_url(tweet.account, x_tweet_id) if x_tweet_id is not None else None
     tweet.error = None
     session.flush()
+
+
+def record_confirmed(session: Session, tweet: Tweet, *, x_tweet_id: str | None) -> None:
+    """An operator found an unconfirmed tweet on X: posted, dated when its posting call claimed it."""
+    record_posted(session, tweet, x_tweet_id=x_tweet_id, dry_run=False, posted_at=tweet.claimed_at)
 
 
 def release_to_queue(session: Session, tweet: Tweet, *, reason: str) -> None:
@@ -201,6 +210,9 @@ def record_unconfirmed(session: Session, tweet: Tweet, *, reason: str) -> None:
 
 # ---- the posting call ----
 
+X_POST_ID_PATTERN = r"[0-9]{1,19}"  # X's post ids: 64-bit integers
+
+
 def tweet_url(account: str, x_tweet_id: str) -> str:
     return f"https://x.com/{account}/status/{x_tweet_id}"
 
@@ -208,6 +220,8 @@ def tweet_url(account: str, x_tweet_id: str) -> str:
 def posted_message(tweet: Tweet) -> str:
     if tweet.dry_run:
         return f"Dry run: tweet {tweet.id} recorded as posted; nothing was sent to X"
+    if tweet.x_url is None:  # confirmed by an operator without X's id
+        return f"Tweet {tweet.id} was posted (confirmed by an operator; X's id was not recorded)"
     return f"New tweet posted @ {tweet.x_url}"
 
 
@@ -277,7 +291,7 @@ def post_next(
             tweet = claim
             if settings.TWITTER_DRY_RUN:
                 log.info("dry run: tweet %s would be posted: %s", tweet.id, tweet.text)
-                record_posted(session, tweet, x_tweet_id=None, x_url=None, dry_run=True)
+                record_posted(session, tweet, x_tweet_id=None, dry_run=True)
                 session.commit()
                 return PostResult(PostOutcome.posted, posted_message(tweet), tweet, rejected=rejected)
             if x_client is None:
@@ -343,17 +357,16 @@ def _post_claimed(session: Session, x_client: tweepy.Client, tweet: Tweet) -> Po
     except Exception as exc:  # every failure is sorted by classify_x_error
         error = classify_x_error(exc)
         return _record_failure(session, tweet, error)
-    url = tweet_url(tweet.account, x_tweet_id)
     try:
-        record_posted(session, tweet, x_tweet_id=x_tweet_id, x_url=url, dry_run=False)
+        record_posted(session, tweet, x_tweet_id=x_tweet_id, dry_run=False)
         session.commit()
     except SQLAlchemyError:
         log.exception(
             "X posted tweet %s as %s (%s) but recording it failed; it will become unconfirmed: set it to posted",
-            tweet.id, x_tweet_id, url,
+            tweet.id, x_tweet_id, tweet_url(tweet.account, x_tweet_id),
         )
         raise
-    log.info("posted tweet %s as %s", tweet.id, url)
+    log.info("posted tweet %s as %s", tweet.id, tweet.x_url)
     return PostResult(PostOutcome.posted, posted_message(tweet), tweet)
 
 

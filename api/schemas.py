@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.posting import X_POST_ID_PATTERN
 from db.models import TweetStatus
 
 UploadStatus = Literal["queued", "pending"]
@@ -25,6 +26,10 @@ class TweetUpdate(BaseModel):
     status: TweetStatus | None = None
     position: int | None = None
     error: str | None = Field(default=None, description="Reason to record, e.g. when rejecting.")
+    x_tweet_id: str | None = Field(
+        default=None, pattern=f"^{X_POST_ID_PATTERN}$",
+        description="X's id of the post, when setting an unconfirmed tweet to posted (it was found on X).",
+    )
 
 
 class TweetPublic(BaseModel):

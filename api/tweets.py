@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.posting import record_confirmed
 from api.tweet_text import TweetRejected, content_hash, validate_tweet
 from db import tweets as queries
 from db.models import Tweet, TweetStatus
@@ -90,8 +91,15 @@ def update_tweet(
     status: TweetStatus | None = None,
     position: int | None = None,
     error: str | None = None,
+    x_tweet_id: str | None = None,
 ) -> Tweet:
-    """Apply a curator's change; raises TweetRejected (bad text) or TweetConflict."""
+    """Apply a curator's change; raises TweetRejected (bad text) or TweetConflict.
+
+    Setting an unconfirmed tweet to posted (the operator found it on X) records it as posted
+    at the time its posting call claimed it, with X's id and URL when `x_tweet_id` is given.
+    """
+    if x_tweet_id is not None and not (status is TweetStatus.posted and tweet.status is TweetStatus.unconfirmed):
+        raise TweetConflict("x_tweet_id is only recorded when setting an unconfirmed tweet to posted")
     if text is not None:
         if tweet.status not in EDITABLE:
             raise TweetConflict(f"a {tweet.status.value} tweet cannot be edited")
@@ -107,6 +115,8 @@ def update_tweet(
         if status is TweetStatus.queued:
             tweet.error = None
             tweet.idempotency_key = None
+        if status is TweetStatus.posted:
+            record_confirmed(session, tweet, x_tweet_id=x_tweet_id)
         tweet.status = status
     if position is not None:
         tweet.position = position

@@ -166,6 +166,7 @@ ACTIONS = [
     ("/curate/reject", {"ids": "1"}),
     ("/curate/tweets/1/edit", {"text": "edited by an attacker"}),
     ("/curate/tweets/2/requeue", {}),
+    ("/curate/tweets/2/confirm-posted", {"x_link": "1790000000000000001"}),
     ("/curate/tweets/3/unqueue", {}),
     ("/curate/tweets/3/move", {"to": "bottom"}),
     ("/curate/post-next", {"idempotency_key": "curate-abc"}),
@@ -485,6 +486,71 @@ def test_history_shows_posts_with_links_and_problems_with_reasons(curator, sessi
         assert status_of(session_factory, tweet_id) is TweetStatus.queued
     response = curator.post(f"/curate/tweets/{posted}/requeue", data={"csrf_token": curator.csrf}, headers=JSON)
     assert response.status_code == 409  # a posted tweet is never requeued
+
+
+def make_unconfirmed(session_factory, text: str) -> int:
+    """A tweet whose posting call lost X's answer, as api.posting leaves it."""
+    tweet_id, = add(session_factory, text, status=TweetStatus.queued)
+    with session_factory() as session:
+        tweet = session.get(Tweet, tweet_id)
+        tweet.status, tweet.claimed_at, tweet.idempotency_key = TweetStatus.unconfirmed, utcnow() - timedelta(hours=2), f"key-{tweet_id}"
+        tweet.error = "X did not answer in time; X may have posted it"
+        session.commit()
+    return tweet_id
+
+
+@pytest.mark.parametrize(
+    "link, x_tweet_id",
+    [
+        ("", None),
+        ("  1790000000000000001 ", "1790000000000000001"),
+        (f"https://x.com/{ACCOUNT}/status/1790000000000000001", "1790000000000000001"),
+        ("https://twitter.com/Someone_Else/status/1790000000000000001?s=20&t=abc", "1790000000000000001"),
+        ("http://mobile.twitter.com/a/statuses/42/photo/1", "42"),
+    ],
+)
+def test_unconfirmed_tweet_is_marked_posted_from_the_history(curator, session_factory, link, x_tweet_id):
+    tweet_id = make_unconfirmed(session_factory, "found on X after all")
+    page = curator.get("/curate/history").text
+    assert f'action="/curate/tweets/{tweet_id}/confirm-posted"' in page
+    response = curator.post(f"/curate/tweets/{tweet_id}/confirm-posted", data={"x_link": link, "csrf_token": curator.csrf}, headers=JSON)
+    assert response.status_code == 200, response.text
+    with session_factory() as session:
+        tweet = session.get(Tweet, tweet_id)
+        assert (tweet.status, tweet.x_tweet_id, tweet.error, tweet.dry_run) == (TweetStatus.posted, x_tweet_id, None, False)
+        assert tweet.posted_at == tweet.claimed_at  # when its posting call sent it, not when it was confirmed
+        expected_url = None if x_tweet_id is None else f"https://x.com/{ACCOUNT}/status/{x_tweet_id}"
+        assert tweet.x_url == expected_url
+    page = curator.get("/curate/history").text
+    assert f'action="/curate/tweets/{tweet_id}/confirm-posted"' not in page
+    if expected_url:
+        assert f'href="{expected_url}"' in page
+    else:
+        assert "Marked posted by hand; no link recorded." in page
+
+
+@pytest.mark.parametrize(
+    "link", ["https://example.com/a/status/1", "javascript:alert(1)", "https://x.com/a/status/12ab", "1" * 20, "https://x.com/a"],
+)
+def test_marking_posted_with_a_bad_link_is_422_and_changes_nothing(curator, session_factory, link):
+    tweet_id = make_unconfirmed(session_factory, "still unconfirmed")
+    before = snapshot(session_factory)
+    response = curator.post(f"/curate/tweets/{tweet_id}/confirm-posted", data={"x_link": link, "csrf_token": curator.csrf}, headers=JSON)
+    assert response.status_code == 422
+    assert "not a link to a post on X" in response.json()["detail"]
+    assert snapshot(session_factory) == before
+
+
+def test_only_unconfirmed_tweets_are_marked_posted(curator, session_factory):
+    queued, failed = add(session_factory, "queued", "failed", status=TweetStatus.queued)
+    with session_factory() as session:
+        session.get(Tweet, failed).status = TweetStatus.failed
+        session.commit()
+    before = snapshot(session_factory)
+    for tweet_id in (queued, failed):
+        response = curator.post(f"/curate/tweets/{tweet_id}/confirm-posted", data={"csrf_token": curator.csrf}, headers=JSON)
+        assert response.status_code == 409 and "only unconfirmed tweets" in response.json()["detail"]
+    assert snapshot(session_factory) == before
 
 
 def post_next_key(curator) -> str:

@@ -331,6 +331,40 @@ def test_lost_answer_marks_unconfirmed_and_never_reposts(client, session_factory
     assert load(session_factory, lost_id).status is TweetStatus.unconfirmed
 
 
+@pytest.mark.parametrize("x_tweet_id", ["1790000000000000001", None])
+def test_operator_sets_an_unconfirmed_tweet_to_posted(client, session_factory, fake_x, x_tweet_id):
+    (lost_id,) = queue(session_factory, "it did appear on X")
+    fake_x.enqueue("POST", "/2/tweets", FakeX.dropped())
+    key = {"Idempotency-Key": "k"}
+    assert client.post("/tweet_curated/", headers=key).json()["outcome"] == "unconfirmed"
+    claimed_at = load(session_factory, lost_id).claimed_at
+    assert client.patch(f"/tweets/{lost_id}", json={"status": "posted", "x_tweet_id": "12ab"}).status_code == 422
+    assert client.patch(f"/tweets/{lost_id}", json={"x_tweet_id": "1"}).status_code == 409
+    change = {"status": "posted"} if x_tweet_id is None else {"status": "posted", "x_tweet_id": x_tweet_id}
+    response = client.patch(f"/tweets/{lost_id}", json=change)
+    assert response.status_code == 200, response.text
+    url = None if x_tweet_id is None else f"https://x.com/{ACCOUNT}/status/{x_tweet_id}"
+    tweet = load(session_factory, lost_id)
+    assert (tweet.status, tweet.x_tweet_id, tweet.x_url, tweet.error) == (TweetStatus.posted, x_tweet_id, url, None)
+    assert tweet.posted_at == claimed_at
+    # The scheduler's retry of that run now answers "posted", and still posts nothing.
+    replay = client.post("/tweet_curated/", headers=key)
+    assert replay.status_code == 200 and replay.headers["Idempotent-Replayed"] == "true"
+    expected = f"New tweet posted @ {url}" if url else f"Tweet {lost_id} was posted (confirmed by an operator; X's id was not recorded)"
+    assert replay.json()["response"] == expected
+    assert len(fake_x.post_attempts) == 1
+
+
+def test_operator_requeues_an_unconfirmed_tweet_and_it_is_posted_again(client, session_factory, fake_x):
+    (lost_id,) = queue(session_factory, "it never reached X")
+    fake_x.enqueue("POST", "/2/tweets", FakeX.dropped())
+    assert client.post("/tweet_curated/").json()["outcome"] == "unconfirmed"
+    assert client.patch(f"/tweets/{lost_id}", json={"status": "queued"}).json()["error"] is None
+    response = client.post("/tweet_curated/")
+    assert response.status_code == 200 and response.json()["tweet"]["id"] == lost_id
+    assert [p["text"] for p in fake_x.posted] == ["it never reached X"]
+
+
 def test_stale_posting_row_becomes_unconfirmed_not_reposted(session_factory, settings, fake_x):
     stale_id, fresh_id, queued_id = queue(session_factory, "stale", "fresh", "queued")
     with session_factory() as session:

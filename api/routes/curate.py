@@ -338,7 +338,7 @@ def _tweet_action(request: Request, session, settings, action, tweet_id: int, do
         action(session, settings.ACCOUNT, tweet_id, **kwargs)
     except store.TweetNotFound as exc:
         return answer(request, str(exc), back_to=back_to, status_code=status.HTTP_404_NOT_FOUND)
-    except TweetRejected as exc:
+    except (TweetRejected, curation.BadXLink) as exc:
         session.rollback()
         return answer(request, f"Not saved: {exc}.", back_to=back_to, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
     except store.TweetConflict as exc:
@@ -363,6 +363,17 @@ def edit_and_approve(
 def requeue(request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, tweet_id: int):
     return _tweet_action(
         request, session, settings, curation.requeue, tweet_id, f"Tweet {tweet_id} is back in the queue.", "/curate/history"
+    )
+
+
+@router.post("/curate/tweets/{tweet_id}/confirm-posted")
+def confirm_posted(
+    request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
+    tweet_id: int, x_link: Annotated[str, Form(max_length=500)] = "",
+):
+    return _tweet_action(
+        request, session, settings, curation.confirm_posted, tweet_id,
+        f"Tweet {tweet_id} is recorded as posted.", "/curate/history", x_link=x_link,
     )
 
 
