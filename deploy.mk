@@ -55,7 +55,7 @@ SCHEDULER_MIN_BACKOFF ?= 30s
 SCHEDULER_MAX_BACKOFF ?= 600s
 SCHEDULER_MAX_DOUBLINGS ?= 3
 # The generation service (ml/Dockerfile), bundling the run folder $(CHECKPOINT_DIR)/$(RUN_NAME).
-GENERATOR_SERVICE_NAME ?= $(DOCKER_INSTANCE_NAME)-generator
+GENERATOR_SERVICE_NAME ?= $(if $(DOCKER_INSTANCE_NAME),$(DOCKER_INSTANCE_NAME)-generator)
 CHECKPOINT_DIR ?= ml/checkpoint
 RUN_NAME ?= run1
 GENERATOR_MEMORY ?= 4Gi
@@ -74,6 +74,7 @@ service_env = ACCOUNT=$(ACCOUNT),CONNECTION_NAME=$(CONNECTION_NAME),DB_USERNAME=
 
 hint_CONNECTION_NAME := set DB_INSTANCE (with PROJECT_ID and REGION) or CONNECTION_NAME=PROJECT:REGION:INSTANCE
 hint_CLOUD_RUN_URL := the service's https://...run.app address, printed by make docker-cloud-run
+hint_GENERATOR_SERVICE_NAME := set DOCKER_INSTANCE_NAME (the generation service is then DOCKER_INSTANCE_NAME-generator) or GENERATOR_SERVICE_NAME
 # $(call require,VARIABLES): one line per empty variable, then stop before any command of the target runs.
 missing = $(strip $(foreach name,$(1),$(if $(strip $($(name))),,$(name))))
 require = $(if $(call missing,$(1)),$(foreach name,$(call missing,$(1)),$(info Missing $(name): $(or $(hint_$(name)),set it in .env or on the command line (see .env_reference))))$(error $(words $(call missing,$(1))) variable(s) missing for $@; nothing was run))
@@ -86,7 +87,7 @@ MIGRATE_VARS := $(BUILD_VARS) CONNECTION_NAME DB_USERNAME DB_NAME RUN_SERVICE_AC
 RUN_VARS := $(MIGRATE_VARS) ACCOUNT
 SCHEDULER_VARS := PROJECT_ID REGION DOCKER_INSTANCE_NAME SCHEDULER_JOB_NAME CLOUD_RUN_URL SCHEDULE TIME_ZONE SCHEDULER_SERVICE_ACCOUNT
 JOB_VARS := PROJECT_ID REGION SCHEDULER_JOB_NAME
-GENERATOR_VARS := PROJECT_ID REGION ARTIFACT_REPOSITORY DOCKER_INSTANCE_NAME
+GENERATOR_VARS := PROJECT_ID REGION ARTIFACT_REPOSITORY GENERATOR_SERVICE_NAME
 
 .PHONY: docker-compose cloud-setup cloud-secrets create-postgres-instance docker-cloud-build cloud-migrate \
 	docker-cloud-run docker-cloud-build-run add-scheduler scheduler-pause scheduler-resume scheduler-run-now \
@@ -191,7 +192,9 @@ generator-context: ## stage ml/Dockerfile's build context in build/generator: ap
 	git ls-files -z --cached --others --exclude-standard api ml | tar --null -T - -cf - | tar -xf - -C $(GENERATOR_CONTEXT)
 	cp -R $(CHECKPOINT_DIR)/$(RUN_NAME) $(GENERATOR_CONTEXT)/checkpoint/$(RUN_NAME)
 
-docker-generator: generator-context ## build the generation image locally (tag $(GENERATOR_SERVICE_NAME):local)
+docker-generator: ## build the generation image locally (tag $(GENERATOR_SERVICE_NAME):local), bundling CHECKPOINT_DIR/RUN_NAME
+	@$(call require,GENERATOR_SERVICE_NAME RUN_NAME)
+	$(MAKE) --no-print-directory generator-context
 	docker build -t $(GENERATOR_SERVICE_NAME):local $(GENERATOR_CONTEXT)
 
 docker-cloud-build-generator: ## build the generation image with Cloud Build (bundles CHECKPOINT_DIR/RUN_NAME)

@@ -225,8 +225,9 @@ REQUIRED = {
     "scheduler-resume": ["PROJECT_ID", "REGION", "SCHEDULER_JOB_NAME"],
     "scheduler-run-now": ["PROJECT_ID", "REGION", "SCHEDULER_JOB_NAME"],
     "scheduler-delete": ["PROJECT_ID", "REGION", "SCHEDULER_JOB_NAME"],
-    "docker-cloud-build-generator": ["PROJECT_ID", "REGION", "ARTIFACT_REPOSITORY", "DOCKER_INSTANCE_NAME", "RUN_NAME"],
-    "docker-cloud-run-generator": ["PROJECT_ID", "REGION", "ARTIFACT_REPOSITORY", "DOCKER_INSTANCE_NAME",
+    "docker-generator": ["GENERATOR_SERVICE_NAME", "RUN_NAME"],
+    "docker-cloud-build-generator": ["PROJECT_ID", "REGION", "ARTIFACT_REPOSITORY", "GENERATOR_SERVICE_NAME", "RUN_NAME"],
+    "docker-cloud-run-generator": ["PROJECT_ID", "REGION", "ARTIFACT_REPOSITORY", "GENERATOR_SERVICE_NAME",
                                    "RUN_SERVICE_ACCOUNT", "GENERATOR_MEMORY", "GENERATOR_CPU"],
 }
 
@@ -443,6 +444,27 @@ def test_docker_cloud_build_generator_uploads_the_staged_context(workdir, tmp_pa
         "--tag=europe-west1-docker.pkg.dev/my-proj/tweet-bot/tweet-bot-generator:latest",
     ]]
     assert (context / "checkpoint" / "tweets1" / "hparams.json").is_file()
+
+
+def test_docker_generator_builds_the_staged_context(workdir, tmp_path):
+    """Runs in the repository (generator-context asks git for its files), settings from the test's .env."""
+    run_folder = make_run_folder(tmp_path)
+    context = tmp_path / "context"
+    run = run_make(
+        workdir, "docker-generator", f"CHECKPOINT_DIR={run_folder.parent}", "RUN_NAME=tweets1",
+        f"GENERATOR_CONTEXT={context}", f"ENV_FILE={workdir / '.env'}", cwd=REPO,
+    )
+    assert run.returncode == 0, run.output
+    assert run.commands == [["docker", "build", "-t", "tweet-bot-generator:local", str(context)]]
+    assert (context / "checkpoint" / "tweets1" / "hparams.json").is_file()
+
+
+@pytest.mark.parametrize("target", ["docker-generator", "docker-cloud-build-generator", "docker-cloud-run-generator"])
+def test_generator_name_comes_from_docker_instance_name(workdir, target):
+    run = run_make(workdir, target, "DOCKER_INSTANCE_NAME=")
+    assert run.returncode != 0
+    assert run.calls == []
+    assert "Missing GENERATOR_SERVICE_NAME: set DOCKER_INSTANCE_NAME" in run.output
 
 
 def test_env_file_values_are_not_expanded_by_make(workdir):
