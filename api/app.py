@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from api.config import Settings
+from api.curation_session import SignInThrottle
 from api.logs import configure_logging
 from api.posting import log_posting_configuration
 from api.routes import curate, health, posting, tweets
@@ -35,6 +36,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, configure_lo
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.database_url)
     app.state.session_factory = make_session_factory(app.state.engine)
+    app.state.sign_in_throttle = SignInThrottle()
 
     app.include_router(health.router)
     app.include_router(tweets.router)

@@ -14,6 +14,10 @@ Every POST must also send the session's CSRF token as the `csrf_token` form fiel
 embeds it in its forms. A missing or bad session answers 401, a missing or wrong CSRF token
 403, both before anything is changed. The session is stateless: signing out deletes the cookie
 in the browser, and a stolen cookie stays valid until it expires or SECRET_TOKEN changes.
+
+Wrong tokens on the sign-in form are counted per client address (`SignInThrottle`): after
+SIGN_IN_MAX_FAILURES within SIGN_IN_WINDOW_SECONDS, that address's sign-ins are refused with
+429 until the oldest of those failures leaves the window, whatever token it sends.
 """
 from __future__ import annotations
 
@@ -21,8 +25,13 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
+import math
 import secrets
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -36,6 +45,10 @@ COOKIE_PATH = "/curate"
 SESSION_MAX_AGE_SECONDS = 12 * 60 * 60
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 _KEY_LABEL = b"gpt2-tweet-bot curation session v1"
+SIGN_IN_MAX_FAILURES = 5
+SIGN_IN_WINDOW_SECONDS = 15 * 60
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,75 @@ def decode_session(cookie: str | None, key: bytes, now: float | None = None) -> 
     if not 0 <= age <= SESSION_MAX_AGE_SECONDS:
         return None
     return session
+
+
+class SignInThrottle:
+    """Wrong sign-in tokens per client address, in this process's memory (thread-safe).
+
+    An address with `max_failures` wrong tokens in the last `window_seconds` is locked out
+    until the oldest of them is `window_seconds` old. The count is per process: with several
+    instances an attacker gets `max_failures` guesses per window on each.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_failures: int = SIGN_IN_MAX_FAILURES,
+        window_seconds: float = SIGN_IN_WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.max_failures = max_failures
+        self.window_seconds = window_seconds
+        self.clock = clock
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _forget_old(self, now: float) -> None:
+        for address in list(self._failures):
+            times = self._failures[address]
+            while times and times[0] <= now - self.window_seconds:
+                times.popleft()
+            if not times:
+                del self._failures[address]
+
+    def retry_after(self, address: str) -> int | None:
+        """Seconds until `address` may try again, or None when it may try now."""
+        with self._lock:
+            now = self.clock()
+            self._forget_old(now)
+            times = self._failures.get(address)
+            if times is None or len(times) < self.max_failures:
+                return None
+            return max(1, math.ceil(times[0] + self.window_seconds - now))
+
+    def record_failure(self, address: str) -> None:
+        with self._lock:
+            now = self.clock()
+            self._forget_old(now)
+            times = self._failures.setdefault(address, deque(maxlen=self.max_failures))
+            times.append(now)
+            locked = len(times) == self.max_failures
+        if locked:
+            log.warning(
+                "curation sign-in: %d wrong tokens from %s within %g minutes; its sign-ins are refused for a while",
+                self.max_failures, address, self.window_seconds / 60,
+            )
+
+    def forget(self, address: str) -> None:
+        """A right token: the address's earlier mistakes no longer count."""
+        with self._lock:
+            self._failures.pop(address, None)
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def sign_in_throttle(request: Request) -> SignInThrottle:
+    return request.app.state.sign_in_throttle
+
+
+SignInThrottleDep = Annotated[SignInThrottle, Depends(sign_in_throttle)]
 
 
 def cookie_is_secure(request: Request) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import html
+import logging
 import re
 import stringprep
 from datetime import timedelta
@@ -19,6 +20,9 @@ from api.config import Settings
 from api.curation_session import (
     COOKIE_NAME,
     SESSION_MAX_AGE_SECONDS,
+    SIGN_IN_MAX_FAILURES,
+    SIGN_IN_WINDOW_SECONDS,
+    SignInThrottle,
     cookie_is_secure,
     decode_session,
     encode_session,
@@ -112,6 +116,50 @@ def test_wrong_token_is_refused_without_a_cookie(stranger, token, message):
     assert response.status_code == 401
     assert message in response.text
     assert COOKIE_NAME not in response.headers.get("set-cookie", "")
+
+
+def test_sign_in_throttle_counts_wrong_tokens_per_address_within_the_window():
+    now = [0.0]
+    throttle = SignInThrottle(max_failures=3, window_seconds=60, clock=lambda: now[0])
+    for when in (0, 10, 20):
+        assert throttle.retry_after("a") is None
+        now[0] = when
+        throttle.record_failure("a")
+    assert throttle.retry_after("a") == 40  # until the failure at 0 is 60 s old
+    assert throttle.retry_after("b") is None
+    now[0] = 60
+    assert throttle.retry_after("a") is None  # the first failure left the window: one more try
+    throttle.record_failure("a")
+    assert throttle.retry_after("a") == 10
+    throttle.forget("a")
+    assert throttle.retry_after("a") is None
+
+
+@SQLITE_ONLY
+def test_sign_in_refuses_an_address_after_five_wrong_tokens(app, caplog):
+    caplog.set_level(logging.WARNING)
+    with (TestClient(app, base_url="https://testserver", client=("203.0.113.7", 5000)) as guesser,
+          TestClient(app, base_url="https://testserver", client=("198.51.100.2", 5000)) as curator_client):
+        for n in range(SIGN_IN_MAX_FAILURES):
+            assert guesser.post("/curate/sign-in", data={"token": f"guess-{n}-0123456789"}).status_code == 401
+        locked = guesser.post("/curate/sign-in", data={"token": TOKEN}, follow_redirects=False)  # even the right one
+        assert locked.status_code == 429
+        assert 0 < int(locked.headers["retry-after"]) <= SIGN_IN_WINDOW_SECONDS
+        assert "Too many wrong tokens from this address: try again in 15 minutes." in locked.text
+        assert COOKIE_NAME not in locked.headers.get("set-cookie", "")
+        assert curator_client.post("/curate/sign-in", data={"token": TOKEN}, follow_redirects=False).status_code == 303
+    assert "5 wrong tokens from 203.0.113.7" in caplog.text
+    assert TOKEN not in caplog.text and "guess-" not in caplog.text
+
+
+@SQLITE_ONLY
+def test_a_right_token_clears_earlier_mistakes_and_an_empty_form_is_no_guess(stranger):
+    wrong = {"token": "wrong-token-0123456789"}
+    for _ in range(2):
+        for _ in range(SIGN_IN_MAX_FAILURES - 1):
+            assert stranger.post("/curate/sign-in", data=wrong).status_code == 401
+        assert stranger.post("/curate/sign-in", data={"token": ""}).status_code == 401
+        assert stranger.post("/curate/sign-in", data={"token": TOKEN}, follow_redirects=False).status_code == 303
 
 
 @SQLITE_ONLY

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import secrets
 from datetime import datetime
 from functools import cache
@@ -28,7 +29,9 @@ from api.curation_session import (
     COOKIE_PATH,
     CuratorPostDep,
     OptionalCuratorDep,
+    SignInThrottleDep,
     clear_session_cookie,
+    client_address,
     cookie_is_secure,
     new_session,
     set_session_cookie,
@@ -203,13 +206,26 @@ def sign_in_page(request: Request, settings: SettingsDep, curator: OptionalCurat
 
 
 @router.post("/curate/sign-in", response_class=HTMLResponse)
-def sign_in(request: Request, settings: SettingsDep, token: Annotated[str, Form()] = ""):
+def sign_in(request: Request, settings: SettingsDep, throttle: SignInThrottleDep, token: Annotated[str, Form()] = ""):
+    address = client_address(request)
+    wait = throttle.retry_after(address)
+    if wait is not None:
+        minutes = math.ceil(wait / 60)
+        response = render(
+            request, "curate/sign_in.html", settings=settings, status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            flash={"text": f"Too many wrong tokens from this address: try again in {_plural(minutes, 'minute')}.", "error": True},
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
     if not token_matches(token, settings):
+        if token:
+            throttle.record_failure(address)
         problem = "Enter the service token (SECRET_TOKEN)." if not token else "That is not the service token."
         return render(
             request, "curate/sign_in.html", settings=settings, status_code=status.HTTP_401_UNAUTHORIZED,
             flash={"text": problem, "error": True},
         )
+    throttle.forget(address)
     response = RedirectResponse("/curate", status.HTTP_303_SEE_OTHER, headers={"Cache-Control": "no-store"})
     set_session_cookie(response, request, settings, new_session())
     return response
