@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -303,6 +304,48 @@ def test_failed_secret_read_creates_no_user(workdir, tmp_path):
     run = run_make(workdir, "create-postgres-instance")
     assert run.returncode != 0
     assert [command[1:3] for command in run.commands] == [["sql", "instances"], ["sql", "databases"], ["secrets", "versions"]]
+
+
+# ---- the local targets (Makefile), in the repository ----
+
+def make_in_repo(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """make in the repository, the virtualenv's stamps taken as up to date, no .env and none of the caller's settings."""
+    up_to_date = [f"--old-file=.venv/{stamp}" for stamp in (".api", ".dev", ".ml", ".scrape")]
+    return subprocess.run(
+        ["make", "--no-print-directory", *up_to_date, *arguments, "ENV_FILE=/dev/null"],
+        cwd=REPO, env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **(env or {})},
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+LOCAL_COMMANDS = [
+    (["run-local"], [".venv/bin/python scripts/init_local_env.py .env", ".venv/bin/alembic upgrade head",
+                     ".venv/bin/uvicorn api.main:app --host 127.0.0.1 --port 8000"]),
+    (["migrate"], [".venv/bin/alembic upgrade head"]),
+    (["test", "PYTEST_ARGS=-x tests/test_config.py"], [".venv/bin/python -m pytest -x tests/test_config.py"]),
+    (["download-tweets", "USERNAME=karpathy", "LIMIT=6000", "SOURCE=api"],
+     [".venv/bin/python scripts/download_tweets.py --username=karpathy --limit=6000 --source=api"]),
+    (["train", "FILENAME=karpathy_tweets.csv", "RUN_NAME=run2", "STEPS=20"],
+     ['.venv/bin/python -m ml.model --filename="karpathy_tweets.csv" --run_name="run2" --steps=20']),
+    (["serve-generation"], [".venv/bin/uvicorn ml.serve:app --host 127.0.0.1 --port 8001"]),
+]
+
+
+@pytest.mark.parametrize(("arguments", "commands"), LOCAL_COMMANDS, ids=[arguments[0] for arguments, _ in LOCAL_COMMANDS])
+def test_local_target_commands(arguments, commands):
+    result = make_in_repo("--dry-run", *arguments)
+    assert result.returncode == 0, result.stderr
+    printed = re.sub(r"\\\n\s*", " ", result.stdout)
+    assert [" ".join(line.split()) for line in printed.splitlines()] == commands
+
+
+def test_migrate_creates_the_schema(tmp_path):
+    database = tmp_path / "migrated.db"
+    result = make_in_repo("migrate", env={"DATABASE_URL": f"sqlite:///{database}"})
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(database) as connection:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"alembic_version", "tweets"} <= tables
 
 
 # ---- cloud-secrets: .env -> Secret Manager through standard input ----
