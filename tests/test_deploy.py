@@ -131,6 +131,28 @@ def test_compose_points_the_app_at_its_postgres_whatever_env_says(compose):
     assert (defaults.DB_USERNAME, defaults.DB_NAME) == ("postgres", "tweets")
 
 
+# ---- logs ----
+
+@pytest.mark.parametrize("log_format", [None, "json"])
+def test_logs_are_plain_text_locally_and_json_lines_in_the_image(tmp_path, log_format):
+    """The settings' LOG_FORMAT as the service applies it: text by default, `json` (set in the images) for Cloud Logging."""
+    probe = (
+        "import logging; from api.config import load_settings; from api.logs import configure_logging; "
+        "settings = load_settings(); configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT); "
+        "logging.getLogger('api.probe').warning('posted %s', 'tweet 7')"
+    )
+    environment = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "SECRET_TOKEN": "log-test-token-0123456789",
+                   "ACCOUNT": "log_bot", **({"LOG_FORMAT": log_format} if log_format else {})}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    [line] = result.stderr.splitlines()
+    if log_format == "json":
+        record = json.loads(line)
+        assert (record["severity"], record["message"], record["logger"]) == ("WARNING", "posted tweet 7", "api.probe")
+    else:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING api\.probe: posted tweet 7", line)
+
+
 # ---- Dockerfiles ----
 
 def instructions(path: Path) -> list[tuple[str, str]]:
