@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pydantic import SecretStr
@@ -120,6 +121,40 @@ def test_random_order_posts_every_tweet_once(session_factory, settings, fake_x):
     outcomes = [post(session_factory, settings, TWEET_ORDER="random").outcome for _ in range(7)]
     assert outcomes == [PostOutcome.posted] * 6 + [PostOutcome.queue_empty]
     assert sorted(p["text"] for p in fake_x.posted) == [f"random {n}" for n in range(6)]
+
+
+def test_only_the_accounts_own_tweets_and_keys_count(session_factory, settings, fake_x):
+    with session_factory() as session:
+        store.ingest_texts(session, account="another_bot", texts=["not ours"], status=TweetStatus.queued)
+        session.scalar(select(Tweet).where(Tweet.text == "not ours")).idempotency_key = "k"
+        session.commit()
+    assert post(session_factory, settings).outcome is PostOutcome.queue_empty
+    queue(session_factory, "ours")
+    result = post(session_factory, settings, "k")  # the other account's key is not ours
+    assert (result.outcome, result.replayed, result.tweet.text) == (PostOutcome.posted, False, "ours")
+    assert [p["text"] for p in fake_x.posted] == ["ours"]
+
+
+class DatabaseWatchingClient:
+    """Stands in for tweepy.Client and looks at the database while "X" is being asked."""
+
+    def __init__(self, engine, session_factory):
+        self.engine, self.session_factory = engine, session_factory
+
+    def create_tweet(self, *, text, user_auth):
+        self.connections_in_use = self.engine.pool.checkedout()
+        with self.session_factory() as session:  # would block (SQLite) or see `queued` (Postgres) if uncommitted
+            self.status_seen = session.scalar(select(Tweet.status).where(Tweet.text == text))
+        return SimpleNamespace(data={"id": "1790000000000000001"})
+
+
+def test_claim_is_committed_and_no_connection_held_while_x_answers(engine, session_factory, settings):
+    (tweet_id,) = queue(session_factory, "watched")
+    watcher = DatabaseWatchingClient(engine, session_factory)
+    result = post_next(session_factory=session_factory, settings=settings, x_client=watcher)
+    assert result.outcome is PostOutcome.posted
+    assert (watcher.status_seen, watcher.connections_in_use) == (TweetStatus.posting, 0)
+    assert load(session_factory, tweet_id).x_tweet_id == "1790000000000000001"
 
 
 # ---- idempotency --------------------------------------------------------------------------
