@@ -72,9 +72,12 @@ class CandidateReport:
     def summary(self) -> str:
         dropped = self.candidate_filter.dropped
         parts = [f"{reason.name} {dropped[reason]}" for reason in DropReason if dropped[reason]]
+        # A top-up round can overshoot: what passed beyond `wanted` is not written, and said so.
+        surplus = len(self.candidate_filter.kept) - len(self.kept)
         line = (
-            f"generated {self.generated}, kept {len(self.kept)} of {self.wanted} wanted, "
-            f"dropped {sum(dropped.values())}" + (f" ({', '.join(parts)})" if parts else "")
+            f"generated {self.generated}, kept {len(self.kept)} of {self.wanted} wanted"
+            + (f" ({surplus} more passed, not needed)" if surplus else "")
+            + f", dropped {sum(dropped.values())}" + (f" ({', '.join(parts)})" if parts else "")
         )
         if len(self.kept) < self.wanted:
             line += f"; stopped at the limit of {self.max_generated} generated (--oversample_limit)"

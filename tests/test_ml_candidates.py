@@ -132,7 +132,7 @@ def test_more_batches_are_generated_until_enough_survive():
     assert report.kept == ["good one", "good two", "good three", "good four"]
     assert report.rounds == 2
     assert report.summary() == (
-        "generated 8, kept 4 of 4 wanted, dropped 3 (tweet_rule 1, url 1, duplicate 1)"
+        "generated 8, kept 4 of 4 wanted (1 more passed, not needed), dropped 3 (tweet_rule 1, url 1, duplicate 1)"
     )
 
 

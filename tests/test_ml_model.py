@@ -24,7 +24,9 @@ pytestmark = pytest.mark.ml
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_CSV = REPO / "ml" / "sample_data" / "tweets_sample.csv"
 TRAINED_STEPS = 3
-SUMMARY = re.compile(r"generated (\d+), kept (\d+) of (\d+) wanted, dropped (\d+)")
+SUMMARY = re.compile(
+    r"generated (\d+), kept (\d+) of (\d+) wanted(?: \((\d+) more passed, not needed\))?, dropped (\d+)"
+)
 
 
 class LogLines(logging.Handler):
@@ -141,25 +143,102 @@ def test_training_leaves_a_gpt_2_simple_run_folder(trained):
     assert any(line.startswith("sample at step 2:") for line in log)
 
 
-def test_generate_writes_filtered_candidates_and_a_summary(trained, tmp_path):
-    root, run, _ = trained
+LETTERS = "abcdefghijklmnopqrstuvwxyz "
+
+
+def script_checkpoint(folder: Path, end_probability: float) -> None:
+    """Overwrite the latest checkpoint in `folder` with a model whose next token ignores the context.
+
+    ln_f's gain becomes 0, so the final hidden state is ln_f's bias, whatever the input; with that
+    bias one-hot, the logits are a column of wte, set here: 0 for lowercase letters and space, the
+    end token likely enough to end a sample with `end_probability` at each step, every other byte
+    -30. Candidates are then short runs of letters that end (or, with 0, never end): what a trained
+    model gives the filters, in seconds. A few steps of training at 1e-4 barely move these weights.
+    """
+    import numpy as np
+    import tensorflow as tf
+    from gpt_2_simple.src import model
+
+    hparams = model.default_hparams()
+    hparams.override_from_dict(json.loads((folder / "hparams.json").read_text()))
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        model.model(hparams=hparams, X=tf.compat.v1.placeholder(tf.int32, [1, None]))
+        saver = tf.compat.v1.train.Saver(var_list=tf.compat.v1.trainable_variables(), save_relative_paths=True)
+        latest = tf.train.latest_checkpoint(str(folder))
+        saver.restore(sess, latest)
+        variables = {v.name: v for v in tf.compat.v1.trainable_variables()}
+        logits = np.full(hparams.n_vocab, -30.0)
+        logits[[ord(c) for c in LETTERS]] = 0.0
+        end = 256  # ml.tiny's <|endoftext|>
+        logits[end] = np.log(len(LETTERS) * end_probability / (1 - end_probability)) if end_probability else -30.0
+        wte = sess.run(variables["model/wte:0"])
+        wte[:, 0] = logits
+        bias = np.zeros(hparams.n_embd)
+        bias[0] = 1.0
+        variables["model/wte:0"].load(wte, sess)
+        variables["model/ln_f/g:0"].load(np.zeros(hparams.n_embd), sess)
+        variables["model/ln_f/b:0"].load(bias, sess)
+        saver.save(sess, latest)
+
+
+@pytest.fixture(scope="module")
+def scripted_models(tmp_path_factory) -> Path:
+    """A models folder whose `tiny` writes runs of letters and ends about one token in six."""
+    models = tmp_path_factory.mktemp("scripted") / "models"
+    script_checkpoint(ensure_tiny_model(models), end_probability=0.15)
+    return models
+
+
+def summary_counts(log: list[str]) -> tuple[str, list[int]]:
+    """The summary line and its counts: generated, kept, wanted, passed but not needed, dropped."""
+    [summary] = [line for line in log if SUMMARY.search(line)]
+    return summary, [int(count or 0) for count in SUMMARY.search(summary).groups()]
+
+
+def test_train_then_generate_writes_the_candidate_file(scripted_models, tmp_path):
+    """`python -m ml.model --filename=... --run_name=... --steps=...`: train, generate, filter, write the file."""
     with LogLines() as log:
         status = main([
-            "generate", "--run_name", "trained", "--nsamples", "6", "--length", "40", "--seed", "3",
-            "--out_dir", str(tmp_path), *paths_args(root),
+            "--model_name", "tiny", "--models_dir", str(scripted_models), "--checkpoint_dir", str(tmp_path / "ck"),
+            "--filename", str(SAMPLE_CSV), "--run_name", "e2e", "--steps", "2", "--accumulate_gradients", "1",
+            "--sample_every", "1000", "--nsamples", "8", "--length", "60", "--seed", "1", "--out_dir", str(tmp_path),
         ])
-    [summary] = [line for line in log if SUMMARY.search(line)]
-    generated, kept, wanted, dropped = map(int, SUMMARY.search(summary).groups())
-    assert wanted == 6 and generated == kept + dropped and 6 <= generated <= 18  # 3 x nsamples at most
-    assert json.loads((run / "generate_config.json").read_text())["length"] == 40
-    files = list(tmp_path.glob("gpt2_trained_*.txt"))
-    if kept:
-        # An untrained model seldom makes a tweet, but those it ends within 40 bytes pass the rules.
-        assert status == 0 and len(files) == 1 and f"wrote {files[0]}" in summary
-        texts = parse_curated_file(files[0].read_bytes(), files[0].name)
-        assert len(texts) == kept and all(validate_tweet(t) == t for t in texts)
-    else:
-        assert status == 1 and files == [] and "no file was written" in summary
+    assert status == 0, log
+    assert any(line.startswith("trained steps 1-2 in ") for line in log)
+    [path] = tmp_path.glob("gpt2_*.txt")
+    assert re.fullmatch(r"gpt2_e2e_\d{8}_\d{6}\.txt", path.name)
+    summary, (generated, kept, wanted, surplus, dropped) = summary_counts(log)
+    assert (kept, wanted) == (8, 8) and generated == kept + surplus + dropped
+    assert summary.endswith(f"; wrote {path}")
+    texts = parse_curated_file(path.read_bytes(), path.name)
+    assert len(texts) == 8 and len(set(texts)) == 8
+    assert all(validate_tweet(text) == text and set(text) <= set(LETTERS) for text in texts)
+    config = json.loads((tmp_path / "ck" / "e2e" / "generate_config.json").read_text())
+    assert (config["nsamples"], config["length"], config["seed"]) == (8, 60, 1)
+
+    # generate only, from the run, with the training file it recorded (for the copy filter)
+    with LogLines() as log:
+        status = main(["generate", "--run_name", "e2e", "--checkpoint_dir", str(tmp_path / "ck"), "--nsamples", "3",
+                       "--seed", "2", "--out_dir", str(tmp_path / "again")])
+    assert status == 0, log
+    assert summary_counts(log)[1][1:3] == [3, 3]
+    assert len(parse_curated_file(next((tmp_path / "again").glob("gpt2_e2e_*.txt")).read_bytes(), "c.txt")) == 3
+
+
+def test_samples_that_never_end_leave_no_file(trained, tmp_path):
+    root, _, _ = trained
+    run = write_tiny_run(tmp_path / "ck", "silent", root / "models")
+    script_checkpoint(run, end_probability=0.0)
+    with LogLines() as log:
+        status = main(["generate", "--run_name", "silent", "--checkpoint_dir", str(tmp_path / "ck"),
+                       "--filename", str(SAMPLE_CSV), "--nsamples", "2", "--length", "10", "--oversample_limit", "2",
+                       "--out_dir", str(tmp_path / "out")])
+    assert status == 1
+    summary, counts = summary_counts(log)
+    assert counts == [4, 0, 2, 0, 4]
+    assert "dropped 4 (unfinished 4); stopped at the limit of 4 generated" in summary
+    assert summary.endswith("no candidate survived, so no file was written")
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_interrupted_training_saves_and_resumes_at_the_next_step(trained, tmp_path):
@@ -229,8 +308,7 @@ def test_a_checkpoint_of_stock_gpt_2_simple_generates_through_ml_model(trained, 
             "--checkpoint_dir", str(tmp_path / "checkpoint"),
         ])
     assert any(line.startswith(f"loaded {tmp_path / 'checkpoint' / 'stock' / 'model-2'}") for line in log)
-    [summary] = [line for line in log if SUMMARY.search(line)]
-    assert SUMMARY.search(summary).group(1) == "3"
+    assert summary_counts(log)[1][0] == 3  # generated
 
 
 def test_demo_runs_the_pipeline_end_to_end():
