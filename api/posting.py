@@ -10,8 +10,9 @@ How "exactly once" holds:
   transaction under BEGIN IMMEDIATE (db/engine.py), so claims are serialised. The claim is
   committed before X is called, so no database connection is held while X answers.
 - The idempotency key (Cloud Scheduler's X-CloudScheduler-ScheduleTime, or an
-  Idempotency-Key) is stored on the claimed tweet, unique per account: a second call with
-  the same key gets the first call's result, or `in_flight` while that call is posting.
+  Idempotency-Key) is stored on the claimed tweet, unique per account (or, when the queue was
+  empty, in empty_queue_runs): a second call with the same key gets the first call's result,
+  or `in_flight` while that call is posting.
   Claims with the same key are serialised (a Postgres advisory lock on the key).
   When the tweet goes back to the queue (X did nothing), the key is released so a retry can
   post; when the outcome is unknown the key stays, so a retry cannot post a second tweet.
@@ -34,12 +35,13 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from api.config import Settings, TweetOrder
 from api.x_client import XError, XErrorKind, classify_x_error, make_x_client
-from db.models import Tweet, TweetStatus, utcnow
+from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
 
 log = logging.getLogger(__name__)
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 200  # the column's size
 RETRY_AFTER_UNKNOWN_SECONDS = 60  # when a 429 carries no reset time
+QUEUE_EMPTY_MESSAGE = "No more tweets left"  # the original's answer
 IDEMPOTENCY_LOCK_SPACE = 0x7477  # first key of Postgres advisory locks taken for idempotency keys
 
 
@@ -125,6 +127,13 @@ def lock_idempotency_key(session: Session, *, account: str, key: str) -> None:
 
 def find_by_idempotency_key(session: Session, *, account: str, key: str) -> Tweet | None:
     return session.scalar(select(Tweet).where(Tweet.account == account, Tweet.idempotency_key == key))
+
+
+def found_queue_empty(session: Session, *, account: str, key: str) -> bool:
+    """Whether an earlier call with this key found no queued tweet."""
+    return session.scalar(
+        select(EmptyQueueRun.id).where(EmptyQueueRun.account == account, EmptyQueueRun.idempotency_key == key)
+    ) is not None
 
 
 def claim_next_tweet(
@@ -321,10 +330,15 @@ def _claim(session: Session, settings: Settings, key: str | None) -> Tweet | Pos
         if earlier is not None:
             session.commit()
             return _replay(earlier, key)
+        if found_queue_empty(session, account=account, key=key):
+            session.commit()
+            return PostResult(PostOutcome.queue_empty, QUEUE_EMPTY_MESSAGE, replayed=True)
     tweet = claim_next_tweet(session, account=account, order=settings.TWEET_ORDER, idempotency_key=key)
+    if tweet is None and key is not None:
+        session.add(EmptyQueueRun(account=account, idempotency_key=key))
     session.commit()
     if tweet is None:
-        return PostResult(PostOutcome.queue_empty, "No more tweets left")
+        return PostResult(PostOutcome.queue_empty, QUEUE_EMPTY_MESSAGE)
     return tweet
 
 

@@ -1,4 +1,4 @@
-"""The `tweets` table. Alembic (migrations/) owns the schema; keep the two in step."""
+"""The `tweets` and `empty_queue_runs` tables. Alembic (migrations/) owns the schema; keep the two in step."""
 from __future__ import annotations
 
 import enum
@@ -104,3 +104,20 @@ class Tweet(Base):
     error: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class EmptyQueueRun(Base):
+    """The idempotency key of a posting call that found no queued tweet.
+
+    A posting call's key is stored on the tweet it claims; a call that claimed none stores it
+    here, so that a retry with the same key answers "no more tweets left" like the first call
+    instead of posting a tweet queued in between.
+    """
+
+    __tablename__ = "empty_queue_runs"
+    __table_args__ = (UniqueConstraint("account", "idempotency_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account: Mapped[str] = mapped_column(String(15))
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

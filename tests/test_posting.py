@@ -107,6 +107,27 @@ def test_empty_queue_answers_404(client, session_factory, fake_x):
     assert fake_x.requests == []
 
 
+def test_a_key_that_found_the_queue_empty_answers_404_again(client, session_factory, fake_x):
+    key = {"X-CloudScheduler-ScheduleTime": "2026-11-22T10:00:00Z"}
+    first = client.post("/tweet_curated/", headers=key)
+    assert first.status_code == 404 and "Idempotent-Replayed" not in first.headers
+    queue(session_factory, "queued after the run found nothing")
+    retry = client.post("/tweet_curated/", headers=key)  # Cloud Scheduler retries a 404
+    assert retry.status_code == 404 and retry.json() == {"detail": "No more tweets left"}
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert fake_x.requests == []
+    # The next run, or a call without a key, posts it.
+    assert client.post("/tweet_curated/", headers={"X-CloudScheduler-ScheduleTime": "2026-11-22T11:00:00Z"}).status_code == 200
+    assert [p["text"] for p in fake_x.posted] == ["queued after the run found nothing"]
+
+
+def test_calls_without_a_key_are_never_deduplicated(client, session_factory, fake_x):
+    assert client.post("/tweet_curated/").status_code == 404
+    queue(session_factory, "a", "b")
+    assert [client.post("/tweet_curated/").status_code for _ in range(3)] == [200, 200, 404]
+    assert len(fake_x.posted) == 2
+
+
 def test_oldest_order_follows_position_then_id(session_factory, settings):
     ids = queue(session_factory, "a", "b", "c")
     with session_factory() as session:
