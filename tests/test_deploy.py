@@ -205,6 +205,15 @@ def test_api_image_copies_only_what_the_service_needs():
     assert ("RUN", "python -m compileall -q api db migrations") in instructions(REPO / "Dockerfile")
 
 
+def test_generator_image_installs_tensorflow_and_bundles_one_run():
+    steps = instructions(REPO / "ml" / "Dockerfile")
+    installs = [rest for keyword, rest in steps if keyword == "RUN" and "pip install" in rest]
+    assert installs == ["pip install --no-cache-dir -r requirements.txt -r requirements-ml.txt"]
+    copied = [rest for keyword, rest in steps if keyword == "COPY"]
+    assert copied == ["requirements.txt requirements-ml.txt ./", "checkpoint/ checkpoint/", "api/ api/", "ml/ ml/"]
+    assert env_of(steps)["GENERATION_CHECKPOINT_DIR"] == "/app/checkpoint"
+
+
 def requirement_names(path: Path) -> set[str]:
     names = set()
     for line in path.read_text().splitlines():
