@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.show:
+    if args.show is not None:
         fire = datetime.now(timezone.utc)
         for _ in range(args.show):
             fire = next_fire_time(schedule, fire)

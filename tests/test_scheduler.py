@@ -240,6 +240,12 @@ def test_show_prints_the_next_fire_times(scheduler_env, capsys):
     assert all("T09:00:00+0" in line for line in lines)
 
 
+def test_show_zero_prints_nothing_and_exits(scheduler_env, capsys, monkeypatch):
+    monkeypatch.setattr(scheduler, "run_forever", lambda *args, **kwargs: pytest.fail("--show 0 started the scheduler"))
+    assert scheduler.main(["--show", "0"]) == 0
+    assert capsys.readouterr().out == ""
+
+
 def test_bad_schedule_exits_2_naming_it(scheduler_env, capsys):
     scheduler_env.setenv("SCHEDULE", "every day at nine")
     assert scheduler.main(["--show", "1"]) == 2
