@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import csv
+import http.server
 import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,13 +21,14 @@ from api.config import Settings
 from api.tweet_text import END_TOKEN, START_TOKEN, parse_curated_file, validate_tweet
 from db.engine import make_engine, make_session_factory
 from db.models import Base, Tweet, TweetStatus
+from ml.base_model import MODEL_FOLDER_FILES, ensure_base_model
 from ml.candidates import (
     GenerationOptions, UploadError, candidate_file_name, collect_candidates, sampler_generate, upload_candidate_file,
     write_candidate_file,
 )
 from ml.dataset import InputError, load_training_file, validate_run_name
 from ml.filters import CandidateFilter, DropReason, TrainingCopyIndex
-from ml.model import build_parser, generation_options, training_options
+from ml.model import build_parser, generation_options, training_options, upload_token
 from ml.training import TrainingOptions
 from tests.conftest import ACCOUNT, TOKEN
 
@@ -173,6 +176,7 @@ def test_samples_cut_at_length_count_as_unfinished():
     assert generate(2, 5) == [("ended", False), ("cut at length", True)]
     assert sampler.asked["truncate"] == END_TOKEN and sampler.asked["prefix"] == START_TOKEN
     assert sampler.asked["include_prefix"] is False and sampler.asked["seed"] == 5 and sampler.asked["length"] == 10
+    assert sampler.asked["progress"] is True  # the progress bar
     # without truncate every sample runs to length by request: none is unfinished
     assert sampler_generate(sampler, GenerationOptions(length=10, truncate=None))(2, None) == [
         ("ended", False), ("cut at length", False),
@@ -287,6 +291,26 @@ def test_bad_input_is_one_line_and_exit_2_without_tensorflow(tmp_path, short_csv
     assert not (tmp_path / "ck").exists()
 
 
+def test_generate_without_a_known_training_file_is_exit_2(tmp_path):
+    (tmp_path / "ck" / "copied_run").mkdir(parents=True)
+    (tmp_path / "ck" / "copied_run" / "checkpoint").write_text('model_checkpoint_path: "model-5"\n')
+    result = run_cli(["generate", "--run_name", "copied_run", "--checkpoint_dir", str(tmp_path / "ck")], tmp_path)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "no training file known for run" in line and "pass --filename" in line
+    assert "tensorflow imported: False" in result.stdout
+
+
+def test_upload_token_comes_from_the_environment_or_dot_env(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SECRET_TOKEN", raising=False)
+    assert upload_token() == ""
+    (tmp_path / ".env").write_text("SECRET_TOKEN=from-the-dot-env-file\n")
+    assert upload_token() == "from-the-dot-env-file"
+    monkeypatch.setenv("SECRET_TOKEN", "from-the-environment")
+    assert upload_token() == "from-the-environment"
+
+
 def closed_loopback_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -312,6 +336,27 @@ def test_offline_download_fails_fast_with_one_clear_line(tmp_path):
     assert f"at {tmp_path / 'models' / '124M'} by hand" in line
     assert "tensorflow imported: False" in result.stdout
     assert list((tmp_path / "models").iterdir()) == []  # no half-downloaded folder left behind
+
+
+def test_download_fetches_every_model_file_once(tmp_path):
+    """The files gpt_2_simple.download_gpt2 fetches, from the same paths, served here on loopback."""
+    served = tmp_path / "served" / "gpt-2" / "models" / "124M"
+    served.mkdir(parents=True)
+    for name in MODEL_FOLDER_FILES:
+        (served / name).write_bytes(f"{name} contents".encode() * 1000)
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "served"))
+    handler.log_message = lambda *args: None
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}/gpt-2"
+        folder = ensure_base_model(tmp_path / "models", "124M", base_url=base)
+        server.shutdown()
+    assert folder == tmp_path / "models" / "124M"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["124M"]  # no staging folder left
+    for name in MODEL_FOLDER_FILES:
+        assert (folder / name).read_bytes() == (served / name).read_bytes()
+    # present now: used as it is (the server is gone, so a second download would fail)
+    assert ensure_base_model(tmp_path / "models", "124M", base_url=base) == folder
 
 
 # ---- upload to the store over real HTTP ----
