@@ -9,6 +9,10 @@ import json
 import logging
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -264,6 +268,53 @@ def test_interrupted_training_saves_and_resumes_at_the_next_step(trained, tmp_pa
     assert status == 0
     assert any(f"training from step {interrupted_at + 1} (resumed)" in line for line in log)
     assert read_counter(copy) == interrupted_at + 1
+
+
+def test_ctrl_c_stops_the_command_with_status_130_and_a_checkpoint_to_resume(trained, tmp_path):
+    """The real command, trained until Ctrl-C (--steps -1), interrupted with SIGINT after its second step."""
+    root, _, _ = trained
+    command = [sys.executable, "-m", "ml.model", "train", "--run_name", "until_ctrl_c", "--model_name", "tiny",
+               "--filename", str(SAMPLE_CSV), "--steps", "-1", "--accumulate_gradients", "1", "--sample_every", "1000",
+               "--models_dir", str(root / "models"), "--checkpoint_dir", str(tmp_path / "checkpoint")]
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (line := process.stderr.readline()).count(" step 2 | loss "):
+            assert line, "ml.model ended before its second step"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    run = tmp_path / "checkpoint" / "until_ctrl_c"
+    stopped_at = read_counter(run)
+    assert stopped_at >= 2
+    assert f"training interrupted after step {stopped_at}; checkpoint {run / f'model-{stopped_at}'} saved" in err
+    assert (run / "checkpoint").read_text().startswith(f'model_checkpoint_path: "model-{stopped_at}"')
+
+    with LogLines() as log:
+        assert main(["train", "--run_name", "until_ctrl_c", *quick_training_args(tmp_path, 1),
+                     "--models_dir", str(root / "models")]) == 0
+    assert any(f"training from step {stopped_at + 1} (resumed)" in line for line in log)
+    assert read_counter(run) == stopped_at + 1
+
+
+@pytest.mark.parametrize("name, content", [
+    ("tweets.csv", None),
+    ("notes.txt", "a plain text file\nwith two lines\n"),
+])
+def test_training_text_is_what_gpt_2_simple_loads(trained, tmp_path, name, content):
+    from gpt_2_simple.src.load_dataset import load_dataset
+
+    from ml.dataset import load_encoder
+
+    root, _, _ = trained
+    path = SAMPLE_CSV if content is None else tmp_path / name
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    model_folder = root / "models" / "tiny"
+    [stock] = load_dataset(load_encoder(model_folder), str(path), combine=50000)
+    assert encode(load_training_file(path).text, model_folder).tolist() == stock.tolist()
 
 
 def test_a_checkpoint_of_ml_model_loads_and_trains_on_in_gpt_2_simple(trained, tmp_path):
