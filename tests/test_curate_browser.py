@@ -330,6 +330,43 @@ def test_phone_sized_screen_and_keyboard_only(browser, server, screenshots, tmp_
     page.context.close()
 
 
+def test_bulk_selection_and_navigation_with_the_keyboard(browser, server, tmp_path):
+    page = new_page(browser, server, viewport={"width": 1100, "height": 1000})
+    sign_in(page)
+    texts = [f"bulk candidate number {n}" for n in range(4)]
+    upload(page, tmp_path, texts)
+    assert page.url.endswith("/curate")  # reloading the upload's result shows the list, never uploads again
+    ids = [str(server.tweet(text).id) for text in texts]
+    focused_id = lambda: page.evaluate("document.activeElement.dataset.tweetId")  # noqa: E731
+
+    card(page, texts[0]).focus()
+    page.keyboard.press("x")
+    page.keyboard.press("j")
+    page.keyboard.press("x")
+    assert page.locator("#selected-count").inner_text() == "2 selected"
+    page.keyboard.press("j")
+    page.keyboard.press("j")
+    page.keyboard.press("k")  # back one
+    assert focused_id() == ids[2]
+    page.keyboard.press("Shift+A")
+    card(page, texts[1]).wait_for(state="detached")
+    assert flash_text(page) == "Approved 2 tweets."
+    assert [server.tweet(text).status for text in texts] == [TweetStatus.queued] * 2 + [TweetStatus.pending] * 2
+
+    assert focused_id() == ids[2]  # the focus stayed on the candidate it was on
+    page.keyboard.press("x")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("x")
+    page.keyboard.press("Shift+R")
+    card(page, texts[3]).wait_for(state="detached")
+    assert flash_text(page) == "Rejected 2 tweets."
+    assert [server.tweet(text).status for text in texts[2:]] == [TweetStatus.rejected] * 2
+    page.reload()
+    assert page.locator("#upload-summary").count() == 0 and page.url.endswith("/curate")
+    assert page.errors == []
+    page.context.close()
+
+
 COUNTER_PIECES = [
     "hello", " ", "\n", "\r\n", "日本語", "한국어", "😷", "👍🏽", "🇺🇸", "1️⃣", "#⃣", "👨‍👩‍👧", "🧑‍🧑‍🧒", "©", "™", "é", "e\u0301",
     "https://example.com/path?q=1", "http://t.co/abcdef", "example.com", "a.co", "file.txt", "www.例え.jp", "例え.jp/path",

@@ -10,6 +10,12 @@
   const selectAll = document.getElementById("select-all");
   const selectedCount = document.getElementById("selected-count");
 
+  // The upload's result page answers a POST: reloading it would send the file again. Give it
+  // the review list's address, so a reload (ours below, or the curator's) shows the list.
+  if (window.location.pathname.replace(/\/$/, "") === "/curate/upload") {
+    window.history.replaceState(null, "", "/curate");
+  }
+
   function showMessage(text, isError) {
     if (!flash) return;
     flash.textContent = text;
@@ -61,8 +67,9 @@
   }
 
   // Remove the cards an action changed; the focus goes to the next candidate after `anchor`
-  // (the card the curator was on), so a run of a/r/e keeps going down the list.
-  function removeCards(ids, anchor) {
+  // (the card the curator was on), so a run of a/r/e keeps going down the list. When the
+  // last shown card goes and more are pending, reload for the next page of candidates.
+  function removeCards(ids, anchor, pendingLeft) {
     const all = cards();
     let nextFocus = null;
     if (anchor && all.includes(anchor)) {
@@ -75,8 +82,8 @@
       if (card) card.remove();
     }
     updateSelection();
-    if (!cards().length) {
-      window.location.reload();  // the next page of candidates, or the empty state
+    if (!cards().length && pendingLeft > 0) {
+      window.location.reload();
       return;
     }
     if (nextFocus) focusCard(nextFocus);
@@ -112,7 +119,7 @@
       }
       showMessage(body.message, body.skipped && body.skipped.length > 0);
       updateCounts(body.counts);
-      removeCards(body.changed || [], anchor);
+      removeCards(body.changed || [], anchor, body.counts ? body.counts.pending : 0);
     } catch (error) {
       showCardError(form, "The server could not be reached; nothing was changed. Try again.");
     } finally {
