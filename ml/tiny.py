@@ -54,17 +54,14 @@ def _write_model_files(folder: Path, hparams: dict) -> None:
     (folder / "vocab.bpe").write_text("#version: 0.2\n", encoding="utf-8")
 
 
-def ensure_tiny_model(models_dir: str | os.PathLike, *, vocab: str = "byte", seed: int = 0) -> Path:
+def ensure_tiny_model(models_dir: str | os.PathLike, *, seed: int = 0) -> Path:
     """Return `models_dir/tiny`, creating it first if it is missing (safe when several processes race).
 
     Parameters
     ----------
     models_dir : folder holding base models (the `model_dir` of gpt_2_simple), e.g. `ml/models`.
-    vocab : only "byte" (256 byte symbols + `<|endoftext|>`) is implemented.
     seed : TensorFlow seed of the random initialisation, so every fresh tiny model is the same.
     """
-    if vocab != "byte":
-        raise ValueError(f"unknown tiny vocabulary {vocab!r}: only 'byte' is implemented")
     models_dir = Path(models_dir)
     target = models_dir / TINY_MODEL_NAME
     if (target / "checkpoint").is_file():
