@@ -28,7 +28,7 @@ from ml.candidates import (
 )
 from ml.dataset import InputError, load_training_file, validate_run_name
 from ml.filters import CandidateFilter, DropReason, TrainingCopyIndex
-from ml.model import build_parser, generation_options, training_options, upload_token
+from ml.model import CHECKPOINT_DIR, MODELS_DIR, build_parser, generation_options, training_options, upload_token
 from ml.training import TrainingOptions
 from tests.conftest import ACCOUNT, TOKEN
 
@@ -399,6 +399,16 @@ def test_upload_with_a_wrong_token_says_what_the_store_answered(tmp_path, live_s
     with pytest.raises(UploadError, match="answered 401"):
         upload_candidate_file(path, url, "wrong-token-0123456789")
     assert path.exists()
+
+
+def test_what_the_pipeline_writes_is_ignored_by_git():
+    """Weights, runs, candidate files and downloaded tweets are never committed by accident."""
+    written = [f"{MODELS_DIR}/124M/model.ckpt.data-00000-of-00001", f"{CHECKPOINT_DIR}/run1/model-1000.index",
+               "gpt2_run1_20250101_120000.txt", "karpathy_tweets.csv", "karpathy_tweets.partial.csv"]
+    shipped = ["ml/sample_data/tweets_sample.csv"]
+    result = subprocess.run(["git", "check-ignore", "--no-index", *written, *shipped], cwd=REPO,
+                            capture_output=True, text=True, timeout=30)
+    assert result.stdout.split() == written, result.stderr
 
 
 def test_config_of_generation_defaults_matches_the_original():
