@@ -20,12 +20,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from api.config import DatabaseSettings
+from db.engine import make_engine
+from tests.conftest import postgres_url
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET_NAMES = {
@@ -342,10 +348,35 @@ def image_environment(api_venv: Path, tmp_path: Path) -> dict[str, str]:
     return environment
 
 
-def test_api_starts_as_the_image_command_does(api_venv, image_app, tmp_path):
-    environment = image_environment(api_venv, tmp_path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def image_database(request) -> Iterator[dict[str, str]]:
+    """Settings for the database the image talks to: its SQLite file, or Postgres the way docker compose points it
+    there (DB_HOST, psycopg2), in a fresh schema (PGOPTIONS sets libpq's search_path) dropped afterwards."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    request.applymarker(pytest.mark.postgres)
+    url = make_url(postgres_url("psycopg2"))
+    schema = f"image_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(url.render_as_string(hide_password=False))
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield {
+            "DB_HOST": url.host or "127.0.0.1", "DB_PORT": str(url.port or 5432), "DB_USERNAME": url.username or "postgres",
+            "DB_PASSWORD": url.password or "", "DB_NAME": url.database or "postgres", "PGOPTIONS": f"-c search_path={schema}",
+        }
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def test_api_starts_as_the_image_command_does(api_venv, image_app, image_database, tmp_path):
+    environment = {**image_environment(api_venv, tmp_path), **image_database}
     migrate = subprocess.run(["alembic", "upgrade", "head"], cwd=image_app, env=environment, capture_output=True, text=True, timeout=120)
     assert migrate.returncode == 0, migrate.stderr
+    assert (tmp_path / "tweets.db").exists() == (not image_database)  # Postgres when DB_HOST is set
 
     command = json.loads(instructions(REPO / "Dockerfile")[-1][1])
     # Only loopback here: the image binds 0.0.0.0; PORT=0 asks for any free port.
