@@ -29,6 +29,7 @@ from api.curation_session import (
     new_session,
     signing_key,
 )
+from api.routes import curate as curate_routes
 from api.tweet_counter_rule import js_regex_source, nameprep_tables
 from db.models import Tweet, TweetStatus, utcnow
 from tests.conftest import ACCOUNT, TOKEN
@@ -218,8 +219,15 @@ ACTIONS = [
     ("/curate/tweets/3/unqueue", {}),
     ("/curate/tweets/3/move", {"to": "bottom"}),
     ("/curate/post-next", {"idempotency_key": "curate-abc"}),
+    ("/curate/upload", {}),
     ("/curate/sign-out", {}),
 ]
+
+
+def test_the_guard_tests_cover_every_state_changing_route():
+    changing = {route.path.rstrip("/") for route in curate_routes.router.routes if route.methods - {"GET", "HEAD"}}
+    covered = {re.sub(r"/\d+/", "/{tweet_id}/", path) for path, _form in ACTIONS}
+    assert changing - {"/curate/sign-in"} == covered
 
 
 @pytest.fixture
