@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,9 @@ CHROMIUM_ARGS = [
 ]
 ACCOUNT = "curation_bot"
 SEEDED_X_ID = "1790000000000000042"
+FOUND_X_ID = "1790000000000000077"
+# Tweets whose posting call lost X's answer (the end-to-end test marks the first posted).
+UNCONFIRMED = ["an unconfirmed post that did reach X", "an unconfirmed post still to check"]
 DELIM = "=" * 20
 HOSTILE = '<script>window.__pwned = 1</script> and <img src=x onerror="window.__pwned = 2">'
 
@@ -102,12 +106,20 @@ def server(tmp_path_factory):
     )
     database_url = f"sqlite:///{database}"
     seed = make_session_factory(make_engine(database_url))
-    with seed() as session:  # an earlier, real post, for the history's link to X
+    with seed() as session:  # an earlier, real post, for the history's link to X, and unconfirmed ones
         session.add(Tweet(
             account=ACCOUNT, text="an earlier post that reached X", content_hash="seeded-post",
             status=TweetStatus.posted, position=0, posted_at=utcnow(), x_tweet_id=SEEDED_X_ID,
             x_url=f"https://x.com/{ACCOUNT}/status/{SEEDED_X_ID}",
         ))
+        session.add_all(
+            Tweet(
+                account=ACCOUNT, text=text, content_hash=f"seeded-unconfirmed-{n}", status=TweetStatus.unconfirmed,
+                position=0, claimed_at=utcnow() - timedelta(hours=1), idempotency_key=f"2026-11-22T0{n}:00:00Z",
+                error=f"X did not answer in time; X may have posted it: check https://x.com/{ACCOUNT} and set it to posted or queued",
+            )
+            for n, text in enumerate(UNCONFIRMED)
+        )
         session.commit()
 
     port = _free_port()
@@ -290,6 +302,17 @@ def test_curation_end_to_end(browser, server, screenshots, tmp_path):
     rejected = page.locator(".card", has=page.locator(".tweet-text", has_text=third))
     assert "rejected by the curator" in rejected.locator(".reason").inner_text()
     page.screenshot(path=str(screenshots / "curate-history.png"), full_page=True)
+
+    # An unconfirmed tweet found on X: marked posted with its link, which the history then shows.
+    unsure = page.locator(".card", has=page.locator(".tweet-text", has_text=UNCONFIRMED[0]))
+    unsure.get_by_label("Found it on X?").fill(f"https://twitter.com/{ACCOUNT}/status/{FOUND_X_ID}?s=20")
+    with page.expect_navigation():
+        unsure.get_by_role("button", name="Mark posted").click()
+    found = server.tweet(UNCONFIRMED[0])
+    assert flash_text(page) == f"Tweet {found.id} is recorded as posted."
+    assert (found.status, found.x_tweet_id) == (TweetStatus.posted, FOUND_X_ID)
+    found_card = posted.filter(has=page.locator(".tweet-text", has_text=UNCONFIRMED[0]))
+    assert found_card.get_by_role("link", name="View on X").get_attribute("href") == f"https://x.com/{ACCOUNT}/status/{FOUND_X_ID}"
     rejected.get_by_role("button", name="Requeue").click()
     page.wait_for_url("**/curate/history")
     assert server.tweet(third).status is TweetStatus.queued
