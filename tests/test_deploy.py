@@ -399,6 +399,14 @@ def test_api_starts_as_the_image_command_does(api_venv, image_app, image_databas
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
             assert response.status == 200
             assert json.loads(response.read()) == {"status": "ok"}
+        # Requests carrying the token, right and wrong: logged (access log), the token never.
+        listing = urllib.request.Request(f"http://127.0.0.1:{port}/tweets/", headers={"x-token": environment["SECRET_TOKEN"]})
+        with urllib.request.urlopen(listing, timeout=10) as response:
+            assert json.loads(response.read()) == {"data": [], "count": 0}
+        wrong = urllib.request.Request(f"http://127.0.0.1:{port}/tweets/", headers={"x-token": "wrong-token-0123456789"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(wrong, timeout=10)
+        assert refused.value.code == 401
         server.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal it caught (exit status -15).
         assert server.wait(timeout=20) in (0, -signal.SIGTERM)
@@ -410,6 +418,10 @@ def test_api_starts_as_the_image_command_does(api_venv, image_app, image_databas
     records = [json.loads(line) for line in lines if line.strip()]
     assert all({"severity", "message"} <= record.keys() for record in records)
     assert any(record["message"].startswith("Finished server process") for record in records)
+    assert [record["message"].split('"')[1:] for record in records if "/tweets/" in record["message"]] == [
+        ["GET /tweets/ HTTP/1.1", " 200"], ["GET /tweets/ HTTP/1.1", " 401"],
+    ]
+    assert not any(environment["SECRET_TOKEN"] in line or "wrong-token-0123456789" in line for line in lines)
 
 
 def test_scheduler_runs_from_the_api_image(api_venv, image_app, tmp_path):
