@@ -1,22 +1,26 @@
 """Fast sampling from gpt_2_simple checkpoints: one graph per model, early stop, continuous batching.
 
 gpt_2_simple's `generate()` adds a new sampling graph to the session on every call and always runs
-`length` steps. `Sampler` builds a one-step graph once at load (the graph is then finalised, so no call
-can add an operation) and drives it from Python:
+`length` steps. `Sampler` builds its graph once at load (the graph is then finalised, so no call can
+add an operation) and drives it from Python, a block of steps per session call:
 
+- a block runs up to BLOCK_STEPS steps in a tf.while_loop and stops early, in-graph, at the step
+  where a row sampled a token its sample may end in (the end token, or one that can complete the
+  `truncate` text, however the model spelled it in tokens); Python then checks the text exactly;
 - every row of the batch carries its own sample: when a row ends (the `truncate` text appeared, the
   real end token came, or `length` tokens were made) its text is delivered and the row starts the
-  next sample at once (continuous batching), so the batch stays full and no step is wasted;
+  next sample at the next block (continuous batching), so the batch stays full;
 - the keys/values of a prompt (`prefix`) are computed once and shared by every row that starts from
   it, so starting a sample costs no model step;
 - a sample longer than the model's window slides: its last `n_ctx // 2` tokens are encoded again
   as a new context and generation goes on.
 
-The model is gpt_2_simple's (same variables, same checkpoint, same layers from
-`gpt_2_simple.src.model`); only its attention is rewritten here so that each row has its own
-positions and its own set of visible keys. `tests/test_sampler.py` checks that its greedy samples
-equal greedy decoding with `gpt_2_simple.src.model.model` itself. Sampling follows `gpt_2_simple.src.sample` (temperature, then top_p
-if it is > 0, else top_k), with per-row parameters.
+The model is gpt_2_simple's (same variables, same checkpoint, same computation as
+`gpt_2_simple.src.model`), written out here so that each row has its own positions and its own
+set of visible keys, and so that a step runs few operations. `tests/test_sampler.py` checks that
+its greedy samples equal greedy decoding with `gpt_2_simple.src.model.model` itself. Sampling
+follows `gpt_2_simple.src.sample` (temperature, then top_p if it is > 0, else top_k), with per-row
+parameters.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,7 @@ END_OF_TEXT = "<|endoftext|>"
 DEFAULT_BATCH_SIZE = 10
 CONTEXT_CACHE_ENTRIES = 8
 SLOT_BLOCK = 32
+BLOCK_STEPS = 16
 
 
 class SamplerError(ValueError):
@@ -78,38 +83,49 @@ class SampleRequest:
             raise SamplerError("truncate must be None or a non-empty text")
 
 
-class SampleText:
-    """The bytes of one sample as tokens arrive, and where it ends.
+class Truncation:
+    """Where samples cut at one `truncate` text end.
 
     A sample ends at the real end token, or where the `truncate` text appears in what was generated
     (however the model spelled it in tokens: gpt_2_simple's CSV format writes `<|endoftext|>` as
-    plain text, several tokens). Only the newest bytes are searched, so each token costs O(1).
+    plain text, several tokens). `stop_tokens` marks the tokens in which a sample can end (the
+    end token, a token holding the whole text, or one that begins with the text's last bytes): the
+    sampling loop stops in-graph when one comes, and `ends` checks the last tokens exactly.
+    Without a `truncate` text, a sample never ends (it runs to `length`; the end token is text).
     """
 
-    def __init__(self, truncate: str | None):
+    def __init__(self, truncate: str | None, token_bytes: list[bytes], end_token: int | None):
         self.wanted = truncate.encode("utf-8") if truncate is not None else None
-        self.data = bytearray()
-        self.end: int | None = None
-
-    def add(self, token_bytes: bytes, *, is_end_token: bool = False) -> bool:
-        """Append a token's bytes; True when the sample has ended (the text is then `text()`)."""
+        self.token_bytes = token_bytes
+        self.end_token = end_token
+        self.stop_tokens = np.zeros(len(token_bytes), bool)
         if self.wanted is None:
-            self.data += token_bytes
-            return False
-        if is_end_token:
-            self.end = len(self.data)
-            return True
-        before = len(self.data)
-        self.data += token_bytes
-        found = self.data.find(self.wanted, max(0, before - len(self.wanted) + 1))
-        if found >= 0:
-            self.end = found
-            return True
-        return False
+            return
+        tails = {self.wanted[-size:] for size in range(1, len(self.wanted))}
+        for token, data in enumerate(token_bytes):
+            self.stop_tokens[token] = self.wanted in data or any(
+                data[:size] in tails for size in range(1, min(len(data), len(self.wanted) - 1) + 1)
+            )
+        if end_token is not None:
+            self.stop_tokens[end_token] = True
 
-    def text(self) -> str:
-        data = self.data if self.end is None else self.data[: self.end]
-        return bytes(data).decode("utf-8", errors="replace")
+    def ends(self, tokens: list[int]) -> bool:
+        """Whether a sample that had not ended before its last token ends at it."""
+        if self.wanted is None or not self.stop_tokens[tokens[-1]]:
+            return False
+        if tokens[-1] == self.end_token:
+            return True
+        # Every token is at least one byte, so the last len(wanted) tokens hold a match ending in the last.
+        return self.wanted in b"".join(self.token_bytes[token] for token in tokens[-len(self.wanted):])
+
+    def text(self, tokens: list[int], ended: bool) -> str:
+        """The sample's text: up to where it ended, or all of it."""
+        if ended and tokens[-1] == self.end_token:
+            tokens = tokens[:-1]
+        data = b"".join(self.token_bytes[token] for token in tokens)
+        if ended and self.wanted in data:
+            data = data[: data.find(self.wanted)]
+        return data.decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)
@@ -131,9 +147,11 @@ class SampleJob:
 
 @dataclass
 class RunStats:
-    """What one `run` did: model steps (one token for every row), prompt encodings, samples, tokens."""
+    """What one `run` did: model steps (one token for every row), blocks of steps (session calls),
+    prompt encodings, samples, tokens."""
 
     steps: int = 0
+    blocks: int = 0
     context_encodings: int = 0
     samples: int = 0
     generated_tokens: int = 0
@@ -152,19 +170,21 @@ class _Row:
     """One sample in progress."""
 
     job: SampleJob
+    truncation: Truncation
     context: _Context
     next_token: int           # fed at the next step (the context's last token, then each sampled one)
     row_start: int            # first slot of the row cache this sample sees
     window_tokens: list[int]  # the tokens of the current window: context, then generated
-    text: SampleText
-    generated_count: int = 0
+    generated: list[int] = field(default_factory=list)
     done: bool = False
 
 
 @dataclass
 class _Graph:
+    prompt: object       # [1, T] tokens of a prompt
+    prompt_presents: object
     tokens: object
-    row_past: list       # per layer: keys, values [B, heads, S, head_size]
+    row_past: list       # per layer: keys, values [S, B, heads, head_size]
     row_used: object
     row_start: object
     shared_past: list    # per layer: keys, values [heads, Sp, head_size]
@@ -173,34 +193,48 @@ class _Graph:
     temperature: object
     top_k: object
     top_p: object
+    stop_tokens: object
+    max_steps: object
     seed: object
-    next_tokens: object
-    logits: object
-    presents: object
+    block_tokens: object
+    block_steps: object
+    block_presents: object
 
 
 def _build_graph(tf, hparams) -> _Graph:
-    """The one-step sampling graph, with the model's variables under `model/` as gpt_2_simple names them.
+    """The sampling graph, with the model's variables under `model/` as gpt_2_simple names them.
 
-    Feeds: `tokens` [B, T]; `row_past`, each layer's keys and values of earlier steps
-    [B, heads, S, head_size], of which the first `row_used` slots hold data and row b sees those from
-    row_start[b] on; `shared_past`, each layer's prompt
-    keys and values [heads, Sp, head_size] shared by rows, row b seeing [shared_lo[b], shared_hi[b]).
-    Outputs: next token and last-position logits per row, and `presents`
-    [layers, 2, B, heads, T, head_size].
+    Two parts share the variables:
+
+    - prompt encoding: `prompt` [1, T] -> `prompt_presents` [layers, 2, 1, heads, T, head_size];
+    - a block of up to BLOCK_STEPS sampling steps in one tf.while_loop. Feeds: `tokens` [B], each
+      row's next input token; `row_past`, each layer's keys and values of earlier steps
+      [S, B, heads, head_size], of which the first `row_used` slots hold data and row b sees those
+      from row_start[b] on; `shared_past`, each layer's prompt keys and values [heads, Sp, head_size]
+      shared by rows, row b seeing [shared_lo[b], shared_hi[b]); per-row sampling parameters;
+      `stop_tokens` [B, vocab], the tokens in which row b's sample may end; `max_steps`.
+      The loop runs until `max_steps` steps or until a row samples one of its stop tokens.
+      Outputs: `block_tokens` [B, BLOCK_STEPS] (the first `block_steps` columns were sampled) and
+      `block_presents` [layers, 2, BLOCK_STEPS, B, heads, head_size].
+
+    On a small model a step's cost is mostly the fixed cost of its operations, so the loop body
+    keeps few: the variables are read once per call, tokens are rows of 2-D tensors (no shape
+    arithmetic or transposes), and each step writes its keys/values in place into a cache
+    assembled once per call instead of concatenating the cache again.
     """
     from gpt_2_simple.src import model as gpt2
 
-    n_head, n_embd = hparams.n_head, hparams.n_embd
+    n_head, n_embd, n_layer = hparams.n_head, hparams.n_embd, hparams.n_layer
     head_size = n_embd // n_head
     v1 = tf.compat.v1
 
     def cache_placeholders(shape, name):
         return [v1.placeholder(tf.float32, shape, name=f"{name}_{layer}_{kind}")
-                for layer in range(hparams.n_layer) for kind in ("keys", "values")]
+                for layer in range(n_layer) for kind in ("keys", "values")]
 
-    tokens = v1.placeholder(tf.int32, [None, None], name="tokens")
-    row_past = cache_placeholders([None, n_head, None, head_size], "row_past")
+    prompt = v1.placeholder(tf.int32, [1, None], name="prompt")
+    tokens = v1.placeholder(tf.int32, [None], name="tokens")
+    row_past = cache_placeholders([None, None, n_head, head_size], "row_past")
     row_used = v1.placeholder(tf.int32, [], name="row_used")
     row_start = v1.placeholder(tf.int32, [None], name="row_start")
     shared_past = cache_placeholders([n_head, None, head_size], "shared_past")
@@ -209,93 +243,148 @@ def _build_graph(tf, hparams) -> _Graph:
     temperature = v1.placeholder(tf.float32, [None], name="temperature")
     top_k = v1.placeholder(tf.int32, [None], name="top_k")
     top_p = v1.placeholder(tf.float32, [None], name="top_p")
+    stop_tokens = v1.placeholder(tf.bool, [None, hparams.n_vocab], name="stop_tokens")
+    max_steps = v1.placeholder(tf.int32, [], name="max_steps")
     seed = v1.placeholder(tf.int64, [2], name="seed")
 
-    batch, steps = tf.shape(tokens)[0], tf.shape(tokens)[1]
-    row_slots, shared_slots = tf.shape(row_past[0])[2], tf.shape(shared_past[0])[1]
+    # gpt_2_simple.src.model's variables (conv1d weights [1, in, out]), each read once per call.
+    def weight(name, shape):
+        value = tf.identity(v1.get_variable(name, shape))
+        return tf.reshape(value, shape[1:]) if name == "w" else value
 
+    def norm_weights(scope):
+        with v1.variable_scope(scope):
+            return weight("g", [n_embd]), weight("b", [n_embd])
+
+    def conv_weights(scope, n_in, n_out):
+        with v1.variable_scope(scope):
+            return weight("w", [1, n_in, n_out]), weight("b", [n_out])
+
+    layers = []
+    with v1.variable_scope("model"):
+        wpe = weight("wpe", [hparams.n_ctx, n_embd])
+        wte = weight("wte", [hparams.n_vocab, n_embd])
+        for layer in range(n_layer):
+            with v1.variable_scope(f"h{layer}"):
+                ln_1 = norm_weights("ln_1")
+                with v1.variable_scope("attn"):
+                    c_attn, attn_proj = conv_weights("c_attn", n_embd, 3 * n_embd), conv_weights("c_proj", n_embd, n_embd)
+                ln_2 = norm_weights("ln_2")
+                with v1.variable_scope("mlp"):
+                    c_fc, mlp_proj = conv_weights("c_fc", n_embd, 4 * n_embd), conv_weights("c_proj", 4 * n_embd, n_embd)
+            layers.append((ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj))
+        ln_f = norm_weights("ln_f")
+
+    def norm(x, weights, epsilon=1e-5):
+        # gpt_2_simple.src.model.norm
+        g, b = weights
+        u = tf.reduce_mean(x, axis=-1, keepdims=True)
+        s = tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True)
+        return (x - u) * tf.math.rsqrt(s + epsilon) * g + b
+
+    def conv1d(x, weights):
+        w, b = weights
+        return tf.matmul(x, w) + b
+
+    def transformer(x_tokens, positions, attend):
+        """gpt_2_simple.src.model.model on rows of tokens [N] at `positions` [N], with `attend(layer,
+        q, k, v)` ([N, n_embd] each) as the attention; the logits of every row [N, vocab]."""
+        h = tf.gather(wte, x_tokens) + tf.gather(wpe, positions)
+        for layer, (ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj) in enumerate(layers):
+            q, k, v = tf.split(conv1d(norm(h, ln_1), c_attn), 3, axis=1)
+            h = h + conv1d(attend(layer, q, k, v), attn_proj)
+            h = h + conv1d(gpt2.gelu(conv1d(norm(h, ln_2), c_fc)), mlp_proj)
+        return tf.matmul(norm(h, ln_f), wte, transpose_b=True)
+
+    def attention(q, keys, values, bias):
+        # gpt_2_simple.src.model.multihead_attn; `bias` is 0 where a key is visible, -1e10 elsewhere.
+        w = tf.matmul(q, keys, transpose_b=True) * tf.math.rsqrt(tf.cast(head_size, tf.float32)) + bias
+        return tf.matmul(gpt2.softmax(w), values)
+
+    # -- prompt encoding: the rows are the prompt's tokens --
+    prompt_steps = tf.shape(prompt)[1]
+    causal_bias = tf.where(tf.range(prompt_steps)[:, None] >= tf.range(prompt_steps)[None, :], 0.0, -1e10)
+    prompt_presents = []
+
+    def attend_prompt(layer, q, k, v):
+        q, k, v = (tf.transpose(tf.reshape(x, [1, -1, n_head, head_size]), [0, 2, 1, 3]) for x in (q, k, v))
+        prompt_presents.append(tf.stack([k, v]))
+        a = attention(q, k, v, causal_bias)
+        return tf.reshape(tf.transpose(a, [0, 2, 1, 3]), [-1, n_embd])
+
+    transformer(prompt[0], tf.range(prompt_steps), attend_prompt)
+    prompt_presents = tf.stack(prompt_presents)
+
+    # -- a block of sampling steps: the rows are the batch's rows, one token each --
+    batch = tf.shape(tokens)[0]
+    row_slots, shared_slots = tf.shape(row_past[0])[0], tf.shape(shared_past[0])[1]
+    past_slots = shared_slots + row_slots
     # Row b's first new token sits after its shared prompt and the row slots it sees.
     first_position = (shared_hi - shared_lo) + (row_used - row_start)
-    positions = first_position[:, None] + tf.range(steps)[None, :]
 
-    # Which keys each query may see: [B, 1, T, Sp + S + T], 1.0 = visible.
-    shared_index = tf.range(shared_slots)[None, :]
-    shared_visible = (shared_index >= shared_lo[:, None]) & (shared_index < shared_hi[:, None])
-    row_index = tf.range(row_slots)[None, :]
-    row_visible = (row_index >= row_start[:, None]) & (row_index < row_used)
-    causal = tf.range(steps)[:, None] >= tf.range(steps)[None, :]
-    visible = tf.concat(
-        [
-            tf.broadcast_to(shared_visible[:, None, None, :], [batch, 1, steps, shared_slots]),
-            tf.broadcast_to(row_visible[:, None, None, :], [batch, 1, steps, row_slots]),
-            tf.broadcast_to(causal[None, None, :, :], [batch, 1, steps, steps]),
-        ],
-        axis=-1,
-    )
-    mask = tf.cast(visible, tf.float32)
+    # Each layer's keys and values [B, heads, Sp + S + BLOCK_STEPS, head_size]: prompt, rows, block.
+    shared_shape = [batch, n_head, shared_slots, head_size]
+    block_shape = [batch, n_head, BLOCK_STEPS, head_size]
+    cache = [tf.concat([tf.broadcast_to(shared[None], shared_shape), tf.transpose(rows, [1, 2, 0, 3]),
+                        tf.zeros(block_shape)], axis=2)
+             for shared, rows in zip(shared_past, row_past)]
+    # Keys visible before the block [B, 1, 1, Sp + S]; at step i, block slots [0, i] are visible too.
+    shared_index, row_index = tf.range(shared_slots)[None, :], tf.range(row_slots)[None, :]
+    visible = tf.concat([(shared_index >= shared_lo[:, None]) & (shared_index < shared_hi[:, None]),
+                         (row_index >= row_start[:, None]) & (row_index < row_used)], axis=1)
+    past_bias = tf.where(visible, 0.0, -1e10)[:, None, None, :]
+    block_slot = tf.range(BLOCK_STEPS)
+    # Where a step writes: (row, head, slot) for every row and head; the slot is added per step.
+    row_head = tf.stack(tf.meshgrid(tf.range(batch), tf.range(n_head), indexing="ij"), axis=-1)
+    block_hidden = tf.fill([batch, 1, 1, BLOCK_STEPS], -1e10)
 
-    def split_heads(x):
-        return tf.transpose(gpt2.split_states(x, n_head), [0, 2, 1, 3])
-
-    def attention(x, layer):
-        # gpt_2_simple.src.model.attn over [shared prompt | row cache | new tokens], per-row visibility.
-        with v1.variable_scope("attn"):
-            c = gpt2.conv1d(x, "c_attn", n_embd * 3)
-            q, k, v = map(split_heads, tf.split(c, 3, axis=2))
-            present = tf.stack([k, v], axis=0)
-            shared_shape = [batch, n_head, shared_slots, head_size]
-            keys = tf.concat(
-                [tf.broadcast_to(shared_past[2 * layer][None], shared_shape), row_past[2 * layer], k], axis=-2
-            )
-            values = tf.concat(
-                [tf.broadcast_to(shared_past[2 * layer + 1][None], shared_shape), row_past[2 * layer + 1], v],
-                axis=-2,
-            )
-            w = tf.matmul(q, keys, transpose_b=True)
-            w = w * tf.math.rsqrt(tf.cast(head_size, w.dtype))
-            w = w * mask - tf.cast(1e10, w.dtype) * (1 - mask)
-            a = tf.matmul(gpt2.softmax(w), values)
-            a = gpt2.merge_states(tf.transpose(a, [0, 2, 1, 3]))
-            return gpt2.conv1d(a, "c_proj", n_embd), present
-
-    with v1.variable_scope("model"):
-        wpe = v1.get_variable("wpe", [hparams.n_ctx, n_embd])
-        wte = v1.get_variable("wte", [hparams.n_vocab, n_embd])
-        h = tf.gather(wte, tokens) + tf.gather(wpe, positions)
-        presents = []
-        for layer in range(hparams.n_layer):
-            with v1.variable_scope(f"h{layer}"):
-                a, present = attention(gpt2.norm(h, "ln_1"), layer)
-                h = h + a
-                h = h + gpt2.mlp(gpt2.norm(h, "ln_2"), "mlp", n_embd * 4, hparams=hparams)
-                presents.append(present)
-        h = gpt2.norm(h, "ln_f")
-        logits = tf.matmul(h[:, -1, :], wte, transpose_b=True)  # [B, vocab]
-
-    presents = tf.stack(presents, axis=0)
-
-    scaled = logits / temperature[:, None]
-
-    def filtered():
-        # gpt_2_simple.src.sample's top_k_logits and top_p_logits, with k and p per row.
+    def sample(logits, step):
+        # gpt_2_simple.src.sample: temperature, then top_p if > 0, else top_k if > 0; per row.
+        scaled = logits / temperature[:, None]
         sorted_logits = tf.sort(scaled, direction="DESCENDING")
         kth = tf.gather(sorted_logits, tf.clip_by_value(top_k, 1, hparams.n_vocab) - 1, batch_dims=1)
         cumulative = tf.cumsum(tf.nn.softmax(sorted_logits), axis=1, exclusive=True)
-        nucleus_min = tf.reduce_min(
-            tf.where(cumulative < top_p[:, None], sorted_logits, tf.ones_like(sorted_logits) * 1000), axis=1
-        )
-        no_limit = tf.fill(tf.shape(kth), -np.inf)
-        threshold = tf.where(top_p > 0, nucleus_min, tf.where(top_k > 0, kth, no_limit))
-        return tf.where(scaled < threshold[:, None], tf.ones_like(scaled) * -1e10, scaled)
+        nucleus_min = tf.reduce_min(tf.where(cumulative < top_p[:, None], sorted_logits, 1000.0), axis=1)
+        threshold = tf.where(top_p > 0, nucleus_min, tf.where(top_k > 0, kth, -np.inf))
+        filtered = tf.where(scaled < threshold[:, None], -1e10, scaled)
+        step_seed = seed + tf.stack([tf.constant(0, tf.int64), tf.cast(step, tf.int64)])
+        return tf.random.stateless_categorical(filtered, 1, step_seed, dtype=tf.int32)[:, 0]
 
-    needs_filter = tf.reduce_any((top_k > 0) | (top_p > 0))
-    sampling_logits = tf.cond(needs_filter, filtered, lambda: scaled)
-    next_tokens = tf.random.stateless_categorical(sampling_logits, 1, seed, dtype=tf.int32)[:, 0]
+    def body(step, stopped, step_tokens, sampled, *cache):
+        slot = past_slots + step
+        at_slot = tf.concat([row_head, tf.fill([batch, n_head, 1], slot)], axis=-1)
+        bias = tf.concat([past_bias, tf.where(block_slot <= step, 0.0, block_hidden)], axis=-1)
+        cache = list(cache)
+
+        def attend_block(layer, q, k, v):
+            # The step's keys/values go to its slot in place; the query sees [prompt | rows | block].
+            for kind, new in enumerate((k, v)):
+                cache[2 * layer + kind] = tf.tensor_scatter_nd_update(
+                    cache[2 * layer + kind], at_slot, tf.reshape(new, [-1, n_head, head_size]))
+            a = attention(tf.reshape(q, [-1, n_head, 1, head_size]), cache[2 * layer], cache[2 * layer + 1], bias)
+            return tf.reshape(a, [-1, n_embd])
+
+        next_tokens = sample(transformer(step_tokens, first_position + step, attend_block), step)
+        sampled = tf.where(tf.equal(block_slot, step)[None, :], next_tokens[:, None], sampled)
+        stopped = tf.reduce_any(tf.gather(stop_tokens, next_tokens[:, None], batch_dims=1))
+        return (step + 1, stopped, next_tokens, sampled, *cache)
+
+    block_steps, _, _, block_tokens, *cache = tf.while_loop(
+        lambda step, stopped, *_: (step < max_steps) & tf.logical_not(stopped),
+        body,
+        [tf.constant(0), tf.constant(False), tokens, tf.zeros([batch, BLOCK_STEPS], tf.int32), *cache],
+        maximum_iterations=BLOCK_STEPS,
+    )
+    block_presents = tf.reshape(
+        tf.stack([tf.transpose(kv[:, :, past_slots:], [2, 0, 1, 3]) for kv in cache]),
+        [n_layer, 2, BLOCK_STEPS, batch, n_head, head_size],
+    )
 
     return _Graph(
-        tokens=tokens, row_past=row_past, row_used=row_used, row_start=row_start, shared_past=shared_past,
-        shared_lo=shared_lo, shared_hi=shared_hi, temperature=temperature, top_k=top_k, top_p=top_p,
-        seed=seed, next_tokens=next_tokens, logits=logits, presents=presents,
+        prompt=prompt, prompt_presents=prompt_presents, tokens=tokens, row_past=row_past, row_used=row_used,
+        row_start=row_start, shared_past=shared_past, shared_lo=shared_lo, shared_hi=shared_hi,
+        temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=stop_tokens, max_steps=max_steps,
+        seed=seed, block_tokens=block_tokens, block_steps=block_steps, block_presents=block_presents,
     )
 
 
@@ -350,12 +439,12 @@ class Sampler:
     def __init__(self, *, session, graph: _Graph, encoder, hparams, batch_size: int, folder: Path, checkpoint: str):
         self._session = session
         self._graph = graph
-        context_feeds = [graph.tokens, *graph.row_past, graph.row_used, graph.row_start, *graph.shared_past,
-                         graph.shared_lo, graph.shared_hi]
-        self._run_context = _session_callable(session, [graph.presents], context_feeds)
-        self._run_step = _session_callable(
-            session, [graph.next_tokens, graph.presents],
-            [*context_feeds, graph.temperature, graph.top_k, graph.top_p, graph.seed],
+        self._run_context = _session_callable(session, [graph.prompt_presents], [graph.prompt])
+        self._run_block = _session_callable(
+            session, [graph.block_tokens, graph.block_steps, graph.block_presents],
+            [graph.tokens, *graph.row_past, graph.row_used, graph.row_start, *graph.shared_past, graph.shared_lo,
+             graph.shared_hi, graph.temperature, graph.top_k, graph.top_p, graph.stop_tokens, graph.max_steps,
+             graph.seed],
         )
         self.encoder = encoder
         self.hparams = hparams
@@ -365,6 +454,7 @@ class Sampler:
         self._end_token = encoder.encoder.get(END_OF_TEXT)
         self._token_bytes = self._byte_table(encoder)
         self._contexts: OrderedDict[tuple[int, ...], _Context] = OrderedDict()
+        self._truncations: OrderedDict[str | None, Truncation] = OrderedDict()
         self._lock = threading.Lock()
         self._layers_heads = (hparams.n_layer, 2)
         self._head_shape = (hparams.n_head, hparams.n_embd // hparams.n_head)
@@ -430,8 +520,10 @@ class Sampler:
         return np.zeros((*self._layers_heads, n_head, 0, head_size), np.float32)
 
     def _empty_rows(self, rows: int, slots: int) -> np.ndarray:
+        """A row cache [layers, 2, slots, rows, heads, head_size]: slot-major, so that the first slots
+        of a layer's keys or values are one contiguous array to feed."""
         n_head, head_size = self._head_shape
-        return np.zeros((*self._layers_heads, rows, n_head, slots, head_size), np.float32)
+        return np.zeros((*self._layers_heads, slots, rows, n_head, head_size), np.float32)
 
     @property
     def operation_count(self) -> int:
@@ -566,6 +658,17 @@ class Sampler:
             )
         return [self._end_token]
 
+    def _truncation(self, truncate: str | None) -> Truncation:
+        """The stop tokens of a `truncate` text (cached: computing them reads the whole vocabulary)."""
+        truncation = self._truncations.get(truncate)
+        if truncation is None:
+            truncation = Truncation(truncate, self._token_bytes, self._end_token)
+            self._truncations[truncate] = truncation
+            while len(self._truncations) > CONTEXT_CACHE_ENTRIES:
+                self._truncations.popitem(last=False)
+        self._truncations.move_to_end(truncate)
+        return truncation
+
     def _encode_context(self, tokens: list[int], stats: RunStats) -> _Context:
         """The keys/values of all the tokens but the last (cached per prompt)."""
         key = tuple(tokens[:-1])
@@ -576,11 +679,7 @@ class Sampler:
         if key:
             # Padding tokens after the prompt change nothing before them (attention is causal).
             padded = min(_padded(len(key)), self.hparams.n_ctx)
-            zero = np.zeros(1, np.int32)
-            (presents,) = self._run_context(
-                np.asarray([key + (0,) * (padded - len(key))], np.int32), *_per_layer(self._empty_rows(1, 0)),
-                np.int32(0), zero, *_per_layer(self._empty_shared()), zero, zero,
-            )
+            (presents,) = self._run_context(np.asarray([key + (0,) * (padded - len(key))], np.int32))
             keys_values = presents[:, :, 0, :, : len(key)]
             stats.context_encodings += 1
         else:
@@ -603,8 +702,8 @@ class _BatchRun:
         self.stats = RunStats()
         self.rows: list[_Row] = []
         self.n_ctx = sampler.hparams.n_ctx
-        # Row cache [layers, 2, rows, heads, slot, head_size]: slots [0, used) hold earlier steps.
-        self.cache = sampler._empty_rows(0, 64)
+        # Row cache [layers, 2, slot, rows, heads, head_size]: slots [0, used) hold earlier steps.
+        self.cache = sampler._empty_rows(0, 0)
         self.used = 0
         self.row_feeds_key: tuple | None = None
         self.row_feeds: list[np.ndarray] = []
@@ -612,7 +711,7 @@ class _BatchRun:
     def run(self) -> RunStats:
         self._fill_free_rows()
         while self.rows:
-            self._step()
+            self._block()
             self._retire_finished_rows()
             self._fill_free_rows()
             self._compact()
@@ -620,12 +719,13 @@ class _BatchRun:
 
     # -- rows --
 
-    def _start_row(self, job: SampleJob, context_tokens: list[int]) -> _Row:
+    def _start_row(self, job: SampleJob) -> _Row:
+        context_tokens = self.sampler._context_tokens(job.request.prefix)
         if len(context_tokens) > self.n_ctx:
             context_tokens = context_tokens[-(self.n_ctx // 2):]
         context = self.sampler._encode_context(context_tokens, self.stats)
-        return _Row(job=job, context=context, next_token=context_tokens[-1], row_start=self.used,
-                    window_tokens=list(context_tokens), text=SampleText(job.request.truncate))
+        return _Row(job=job, truncation=self.sampler._truncation(job.request.truncate), context=context,
+                    next_token=context_tokens[-1], row_start=self.used, window_tokens=list(context_tokens))
 
     def _fill_free_rows(self) -> None:
         added = 0
@@ -633,7 +733,7 @@ class _BatchRun:
             job = self.take_job()
             if job is None:
                 break
-            self.rows.append(self._start_row(job, self.sampler._context_tokens(job.request.prefix)))
+            self.rows.append(self._start_row(job))
             added += 1
         if added:
             self._resize_cache_rows(list(range(len(self.rows) - added)), len(self.rows))
@@ -647,7 +747,7 @@ class _BatchRun:
                 continue
             job = self.take_job()
             if job is not None:
-                self.rows[index] = self._start_row(job, self.sampler._context_tokens(job.request.prefix))
+                self.rows[index] = self._start_row(job)
                 keep.append(index)
         if len(keep) < len(self.rows):
             self.rows = [self.rows[i] for i in keep]
@@ -655,10 +755,14 @@ class _BatchRun:
 
     def _resize_cache_rows(self, kept: list[int], new_count: int) -> None:
         """Rebuild the row cache for a new number of rows; kept rows go first, new rows see no slot."""
-        cache = self.sampler._empty_rows(new_count, self.cache.shape[4])
+        cache = self.sampler._empty_rows(new_count, self.cache.shape[2])
         if kept and self.used:
-            cache[:, :, : len(kept), :, : self.used] = self.cache[:, :, kept, :, : self.used]
+            cache[:, :, : self.used, : len(kept)] = self.cache[:, :, : self.used, kept]
         self.cache = cache
+
+    def _position(self, row: _Row) -> int:
+        """Where the row's next token sits in its window."""
+        return len(row.context.tokens) + self.used - row.row_start
 
     def _slide(self, row: _Row) -> None:
         """The row's window is full: encode its last n_ctx // 2 tokens again as its new context."""
@@ -667,11 +771,11 @@ class _BatchRun:
         row.window_tokens = list(tokens)
         row.row_start = self.used
 
-    # -- one model step --
+    # -- one block of model steps --
 
     def _row_feeds(self) -> list[np.ndarray]:
         """Feeds that change only when rows do: row starts, prompt caches (each distinct prompt once)
-        with each row's range in them, and sampling parameters. Rebuilt when a row changes."""
+        with each row's range in them, sampling parameters and stop tokens. Rebuilt when a row changes."""
         key = tuple((id(row), row.row_start, id(row.context)) for row in self.rows)
         if key != self.row_feeds_key:
             parts, ranges, offset = [], {}, 0
@@ -693,48 +797,58 @@ class _BatchRun:
                 np.array([r.temperature for r in requests], np.float32),
                 np.array([r.top_k for r in requests], np.int32),
                 np.array([r.top_p for r in requests], np.float32),
+                np.stack([row.truncation.stop_tokens for row in self.rows]),
             ]
             self.row_feeds_key = key
         return self.row_feeds
 
-    def _step(self) -> None:
+    def _block(self) -> None:
+        """Up to BLOCK_STEPS steps in one session call; it stops early when a row may have ended."""
         for row in self.rows:
-            position = len(row.context.tokens) + self.used - row.row_start
-            if position >= self.n_ctx:
+            if self._position(row) >= self.n_ctx:
                 self._slide(row)
-        if self.used == self.cache.shape[4]:
-            grown = self.sampler._empty_rows(len(self.rows), 2 * self.used)
-            grown[:, :, :, :, : self.used] = self.cache
+        max_steps = min(
+            BLOCK_STEPS,
+            *(self.n_ctx - self._position(row) for row in self.rows),
+            *(row.job.request.length - len(row.generated) for row in self.rows),
+        )
+        fed = _padded(self.used)
+        if self.cache.shape[2] < max(fed, self.used + max_steps):
+            grown = self.sampler._empty_rows(len(self.rows), _padded(self.used + BLOCK_STEPS))
+            grown[:, :, : self.used] = self.cache[:, :, : self.used]
             self.cache = grown
-        fed = min(_padded(self.used), self.cache.shape[4])
-        next_tokens, presents = self.sampler._run_step(
-            np.array([[row.next_token] for row in self.rows], np.int32),
-            *_per_layer(self.cache[:, :, :, :, :fed]),
+        layers = range(self.cache.shape[0])
+        tokens, steps, presents = self.sampler._run_block(
+            np.array([row.next_token for row in self.rows], np.int32),
+            *[self.cache[layer, kind, :fed] for layer in layers for kind in (0, 1)],
             np.int32(self.used),
             *self._row_feeds(),
+            np.int32(max_steps),
             self.rng.integers(0, 2**62, size=2),
         )
-        self.cache[:, :, :, :, self.used] = presents[:, :, :, :, 0]
-        self.used += 1
-        self.stats.steps += 1
-        for row, token in zip(self.rows, next_tokens.tolist()):
-            self._take_token(row, token)
+        steps = int(steps)
+        self.cache[:, :, self.used : self.used + steps] = presents[:, :, :steps]
+        self.used += steps
+        self.stats.steps += steps
+        self.stats.blocks += 1
+        for row, row_tokens in zip(self.rows, tokens[:, :steps].tolist()):
+            self._take_tokens(row, row_tokens)
 
-    def _take_token(self, row: _Row, token: int) -> None:
+    def _take_tokens(self, row: _Row, tokens: list[int]) -> None:
         request = row.job.request
-        row.generated_count += 1
-        self.stats.generated_tokens += 1
-        ended = row.text.add(self.sampler._token_bytes[token], is_end_token=token == self.sampler._end_token)
-        if not ended and row.generated_count < request.length:
-            row.next_token = token
-            row.window_tokens.append(token)
+        row.generated += tokens
+        row.window_tokens += tokens
+        row.next_token = tokens[-1]
+        self.stats.generated_tokens += len(tokens)
+        ended = row.truncation.ends(row.generated)
+        if not ended and len(row.generated) < request.length:
             return
-        text = row.text.text()
+        text = row.truncation.text(row.generated, ended)
         if request.prefix and request.include_prefix:
             text = request.prefix + text
         row.done = True
         self.stats.samples += 1
-        row.job.deliver(GeneratedSample(text=text.lstrip("\n"), ended=ended, tokens=row.generated_count))
+        row.job.deliver(GeneratedSample(text=text.lstrip("\n"), ended=ended, tokens=len(row.generated)))
 
     def _compact(self) -> None:
         """Drop the row-cache slots no row sees any more."""
@@ -744,7 +858,7 @@ class _BatchRun:
         oldest = min(row.row_start for row in self.rows)
         if oldest == 0:
             return
-        self.cache[:, :, :, :, : self.used - oldest] = self.cache[:, :, :, :, oldest : self.used]
+        self.cache[:, :, : self.used - oldest] = self.cache[:, :, oldest : self.used]
         self.used -= oldest
         for row in self.rows:
             row.row_start -= oldest

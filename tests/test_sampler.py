@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from api.tweet_text import END_TOKEN, join_samples
-from ml.sampler import SampleJob, SampleRequest, Sampler, SamplerError, SampleText
+from ml.sampler import SampleJob, SampleRequest, Sampler, SamplerError, Truncation
 from ml.tiny import write_tiny_run
 
 pytestmark = pytest.mark.ml
@@ -123,20 +123,22 @@ def test_a_batch_stops_as_soon_as_every_row_has_ended(sampler, greedy_reference)
     assert not cut[0].ended and cut[0].tokens == stop_at
 
 
-def test_sample_text_ends_at_truncate_spelled_over_several_tokens_or_at_the_end_token():
-    text = SampleText(END_TOKEN)
-    assert not any(text.add(piece) for piece in (b"hi there", b" <|", b"endof"))
-    assert text.add(b"text|>and more")
-    assert text.text() == "hi there "
+def test_a_sample_ends_at_truncate_spelled_over_several_tokens_or_at_the_end_token():
+    token_bytes = [b"hi there", b" <|", b"endof", b"text|>and more", b"short", END_TOKEN.encode(), b">", b"x"]
+    end = 5
+    truncation = Truncation(END_TOKEN, token_bytes, end)
+    # The loop may stop where the text can end: its last bytes begin the token, or at the end token.
+    assert truncation.stop_tokens.tolist() == [False, False, False, True, False, True, True, False]
+    tokens = [0, 1, 2, 3]
+    assert not any(truncation.ends(tokens[:size]) for size in (1, 2, 3))
+    assert truncation.ends(tokens)
+    assert truncation.text(tokens, True) == "hi there "
+    assert not truncation.ends([0, 6])  # a stop token that does not finish the text
+    assert truncation.ends([4, end]) and truncation.text([4, end], True) == "short"
 
-    ended_by_token = SampleText(END_TOKEN)
-    assert not ended_by_token.add(b"short")
-    assert ended_by_token.add(END_TOKEN.encode(), is_end_token=True)
-    assert ended_by_token.text() == "short"
-
-    no_truncate = SampleText(None)
-    assert not no_truncate.add(b"a<|endoftext|>b") and not no_truncate.add(b"", is_end_token=True)
-    assert no_truncate.text() == "a<|endoftext|>b"
+    no_truncate = Truncation(None, token_bytes, end)
+    assert not no_truncate.stop_tokens.any() and not no_truncate.ends([7, end])
+    assert no_truncate.text([7, end], False) == "x<|endoftext|>"
 
 
 def test_prefix_is_kept_or_dropped(sampler):
@@ -159,7 +161,7 @@ def test_generate_to_file_writes_the_curation_format(sampler, tmp_path):
     path = tmp_path / "samples.txt"
     written = sampler.generate_to_file(path, nsamples=5, length=6, seed=3, prefix=PREFIX, include_prefix=False)
     assert written == 5
-    assert path.read_text(encoding="utf-8") == join_samples(
+    assert path.read_bytes().decode("utf-8") == join_samples(  # bytes: a sampled "\r" stays "\r"
         sampler.generate(nsamples=5, length=6, seed=3, prefix=PREFIX, include_prefix=False)
     )
     assert not path.with_name("samples.txt.partial").exists()
