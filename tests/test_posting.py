@@ -421,10 +421,13 @@ def test_operator_requeues_an_unconfirmed_tweet_and_it_is_posted_again(client, s
     assert [p["text"] for p in fake_x.posted] == ["it never reached X"]
 
 
-def test_stale_posting_row_becomes_unconfirmed_not_reposted(session_factory, settings, fake_x):
+@pytest.mark.parametrize(("lease", "stale_age", "fresh_age"), [(None, 11, 9), (2, 2.5, 1.5)])
+def test_stale_posting_row_becomes_unconfirmed_not_reposted(session_factory, settings, fake_x, lease, stale_age, fresh_age):
+    if lease is not None:
+        settings = settings.model_copy(update={"POSTING_LEASE_MINUTES": lease})  # default 10
     stale_id, fresh_id, queued_id = queue(session_factory, "stale", "fresh", "queued")
     with session_factory() as session:
-        for tweet_id, minutes in ((stale_id, 11), (fresh_id, 1)):
+        for tweet_id, minutes in ((stale_id, stale_age), (fresh_id, fresh_age)):
             tweet = session.get(Tweet, tweet_id)
             tweet.status, tweet.claimed_at = TweetStatus.posting, utcnow() - timedelta(minutes=minutes)
         session.commit()
