@@ -171,9 +171,6 @@ def _api_client(args: argparse.Namespace) -> tuple[tweepy.Client, bool]:
         client = make_x_client(settings, app_only=app_only)
     except XCredentialsMissing as exc:
         raise DownloadError(f"{exc}; or set BEARER_TOKEN, which is enough to read tweets") from None
-    if args.limit is None or args.limit > API_TWEET_CAP:
-        print(f"Note: X's API serves only the newest {API_TWEET_CAP:,} tweets of an account; "
-              "for older ones use --source archive with your X archive.", file=sys.stderr)
     return client, not app_only
 
 
@@ -237,6 +234,10 @@ def run(args: argparse.Namespace) -> int:
         raise DownloadError(f"no tweets left to write ({report}); nothing written to {output}")
     rows = write_tweets_csv(output, collected.texts)
     print(f"Wrote {rows} tweets to {output}; {report}")
+    if source == "api" and (args.limit is None or args.limit > API_TWEET_CAP):
+        # Said after the download, so that an error stays the only line of a failed run.
+        print(f"Note: X's API serves only the newest {API_TWEET_CAP:,} tweets of an account; "
+              "for older ones use --source archive with your X archive.", file=sys.stderr)
     return 0
 
 
