@@ -184,7 +184,7 @@ class _Graph:
     prompt: object       # [1, T] tokens of a prompt
     prompt_presents: object
     tokens: object
-    row_past: list       # per layer: keys, values [S, B, heads, head_size]
+    row_past: list       # per layer: keys, values [B, heads, S, head_size]
     row_used: object
     row_start: object
     shared_past: list    # per layer: keys, values [heads, Sp, head_size]
@@ -209,13 +209,13 @@ def _build_graph(tf, hparams) -> _Graph:
     - prompt encoding: `prompt` [1, T] -> `prompt_presents` [layers, 2, 1, heads, T, head_size];
     - a block of up to BLOCK_STEPS sampling steps in one tf.while_loop. Feeds: `tokens` [B], each
       row's next input token; `row_past`, each layer's keys and values of earlier steps
-      [S, B, heads, head_size], of which the first `row_used` slots hold data and row b sees those
+      [B, heads, S, head_size], of which the first `row_used` slots hold data and row b sees those
       from row_start[b] on; `shared_past`, each layer's prompt keys and values [heads, Sp, head_size]
       shared by rows, row b seeing [shared_lo[b], shared_hi[b]); per-row sampling parameters;
       `stop_tokens` [B, vocab], the tokens in which row b's sample may end; `max_steps`.
       The loop runs until `max_steps` steps or until a row samples one of its stop tokens.
       Outputs: `block_tokens` [B, BLOCK_STEPS] (the first `block_steps` columns were sampled) and
-      `block_presents` [layers, 2, BLOCK_STEPS, B, heads, head_size].
+      `block_presents` [layers, 2, B, heads, BLOCK_STEPS, head_size].
 
     On a small model a step's cost is mostly the fixed cost of its operations, so the loop body
     keeps few: the variables are read once per call, tokens are rows of 2-D tensors (no shape
@@ -234,7 +234,7 @@ def _build_graph(tf, hparams) -> _Graph:
 
     prompt = v1.placeholder(tf.int32, [1, None], name="prompt")
     tokens = v1.placeholder(tf.int32, [None], name="tokens")
-    row_past = cache_placeholders([None, None, n_head, head_size], "row_past")
+    row_past = cache_placeholders([None, n_head, None, head_size], "row_past")
     row_used = v1.placeholder(tf.int32, [], name="row_used")
     row_start = v1.placeholder(tf.int32, [None], name="row_start")
     shared_past = cache_placeholders([n_head, None, head_size], "shared_past")
@@ -317,7 +317,7 @@ def _build_graph(tf, hparams) -> _Graph:
 
     # -- a block of sampling steps: the rows are the batch's rows, one token each --
     batch = tf.shape(tokens)[0]
-    row_slots, shared_slots = tf.shape(row_past[0])[0], tf.shape(shared_past[0])[1]
+    row_slots, shared_slots = tf.shape(row_past[0])[2], tf.shape(shared_past[0])[1]
     past_slots = shared_slots + row_slots
     # Row b's first new token sits after its shared prompt and the row slots it sees.
     first_position = (shared_hi - shared_lo) + (row_used - row_start)
@@ -325,8 +325,7 @@ def _build_graph(tf, hparams) -> _Graph:
     # Each layer's keys and values [B, heads, Sp + S + BLOCK_STEPS, head_size]: prompt, rows, block.
     shared_shape = [batch, n_head, shared_slots, head_size]
     block_shape = [batch, n_head, BLOCK_STEPS, head_size]
-    cache = [tf.concat([tf.broadcast_to(shared[None], shared_shape), tf.transpose(rows, [1, 2, 0, 3]),
-                        tf.zeros(block_shape)], axis=2)
+    cache = [tf.concat([tf.broadcast_to(shared[None], shared_shape), rows, tf.zeros(block_shape)], axis=2)
              for shared, rows in zip(shared_past, row_past)]
     # Keys visible before the block [B, 1, 1, Sp + S]; at step i, block slots [0, i] are visible too.
     shared_index, row_index = tf.range(shared_slots)[None, :], tf.range(row_slots)[None, :]
@@ -375,10 +374,8 @@ def _build_graph(tf, hparams) -> _Graph:
         [tf.constant(0), tf.constant(False), tokens, tf.zeros([batch, BLOCK_STEPS], tf.int32), *cache],
         maximum_iterations=BLOCK_STEPS,
     )
-    block_presents = tf.reshape(
-        tf.stack([tf.transpose(kv[:, :, past_slots:], [2, 0, 1, 3]) for kv in cache]),
-        [n_layer, 2, BLOCK_STEPS, batch, n_head, head_size],
-    )
+    block_presents = tf.reshape(tf.stack([kv[:, :, past_slots:] for kv in cache]),
+                                [n_layer, 2, batch, n_head, BLOCK_STEPS, head_size])
 
     return _Graph(
         prompt=prompt, prompt_presents=prompt_presents, tokens=tokens, row_past=row_past, row_used=row_used,
@@ -520,10 +517,8 @@ class Sampler:
         return np.zeros((*self._layers_heads, n_head, 0, head_size), np.float32)
 
     def _empty_rows(self, rows: int, slots: int) -> np.ndarray:
-        """A row cache [layers, 2, slots, rows, heads, head_size]: slot-major, so that the first slots
-        of a layer's keys or values are one contiguous array to feed."""
         n_head, head_size = self._head_shape
-        return np.zeros((*self._layers_heads, slots, rows, n_head, head_size), np.float32)
+        return np.zeros((*self._layers_heads, rows, n_head, slots, head_size), np.float32)
 
     @property
     def operation_count(self) -> int:
@@ -702,7 +697,7 @@ class _BatchRun:
         self.stats = RunStats()
         self.rows: list[_Row] = []
         self.n_ctx = sampler.hparams.n_ctx
-        # Row cache [layers, 2, slot, rows, heads, head_size]: slots [0, used) hold earlier steps.
+        # Row cache [layers, 2, rows, heads, slot, head_size]: slots [0, used) hold earlier steps.
         self.cache = sampler._empty_rows(0, 0)
         self.used = 0
         self.row_feeds_key: tuple | None = None
@@ -755,9 +750,9 @@ class _BatchRun:
 
     def _resize_cache_rows(self, kept: list[int], new_count: int) -> None:
         """Rebuild the row cache for a new number of rows; kept rows go first, new rows see no slot."""
-        cache = self.sampler._empty_rows(new_count, self.cache.shape[2])
+        cache = self.sampler._empty_rows(new_count, self.cache.shape[4])
         if kept and self.used:
-            cache[:, :, : self.used, : len(kept)] = self.cache[:, :, : self.used, kept]
+            cache[:, :, : len(kept), :, : self.used] = self.cache[:, :, kept, :, : self.used]
         self.cache = cache
 
     def _position(self, row: _Row) -> int:
@@ -813,21 +808,20 @@ class _BatchRun:
             *(row.job.request.length - len(row.generated) for row in self.rows),
         )
         fed = _padded(self.used)
-        if self.cache.shape[2] < max(fed, self.used + max_steps):
+        if self.cache.shape[4] < max(fed, self.used + max_steps):
             grown = self.sampler._empty_rows(len(self.rows), _padded(self.used + BLOCK_STEPS))
-            grown[:, :, : self.used] = self.cache[:, :, : self.used]
+            grown[:, :, :, :, : self.used] = self.cache[:, :, :, :, : self.used]
             self.cache = grown
-        layers = range(self.cache.shape[0])
         tokens, steps, presents = self.sampler._run_block(
             np.array([row.next_token for row in self.rows], np.int32),
-            *[self.cache[layer, kind, :fed] for layer in layers for kind in (0, 1)],
+            *_per_layer(self.cache[:, :, :, :, :fed]),
             np.int32(self.used),
             *self._row_feeds(),
             np.int32(max_steps),
             self.rng.integers(0, 2**62, size=2),
         )
         steps = int(steps)
-        self.cache[:, :, self.used : self.used + steps] = presents[:, :, :steps]
+        self.cache[:, :, :, :, self.used : self.used + steps] = presents[:, :, :, :, :steps]
         self.used += steps
         self.stats.steps += steps
         self.stats.blocks += 1
@@ -858,7 +852,7 @@ class _BatchRun:
         oldest = min(row.row_start for row in self.rows)
         if oldest == 0:
             return
-        self.cache[:, :, : self.used - oldest] = self.cache[:, :, oldest : self.used]
+        self.cache[:, :, :, :, : self.used - oldest] = self.cache[:, :, :, :, oldest : self.used]
         self.used -= oldest
         for row in self.rows:
             row.row_start -= oldest
