@@ -30,7 +30,7 @@ $(VENV)/.scrape: requirements-scrape.txt $(VENV)/.api
 
 .PHONY: help venv run-local migrate test
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 28
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 30
 
 venv: $(VENV)/.api ## create .venv with the API's dependencies
 

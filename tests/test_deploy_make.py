@@ -339,6 +339,18 @@ def test_local_target_commands(arguments, commands):
     assert [" ".join(line.split()) for line in printed.splitlines()] == commands
 
 
+def test_help_lists_the_targets_in_one_column():
+    result = make_in_repo("help")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    listed = [line.split()[0] for line in lines]
+    original = ["run-local", "docker-compose", "create-postgres-instance", "docker-cloud-build", "docker-cloud-run",
+                "docker-cloud-build-run", "add-scheduler"]
+    assert set(original + [*EXPECTED_COMMANDS, *REQUIRED, "migrate", "test", "download-tweets", "train"]) <= set(listed)
+    assert len(listed) == len(set(listed))
+    assert all(line[:30].rstrip() == name and line[30] != " " for line, name in zip(lines, listed))
+
+
 def test_migrate_creates_the_schema(tmp_path):
     database = tmp_path / "migrated.db"
     result = make_in_repo("migrate", env={"DATABASE_URL": f"sqlite:///{database}"})
