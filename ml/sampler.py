@@ -29,6 +29,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -342,7 +343,7 @@ def _build_graph(tf, hparams) -> _Graph:
         scaled = logits / temperature[:, None]
         sorted_logits = tf.sort(scaled, direction="DESCENDING")
         kth = tf.gather(sorted_logits, tf.clip_by_value(top_k, 1, hparams.n_vocab) - 1, batch_dims=1)
-        cumulative = tf.cumsum(tf.nn.softmax(sorted_logits), axis=1, exclusive=True)
+        cumulative = tf.cumsum(gpt2.softmax(sorted_logits), axis=1, exclusive=True)
         nucleus_min = tf.reduce_min(tf.where(cumulative < top_p[:, None], sorted_logits, 1000.0), axis=1)
         threshold = tf.where(top_p > 0, nucleus_min, tf.where(top_k > 0, kth, -np.inf))
         filtered = tf.where(scaled < threshold[:, None], -1e10, scaled)
@@ -366,14 +367,15 @@ def _build_graph(tf, hparams) -> _Graph:
         next_tokens = sample(transformer(step_tokens, first_position + step, attend_block), step)
         sampled = tf.where(tf.equal(block_slot, step)[None, :], next_tokens[:, None], sampled)
         stopped = tf.reduce_any(tf.gather(stop_tokens, next_tokens[:, None], batch_dims=1))
-        return (step + 1, stopped, next_tokens, sampled, *cache)
+        return [step + 1, stopped, next_tokens, sampled, *cache]
 
-    block_steps, _, _, block_tokens, *cache = tf.while_loop(
-        lambda step, stopped, *_: (step < max_steps) & tf.logical_not(stopped),
-        body,
-        [tf.constant(0), tf.constant(False), tokens, tf.zeros([batch, BLOCK_STEPS], tf.int32), *cache],
-        maximum_iterations=BLOCK_STEPS,
-    )
+    with _control_flow_v1():
+        block_steps, _, _, block_tokens, *cache = tf.while_loop(
+            lambda step, stopped, *_: (step < max_steps) & tf.logical_not(stopped),
+            body,
+            [tf.constant(0), tf.constant(False), tokens, tf.zeros([batch, BLOCK_STEPS], tf.int32), *cache],
+            maximum_iterations=BLOCK_STEPS,
+        )
     block_presents = tf.reshape(tf.stack([kv[:, :, past_slots:] for kv in cache]),
                                 [n_layer, 2, batch, n_head, BLOCK_STEPS, head_size])
 
@@ -383,6 +385,24 @@ def _build_graph(tf, hparams) -> _Graph:
         temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=stop_tokens, max_steps=max_steps,
         seed=seed, block_tokens=block_tokens, block_steps=block_steps, block_presents=block_presents,
     )
+
+
+@contextmanager
+def _control_flow_v1() -> Iterator[None]:
+    """Build loops with TensorFlow 1's control flow (Enter/Exit frames).
+
+    TensorFlow 2's while loop passes every tensor its body reads from outside (weights, masks,
+    sampling parameters) through each iteration as a loop variable, four operations each a step;
+    TensorFlow 1's loop lets them enter once per call.
+    """
+    from tensorflow.python.ops import control_flow_util
+
+    enabled = control_flow_util.ENABLE_CONTROL_FLOW_V2
+    control_flow_util.ENABLE_CONTROL_FLOW_V2 = False
+    try:
+        yield
+    finally:
+        control_flow_util.ENABLE_CONTROL_FLOW_V2 = enabled
 
 
 def _session_callable(session, fetches: list, feeds: list):
