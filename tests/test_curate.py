@@ -111,7 +111,11 @@ def test_pages_send_strangers_to_sign_in(stranger, path):
 
 
 @SQLITE_ONLY
-@pytest.mark.parametrize("token, message", [("", "Enter the service token"), ("wrong-token-0123456789", "not the service token")])
+@pytest.mark.parametrize(
+    "token, message",
+    [("", "Enter the service token"), ("wrong-token-0123456789", "not the service token"),
+     ("ümlaut-token-0123456789", "not the service token"), (TOKEN[:-1], "not the service token")],
+)
 def test_wrong_token_is_refused_without_a_cookie(stranger, token, message):
     response = stranger.post("/curate/sign-in", data={"token": token})
     assert response.status_code == 401
