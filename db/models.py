@@ -55,7 +55,8 @@ class TweetStatus(str, enum.Enum):
     pending      generated, waiting for a curator's review (uploads land here or in queued)
     queued       approved, waiting to be posted
     posting      claimed by a posting call that has not finished yet (a lease: see claimed_at)
-    posted       X accepted it (or a dry run recorded it); x_tweet_id and x_url are set
+    posted       X accepted it (or a dry run recorded it, or an operator found it on X);
+                 x_tweet_id and x_url are set when X's id is known
     unconfirmed  X may or may not have posted it (timeout, crash mid-post); never re-posted
                  automatically: an operator checks X and requeues or closes it
     failed       posting failed for a reason that is not the text's fault; requeue to retry
