@@ -299,7 +299,7 @@ def _build_graph(tf, hparams) -> _Graph:
 
     def attention(q, keys, values, bias):
         # gpt_2_simple.src.model.multihead_attn; `bias` is 0 where a key is visible, -1e10 elsewhere.
-        w = tf.matmul(q, keys, transpose_b=True) * tf.math.rsqrt(tf.cast(head_size, tf.float32)) + bias
+        w = tf.matmul(q * tf.math.rsqrt(tf.cast(head_size, tf.float32)), keys, transpose_b=True) + bias
         return tf.matmul(gpt2.softmax(w), values)
 
     # -- prompt encoding: the rows are the prompt's tokens --
