@@ -13,6 +13,8 @@ import json
 import logging
 import random
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,6 +93,35 @@ def prepare_run_folder(model_folder: Path, run_folder: Path, *, restore_from: st
         shutil.copyfile(model_folder / name, run_folder / name)
 
 
+class _CtrlC:
+    """During training, the first Ctrl-C asks to stop before the next 1024-token window; a second stops at once.
+
+    Left to Python, Ctrl-C raises KeyboardInterrupt when the sess.run under way returns: after an
+    update of the weights but before the step is counted, so the checkpoint would hold one step
+    more than its number says. Deferred to the loop, it stops where weights and count agree.
+    Only the main thread receives signals; elsewhere this does nothing.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._request)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _request(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after the window under way, then saving (Ctrl-C again to stop at once)")
+
+
 def finetune(
     tokens: np.ndarray,
     *,
@@ -101,9 +132,9 @@ def finetune(
 ) -> TrainingResult:
     """Train on `tokens` (the encoded training text) from the run's latest checkpoint or the base model.
 
-    `on_step(step, loss)` is called after every finished step. A KeyboardInterrupt (Ctrl-C) saves the
-    last finished step and returns with `interrupted=True`; the next call with restore_from="latest"
-    resumes at the step after it.
+    `on_step(step, loss)` is called after every finished step. Ctrl-C (see `_CtrlC`), or a
+    KeyboardInterrupt from on_step, saves the last finished step and returns with `interrupted=True`;
+    the next call with restore_from="latest" resumes at the step after it.
     """
     import tensorflow as tf
     from gpt_2_simple import gpt_2 as gpt2
@@ -192,35 +223,47 @@ def finetune(
         avg_loss = (0.0, 0.0)
         start = time.monotonic()
         checkpoint = restore_path
-        try:
-            while last_step is None or step < last_step:
-                if step > 0 and step % options.save_every == 0 and step >= first_step:
-                    checkpoint = save()
-                if step > 0 and step % options.sample_every == 0 and step >= first_step:
-                    write_sample()
-                step_start = time.monotonic()
-                if options.accumulate_gradients > 1:
-                    sess.run(opt_reset)
-                    for _ in range(options.accumulate_gradients):
-                        sess.run(opt_compute, feed_dict={context: batch()})
-                    step_loss = float(sess.run(opt_apply))
-                else:
-                    _, step_loss = sess.run((opt_apply, loss), feed_dict={context: batch()})
-                    step_loss = float(step_loss)
-                step += 1
-                avg_loss = (avg_loss[0] * 0.99 + step_loss, avg_loss[1] * 0.99 + 1.0)
-                if step % options.print_every == 0:
-                    seconds = time.monotonic() - step_start
-                    log.info(
-                        "step %d | loss %.3f | avg %.3f | %.0f tokens/s | %.1f s elapsed",
-                        step, step_loss, avg_loss[0] / avg_loss[1], tokens_per_step / seconds,
-                        time.monotonic() - start,
-                    )
-                if on_step is not None:
-                    on_step(step, step_loss)
-        except KeyboardInterrupt:
-            log.warning("interrupted: saving step %d", step)
+        interrupted = False
+        with _CtrlC() as ctrl_c:
+
+            def accumulate() -> bool:
+                """Sum one step's gradients; False when Ctrl-C came first (step dropped, weights unchanged)."""
+                sess.run(opt_reset)
+                for _ in range(options.accumulate_gradients):
+                    if ctrl_c.requested:
+                        return False
+                    sess.run(opt_compute, feed_dict={context: batch()})
+                return True
+
+            try:
+                while (last_step is None or step < last_step) and not ctrl_c.requested:
+                    if step > 0 and step % options.save_every == 0 and step >= first_step:
+                        checkpoint = save()
+                    if step > 0 and step % options.sample_every == 0 and step >= first_step:
+                        write_sample()
+                    step_start = time.monotonic()
+                    if options.accumulate_gradients > 1:
+                        if not accumulate():
+                            break
+                        step_loss = float(sess.run(opt_apply))
+                    else:
+                        _, step_loss = sess.run((opt_apply, loss), feed_dict={context: batch()})
+                        step_loss = float(step_loss)
+                    step += 1
+                    avg_loss = (avg_loss[0] * 0.99 + step_loss, avg_loss[1] * 0.99 + 1.0)
+                    if step % options.print_every == 0:
+                        seconds = time.monotonic() - step_start
+                        log.info(
+                            "step %d | loss %.3f | avg %.3f | %.0f tokens/s | %.1f s elapsed",
+                            step, step_loss, avg_loss[0] / avg_loss[1], tokens_per_step / seconds,
+                            time.monotonic() - start,
+                        )
+                    if on_step is not None:
+                        on_step(step, step_loss)
+            except KeyboardInterrupt:  # a second Ctrl-C, or raised by on_step
+                interrupted = True
+            interrupted = interrupted or ctrl_c.requested
+            if interrupted:
+                log.warning("interrupted: saving step %d", step)
             checkpoint = save()
-            return TrainingResult(first_step, step, True, checkpoint, time.monotonic() - start)
-        checkpoint = save()
-        return TrainingResult(first_step, step, False, checkpoint, time.monotonic() - start)
+        return TrainingResult(first_step, step, interrupted, checkpoint, time.monotonic() - start)

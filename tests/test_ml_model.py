@@ -272,15 +272,22 @@ def test_interrupted_training_saves_and_resumes_at_the_next_step(trained, tmp_pa
 
 def test_ctrl_c_stops_the_command_with_status_130_and_a_checkpoint_to_resume(trained, tmp_path):
     """The real command, trained until Ctrl-C (--steps -1), interrupted with SIGINT after its second step."""
+    import numpy as np
+    import tensorflow as tf
+
     root, _, _ = trained
-    command = [sys.executable, "-m", "ml.model", "train", "--run_name", "until_ctrl_c", "--model_name", "tiny",
-               "--filename", str(SAMPLE_CSV), "--steps", "-1", "--accumulate_gradients", "1", "--sample_every", "1000",
-               "--models_dir", str(root / "models"), "--checkpoint_dir", str(tmp_path / "checkpoint")]
+    run_args = ["--model_name", "tiny", "--filename", str(SAMPLE_CSV), "--accumulate_gradients", "1",
+                "--sample_every", "1000", "--seed", "1", "--models_dir", str(root / "models"),
+                "--checkpoint_dir", str(tmp_path / "checkpoint")]
+    command = [sys.executable, "-m", "ml.model", "train", "--run_name", "until_ctrl_c", "--steps", "-1", *run_args]
     process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (line := process.stderr.readline()).count(" step 2 | loss "):
             assert line, "ml.model ended before its second step"
+        # Halfway through step 3, where a plain KeyboardInterrupt would surface after the weights changed.
+        step_seconds = 1024 / float(re.search(r"\| (\d+) tokens/s", line).group(1))
+        time.sleep(step_seconds / 2)
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)
     finally:
@@ -289,8 +296,16 @@ def test_ctrl_c_stops_the_command_with_status_130_and_a_checkpoint_to_resume(tra
     run = tmp_path / "checkpoint" / "until_ctrl_c"
     stopped_at = read_counter(run)
     assert stopped_at >= 2
+    assert "Ctrl-C: stopping after the window under way" in err
     assert f"training interrupted after step {stopped_at}; checkpoint {run / f'model-{stopped_at}'} saved" in err
     assert (run / "checkpoint").read_text().startswith(f'model_checkpoint_path: "model-{stopped_at}"')
+    # The saved weights are those of step `stopped_at`: the same as a run of that many steps (the
+    # seed makes training repeatable), wherever SIGINT landed.
+    assert main(["train", "--run_name", "reference", "--steps", str(stopped_at), *run_args]) == 0
+    saved, reference = (tf.train.load_checkpoint(str(folder / f"model-{stopped_at}"))
+                        for folder in (run, tmp_path / "checkpoint" / "reference"))
+    assert all(np.array_equal(saved.get_tensor(name), reference.get_tensor(name))
+               for name in reference.get_variable_to_shape_map())
 
     with LogLines() as log:
         assert main(["train", "--run_name", "until_ctrl_c", *quick_training_args(tmp_path, 1),
