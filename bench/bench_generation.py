@@ -8,8 +8,10 @@ short tweets (bench/tweet_checkpoint.py; trained on first use, ~15-30 min on 2 c
 
 - gpt_2_simple: every batch runs all 200 steps (graph built by the call, as in ml.model's original);
 - ours, batch by batch: a batch stops when its 10 samples have all ended (early stop only);
-- ours, continuous batching: a row that ends takes the next sample at once.
+- ours, continuous batching: a row that ends takes the next sample at the next block of steps.
 
+Steps are model steps (one token for every row); calls are session calls (gpt_2_simple: one per
+batch, its loop in-graph; ours: one per block of up to 16 steps, which stops where a row may end).
 The machine is shared, so the three run in two passes in opposite orders (half the samples each)
 and their times are summed. gpt_2_simple's batches all cost the same 200 steps, so it may be
 measured on fewer samples (`--baseline-samples`) and its time extrapolated; both counts are printed.
@@ -31,7 +33,7 @@ SETTINGS = dict(length=200, temperature=1.0, top_p=0.9, prefix=START_TOKEN, trun
 
 
 class Methods:
-    """The three ways to generate, each loaded once; `run(name, count, seed)` -> (samples, seconds, steps)."""
+    """The three ways to generate, each loaded once; `run(name, count, seed)` -> (samples, seconds, steps, calls)."""
 
     def __init__(self, run_folder: Path, tmp: Path):
         import gpt_2_simple
@@ -49,7 +51,7 @@ class Methods:
         self.lengths: list[int] = []
         self.ended = 0
 
-    def run(self, name: str, count: int, seed: int) -> tuple[int, float, int]:
+    def run(self, name: str, count: int, seed: int) -> tuple[int, float, int, int]:
         started = time.perf_counter()
         if name == "gpt_2_simple":
             import gpt_2_simple
@@ -61,18 +63,20 @@ class Methods:
                     destination_path=str(destination), nsamples=count, batch_size=BATCH_SIZE, seed=seed, **SETTINGS,
                 )
             seconds = time.perf_counter() - started
-            return len(split_samples(destination.read_text(encoding="utf-8"))), seconds, count // BATCH_SIZE * 200
+            batches = count // BATCH_SIZE
+            return len(split_samples(destination.read_text(encoding="utf-8"))), seconds, batches * 200, batches
         if name == "batchwise":
-            samples, steps = [], 0
+            samples, steps, calls = [], 0, 0
             for batch in range(count // BATCH_SIZE):
                 samples += self.sampler.generate_samples(nsamples=BATCH_SIZE, seed=seed * 1000 + batch, **SETTINGS)
                 steps += self.sampler.last_run.steps
-            return len(samples), time.perf_counter() - started, steps
+                calls += self.sampler.last_run.blocks
+            return len(samples), time.perf_counter() - started, steps, calls
         samples = self.sampler.generate_samples(nsamples=count, seed=seed, **SETTINGS)
         seconds = time.perf_counter() - started
         self.lengths += [sample.tokens for sample in samples]
         self.ended += sum(sample.ended for sample in samples)
-        return len(samples), seconds, self.sampler.last_run.steps
+        return len(samples), seconds, self.sampler.last_run.steps, self.sampler.last_run.blocks
 
     def close(self) -> None:
         self.sampler.close()
@@ -96,7 +100,7 @@ def main() -> None:
 
     run_folder = ensure_tweet_checkpoint(args.workdir)
     print(f"checkpoint: {run_folder} ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
-    totals = {name: [0, 0.0, 0] for name in LABELS}
+    totals = {name: [0, 0.0, 0, 0] for name in LABELS}
     with tempfile.TemporaryDirectory() as tmp:
         methods = Methods(run_folder, Path(tmp))
         try:
@@ -114,13 +118,13 @@ def main() -> None:
     print(f"samples: average {sum(lengths) / len(lengths):.1f} tokens generated (end marker included), "
           f"{methods.ended / len(lengths):.0%} ended within 200 tokens, "
           f"{sum(t <= 60 for t in lengths) / len(lengths):.0%} within 60")
-    base_count, base_seconds, _ = totals["gpt_2_simple"]
+    base_count, base_seconds, _, _ = totals["gpt_2_simple"]
     base_rate = base_count / base_seconds
-    print(f"{'':32}{'samples':>8}{'seconds':>9}{'steps':>8}{'samples/s':>11}{'vs gpt_2_simple':>17}")
+    print(f"{'':32}{'samples':>8}{'seconds':>9}{'steps':>8}{'calls':>7}{'samples/s':>11}{'vs gpt_2_simple':>17}")
     for name, label in LABELS.items():
-        count, seconds, steps = totals[name]
+        count, seconds, steps, calls = totals[name]
         rate = count / seconds
-        print(f"{label:32}{count:>8}{seconds:>9.1f}{steps:>8}{rate:>11.2f}{rate / base_rate:>16.1f}x")
+        print(f"{label:32}{count:>8}{seconds:>9.1f}{steps:>8}{calls:>7}{rate:>11.2f}{rate / base_rate:>16.1f}x")
     print(f"gpt_2_simple measured on {base_count} samples; for {args.samples}: {args.samples / base_rate:.0f} s. "
           f"Its graph holds {base_ops} operations after 2 calls (each call adds its sampling graph); ours: "
           f"{our_ops}, built once.")
