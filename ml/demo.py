@@ -28,8 +28,8 @@ ACCOUNT = "demo_bot"
 RUN_NAME = "demo"
 START_TIMEOUT_SECONDS = 60
 # Few steps and short samples: the tiny model learns little in minutes, and only about 2 of 100
-# samples of 30 tokens end and pass the filters (measured: 16-26 of 1,000 at seeds 1-3). So it may
-# generate up to 500 for its 5 candidates: at that rate none surviving is a 1-in-100,000 chance.
+# samples of 30 tokens end and pass the filters (measured: 22-26 of 1,000 at seeds 1-3). So it may
+# generate up to 500 for its 5 candidates: at that rate, none surviving is a 1-in-70,000 chance.
 TRAINING_ARGS = ["--steps", "5", "--accumulate_gradients", "1", "--print_every", "1", "--sample_every", "1000"]
 GENERATION_ARGS = ["--nsamples", "5", "--length", "30", "--oversample_limit", "100", "--seed", "1"]
 
