@@ -722,8 +722,11 @@ class _BatchRun:
         # Row cache [layers, 2, rows, heads, slot, head_size]: slots [0, used) hold earlier steps.
         self.cache = sampler._empty_rows(0, 0)
         self.used = 0
-        self.row_feeds_key: tuple | None = None
+        self.rows_changed = True  # the row feeds must be rebuilt
         self.row_feeds: list[np.ndarray] = []
+        self.shared_contexts: list[_Context] = []  # the prompts in the shared feed, in its order
+        self.shared_feeds: list[np.ndarray] = []
+        self.prompt_tokens: dict[str | None, list[int]] = {}
 
     def run(self) -> RunStats:
         self._fill_free_rows()
@@ -737,7 +740,10 @@ class _BatchRun:
     # -- rows --
 
     def _start_row(self, job: SampleJob) -> _Row:
-        context_tokens = self.sampler._context_tokens(job.request.prefix)
+        prefix = job.request.prefix
+        if prefix not in self.prompt_tokens:
+            self.prompt_tokens[prefix] = self.sampler._context_tokens(prefix)
+        context_tokens = self.prompt_tokens[prefix]
         if len(context_tokens) > self.n_ctx:
             context_tokens = context_tokens[-(self.n_ctx // 2):]
         context = self.sampler._encode_context(context_tokens, self.stats)
@@ -754,6 +760,7 @@ class _BatchRun:
             added += 1
         if added:
             self._resize_cache_rows(list(range(len(self.rows) - added)), len(self.rows))
+            self.rows_changed = True
 
     def _retire_finished_rows(self) -> None:
         """Give each finished row the next job (continuous batching); drop rows left without one."""
@@ -762,6 +769,7 @@ class _BatchRun:
             if not row.done:
                 keep.append(index)
                 continue
+            self.rows_changed = True
             job = self.take_job()
             if job is not None:
                 self.rows[index] = self._start_row(job)
@@ -787,28 +795,26 @@ class _BatchRun:
         row.context = self.sampler._encode_context(tokens, self.stats)
         row.window_tokens = list(tokens)
         row.row_start = self.used
+        self.rows_changed = True
 
     # -- one block of model steps --
 
     def _row_feeds(self) -> list[np.ndarray]:
         """Feeds that change only when rows do: row starts, prompt caches (each distinct prompt once)
-        with each row's range in them, sampling parameters and stop tokens. Rebuilt when a row changes."""
-        key = tuple((id(row), row.row_start, id(row.context)) for row in self.rows)
-        if key != self.row_feeds_key:
-            parts, ranges, offset = [], {}, 0
-            for row in self.rows:
-                if id(row.context) not in ranges:
-                    size = len(row.context.tokens)
-                    ranges[id(row.context)] = (offset, offset + size)
-                    parts.append(row.context.keys_values)
-                    offset += size
-            shared = np.concatenate(parts, axis=3) if parts else self.sampler._empty_shared()
-            padding = _padded(shared.shape[3]) - shared.shape[3]
-            shared = np.pad(shared, [(0, 0)] * 3 + [(0, padding), (0, 0)])
+        with each row's range in them, sampling parameters and stop tokens."""
+        if self.rows_changed:
+            contexts = list({id(row.context): row.context for row in self.rows}.values())
+            if [id(c) for c in contexts] != [id(c) for c in self.shared_contexts]:
+                shared = np.concatenate([c.keys_values for c in contexts], axis=3)
+                padding = _padded(shared.shape[3]) - shared.shape[3]
+                self.shared_feeds = _per_layer(np.pad(shared, [(0, 0)] * 3 + [(0, padding), (0, 0)]))
+                self.shared_contexts = contexts
+            ends = np.cumsum([len(c.tokens) for c in self.shared_contexts]).tolist()
+            ranges = {id(c): (end - len(c.tokens), end) for c, end in zip(self.shared_contexts, ends)}
             requests = [row.job.request for row in self.rows]
             self.row_feeds = [
                 np.array([row.row_start for row in self.rows], np.int32),
-                *_per_layer(shared),
+                *self.shared_feeds,
                 np.array([ranges[id(row.context)][0] for row in self.rows], np.int32),
                 np.array([ranges[id(row.context)][1] for row in self.rows], np.int32),
                 np.array([r.temperature for r in requests], np.float32),
@@ -816,7 +822,7 @@ class _BatchRun:
                 np.array([r.top_p for r in requests], np.float32),
                 np.stack([row.truncation.stop_tokens for row in self.rows]),
             ]
-            self.row_feeds_key = key
+            self.rows_changed = False
         return self.row_feeds
 
     def _block(self) -> None:
@@ -878,3 +884,4 @@ class _BatchRun:
         self.used -= oldest
         for row in self.rows:
             row.row_start -= oldest
+        self.rows_changed = True
