@@ -88,6 +88,32 @@ def test_continuous_batching_gives_each_sample_its_own_rows_output(sampler):
     assert stats.steps < sum(r.length for r in requests)
 
 
+def test_rows_that_end_at_different_steps_keep_only_their_own_text(sampler):
+    """A block goes on after a row's sample ended (the row idles); what it sampled after is dropped."""
+    requests = []
+    for prefix in ("two two", "hello", PREFIX):
+        greedy = sampler.generate(nsamples=1, length=40, top_k=1, prefix=prefix, include_prefix=False)[0]
+        # The character that appears last for the first time, so that the samples end at different steps.
+        first = {c: greedy.index(c) for c in greedy if c.isascii() and c.isprintable()}
+        truncate = max(first, key=first.get)
+        requests.append(SampleRequest(length=40, top_k=1, prefix=prefix, truncate=truncate, include_prefix=False))
+    alone = [sampler.generate_samples(nsamples=1, length=r.length, top_k=1, prefix=r.prefix, truncate=r.truncate,
+                                      include_prefix=False)[0] for r in requests]
+    assert len({sample.tokens for sample in alone}) > 1 and all(sample.ended for sample in alone)
+    results: dict[int, object] = {}
+    queue = list(enumerate(requests))
+
+    def take_job():
+        if not queue:
+            return None
+        index, request = queue.pop(0)
+        return SampleJob(request, lambda sample, index=index: results.__setitem__(index, sample))
+
+    stats = sampler.run(take_job, batch_size=3)
+    assert [results[i] for i in range(len(requests))] == alone
+    assert stats.generated_tokens == sum(sample.tokens for sample in alone)
+
+
 def test_same_seed_gives_the_same_texts(sampler):
     first = sampler.generate(nsamples=6, length=15, seed=7)
     assert sampler.generate(nsamples=6, length=15, seed=7) == first
