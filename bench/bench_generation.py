@@ -11,7 +11,9 @@ short tweets (bench/tweet_checkpoint.py; trained on first use, ~15-30 min on 2 c
 - ours, continuous batching: a row that ends takes the next sample at the next block of steps.
 
 Steps are model steps (one token for every row); calls are session calls (gpt_2_simple: one per
-batch, its loop in-graph; ours: one per block of up to 16 steps, which stops where a row may end).
+batch, its loop in-graph; ours: one per block of up to 16 steps, which stops soon after rows may
+have ended).
+
 The machine is shared, so the three run in two passes in opposite orders (half the samples each)
 and their times are summed. gpt_2_simple's batches all cost the same 200 steps, so it may be
 measured on fewer samples (`--baseline-samples`) and its time extrapolated; both counts are printed.
