@@ -10,13 +10,14 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 
+from api import tweets as store
 from api.app import create_app
 from api.config import Settings
 from db.engine import make_engine, make_session_factory, temporary_schema
-from db.models import Base
+from db.models import Base, Tweet, TweetStatus
 from tests.fake_x import fake_x  # noqa: F401 (fixture: the fake X API server)
 
 TOKEN = "test-token-0123456789abcdef"
@@ -62,6 +63,14 @@ def engine(empty_engine) -> Engine:
 @pytest.fixture
 def session_factory(engine):
     return make_session_factory(engine)
+
+
+def store_texts(session_factory, *texts: str, status: TweetStatus) -> list[int]:
+    """Store texts for ACCOUNT in order (their positions follow) and return their ids."""
+    with session_factory() as session:
+        store.ingest_texts(session, account=ACCOUNT, texts=list(texts), status=status)
+        session.commit()
+        return list(session.scalars(select(Tweet.id).where(Tweet.text.in_(texts)).order_by(Tweet.position)))
 
 
 @pytest.fixture

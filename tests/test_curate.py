@@ -8,6 +8,7 @@ import logging
 import re
 import stringprep
 from datetime import timedelta
+from functools import partial
 
 import pytest
 from fastapi.testclient import TestClient
@@ -32,7 +33,7 @@ from api.curation_session import (
 from api.routes import curate as curate_routes
 from api.tweet_counter_rule import js_regex_source, nameprep_tables
 from db.models import Tweet, TweetStatus, utcnow
-from tests.conftest import ACCOUNT, TOKEN
+from tests.conftest import ACCOUNT, TOKEN, store_texts
 
 DELIM = "=" * 20
 JSON = {"Accept": "application/json"}
@@ -72,11 +73,7 @@ def stranger(app):
         yield test_client
 
 
-def add(session_factory, *texts: str, status: TweetStatus = TweetStatus.pending) -> list[int]:
-    with session_factory() as session:
-        store.ingest_texts(session, account=ACCOUNT, texts=list(texts), status=status)
-        session.commit()
-        return list(session.scalars(select(Tweet.id).where(Tweet.text.in_(texts)).order_by(Tweet.position)))
+add = partial(store_texts, status=TweetStatus.pending)
 
 
 def snapshot(session_factory) -> list[tuple]:

@@ -11,6 +11,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,7 +26,7 @@ from api.config import Settings
 from api.posting import PostOutcome, post_next
 from api.x_client import make_x_client
 from db.models import Tweet, TweetStatus, utcnow
-from tests.conftest import ACCOUNT, TOKEN
+from tests.conftest import ACCOUNT, TOKEN, store_texts
 from tests.fake_x import ACCESS_SECRET, BEARER_TOKEN, CONSUMER_SECRET, DUPLICATE_DETAIL, FakeX
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,12 +38,7 @@ def settings_values(settings_values, fake_x) -> dict:
     return settings_values
 
 
-def queue(session_factory, *texts: str, status: TweetStatus = TweetStatus.queued) -> list[int]:
-    """Store texts in order (their positions follow) and return their ids."""
-    with session_factory() as session:
-        store.ingest_texts(session, account=ACCOUNT, texts=list(texts), status=status)
-        session.commit()
-        return list(session.scalars(select(Tweet.id).where(Tweet.text.in_(texts)).order_by(Tweet.position)))
+queue = partial(store_texts, status=TweetStatus.queued)
 
 
 def load(session_factory, tweet_id: int) -> Tweet:
