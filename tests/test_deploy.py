@@ -372,29 +372,37 @@ def image_database(request) -> Iterator[dict[str, str]]:
         admin.dispose()
 
 
+def start_image_command(steps: list[tuple[str, str]], cwd: Path, environment: dict) -> subprocess.Popen:
+    """Run an image's CMD (its last instruction) here, on loopback only: the image binds 0.0.0.0."""
+    command = json.loads(steps[-1][1])
+    command[-1] = command[-1].replace("--host 0.0.0.0", "--host 127.0.0.1")
+    return subprocess.Popen(command, cwd=cwd, env=environment, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_uvicorn(server: subprocess.Popen, timeout: float) -> tuple[list[str], int]:
+    """The lines the server logged until uvicorn said where it listens (PORT=0: any free port), and that port."""
+    lines, port = [], None
+    deadline = time.monotonic() + timeout
+    while port is None and time.monotonic() < deadline:
+        line = server.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
+        port = int(found.group(1)) if found else None
+    assert port, "".join(lines)
+    return lines, port
+
+
 def test_api_starts_as_the_image_command_does(api_venv, image_app, image_database, tmp_path):
     environment = {**image_environment(api_venv, tmp_path), **image_database}
     migrate = subprocess.run(["alembic", "upgrade", "head"], cwd=image_app, env=environment, capture_output=True, text=True, timeout=120)
     assert migrate.returncode == 0, migrate.stderr
     assert (tmp_path / "tweets.db").exists() == (not image_database)  # Postgres when DB_HOST is set
 
-    command = json.loads(instructions(REPO / "Dockerfile")[-1][1])
-    # Only loopback here: the image binds 0.0.0.0; PORT=0 asks for any free port.
-    command[-1] = command[-1].replace("--host 0.0.0.0", "--host 127.0.0.1")
-    server = subprocess.Popen(
-        command, cwd=image_app, env={**environment, "PORT": "0"}, stderr=subprocess.PIPE, text=True,
-    )
+    server = start_image_command(instructions(REPO / "Dockerfile"), image_app, {**environment, "PORT": "0"})
     try:
-        lines, port = [], None
-        deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline:
-            line = server.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
-            port = int(found.group(1)) if found else None
-        assert port, "".join(lines)
+        lines, port = wait_for_uvicorn(server, timeout=60)
         assert "uvicorn" in Path(f"/proc/{server.pid}/cmdline").read_text()  # exec: uvicorn replaced sh
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
             assert response.status == 200
@@ -469,20 +477,9 @@ def test_generator_starts_as_its_image_command_does(tmp_path):
         "PORT": "0",
     }
     assert env_of(steps)["GENERATION_CHECKPOINT_DIR"] == "/app/checkpoint"
-    command = json.loads(steps[-1][1])
-    command[-1] = command[-1].replace("--host 0.0.0.0", "--host 127.0.0.1")
-    server = subprocess.Popen(command, cwd=context, env=environment, stderr=subprocess.PIPE, text=True)
+    server = start_image_command(steps, context, environment)
     try:
-        lines, port = [], None
-        deadline = time.monotonic() + 240
-        while port is None and time.monotonic() < deadline:
-            line = server.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
-            port = int(found.group(1)) if found else None
-        assert port, "".join(lines)
+        _lines, port = wait_for_uvicorn(server, timeout=240)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as response:
             assert response.status == 200
         request = urllib.request.Request(

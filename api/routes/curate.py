@@ -189,11 +189,17 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _bulk_message(verb: str, result: curation.BulkResult) -> str:
+def _bulk_action(request: Request, session, settings, action, ids: list[int], verb: str):
+    """Run a bulk review action; the answer counts what changed and says why the rest was skipped."""
+    result: curation.BulkResult = action(session, settings.ACCOUNT, ids)
+    session.commit()
     message = f"{verb} {_plural(len(result.changed), 'tweet')}."
     if result.skipped:
         message += " Skipped: " + "; ".join(reason for _id, reason in result.skipped) + "."
-    return message
+    return answer(
+        request, message, back_to="/curate", session=session, settings=settings,
+        changed=result.changed, skipped=[{"id": i, "reason": r} for i, r in result.skipped],
+    )
 
 
 # ---- sign in and out ----
@@ -327,12 +333,7 @@ def approve(
     request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
     ids: Annotated[list[int], Form()],
 ):
-    result = curation.approve(session, settings.ACCOUNT, ids)
-    session.commit()
-    return answer(
-        request, _bulk_message("Approved", result), back_to="/curate", session=session, settings=settings,
-        changed=result.changed, skipped=[{"id": i, "reason": r} for i, r in result.skipped],
-    )
+    return _bulk_action(request, session, settings, curation.approve, ids, "Approved")
 
 
 @router.post("/curate/reject")
@@ -340,12 +341,7 @@ def reject(
     request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
     ids: Annotated[list[int], Form()],
 ):
-    result = curation.reject(session, settings.ACCOUNT, ids)
-    session.commit()
-    return answer(
-        request, _bulk_message("Rejected", result), back_to="/curate", session=session, settings=settings,
-        changed=result.changed, skipped=[{"id": i, "reason": r} for i, r in result.skipped],
-    )
+    return _bulk_action(request, session, settings, curation.reject, ids, "Rejected")
 
 
 def _tweet_action(request: Request, session, settings, action, tweet_id: int, done: str, back_to: str, **kwargs):
