@@ -567,31 +567,9 @@ class Sampler:
 
     # ---- public sampling API ----
 
-    def generate(
-        self,
-        nsamples: int = 1,
-        length: int = 1023,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        prefix: str | None = None,
-        truncate: str | None = None,
-        include_prefix: bool = True,
-        seed: int | None = None,
-        progress: bool = False,
-        batch_size: int | None = None,
-    ) -> list[str]:
-        """`nsamples` texts, in the order they were started; same seed and batch size, same texts.
-
-        Like gpt_2_simple.generate(return_as_list=True), except: a row stops as soon as its sample
-        ends and takes the next one; `length` may exceed the model's window; `include_prefix=False`
-        drops the prefix even without `truncate`; `truncate` is looked for in the generated text only.
-        """
-        return [sample.text for sample in self.generate_samples(
-            nsamples=nsamples, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
-            prefix=prefix, truncate=truncate, include_prefix=include_prefix, seed=seed,
-            progress=progress, batch_size=batch_size,
-        )]
+    def generate(self, nsamples: int = 1, **options) -> list[str]:
+        """`nsamples` texts, in the order they were started; takes generate_samples' options."""
+        return [sample.text for sample in self.generate_samples(nsamples, **options)]
 
     def generate_samples(
         self,
@@ -607,7 +585,13 @@ class Sampler:
         progress: bool = False,
         batch_size: int | None = None,
     ) -> list[GeneratedSample]:
-        """As `generate`, with each text's `ended` flag (False: cut at `length`) and token count."""
+        """`nsamples` samples, in the order they were started; same seed and batch size, same texts.
+
+        Each has its text, its `ended` flag (False: cut at `length`) and token count. Like
+        gpt_2_simple.generate(return_as_list=True), except: a row stops as soon as its sample
+        ends and takes the next one; `length` may exceed the model's window; `include_prefix=False`
+        drops the prefix even without `truncate`; `truncate` is looked for in the generated text only.
+        """
         if nsamples < 1:
             raise SamplerError(f"nsamples must be >= 1, got {nsamples}")
         request = SampleRequest(
