@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import tweepy
-from sqlalchemy import func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -43,6 +43,7 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 200  # the column's size
 RETRY_AFTER_UNKNOWN_SECONDS = 60  # when a 429 carries no reset time
 QUEUE_EMPTY_MESSAGE = "No more tweets left"  # the original's answer
 IDEMPOTENCY_LOCK_SPACE = 0x7477  # first key of Postgres advisory locks taken for idempotency keys
+EMPTY_QUEUE_RUN_DAYS = 30  # how long a key that found the queue empty is kept (retries come within hours)
 
 
 class PostOutcome(str, enum.Enum):
@@ -134,6 +135,15 @@ def found_queue_empty(session: Session, *, account: str, key: str) -> bool:
     return session.scalar(
         select(EmptyQueueRun.id).where(EmptyQueueRun.account == account, EmptyQueueRun.idempotency_key == key)
     ) is not None
+
+
+def remember_empty_queue_run(session: Session, *, account: str, key: str) -> None:
+    """Store a key that found the queue empty, and forget the account's keys older than EMPTY_QUEUE_RUN_DAYS."""
+    session.execute(delete(EmptyQueueRun).where(
+        EmptyQueueRun.account == account,
+        EmptyQueueRun.created_at < utcnow() - timedelta(days=EMPTY_QUEUE_RUN_DAYS),
+    ))
+    session.add(EmptyQueueRun(account=account, idempotency_key=key))
 
 
 def claim_next_tweet(
@@ -335,7 +345,7 @@ def _claim(session: Session, settings: Settings, key: str | None) -> Tweet | Pos
             return PostResult(PostOutcome.queue_empty, QUEUE_EMPTY_MESSAGE, replayed=True)
     tweet = claim_next_tweet(session, account=account, order=settings.TWEET_ORDER, idempotency_key=key)
     if tweet is None and key is not None:
-        session.add(EmptyQueueRun(account=account, idempotency_key=key))
+        remember_empty_queue_run(session, account=account, key=key)
     session.commit()
     if tweet is None:
         return PostResult(PostOutcome.queue_empty, QUEUE_EMPTY_MESSAGE)

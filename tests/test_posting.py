@@ -25,7 +25,7 @@ from api.app import create_app
 from api.config import Settings
 from api.posting import PostOutcome, post_next
 from api.x_client import make_x_client
-from db.models import Tweet, TweetStatus, utcnow
+from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
 from tests.conftest import ACCOUNT, TOKEN, store_texts
 from tests.fake_x import ACCESS_SECRET, BEARER_TOKEN, CONSUMER_SECRET, DUPLICATE_DETAIL, FakeX
 
@@ -115,6 +115,20 @@ def test_a_key_that_found_the_queue_empty_answers_404_again(client, session_fact
     # The next run, or a call without a key, posts it.
     assert client.post("/tweet_curated/", headers={"X-CloudScheduler-ScheduleTime": "2026-11-22T11:00:00Z"}).status_code == 200
     assert [p["text"] for p in fake_x.posted] == ["queued after the run found nothing"]
+
+
+def test_keys_that_found_the_queue_empty_are_forgotten_after_30_days(client, session_factory):
+    with session_factory() as session:
+        session.add_all([
+            EmptyQueueRun(account=ACCOUNT, idempotency_key="old", created_at=utcnow() - timedelta(days=31)),
+            EmptyQueueRun(account=ACCOUNT, idempotency_key="recent", created_at=utcnow() - timedelta(days=29)),
+            EmptyQueueRun(account="another_bot", idempotency_key="old", created_at=utcnow() - timedelta(days=31)),
+        ])
+        session.commit()
+    assert client.post("/tweet_curated/", headers={"Idempotency-Key": "new"}).status_code == 404
+    with session_factory() as session:
+        kept = session.execute(select(EmptyQueueRun.account, EmptyQueueRun.idempotency_key)).all()
+    assert sorted(kept) == [("another_bot", "old"), (ACCOUNT, "new"), (ACCOUNT, "recent")]
 
 
 def test_calls_without_a_key_are_never_deduplicated(client, session_factory, fake_x):
