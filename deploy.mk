@@ -69,6 +69,12 @@ comma := ,
 space := $(subst ,, )
 secret_refs = $(subst $(space),$(comma),$(strip $(foreach name,$(1),$(name)=$(SECRET_PREFIX)$(name):latest)))
 access_secret = gcloud secrets versions access latest --secret=$(SECRET_PREFIX)$(1) --project=$(PROJECT_ID)
+# $(call secret_flags,JSON,SECRET): shell that reads SECRET from Secret Manager into a private temporary
+# gcloud flags file "$$flags" (JSON with %s where the value goes; removed on exit), so that the value
+# never stands in a command line (ps) nor in what make echoes. No comma in JSON: call splits on commas.
+secret_flags = flags="$$(mktemp)" && trap 'rm -f "$$flags"' EXIT \
+	  && secret="$$($(call access_secret,$(2)))" \
+	  && printf '$(1)\n' "$$(printf '%s' "$$secret" | sed 's/[\\"]/\\&/g')" >"$$flags"
 auth_flag = $(if $(filter true yes 1,$(ALLOW_UNAUTHENTICATED)),--allow-unauthenticated,--no-allow-unauthenticated)
 service_env = ACCOUNT=$(ACCOUNT),CONNECTION_NAME=$(CONNECTION_NAME),DB_USERNAME=$(DB_USERNAME),DB_NAME=$(DB_NAME)$(if $(EXTRA_ENV_VARS),$(comma)$(EXTRA_ENV_VARS))
 
@@ -122,9 +128,9 @@ create-postgres-instance: ## create the Cloud SQL instance, its database and use
 	gcloud sql instances create $(DB_INSTANCE) --project=$(PROJECT_ID) --region=$(REGION) \
 	  --database-version=$(DB_VERSION) --edition=$(DB_EDITION) --tier=$(DB_TIER)
 	gcloud sql databases create $(DB_NAME) --instance=$(DB_INSTANCE) --project=$(PROJECT_ID)
-	password="$$($(call access_secret,DB_PASSWORD))" \
+	$(call secret_flags,{"--password": "%s"},DB_PASSWORD) \
 	  && gcloud sql users $(if $(filter postgres,$(DB_USERNAME)),set-password,create) $(DB_USERNAME) \
-	  --instance=$(DB_INSTANCE) --project=$(PROJECT_ID) --password="$$password"
+	  --instance=$(DB_INSTANCE) --project=$(PROJECT_ID) --flags-file="$$flags"
 
 docker-cloud-build: ## build the API image with Cloud Build into Artifact Registry
 	@$(call require,$(BUILD_VARS))
@@ -150,16 +156,16 @@ docker-cloud-build-run: ## build, migrate, then deploy (checks every variable fi
 	@$(call require,$(sort $(BUILD_VARS) $(MIGRATE_VARS) $(RUN_VARS)))
 	$(MAKE) --no-print-directory docker-cloud-build cloud-migrate docker-cloud-run
 
-# The token goes from Secret Manager to gcloud in a shell variable (make echoes its name, not its value),
-# and --format prints only the job's name: the whole job, which gcloud prints otherwise, holds the header.
+# The token goes from Secret Manager to gcloud in a private flags file (see secret_flags), and --format
+# prints only the job's name: the whole job, which gcloud prints otherwise, holds the header.
 add-scheduler: ## create the Cloud Scheduler job: POST $(CLOUD_RUN_URL)/tweet_curated/ on SCHEDULE, with OIDC and x-token
 	@$(call require,$(SCHEDULER_VARS))
 	gcloud run services add-iam-policy-binding $(DOCKER_INSTANCE_NAME) --project=$(PROJECT_ID) --region=$(REGION) \
 	  --member=serviceAccount:$(SCHEDULER_SERVICE_ACCOUNT) --role=roles/run.invoker
-	token="$$($(call access_secret,SECRET_TOKEN))" \
+	$(call secret_flags,{"--headers": {"x-token": "%s"}},SECRET_TOKEN) \
 	  && gcloud scheduler jobs create http $(SCHEDULER_JOB_NAME) --project=$(PROJECT_ID) --location=$(REGION) \
 	  --schedule="$(SCHEDULE)" --time-zone="$(TIME_ZONE)" --uri=$(service_url)/tweet_curated/ --http-method=POST \
-	  --headers="x-token=$$token" \
+	  --flags-file="$$flags" \
 	  --oidc-service-account-email=$(SCHEDULER_SERVICE_ACCOUNT) --oidc-token-audience=$(service_url) \
 	  --attempt-deadline=$(SCHEDULER_ATTEMPT_DEADLINE) --max-retry-attempts=$(SCHEDULER_MAX_RETRY_ATTEMPTS) \
 	  --min-backoff=$(SCHEDULER_MIN_BACKOFF) --max-backoff=$(SCHEDULER_MAX_BACKOFF) --max-doublings=$(SCHEDULER_MAX_DOUBLINGS) \

@@ -44,12 +44,22 @@ SECRETS = {
 }
 
 FAKE_PROGRAM = r'''#!{python}
-"""Fake {name}: records its arguments (and standard input when --data-file=-) as one JSON line."""
-import json, os, sys
-args = sys.argv[1:]
-stdin = sys.stdin.read() if "--data-file=-" in args else None
+"""Fake {name}: records its arguments (and standard input when --data-file=-) as one JSON line.
+
+In "args", --flags-file=PATH stands as --flags-file=<the file's text>: the file is gone once make is done.
+"""
+import json, os, stat, sys
+argv = sys.argv[1:]
+stdin = sys.stdin.read() if "--data-file=-" in argv else None
+args, flags_mode = [], None
+for arg in argv:
+    if arg.startswith("--flags-file="):
+        path = arg.partition("=")[2]
+        flags_mode = stat.S_IMODE(os.stat(path).st_mode)
+        arg = "--flags-file=" + open(path).read().strip()
+    args.append(arg)
 with open(os.environ["FAKE_LOG"], "a") as log:
-    log.write(json.dumps({{"program": "{name}", "args": args, "stdin": stdin}}) + "\n")
+    log.write(json.dumps({{"program": "{name}", "args": args, "argv": argv, "stdin": stdin, "flags_mode": flags_mode}}) + "\n")
 if args[:3] == ["secrets", "versions", "access"]:
     print("{secret}")
 elif args[:3] == ["run", "services", "describe"]:
@@ -178,7 +188,7 @@ EXPECTED_COMMANDS = {
         ["gcloud", "sql", "databases", "create", "tweets", "--instance=tweets-db", "--project=my-proj"],
         ["gcloud", "secrets", "versions", "access", "latest", "--secret=tweet-bot-DB_PASSWORD", "--project=my-proj"],
         ["gcloud", "sql", "users", "create", "tweetbot", "--instance=tweets-db", "--project=my-proj",
-         f"--password={FAKE_SECRET}"],
+         f'--flags-file={{"--password": "{FAKE_SECRET}"}}'],
     ],
     "docker-cloud-build": [BUILD],
     "cloud-migrate": [MIGRATE],
@@ -190,7 +200,7 @@ EXPECTED_COMMANDS = {
         ["gcloud", "secrets", "versions", "access", "latest", "--secret=tweet-bot-SECRET_TOKEN", "--project=my-proj"],
         ["gcloud", "scheduler", "jobs", "create", "http", "post-tweet", "--project=my-proj", "--location=europe-west1",
          "--schedule=0 9 * * *", "--time-zone=Europe/Paris", f"--uri={SERVICE_URL}/tweet_curated/", "--http-method=POST",
-         f"--headers=x-token={FAKE_SECRET}", f"--oidc-service-account-email={INVOKER_SA}",
+         f'--flags-file={{"--headers": {{"x-token": "{FAKE_SECRET}"}}}}', f"--oidc-service-account-email={INVOKER_SA}",
          f"--oidc-token-audience={SERVICE_URL}", "--attempt-deadline=120s", "--max-retry-attempts=3",
          "--min-backoff=30s", "--max-backoff=600s", "--max-doublings=3", "--format=value(name)"],
     ],
@@ -294,8 +304,29 @@ def test_builtin_postgres_user_gets_a_password_instead_of_being_created(workdir)
     run = run_make(workdir, "create-postgres-instance", "DB_USERNAME=postgres")
     assert run.commands[-1] == [
         "gcloud", "sql", "users", "set-password", "postgres", "--instance=tweets-db", "--project=my-proj",
-        f"--password={FAKE_SECRET}",
+        f'--flags-file={{"--password": "{FAKE_SECRET}"}}',
     ]
+
+
+@pytest.mark.parametrize("target, flags_of", [
+    ("add-scheduler", lambda secret: {"--headers": {"x-token": secret}}),
+    ("create-postgres-instance", lambda secret: {"--password": secret}),
+])
+def test_secrets_reach_gcloud_in_a_private_flags_file_only(workdir, tmp_path, target, flags_of):
+    """Never on a command line (ps shows those to every user), quoted as JSON whatever they hold."""
+    secret = 'se"cr\\et $HOME %s `id` \'q\''
+    fake = tmp_path / "bin" / "gcloud"
+    fake.write_text(fake.read_text().replace(f'    print("{FAKE_SECRET}")', f"    print({secret!r})"))
+    run = run_make(workdir, target)
+    assert run.returncode == 0, run.output
+    [call] = [call for call in run.calls if call["flags_mode"] is not None]
+    assert call["flags_mode"] == 0o600
+    [flags_file] = [arg.partition("=")[2] for arg in call["argv"] if arg.startswith("--flags-file=")]
+    assert not Path(flags_file).exists()
+    [flags] = [json.loads(arg.partition("=")[2]) for arg in call["args"] if arg.startswith("--flags-file=")]
+    assert flags == flags_of(secret)
+    assert not any(secret in arg for call in run.calls for arg in call["argv"])
+    assert secret not in run.output
 
 
 def test_failed_secret_read_creates_no_user(workdir, tmp_path):
