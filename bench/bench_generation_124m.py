@@ -5,8 +5,10 @@
 The real 124M weights cannot be downloaded here, so this builds a randomly initialised model of
 the same shape (12 layers, 768 wide, 50257-token vocabulary, 1024 window; ~500 MB in
 bench/out/random_124m, made once) with a stand-in encoder. Random weights never end a sample,
-so both sides run `length` steps for a batch of 10 with top_p 0.9: this measures the cost of a
-step and of a call, not early stopping (bench_generation.py measures that on a trained model).
+so both sides run `length` steps for a batch of 10: this measures the cost of a step and of a
+call, not early stopping (bench_generation.py measures that on a trained model). Each call is
+made with top_p 0.9 (which sorts the whole vocabulary every step) and then with no filter (the
+generation service's default).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from api.tweet_text import START_TOKEN
 RUN_NAME = "run1"
 SHAPE_124M = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
 BATCH_SIZE = 10
+FILTERS = {"top_p 0.9": {"top_p": 0.9}, "no filter": {}}
 
 
 def resident_mb() -> float:
@@ -57,22 +60,23 @@ def ensure_random_124m(workdir: Path) -> Path:
     return folder
 
 
-def measure_ours(folder: Path, calls: int, length: int) -> list[tuple[float, float, int]]:
-    """(ms per step, RSS MB, graph operations) after each call."""
+def measure_ours(folder: Path, calls: int, length: int) -> list[tuple[str, float, float, int]]:
+    """(filter, ms per step, RSS MB, graph operations) after each call."""
     from ml.sampler import Sampler
 
     rows = []
     with Sampler.load(folder, batch_size=BATCH_SIZE) as sampler:
         sampler.generate(nsamples=BATCH_SIZE, length=2, top_p=0.9, prefix=START_TOKEN)
-        for call in range(calls):
-            started = time.perf_counter()
-            sampler.generate(nsamples=BATCH_SIZE, length=length, top_p=0.9, prefix=START_TOKEN, seed=call)
-            seconds = time.perf_counter() - started
-            rows.append((seconds / sampler.last_run.steps * 1000, resident_mb(), sampler.operation_count))
+        for name, settings in FILTERS.items():
+            for call in range(calls):
+                started = time.perf_counter()
+                sampler.generate(nsamples=BATCH_SIZE, length=length, prefix=START_TOKEN, seed=call, **settings)
+                seconds = time.perf_counter() - started
+                rows.append((name, seconds / sampler.last_run.steps * 1000, resident_mb(), sampler.operation_count))
     return rows
 
 
-def measure_gpt_2_simple(folder: Path, calls: int, length: int) -> list[tuple[float, float, int]]:
+def measure_gpt_2_simple(folder: Path, calls: int, length: int) -> list[tuple[str, float, float, int]]:
     import gpt_2_simple
     import tensorflow as tf
 
@@ -80,13 +84,14 @@ def measure_gpt_2_simple(folder: Path, calls: int, length: int) -> list[tuple[fl
     with tf.Graph().as_default():
         sess = gpt_2_simple.start_tf_sess()
         gpt_2_simple.load_gpt2(sess, run_name=RUN_NAME, checkpoint_dir=str(folder.parent))
-        for _ in range(calls):
-            started = time.perf_counter()
-            gpt_2_simple.generate(sess, run_name=RUN_NAME, checkpoint_dir=str(folder.parent), nsamples=BATCH_SIZE,
-                                  batch_size=BATCH_SIZE, length=length, temperature=1.0, top_p=0.9,
-                                  prefix=START_TOKEN, return_as_list=True)
-            seconds = time.perf_counter() - started
-            rows.append((seconds / length * 1000, resident_mb(), len(sess.graph.get_operations())))
+        for name, settings in FILTERS.items():
+            for _ in range(calls):
+                started = time.perf_counter()
+                gpt_2_simple.generate(sess, run_name=RUN_NAME, checkpoint_dir=str(folder.parent), nsamples=BATCH_SIZE,
+                                      batch_size=BATCH_SIZE, length=length, temperature=1.0, prefix=START_TOKEN,
+                                      return_as_list=True, **settings)
+                seconds = time.perf_counter() - started
+                rows.append((name, seconds / length * 1000, resident_mb(), len(sess.graph.get_operations())))
         sess.close()
     return rows
 
@@ -103,10 +108,10 @@ def main() -> None:
     # Ours first: gpt_2_simple's graphs stay in the process and would inflate our RSS.
     results = {"ml.sampler": measure_ours(folder, args.calls, args.length),
                "gpt_2_simple.generate": measure_gpt_2_simple(folder, args.calls, args.length)}
-    print(f"{'':24}{'call':>5}{'ms/step':>9}{'RSS MB':>8}{'graph ops':>11}")
+    print(f"{'':24}{'filter':>10}{'call':>5}{'ms/step':>9}{'RSS MB':>8}{'graph ops':>11}")
     for name, rows in results.items():
-        for call, (ms, rss, ops) in enumerate(rows, 1):
-            print(f"{name:24}{call:>5}{ms:>9.0f}{rss:>8.0f}{ops:>11}")
+        for call, (filter_name, ms, rss, ops) in enumerate(rows, 1):
+            print(f"{name:24}{filter_name:>10}{call:>5}{ms:>9.0f}{rss:>8.0f}{ops:>11}")
     print("gpt_2_simple's ms/step include building its sampling graph, which every call does again.")
 
 

@@ -350,12 +350,7 @@ def _build_graph(tf, hparams) -> _Graph:
     def sample(logits, step):
         # gpt_2_simple.src.sample: temperature, then top_p if > 0, else top_k if > 0; per row.
         scaled = logits / temperature[:, None]
-        sorted_logits = tf.sort(scaled, direction="DESCENDING")
-        kth = tf.gather(sorted_logits, tf.clip_by_value(top_k, 1, hparams.n_vocab) - 1, batch_dims=1)
-        cumulative = tf.cumsum(gpt2.softmax(sorted_logits), axis=1, exclusive=True)
-        nucleus_min = tf.reduce_min(tf.where(cumulative < top_p[:, None], sorted_logits, 1000.0), axis=1)
-        threshold = tf.where(top_p > 0, nucleus_min, tf.where(top_k > 0, kth, -np.inf))
-        filtered = tf.where(scaled < threshold[:, None], -1e10, scaled)
+        filtered = _filter_logits(tf, scaled, top_k, top_p)
         step_seed = seed + tf.stack([tf.constant(0, tf.int64), tf.cast(step, tf.int64)])
         return tf.random.stateless_categorical(filtered, 1, step_seed, dtype=tf.int32)[:, 0]
 
@@ -396,6 +391,27 @@ def _build_graph(tf, hparams) -> _Graph:
         temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=stop_tokens, max_steps=max_steps,
         seed=seed, block_tokens=block_tokens, block_steps=block_steps, block_presents=block_presents,
     )
+
+
+def _filter_logits(tf, logits, top_k, top_p):
+    """gpt_2_simple's top_p and top_k filters, per row: logits below the row's threshold become -1e10.
+
+    The threshold is, for a row with top_p > 0, the smallest logit of its nucleus (the likeliest
+    tokens before their probabilities add up to top_p); else, with top_k > 0, its k-th largest
+    logit; else none. The logits are ranked as far as a row needs: all of them (a sort, as
+    tf.sort does it) only when a row has top_p, else the largest top_k. Sorting 10 rows of GPT-2's
+    50,257 logits costs ~16 ms here; a 124M step without it ~72 ms.
+    """
+    from gpt_2_simple.src import model as gpt2
+
+    vocabulary = tf.shape(logits)[1]
+    needed = tf.where(tf.reduce_any(top_p > 0), vocabulary, tf.clip_by_value(tf.reduce_max(top_k), 1, vocabulary))
+    ranked = tf.math.top_k(logits, k=needed).values
+    kth = tf.gather(ranked, tf.clip_by_value(top_k, 1, needed) - 1, batch_dims=1)
+    cumulative = tf.cumsum(gpt2.softmax(ranked), axis=1, exclusive=True)  # used only when all are ranked
+    nucleus_min = tf.reduce_min(tf.where(cumulative < top_p[:, None], ranked, 1000.0), axis=1)
+    threshold = tf.where(top_p > 0, nucleus_min, tf.where(top_k > 0, kth, -np.inf))
+    return tf.where(logits < threshold[:, None], -1e10, logits)
 
 
 @contextmanager

@@ -132,6 +132,38 @@ def test_top_k_1_is_greedy_and_ignores_the_seed(sampler):
     assert len(set(sampler.generate(nsamples=4, length=10, top_k=40, seed=5))) > 1
 
 
+@pytest.mark.parametrize("rows", [
+    [(0, 0.9), (5, 0.0), (0, 0.0), (1, 0.5)],   # a row with top_p: every logit is ranked
+    [(5, 0.0), (0, 0.0), (40, 0.0)],            # top_k only: the largest top_k are
+    [(0, 0.0), (0, 0.0)],                       # no filter
+])
+def test_filter_keeps_what_gpt_2_simples_top_k_and_top_p_keep(rows):
+    import tensorflow as tf
+    from gpt_2_simple.src.sample import top_k_logits, top_p_logits
+
+    from ml.sampler import _filter_logits
+
+    logits = np.random.default_rng(0).normal(0, 3, (len(rows), 300)).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default():
+        top_k = tf.constant([k for k, _ in rows], tf.int32)
+        top_p = tf.constant([p for _, p in rows], tf.float32)
+        ours = _filter_logits(tf, tf.constant(logits), top_k, top_p)
+        # gpt_2_simple filters a whole batch with one top_p (if > 0), else one top_k.
+        theirs = [top_p_logits(tf.constant(logits[i:i + 1]), p) if p > 0 else top_k_logits(tf.constant(logits[i:i + 1]), k)
+                  for i, (k, p) in enumerate(rows)]
+        with tf.compat.v1.Session() as session:
+            ours, theirs = session.run([ours, theirs])
+    for row, (k, p) in enumerate(rows):
+        kept = ours[row] > -1e9
+        np.testing.assert_array_equal(kept, theirs[row][0] > -1e9)
+        np.testing.assert_array_equal(ours[row][kept], logits[row][kept])
+        if p:
+            assert 1 <= kept.sum() < 300
+        else:
+            assert kept.sum() == (k or 300)
+
+
 def test_a_batch_stops_as_soon_as_every_row_has_ended(sampler, greedy_reference):
     context = sampler.encoder.encode(PREFIX)
     greedy = greedy_reference(context, 40)
