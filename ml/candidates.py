@@ -1,8 +1,10 @@
 """Candidate tweets: sample them, filter them, top up when too few survive, write and upload the file to curate."""
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -117,11 +119,23 @@ def candidate_file_name(run_name: str, now: datetime | None = None) -> str:
 
 
 def write_candidate_file(path: Path, texts: list[str]) -> Path:
-    """The curation format (samples separated by a line of 20 `=`), written whole or not at all."""
-    partial = path.with_name(path.name + ".partial")
+    """The curation format (samples separated by a line of 20 `=`), written whole or not at all.
+
+    Never over another file: when `path` exists (two runs in the same second), the file is
+    `<stem>_2.txt`, `<stem>_3.txt`, ...; the path written is returned.
+    """
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     partial.write_text(join_samples(texts), encoding="utf-8")
-    partial.replace(path)
-    return path
+    try:
+        for number in itertools.count(1):
+            target = path if number == 1 else path.with_name(f"{path.stem}_{number}{path.suffix}")
+            try:
+                os.link(partial, target)  # fails, unlike a rename, when the target exists
+            except FileExistsError:
+                continue
+            return target
+    finally:
+        partial.unlink()
 
 
 class UploadError(RuntimeError):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
@@ -192,6 +193,16 @@ def test_candidate_file_uses_the_curation_format(tmp_path):
     assert parse_curated_file(path.read_bytes(), path.name) == texts
     assert path.read_text(encoding="utf-8").endswith("third & <b>last</b>\n" + "=" * 20 + "\n")
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_candidate_file_never_replaces_another(tmp_path):
+    name = candidate_file_name("run1", datetime(2026, 12, 1, 9, 30, tzinfo=timezone.utc))
+    paths = [write_candidate_file(tmp_path / name, [f"candidate of run {n}"]) for n in range(3)]
+    assert [p.name for p in paths] == [
+        "gpt2_run1_20261201_093000.txt", "gpt2_run1_20261201_093000_2.txt", "gpt2_run1_20261201_093000_3.txt",
+    ]
+    assert [parse_curated_file(p.read_bytes(), p.name) for p in paths] == [[f"candidate of run {n}"] for n in range(3)]
+    assert sorted(tmp_path.iterdir()) == sorted(paths)
 
 
 # ---- the training file ----
