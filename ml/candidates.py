@@ -133,9 +133,13 @@ def write_candidate_file(path: Path, texts: list[str]) -> Path:
                 os.link(partial, target)  # fails, unlike a rename, when the target exists
             except FileExistsError:
                 continue
+            except OSError:  # a filesystem without hard links: check, then rename
+                if target.exists():
+                    continue
+                partial.replace(target)
             return target
     finally:
-        partial.unlink()
+        partial.unlink(missing_ok=True)
 
 
 class UploadError(RuntimeError):

@@ -205,6 +205,18 @@ def test_candidate_file_never_replaces_another(tmp_path):
     assert sorted(tmp_path.iterdir()) == sorted(paths)
 
 
+def test_candidate_file_on_a_filesystem_without_hard_links(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr("ml.candidates.os.link", no_links)
+    first = write_candidate_file(tmp_path / "c.txt", ["first"])
+    second = write_candidate_file(tmp_path / "c.txt", ["second"])
+    assert (first.name, second.name) == ("c.txt", "c_2.txt")
+    assert [parse_curated_file(p.read_bytes(), p.name) for p in (first, second)] == [["first"], ["second"]]
+    assert sorted(tmp_path.iterdir()) == [first, second]
+
+
 # ---- the training file ----
 
 def test_csv_is_read_as_gpt_2_simple_reads_it(tmp_path):
