@@ -1,7 +1,6 @@
 """Candidate tweets: sample them, filter them, top up when too few survive, write and upload the file to curate."""
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -126,20 +125,21 @@ def write_candidate_file(path: Path, texts: list[str]) -> Path:
     """
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     partial.write_text(join_samples(texts), encoding="utf-8")
-    try:
-        for number in itertools.count(1):
-            target = path if number == 1 else path.with_name(f"{path.stem}_{number}{path.suffix}")
-            try:
-                os.link(partial, target)  # fails, unlike a rename, when the target exists
-            except FileExistsError:
-                continue
-            except OSError:  # a filesystem without hard links: check, then rename
-                if target.exists():
-                    continue
+    target, number = path, 1
+    while True:
+        try:
+            os.link(partial, target)  # fails, unlike a rename, when the target exists
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links: check, then rename
+            if not target.exists():
                 partial.replace(target)
+                return target
+        else:
+            partial.unlink()
             return target
-    finally:
-        partial.unlink(missing_ok=True)
+        number += 1
+        target = path.with_name(f"{path.stem}_{number}{path.suffix}")
 
 
 class UploadError(RuntimeError):
