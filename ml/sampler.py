@@ -305,11 +305,14 @@ def _build_graph(tf, hparams) -> _Graph:
         return tf.matmul(norm(h, ln_f), wte, transpose_b=True)
 
     def attention(q, keys, values, bias):
-        # gpt_2_simple.src.model.multihead_attn; `bias` is 0 where a key is visible, -1e10 elsewhere.
-        # q is scaled before the matmul (the same numbers: GPT-2's head size is 64, whose inverse root is a
-        # power of two), so oneDNN does not fuse scale and mask into a batch matmul that is slower on small shapes.
-        w = tf.matmul(q * tf.math.rsqrt(tf.cast(head_size, tf.float32)), keys, transpose_b=True) + bias
-        return tf.matmul(gpt2.softmax(w), values)
+        # gpt_2_simple.src.model.multihead_attn; `bias` is 0 where a key is visible, -1e10 elsewhere. q is
+        # scaled rather than the scores (the same numbers when the head size is a power of 4, as in every GPT-2).
+        # BatchMatMulV3 rather than tf.matmul's V2: oneDNN swaps V2 for its own kernel, which takes 50-70 us on
+        # these one-query shapes (a third of a tiny model's step); TensorFlow's V3 kernel takes ~5 us here, and
+        # is no slower on 124M's shapes (bench_generation_124m --length 300: 119-120 against 123-124 ms a step).
+        scaled_q = q * tf.math.rsqrt(tf.cast(head_size, tf.float32))
+        w = tf.raw_ops.BatchMatMulV3(x=scaled_q, y=keys, Tout=tf.float32, adj_y=True) + bias
+        return tf.raw_ops.BatchMatMulV3(x=gpt2.softmax(w), y=values, Tout=tf.float32)
 
     # -- prompt encoding: the rows are the prompt's tokens --
     prompt_steps = tf.shape(prompt)[1]
