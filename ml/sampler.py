@@ -227,8 +227,9 @@ def _build_graph(tf, hparams) -> _Graph:
 
     On a small model a step's cost is mostly the fixed cost of its operations, so the loop body
     keeps few: the variables are read once per call, tokens are rows of 2-D tensors (no shape
-    arithmetic or transposes), and each step writes its keys/values in place into a cache
-    assembled once per call instead of concatenating the cache again.
+    arithmetic or transposes), and attention reads the prompts, the rows' earlier steps and the
+    block's steps where they are, one matmul each, instead of copying them into one cache every
+    call (1,000 tweet samples: 3.8 s -> 3.3 s).
     """
     from gpt_2_simple.src import model as gpt2
 
@@ -305,14 +306,22 @@ def _build_graph(tf, hparams) -> _Graph:
         return tf.matmul(norm(h, ln_f), wte, transpose_b=True)
 
     def attention(q, keys, values, bias):
-        # gpt_2_simple.src.model.multihead_attn; `bias` is 0 where a key is visible, -1e10 elsewhere. q is
-        # scaled rather than the scores (the same numbers when the head size is a power of 4, as in every GPT-2).
-        # BatchMatMulV3 rather than tf.matmul's V2: oneDNN swaps V2 for its own kernel, which takes 50-70 us on
-        # these one-query shapes (a third of a tiny model's step); TensorFlow's V3 kernel takes ~5 us here, and
-        # is no slower on 124M's shapes (bench_generation_124m --length 300: 119-120 against 123-124 ms a step).
+        """gpt_2_simple.src.model.multihead_attn over keys and values given in parts (the same parts of
+        the key axis in both; a part's batch may be 1, broadcast). `bias` is 0 where a key of the parts,
+        in order, is visible, -1e10 elsewhere."""
+        # q is scaled rather than the scores (the same numbers when the head size is a power of 4, as in every
+        # GPT-2). BatchMatMulV3 rather than tf.matmul's V2: oneDNN swaps V2 for its own kernel, which takes
+        # 50-70 us on these one-query shapes (a third of a tiny model's step); TensorFlow's V3 kernel takes
+        # ~5 us here, and is no slower on 124M's shapes (bench_generation_124m --length 300: 119-120 against
+        # 123-124 ms a step).
         scaled_q = q * tf.math.rsqrt(tf.cast(head_size, tf.float32))
-        w = tf.raw_ops.BatchMatMulV3(x=scaled_q, y=keys, Tout=tf.float32, adj_y=True) + bias
-        return tf.raw_ops.BatchMatMulV3(x=gpt2.softmax(w), y=values, Tout=tf.float32)
+        scores = [tf.raw_ops.BatchMatMulV3(x=scaled_q, y=part, Tout=tf.float32, adj_y=True) for part in keys]
+        w = gpt2.softmax(tf.concat(scores, axis=-1) + bias if len(scores) > 1 else scores[0] + bias)
+        if len(scores) == 1:
+            return tf.raw_ops.BatchMatMulV3(x=w, y=values[0], Tout=tf.float32)
+        weights = tf.split(w, tf.stack([tf.shape(part)[-1] for part in scores]), axis=-1, num=len(scores))
+        return tf.add_n([tf.raw_ops.BatchMatMulV3(x=part_w, y=part, Tout=tf.float32)
+                         for part_w, part in zip(weights, values)])
 
     # -- prompt encoding: the rows are the prompt's tokens --
     prompt_steps = tf.shape(prompt)[1]
@@ -322,7 +331,7 @@ def _build_graph(tf, hparams) -> _Graph:
     def attend_prompt(layer, q, k, v):
         q, k, v = (tf.transpose(tf.reshape(x, [1, -1, n_head, head_size]), [0, 2, 1, 3]) for x in (q, k, v))
         prompt_presents.append(tf.stack([k, v]))
-        a = attention(q, k, v, causal_bias)
+        a = attention(q, [k], [v], causal_bias)
         return tf.reshape(tf.transpose(a, [0, 2, 1, 3]), [-1, n_embd])
 
     transformer(prompt[0], tf.range(prompt_steps), attend_prompt)
@@ -331,24 +340,20 @@ def _build_graph(tf, hparams) -> _Graph:
     # -- a block of sampling steps: the rows are the batch's rows, one token each --
     batch = tf.shape(tokens)[0]
     row_slots, shared_slots = tf.shape(row_past[0])[2], tf.shape(shared_past[0])[1]
-    past_slots = shared_slots + row_slots
     # Row b's first new token sits after its shared prompt and the row slots it sees.
     first_position = (shared_hi - shared_lo) + (row_used - row_start)
 
-    # Each layer's keys and values [B, heads, Sp + S + BLOCK_STEPS, head_size]: prompt, rows, block.
-    shared_shape = [batch, n_head, shared_slots, head_size]
-    block_shape = [batch, n_head, BLOCK_STEPS, head_size]
-    cache = [tf.concat([tf.broadcast_to(shared[None], shared_shape), rows, tf.zeros(block_shape)], axis=2)
-             for shared, rows in zip(shared_past, row_past)]
+    # A step attends to three parts, each used where it is (no copy into one cache): the prompts
+    # [1, heads, Sp, head_size] (one copy for every row), the rows' earlier steps [B, heads, S, head_size],
+    # and the block's own steps [B, heads, BLOCK_STEPS, head_size], each step's in its slot.
     # Keys visible before the block [B, 1, 1, Sp + S]; at step i, block slots [0, i] are visible too.
     shared_index, row_index = tf.range(shared_slots)[None, :], tf.range(row_slots)[None, :]
     visible = tf.concat([(shared_index >= shared_lo[:, None]) & (shared_index < shared_hi[:, None]),
                          (row_index >= row_start[:, None]) & (row_index < row_used)], axis=1)
     past_bias = tf.where(visible, 0.0, -1e10)[:, None, None, :]
     block_slot = tf.range(BLOCK_STEPS)
-    # Where a step writes: (row, head, slot) for every row and head; the slot is added per step.
-    row_head = tf.stack(tf.meshgrid(tf.range(batch), tf.range(n_head), indexing="ij"), axis=-1)
     block_hidden = tf.fill([batch, 1, 1, BLOCK_STEPS], -1e10)
+    block_cache = [tf.zeros([batch, n_head, BLOCK_STEPS, head_size])] * (2 * n_layer)
 
     def sample(logits, step):
         # gpt_2_simple.src.sample: temperature, then top_p if > 0, else top_k if > 0; per row.
@@ -357,36 +362,35 @@ def _build_graph(tf, hparams) -> _Graph:
         step_seed = seed + tf.stack([tf.constant(0, tf.int64), tf.cast(step, tf.int64)])
         return tf.random.stateless_categorical(filtered, 1, step_seed, dtype=tf.int32)[:, 0]
 
-    def body(step, finished, idle, step_tokens, sampled, *cache):
-        slot = past_slots + step
-        at_slot = tf.concat([row_head, tf.fill([batch, n_head, 1], slot)], axis=-1)
+    def body(step, finished, idle, step_tokens, sampled, *block_cache):
+        at_slot = tf.equal(block_slot, step)[:, None]  # [BLOCK_STEPS, 1]: where the step's keys/values go
         bias = tf.concat([past_bias, tf.where(block_slot <= step, 0.0, block_hidden)], axis=-1)
-        cache = list(cache)
+        block_cache = list(block_cache)
 
         def attend_block(layer, q, k, v):
-            # The step's keys/values go to its slot in place; the query sees [prompt | rows | block].
+            parts = []
             for kind, new in enumerate((k, v)):
-                cache[2 * layer + kind] = tf.tensor_scatter_nd_update(
-                    cache[2 * layer + kind], at_slot, tf.reshape(new, [-1, n_head, head_size]))
-            a = attention(tf.reshape(q, [-1, n_head, 1, head_size]), cache[2 * layer], cache[2 * layer + 1], bias)
+                index = 2 * layer + kind
+                block_cache[index] = tf.where(at_slot, tf.reshape(new, [-1, n_head, 1, head_size]), block_cache[index])
+                parts.append([shared_past[index][None], row_past[index], block_cache[index]])
+            a = attention(tf.reshape(q, [-1, n_head, 1, head_size]), *parts, bias)
             return tf.reshape(a, [-1, n_embd])
 
         next_tokens = sample(transformer(step_tokens, first_position + step, attend_block), step)
         sampled = tf.where(tf.equal(block_slot, step)[None, :], next_tokens[:, None], sampled)
         idle += tf.reduce_sum(tf.cast(finished, tf.int32))
         finished |= tf.gather(stop_tokens, next_tokens[:, None], batch_dims=1)[:, 0]
-        return [step + 1, finished, idle, next_tokens, sampled, *cache]
+        return [step + 1, finished, idle, next_tokens, sampled, *block_cache]
 
     with _control_flow_v1():
-        block_steps, _, _, _, block_tokens, *cache = tf.while_loop(
+        block_steps, _, _, _, block_tokens, *block_cache = tf.while_loop(
             lambda step, finished, idle, *_: ((step < max_steps) & (idle < IDLE_STEPS_PER_ROW * batch)
                                               & tf.logical_not(tf.reduce_all(finished))),
             body,
-            [tf.constant(0), tf.zeros([batch], tf.bool), tf.constant(0), tokens, tf.zeros([batch, BLOCK_STEPS], tf.int32), *cache],
+            [tf.constant(0), tf.zeros([batch], tf.bool), tf.constant(0), tokens, tf.zeros([batch, BLOCK_STEPS], tf.int32), *block_cache],
             maximum_iterations=BLOCK_STEPS,
         )
-    block_presents = tf.reshape(tf.stack([kv[:, :, past_slots:] for kv in cache]),
-                                [n_layer, 2, batch, n_head, BLOCK_STEPS, head_size])
+    block_presents = tf.reshape(tf.stack(block_cache), [n_layer, 2, batch, n_head, BLOCK_STEPS, head_size])
 
     return _Graph(
         prompt=prompt, prompt_presents=prompt_presents, tokens=tokens, row_past=row_past, row_used=row_used,

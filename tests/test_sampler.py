@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from ml.tiny import write_tiny_run
 pytestmark = pytest.mark.ml
 
 PREFIX = "<|startoftext|>"
+ATTENTION_SCALE = 6.0
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +29,8 @@ def sampler(run_folder):
         yield loaded
 
 
-@pytest.fixture(scope="module")
-def greedy_reference(run_folder):
+@contextmanager
+def gpt_2_simple_greedy(run_folder):
     """Greedy decoding with gpt_2_simple's own model.model, re-reading the whole sequence each step."""
     import tensorflow as tf
     from gpt_2_simple.src import model
@@ -49,8 +51,39 @@ def greedy_reference(run_folder):
             sequence.append(int(np.argmax(session.run(logits, {tokens: [sequence]}))))
         return sequence[len(context):]
 
-    yield greedy
-    session.close()
+    try:
+        yield greedy
+    finally:
+        session.close()
+
+
+@pytest.fixture(scope="module")
+def greedy_reference(run_folder):
+    with gpt_2_simple_greedy(run_folder) as greedy:
+        yield greedy
+
+
+@pytest.fixture(scope="module")
+def sharp_run_folder(run_folder, tmp_path_factory):
+    """The tiny run with its attention weights scaled up. At the random start's small weights attention
+    barely moves the logits, so greedy tokens would not show a wrong key, value or mask; here they do."""
+    import shutil
+
+    import tensorflow as tf
+
+    folder = tmp_path_factory.mktemp("sharp") / "run1"
+    shutil.copytree(run_folder, folder)
+    reader = tf.train.load_checkpoint(str(run_folder))
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = [
+            tf.compat.v1.Variable(reader.get_tensor(name) * (ATTENTION_SCALE if "/attn/" in name else 1.0), name=name)
+            for name in reader.get_variable_to_shape_map()
+        ]
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            tf.compat.v1.train.Saver(variables).save(session, str(folder / "model"), global_step=0)
+    return folder
 
 
 def decode(sampler: Sampler, tokens: list[int]) -> str:
@@ -63,6 +96,23 @@ def test_greedy_samples_equal_gpt_2_simple_models_greedy_decoding(sampler, greed
         expected = decode(sampler, greedy_reference(context, 12))
         texts = sampler.generate(nsamples=2, length=12, top_k=1, prefix=prefix, include_prefix=False)
         assert texts == [expected.lstrip("\n")] * 2
+
+
+def test_greedy_samples_equal_gpt_2_simple_models_where_attention_decides(sharp_run_folder):
+    """Rows with prompts of different lengths in one batch, over several blocks of steps: each row's keys
+    come from the shared prompts, the earlier blocks and its own block, and any mistake in one shows."""
+    prefixes = ("hello there", PREFIX, None, "a")
+    with gpt_2_simple_greedy(sharp_run_folder) as greedy, Sampler.load(sharp_run_folder, batch_size=len(prefixes)) as sharp:
+        expected = []
+        for prefix in prefixes:
+            context = sharp.encoder.encode(prefix) if prefix else [sharp.encoder.encoder[END_TOKEN]]
+            expected.append(decode(sharp, greedy(context, 40)).lstrip("\n"))
+        results = {}
+        jobs = [SampleJob(SampleRequest(length=40, top_k=1, prefix=prefix, include_prefix=False),
+                          lambda sample, i=i: results.__setitem__(i, sample.text)) for i, prefix in enumerate(prefixes)]
+        sharp.run(lambda: jobs.pop(0) if jobs else None)
+    assert [results[i] for i in range(len(prefixes))] == expected
+    assert len(set(expected)) == len(expected)
 
 
 def test_continuous_batching_gives_each_sample_its_own_rows_output(sampler):
