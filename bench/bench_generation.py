@@ -4,8 +4,8 @@
 
 Both use the original bot's settings (length 200, batch size 10, temperature 1.0, top_p 0.9, prefix
 `<|startoftext|>`, truncate `<|endoftext|>`, include_prefix False) on the tiny model fine-tuned on
-short tweets (bench/tweet_checkpoint.py; trained on first use, 7-30 min on 2 cores: 5 rounds of
-200 steps, 7.4 min, on 2026-12-01). Three ways:
+short tweets (bench/tweet_checkpoint.py; trained on first use, 7-30 min on 2 cores: 5 and 7 rounds
+of 200 steps, 7.4 and 9 min, in two trainings on 2026-12-01). Three ways:
 
 - gpt_2_simple: every batch runs all 200 steps (graph built by the call, as in ml.model's original);
 - ours, batch by batch: a batch stops when its 10 samples have all ended (early stop only);

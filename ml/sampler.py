@@ -407,7 +407,7 @@ def _filter_logits(tf, logits, top_k, top_p):
     tokens before their probabilities add up to top_p); else, with top_k > 0, its k-th largest
     logit; else none. The logits are ranked as far as a row needs: all of them (a sort, as
     tf.sort does it) only when a row has top_p, else the largest top_k. Sorting 10 rows of GPT-2's
-    50,257 logits costs ~16 ms here; a 124M step without it 72-79 ms (bench_generation_124m: 78-79).
+    50,257 logits costs ~16 ms here; a 124M step without it 72-74 ms (bench_generation_124m).
     """
     from gpt_2_simple.src import model as gpt2
 
