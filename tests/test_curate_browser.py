@@ -20,6 +20,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from api.curation import REVIEW_PAGE_SIZE
 from api.tweet_text import normalize_text, weighted_length
 from db.engine import make_engine, make_session_factory
 from db.models import Tweet, TweetStatus, utcnow
@@ -386,6 +387,49 @@ def test_bulk_selection_and_navigation_with_the_keyboard(browser, server, tmp_pa
     assert [server.tweet(text).status for text in texts[2:]] == [TweetStatus.rejected] * 2
     page.reload()
     assert page.locator("#upload-summary").count() == 0 and page.url.endswith("/curate")
+    assert page.errors == []
+    page.context.close()
+
+
+def test_an_upload_of_more_candidates_than_a_page_reloads_as_the_list_and_pages_on(browser, server, tmp_path):
+    """130 candidates: the result shows the first page (100); reloading it shows the list and stores
+    nothing again; approving every shown candidate brings the next page."""
+    page = new_page(browser, server, viewport={"width": 1100, "height": 1000})
+    sign_in(page)
+    before = server.count(TweetStatus.pending)
+    texts = [f"page test candidate {n:03d}" for n in range(130)]
+    upload(page, tmp_path, texts)
+    assert "130 added" in page.locator("#upload-summary").inner_text()
+    cards = page.locator("#review-list .card")
+    pending_title = page.locator("#review-title .muted")
+
+    def shows(pending: int) -> None:
+        assert pending_title.inner_text() == f"{pending} pending"
+        assert page.locator('[data-count="pending"]').inner_text() == str(pending)
+        assert cards.count() == min(pending, REVIEW_PAGE_SIZE)
+        note = page.get_by_text("Showing the first", exact=False)
+        assert note.count() == (1 if pending > REVIEW_PAGE_SIZE else 0)
+
+    shows(before + 130)
+    assert page.url.endswith("/curate")
+    page.reload()
+    assert page.locator("#upload-summary").count() == 0 and page.url.endswith("/curate")
+    assert server.count(TweetStatus.pending) == before + 130  # the file was not sent again
+    shows(before + 130)
+
+    shown = [int(card_id.removeprefix("tweet-")) for card_id in cards.evaluate_all("cards => cards.map(c => c.id)")]
+    page.locator("#select-all").check()
+    page.get_by_role("button", name="Approve selected").click()
+    # The last shown card went and more are pending: the page reloads with the next ones.
+    page.wait_for_function(
+        "([count, title]) => document.querySelectorAll('#review-list .card').length === count"
+        " && document.querySelector('#review-title .muted').textContent === title",
+        arg=[min(before + 30, REVIEW_PAGE_SIZE), f"{before + 30} pending"],
+    )
+    shows(before + 30)
+    assert server.count(TweetStatus.pending) == before + 30
+    with server.session_factory() as session:
+        assert set(session.scalars(select(Tweet.status).where(Tweet.id.in_(shown)))) == {TweetStatus.queued}
     assert page.errors == []
     page.context.close()
 
