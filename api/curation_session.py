@@ -15,9 +15,14 @@ embeds it in its forms. A missing or bad session answers 401, a missing or wrong
 403, both before anything is changed. The session is stateless: signing out deletes the cookie
 in the browser, and a stolen cookie stays valid until it expires or SECRET_TOKEN changes.
 
-Wrong tokens on the sign-in form are counted per client address (`SignInThrottle`): after
-SIGN_IN_MAX_FAILURES within SIGN_IN_WINDOW_SECONDS, that address's sign-ins are refused with
-429 until the oldest of those failures leaves the window, whatever token it sends.
+Wrong tokens on the sign-in form are counted (`SignInThrottle`) per browser that has signed in
+here before, else per client address: after SIGN_IN_MAX_FAILURES within SIGN_IN_WINDOW_SECONDS,
+that browser's or address's sign-ins are refused with 429 until the oldest of those failures
+leaves the window, whatever token it sends. A browser is known by a device cookie (`curate_device`,
+signed like the session, valid DEVICE_MAX_AGE_SECONDS) set at each successful sign-in and kept at
+sign-out, as OWASP's "device cookies" advise: behind a proxy every visitor has the proxy's
+address, and someone guessing there locks out only browsers that never signed in, not the
+curator's.
 """
 from __future__ import annotations
 
@@ -44,7 +49,10 @@ COOKIE_NAME = "curate_session"
 COOKIE_PATH = "/curate"
 SESSION_MAX_AGE_SECONDS = 12 * 60 * 60
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+DEVICE_COOKIE_NAME = "curate_device"
+DEVICE_MAX_AGE_SECONDS = 365 * 24 * 60 * 60
 _KEY_LABEL = b"gpt2-tweet-bot curation session v1"
+_DEVICE_KEY_LABEL = b"gpt2-tweet-bot curation device v1"
 SIGN_IN_MAX_FAILURES = 5
 SIGN_IN_WINDOW_SECONDS = 15 * 60
 
@@ -60,9 +68,9 @@ class CurationSession:
         return given is not None and secrets.compare_digest(given.encode(), self.csrf_token.encode())
 
 
-def signing_key(settings: Settings) -> bytes:
-    """A key for session cookies only, derived from SECRET_TOKEN (never the token itself)."""
-    return hmac.new(settings.SECRET_TOKEN.get_secret_value().encode(), _KEY_LABEL, hashlib.sha256).digest()
+def signing_key(settings: Settings, label: bytes = _KEY_LABEL) -> bytes:
+    """A key for one kind of cookie (session by default), derived from SECRET_TOKEN (never the token itself)."""
+    return hmac.new(settings.SECRET_TOKEN.get_secret_value().encode(), label, hashlib.sha256).digest()
 
 
 def _b64(data: bytes) -> str:
@@ -77,35 +85,44 @@ def new_session(now: float | None = None) -> CurationSession:
     return CurationSession(csrf_token=secrets.token_urlsafe(32), issued_at=int(now if now is not None else time.time()))
 
 
-def encode_session(session: CurationSession, key: bytes) -> str:
-    payload = _b64(json.dumps({"csrf": session.csrf_token, "iat": session.issued_at}).encode())
-    signature = _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
-    return f"{payload}.{signature}"
+def _signed(data: dict, key: bytes) -> str:
+    payload = _b64(json.dumps(data).encode())
+    return f"{payload}.{_b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())}"
 
 
-def decode_session(cookie: str | None, key: bytes, now: float | None = None) -> CurationSession | None:
-    """The session in a cookie value, or None when it is missing, tampered with or expired."""
-    if not cookie or cookie.count(".") != 1:
+def _verified(value: str | None, key: bytes, max_age: int, now: float | None) -> dict | None:
+    """The data of a `_signed` value issued (`iat`) at most `max_age` seconds ago, or None."""
+    if not value or value.count(".") != 1:
         return None
-    payload, signature = cookie.split(".")
+    payload, signature = value.split(".")
     expected = _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
     if not secrets.compare_digest(signature.encode(), expected.encode()):
         return None
     try:
         data = json.loads(_unb64(payload))
-        session = CurationSession(csrf_token=str(data["csrf"]), issued_at=int(data["iat"]))
+        age = (now if now is not None else time.time()) - int(data["iat"])
     except (ValueError, KeyError, TypeError):
         return None
-    age = (now if now is not None else time.time()) - session.issued_at
-    if not 0 <= age <= SESSION_MAX_AGE_SECONDS:
+    return data if 0 <= age <= max_age else None
+
+
+def encode_session(session: CurationSession, key: bytes) -> str:
+    return _signed({"csrf": session.csrf_token, "iat": session.issued_at}, key)
+
+
+def decode_session(cookie: str | None, key: bytes, now: float | None = None) -> CurationSession | None:
+    """The session in a cookie value, or None when it is missing, tampered with or expired."""
+    data = _verified(cookie, key, SESSION_MAX_AGE_SECONDS, now)
+    if data is None or not isinstance(data.get("csrf"), str):
         return None
-    return session
+    return CurationSession(csrf_token=data["csrf"], issued_at=int(data["iat"]))
 
 
 class SignInThrottle:
-    """Wrong sign-in tokens per client address, in this process's memory (thread-safe).
+    """Wrong sign-in tokens per source (a known browser, or a client source: `sign_in_attempt_source`),
+    in this process's memory (thread-safe).
 
-    An address with `max_failures` wrong tokens in the last `window_seconds` is locked out
+    A source with `max_failures` wrong tokens in the last `window_seconds` is locked out
     until the oldest of them is `window_seconds` old. The count is per process: with several
     instances an attacker gets `max_failures` guesses per window on each.
     """
@@ -124,44 +141,59 @@ class SignInThrottle:
         self._lock = threading.Lock()
 
     def _forget_old(self, now: float) -> None:
-        for address in list(self._failures):
-            times = self._failures[address]
+        for source in list(self._failures):
+            times = self._failures[source]
             while times and times[0] <= now - self.window_seconds:
                 times.popleft()
             if not times:
-                del self._failures[address]
+                del self._failures[source]
 
-    def retry_after(self, address: str) -> int | None:
-        """Seconds until `address` may try again, or None when it may try now."""
+    def retry_after(self, source: str) -> int | None:
+        """Seconds until `source` may try again, or None when it may try now."""
         with self._lock:
             now = self.clock()
             self._forget_old(now)
-            times = self._failures.get(address)
+            times = self._failures.get(source)
             if times is None or len(times) < self.max_failures:
                 return None
             return max(1, math.ceil(times[0] + self.window_seconds - now))
 
-    def record_failure(self, address: str) -> None:
+    def record_failure(self, source: str) -> None:
         with self._lock:
             now = self.clock()
             self._forget_old(now)
-            times = self._failures.setdefault(address, deque(maxlen=self.max_failures))
+            times = self._failures.setdefault(source, deque(maxlen=self.max_failures))
             times.append(now)
             locked = len(times) == self.max_failures
         if locked:
             log.warning(
                 "curation sign-in: %d wrong tokens from %s within %g minutes; its sign-ins are refused for a while",
-                self.max_failures, address, self.window_seconds / 60,
+                self.max_failures, source, self.window_seconds / 60,
             )
 
-    def forget(self, address: str) -> None:
-        """A right token: the address's earlier mistakes no longer count."""
+    def forget(self, source: str) -> None:
+        """A right token: the source's earlier mistakes no longer count."""
         with self._lock:
-            self._failures.pop(address, None)
+            self._failures.pop(source, None)
 
 
 def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
+
+
+def known_device(request: Request, settings: Settings) -> str | None:
+    """The id in the browser's valid device cookie (it signed in here before), or None."""
+    data = _verified(request.cookies.get(DEVICE_COOKIE_NAME), signing_key(settings, _DEVICE_KEY_LABEL),
+                     DEVICE_MAX_AGE_SECONDS, None)
+    return data["dev"] if data is not None and isinstance(data.get("dev"), str) else None
+
+
+def sign_in_attempt_source(request: Request, settings: Settings) -> tuple[str, str]:
+    """Whom wrong tokens count against: (throttle key, "browser" or "address" for messages)."""
+    device = known_device(request, settings)
+    if device is not None:
+        return f"browser {device}", "browser"
+    return client_address(request), "address"
 
 
 def sign_in_throttle(request: Request) -> SignInThrottle:
@@ -182,6 +214,20 @@ def set_session_cookie(response: Response, request: Request, settings: Settings,
         COOKIE_NAME,
         encode_session(session, signing_key(settings)),
         max_age=SESSION_MAX_AGE_SECONDS,
+        path=COOKIE_PATH,
+        secure=cookie_is_secure(request),
+        httponly=True,
+        samesite="strict",
+    )
+
+
+def set_device_cookie(response: Response, request: Request, settings: Settings) -> None:
+    """(Re)issue the browser's device cookie after a right token, keeping its id when it has one."""
+    device = known_device(request, settings) or secrets.token_urlsafe(16)
+    response.set_cookie(
+        DEVICE_COOKIE_NAME,
+        _signed({"dev": device, "iat": int(time.time())}, signing_key(settings, _DEVICE_KEY_LABEL)),
+        max_age=DEVICE_MAX_AGE_SECONDS,
         path=COOKIE_PATH,
         secure=cookie_is_secure(request),
         httponly=True,

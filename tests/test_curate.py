@@ -2,11 +2,14 @@
 on SQLite and on Postgres through psycopg2 and pg8000. The browser itself: test_curate_browser.py."""
 from __future__ import annotations
 
+import base64
 import bisect
 import html
+import json
 import logging
 import re
 import stringprep
+import time
 from datetime import timedelta
 from functools import partial
 
@@ -20,6 +23,8 @@ from api.app import create_app
 from api.config import Settings
 from api.curation_session import (
     COOKIE_NAME,
+    DEVICE_COOKIE_NAME,
+    DEVICE_MAX_AGE_SECONDS,
     SESSION_MAX_AGE_SECONDS,
     SIGN_IN_MAX_FAILURES,
     SIGN_IN_WINDOW_SECONDS,
@@ -155,6 +160,61 @@ def test_sign_in_refuses_an_address_after_five_wrong_tokens(app, caplog):
 
 
 @SQLITE_ONLY
+def test_behind_one_proxy_address_guessing_locks_out_new_browsers_but_not_the_curators(app, caplog):
+    """Behind Cloud Run's proxy every visitor has one address. The curator's browser, which signed in
+    before, holds a device cookie: its sign-ins count on their own, so guesses cannot lock it out."""
+    caplog.set_level(logging.WARNING)
+    proxy = ("203.0.113.9", 5000)
+    with (TestClient(app, base_url="https://testserver", client=proxy) as curator_browser,
+          TestClient(app, base_url="https://testserver", client=proxy) as guesser,
+          TestClient(app, base_url="https://testserver", client=proxy) as new_browser):
+        csrf = sign_in(curator_browser)
+        signed_out = curator_browser.post("/curate/sign-out", data={"csrf_token": csrf}, follow_redirects=False)
+        assert signed_out.status_code == 303 and DEVICE_COOKIE_NAME not in signed_out.headers.get("set-cookie", "")
+        assert curator_browser.cookies.get(DEVICE_COOKIE_NAME)  # kept at sign-out
+
+        for n in range(SIGN_IN_MAX_FAILURES):
+            assert guesser.post("/curate/sign-in", data={"token": f"guess-{n}-0123456789"}).status_code == 401
+        for browser in (guesser, new_browser):  # every browser without a device cookie: the address is locked
+            locked = browser.post("/curate/sign-in", data={"token": TOKEN}, follow_redirects=False)
+            assert locked.status_code == 429 and "from this address" in locked.text
+        assert curator_browser.post("/curate/sign-in", data={"token": TOKEN}, follow_redirects=False).status_code == 303
+
+        # The curator's own mistakes lock only the curator's browser, and say so.
+        for n in range(SIGN_IN_MAX_FAILURES):
+            assert curator_browser.post("/curate/sign-in", data={"token": f"typo-{n}-0123456789"}).status_code == 401
+        locked = curator_browser.post("/curate/sign-in", data={"token": TOKEN}, follow_redirects=False)
+        assert locked.status_code == 429
+        assert "Too many wrong tokens from this browser: try again in 15 minutes." in locked.text
+
+        # A forged device cookie (another id under the curator's signature) is no device: it counts as
+        # the address, which is locked.
+        signature = curator_browser.cookies.get(DEVICE_COOKIE_NAME).split(".")[1]
+        forged = base64.urlsafe_b64encode(json.dumps({"dev": "forged", "iat": int(time.time())}).encode())
+        refused = guesser.post("/curate/sign-in", data={"token": TOKEN}, follow_redirects=False,
+                               headers={"Cookie": f"{DEVICE_COOKIE_NAME}={forged.decode().rstrip('=')}.{signature}"})
+        assert refused.status_code == 429 and "from this address" in refused.text
+    assert "5 wrong tokens from 203.0.113.9" in caplog.text and "5 wrong tokens from browser " in caplog.text
+    assert TOKEN not in caplog.text and "guess-" not in caplog.text and "typo-" not in caplog.text
+
+
+@SQLITE_ONLY
+def test_device_cookie_is_signed_httponly_strict_long_lived_and_keeps_its_id(stranger):
+    first = stranger.post("/curate/sign-in", data={"token": TOKEN}, follow_redirects=False)
+    cookie = next(c for c in first.headers.get_list("set-cookie") if c.startswith(f"{DEVICE_COOKIE_NAME}="))
+    for flag in ("HttpOnly", "Secure", "SameSite=strict", "Path=/curate", f"Max-Age={DEVICE_MAX_AGE_SECONDS}"):
+        assert flag in cookie
+    assert TOKEN not in cookie
+    def device_id(cookie_value: str) -> str:
+        payload = cookie_value.split(".")[0]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["dev"]
+
+    before = device_id(stranger.cookies.get(DEVICE_COOKIE_NAME))
+    stranger.post("/curate/sign-in", data={"token": TOKEN}, follow_redirects=False)
+    assert device_id(stranger.cookies.get(DEVICE_COOKIE_NAME)) == before  # re-issued, same browser
+
+
+@SQLITE_ONLY
 def test_a_right_token_clears_earlier_mistakes_and_an_empty_form_is_no_guess(stranger):
     wrong = {"token": "wrong-token-0123456789"}
     for _ in range(2):
@@ -243,10 +303,11 @@ def seeded(session_factory) -> list[tuple]:
 @pytest.mark.parametrize("path, form", ACTIONS)
 @pytest.mark.parametrize("how", ["no cookie", "forged cookie"])
 def test_actions_without_a_session_are_401_and_change_nothing(app, session_factory, seeded, path, form, how):
+    headers = dict(JSON)
+    if how == "forged cookie":  # as a header: the test client's jar does not send cookies set for "testserver"
+        headers["Cookie"] = f"{COOKIE_NAME}={encode_session(new_session(), b'not the key')}"
     with TestClient(app, base_url="https://testserver") as client:
-        if how == "forged cookie":
-            client.cookies.set(COOKIE_NAME, encode_session(new_session(), b"not the key"), domain="testserver", path="/curate")
-        response = client.post(path, data={**form, "csrf_token": "anything"}, headers=JSON)
+        response = client.post(path, data={**form, "csrf_token": "anything"}, headers=headers)
     assert response.status_code == 401
     assert "sign in" in response.json()["detail"]
     assert snapshot(session_factory) == seeded

@@ -31,10 +31,11 @@ from api.curation_session import (
     OptionalCuratorDep,
     SignInThrottleDep,
     clear_session_cookie,
-    client_address,
     cookie_is_secure,
     new_session,
+    set_device_cookie,
     set_session_cookie,
+    sign_in_attempt_source,
 )
 from api.deps import SessionDep, SettingsDep, token_matches
 from api.posting import MAX_IDEMPOTENCY_KEY_LENGTH, PostOutcome, post_next
@@ -213,27 +214,29 @@ def sign_in_page(request: Request, settings: SettingsDep, curator: OptionalCurat
 
 @router.post("/curate/sign-in", response_class=HTMLResponse)
 def sign_in(request: Request, settings: SettingsDep, throttle: SignInThrottleDep, token: Annotated[str, Form()] = ""):
-    address = client_address(request)
-    wait = throttle.retry_after(address)
+    source, source_kind = sign_in_attempt_source(request, settings)
+    wait = throttle.retry_after(source)
     if wait is not None:
         minutes = math.ceil(wait / 60)
         response = render(
             request, "curate/sign_in.html", settings=settings, status_code=status.HTTP_429_TOO_MANY_REQUESTS,
-            flash={"text": f"Too many wrong tokens from this address: try again in {_plural(minutes, 'minute')}.", "error": True},
+            flash={"text": f"Too many wrong tokens from this {source_kind}: try again in {_plural(minutes, 'minute')}.",
+                   "error": True},
         )
         response.headers["Retry-After"] = str(wait)
         return response
     if not token_matches(token, settings):
         if token:
-            throttle.record_failure(address)
+            throttle.record_failure(source)
         problem = "Enter the service token (SECRET_TOKEN)." if not token else "That is not the service token."
         return render(
             request, "curate/sign_in.html", settings=settings, status_code=status.HTTP_401_UNAUTHORIZED,
             flash={"text": problem, "error": True},
         )
-    throttle.forget(address)
+    throttle.forget(source)
     response = RedirectResponse("/curate", status.HTTP_303_SEE_OTHER, headers={"Cache-Control": "no-store"})
     set_session_cookie(response, request, settings, new_session())
+    set_device_cookie(response, request, settings)
     return response
 
 
