@@ -112,7 +112,8 @@ def main() -> None:
     for name, rows in results.items():
         for call, (filter_name, ms, rss, ops) in enumerate(rows, 1):
             print(f"{name:24}{filter_name:>10}{call:>5}{ms:>9.0f}{rss:>8.0f}{ops:>11}")
-    print("gpt_2_simple's ms/step include building its sampling graph, which every call does again.")
+    print("call: the n-th call of each side, whatever its filter (graph ops and RSS are after it). "
+          "gpt_2_simple's ms/step include building its sampling graph, which every call does again.")
 
 
 if __name__ == "__main__":
