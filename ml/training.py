@@ -179,10 +179,17 @@ def finetune(
             opt_apply = opt.apply_gradients()
         else:
             opt_apply = opt.apply_gradients(list(zip(tf.gradients(ys=loss, xs=train_vars), train_vars)))
+        # Updates that reached the weights, counted in the session call that makes each one: a second
+        # Ctrl-C surfaces when a call returns, between an update and `step += 1`, and the checkpoint
+        # must name the weights' step. Local: not saved in checkpoints.
+        applied = tf.compat.v1.Variable(0, trainable=False, name="applied_updates",
+                                        collections=[tf.compat.v1.GraphKeys.LOCAL_VARIABLES])
+        with tf.control_dependencies([opt_apply]):
+            count_update = applied.assign_add(1)
         saver = tf.compat.v1.train.Saver(
             var_list=all_vars, max_to_keep=options.max_checkpoints, save_relative_paths=True
         )
-        sess.run(tf.compat.v1.global_variables_initializer())
+        sess.run((tf.compat.v1.global_variables_initializer(), applied.initializer))
 
         resume = options.restore_from == "latest" and _has_checkpoint(run_folder)
         restore_path = tf.train.latest_checkpoint(str(run_folder if resume else model_folder))
@@ -245,9 +252,9 @@ def finetune(
                     if options.accumulate_gradients > 1:
                         if not accumulate():
                             break
-                        step_loss = float(sess.run(opt_apply))
+                        step_loss = float(sess.run((opt_apply, count_update))[0])
                     else:
-                        _, step_loss = sess.run((opt_apply, loss), feed_dict={context: batch()})
+                        _, step_loss, _ = sess.run((opt_apply, loss, count_update), feed_dict={context: batch()})
                         step_loss = float(step_loss)
                     step += 1
                     avg_loss = (avg_loss[0] * 0.99 + step_loss, avg_loss[1] * 0.99 + 1.0)
@@ -262,6 +269,7 @@ def finetune(
                         on_step(step, step_loss)
             except KeyboardInterrupt:  # a second Ctrl-C, or raised by on_step
                 interrupted = True
+                step = first_step - 1 + int(sess.run(applied))
             interrupted = interrupted or ctrl_c.requested
             if interrupted:
                 log.warning("interrupted: saving step %d", step)

@@ -270,6 +270,39 @@ def test_interrupted_training_saves_and_resumes_at_the_next_step(trained, tmp_pa
     assert read_counter(copy) == interrupted_at + 1
 
 
+def test_a_second_ctrl_c_during_an_update_saves_the_step_the_weights_are_at(trained, tmp_path, monkeypatch):
+    """A second Ctrl-C raises KeyboardInterrupt when the session call under way returns: here right
+    after the third update reached the weights, before the loop counted it. The checkpoint is step 3,
+    with the same weights as a run of 3 steps."""
+    import numpy as np
+    import tensorflow as tf
+
+    root, _, _ = trained
+    model_folder = root / "models" / "tiny"
+    tokens = encode(load_training_file(SAMPLE_CSV).text, model_folder)
+    options = TrainingOptions(steps=10, accumulate_gradients=1, sample_every=1000, print_every=1000, seed=1)
+    real_run = tf.compat.v1.Session.run
+    updates = []
+
+    def run(self, fetches, feed_dict=None, **kwargs):
+        result = real_run(self, fetches, feed_dict, **kwargs)
+        if isinstance(fetches, tuple) and feed_dict is not None:  # an update (a sample fetches one tensor)
+            updates.append(fetches)
+            if len(updates) == 3:
+                raise KeyboardInterrupt
+        return result
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tf.compat.v1.Session, "run", run)
+        interrupted = finetune(tokens, model_folder=model_folder, run_folder=tmp_path / "interrupted", options=options)
+    assert interrupted.interrupted and interrupted.last_step == 3 == read_counter(tmp_path / "interrupted")
+    reference = TrainingOptions(steps=3, accumulate_gradients=1, sample_every=1000, print_every=1000, seed=1)
+    finetune(tokens, model_folder=model_folder, run_folder=tmp_path / "reference", options=reference)
+    saved, expected = (tf.train.load_checkpoint(str(tmp_path / name / "model-3")) for name in ("interrupted", "reference"))
+    assert all(np.array_equal(saved.get_tensor(name), expected.get_tensor(name))
+               for name in expected.get_variable_to_shape_map())
+
+
 def test_ctrl_c_stops_the_command_with_status_130_and_a_checkpoint_to_resume(trained, tmp_path):
     """The real command, trained until Ctrl-C (--steps -1), interrupted with SIGINT after its second step."""
     import numpy as np
