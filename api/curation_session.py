@@ -119,7 +119,7 @@ def decode_session(cookie: str | None, key: bytes, now: float | None = None) -> 
 
 
 class SignInThrottle:
-    """Wrong sign-in tokens per source (a known browser, or a client source: `sign_in_attempt_source`),
+    """Wrong sign-in tokens per source (a known browser, or a client address: `sign_in_attempt_source`),
     in this process's memory (thread-safe).
 
     A source with `max_failures` wrong tokens in the last `window_seconds` is locked out

@@ -316,7 +316,7 @@ def _build_graph(tf, hparams) -> _Graph:
         # 123-124 ms a step).
         scaled_q = q * tf.math.rsqrt(tf.cast(head_size, tf.float32))
         scores = [tf.raw_ops.BatchMatMulV3(x=scaled_q, y=part, Tout=tf.float32, adj_y=True) for part in keys]
-        w = gpt2.softmax(tf.concat(scores, axis=-1) + bias if len(scores) > 1 else scores[0] + bias)
+        w = gpt2.softmax(tf.concat(scores, axis=-1) + bias)  # one part: the concat is an identity
         if len(scores) == 1:
             return tf.raw_ops.BatchMatMulV3(x=w, y=values[0], Tout=tf.float32)
         weights = tf.split(w, tf.stack([tf.shape(part)[-1] for part in scores]), axis=-1, num=len(scores))
