@@ -16,7 +16,8 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,8 @@ def prepare_run_folder(model_folder: Path, run_folder: Path, *, restore_from: st
 
 
 class _CtrlC:
-    """During training, the first Ctrl-C asks to stop before the next 1024-token window; a second stops at once.
+    """During training, the first Ctrl-C asks to stop before the next 1024-token window; a second stops at once
+    (except inside `ignored()`, around the last save).
 
     Left to Python, Ctrl-C raises KeyboardInterrupt when the sess.run under way returns: after an
     update of the weights but before the step is counted, so the checkpoint would hold one step
@@ -114,6 +116,18 @@ class _CtrlC:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+    @contextmanager
+    def ignored(self) -> Iterator[None]:
+        """Ctrl-C does nothing inside (the last checkpoint is written whole), then stops at once again."""
+        if self._previous is None:
+            yield
+            return
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, self._request)
 
     def _request(self, signum, frame) -> None:
         if self.requested:
@@ -272,6 +286,7 @@ def finetune(
                 step = first_step - 1 + int(sess.run(applied))
             interrupted = interrupted or ctrl_c.requested
             if interrupted:
-                log.warning("interrupted: saving step %d", step)
-            checkpoint = save()
+                log.warning("interrupted: saving step %d (Ctrl-C is ignored until it is written)", step)
+            with ctrl_c.ignored():
+                checkpoint = save()
         return TrainingResult(first_step, step, interrupted, checkpoint, time.monotonic() - start)

@@ -303,6 +303,36 @@ def test_a_second_ctrl_c_during_an_update_saves_the_step_the_weights_are_at(trai
                for name in expected.get_variable_to_shape_map())
 
 
+def test_ctrl_c_while_the_last_checkpoint_is_written_is_ignored(trained, tmp_path, monkeypatch):
+    """Ctrl-C after the first one stops at once, except while the checkpoint is written: pressed then,
+    it would leave the checkpoint and its counter half written."""
+    import tensorflow as tf
+
+    root, _, _ = trained
+    model_folder = root / "models" / "tiny"
+    tokens = encode(load_training_file(SAMPLE_CSV).text, model_folder)
+    real_save = tf.compat.v1.train.Saver.save
+
+    def save_while_pressing_ctrl_c(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return real_save(self, *args, **kwargs)
+
+    def press_ctrl_c(step, loss):
+        if step == 2:
+            signal.raise_signal(signal.SIGINT)  # the first Ctrl-C: stop after this step and save
+
+    options = TrainingOptions(steps=10, accumulate_gradients=1, sample_every=1000, print_every=1000)
+    run = tmp_path / "saved_whole"
+    with monkeypatch.context() as patched:
+        patched.setattr(tf.compat.v1.train.Saver, "save", save_while_pressing_ctrl_c)
+        try:
+            result = finetune(tokens, model_folder=model_folder, run_folder=run, options=options, on_step=press_ctrl_c)
+        except KeyboardInterrupt:
+            pytest.fail("Ctrl-C during the last save stopped it")
+    assert result.interrupted and result.last_step == 2 == read_counter(run)
+    assert (run / "checkpoint").read_text().startswith('model_checkpoint_path: "model-2"')
+
+
 def test_ctrl_c_stops_the_command_with_status_130_and_a_checkpoint_to_resume(trained, tmp_path):
     """The real command, trained until Ctrl-C (--steps -1), interrupted with SIGINT after its second step."""
     import numpy as np
