@@ -27,11 +27,11 @@ import zipfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from bench.made_up import made_up_words
 from scripts.download_tweets import main as download_tweets
 from scripts.tweet_sources import _archive_date, read_archive
 
-WORDS = "the model wrote about data cats coffee python gradients tweets night code sleep rain".split()
-CREATED_AT = "%a %b %d %H:%M:%S +0000 %Y"
+CREATED_AT = "%a %b %d %H:%M:%S %z %Y"  # X's created_at, e.g. "Tue Mar 05 18:04:12 +0000 2024"
 REPEATS = 3
 
 
@@ -42,12 +42,12 @@ def make_archive(path: Path, count: int, seed: int = 0) -> int:
     tweets, notes = [], []
     for n in range(count):
         created = start - timedelta(minutes=37 * n)
-        text = f"{' '.join(rng.choices(WORDS, k=rng.randint(5, 25)))} &amp; more https://t.co/x{n} #{n}"
+        text = f"{made_up_words(rng)} &amp; more https://t.co/x{n} #{n}"
         kind = n % 100
         if kind < 10:
             text = f"RT @someone: {text}"
         if kind == 50:  # a long post: the tweet holds its first 280 characters, the note all of it
-            full = " ".join(rng.choices(WORDS, k=120)) + f" #{n}"
+            full = made_up_words(rng, 120) + f" #{n}"
             text = full[:279] + "\u2026"
             notes.append({"noteTweet": {"noteTweetId": str(10**18 + n), "createdAt": created.isoformat(),
                                         "core": {"styletags": [], "urls": [], "text": full, "mentions": []}}})
@@ -117,8 +117,8 @@ def main() -> None:
         dates = [datetime(2024, 3, 5, tzinfo=timezone.utc) - timedelta(minutes=37 * n) for n in range(args.tweets)]
         texts = [d.strftime(CREATED_AT) for d in dates]
         ours = best_seconds(lambda: [_archive_date(t) for t in texts])
-        strptime = best_seconds(lambda: [datetime.strptime(t, "%a %b %d %H:%M:%S %z %Y") for t in texts])
-        assert [_archive_date(t) for t in texts[:1000]] == [datetime.strptime(t, "%a %b %d %H:%M:%S %z %Y") for t in texts[:1000]]
+        strptime = best_seconds(lambda: [datetime.strptime(t, CREATED_AT) for t in texts])
+        assert [_archive_date(t) for t in texts[:1000]] == [datetime.strptime(t, CREATED_AT) for t in texts[:1000]]
         print(f"dates: ours {ours / args.tweets * 1e6:.2f} us, strptime {strptime / args.tweets * 1e6:.2f} us "
               f"({strptime / ours:.1f}x)")
 

@@ -20,17 +20,17 @@ from sqlalchemy.engine import make_url
 from api.app import create_app
 from api.config import Settings
 from api.tweet_text import content_hash, join_samples
+from bench.made_up import made_up_words
 from bench.serving import serve_in_thread
 from db.engine import make_engine, make_session_factory, temporary_schema
 from db.models import Base, Tweet, TweetStatus, utcnow
 
 TOKEN = "bench-token-0123456789"
-WORDS = "the model wrote about data cats coffee python gradients tweets night code sleep rain".split()
 
 
 def make_tweets(count: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    return [f"{' '.join(rng.choices(WORDS, k=rng.randint(5, 25)))} #{n}" for n in range(count)]
+    return [f"{made_up_words(rng)} #{n}" for n in range(count)]
 
 
 @contextlib.contextmanager
