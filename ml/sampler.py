@@ -363,7 +363,8 @@ def _build_graph(tf, hparams) -> _Graph:
         return tf.random.stateless_categorical(filtered, 1, step_seed, dtype=tf.int32)[:, 0]
 
     def body(step, finished, idle, step_tokens, sampled, *block_cache):
-        at_slot = tf.equal(block_slot, step)[:, None]  # [BLOCK_STEPS, 1]: where the step's keys/values go
+        at_step = tf.equal(block_slot, step)  # [BLOCK_STEPS]: the block slot this step fills
+        at_slot = at_step[:, None]  # where the step's keys/values go in [..., BLOCK_STEPS, head_size]
         bias = tf.concat([past_bias, tf.where(block_slot <= step, 0.0, block_hidden)], axis=-1)
         block_cache = list(block_cache)
 
@@ -377,7 +378,7 @@ def _build_graph(tf, hparams) -> _Graph:
             return tf.reshape(a, [-1, n_embd])
 
         next_tokens = sample(transformer(step_tokens, first_position + step, attend_block), step)
-        sampled = tf.where(tf.equal(block_slot, step)[None, :], next_tokens[:, None], sampled)
+        sampled = tf.where(at_step[None, :], next_tokens[:, None], sampled)
         idle += tf.reduce_sum(tf.cast(finished, tf.int32))
         finished |= tf.gather(stop_tokens, next_tokens[:, None], batch_dims=1)[:, 0]
         return [step + 1, finished, idle, next_tokens, sampled, *block_cache]
