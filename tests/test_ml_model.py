@@ -74,6 +74,19 @@ def trained(tmp_path_factory):
     return root, root / "checkpoint" / "trained", log
 
 
+@pytest.fixture(scope="module")
+def tiny_tokens(trained) -> tuple[Path, list[int]]:
+    """The tiny base model's folder and the sample CSV encoded for it, for calling `finetune` directly."""
+    root, _, _ = trained
+    model_folder = root / "models" / "tiny"
+    return model_folder, encode(load_training_file(SAMPLE_CSV).text, model_folder)
+
+
+def quiet_options(**options) -> TrainingOptions:
+    """Training options for direct `finetune` calls: one window a step, no samples, no step logs."""
+    return TrainingOptions(accumulate_gradients=1, sample_every=1000, print_every=1000, **options)
+
+
 @pytest.fixture(autouse=True)
 def fresh_default_graph():
     """gpt_2_simple's own functions build in the default graph: start and leave it empty."""
@@ -245,17 +258,16 @@ def test_samples_that_never_end_leave_no_file(trained, tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_interrupted_training_saves_and_resumes_at_the_next_step(trained, tmp_path):
+def test_interrupted_training_saves_and_resumes_at_the_next_step(trained, tiny_tokens, tmp_path):
     root, run, _ = trained
     copy = shutil.copytree(run, tmp_path / "checkpoint" / "resumed")
-    model_folder = root / "models" / "tiny"
-    tokens = encode(load_training_file(SAMPLE_CSV).text, model_folder)
+    model_folder, tokens = tiny_tokens
 
     def press_ctrl_c(step, loss):
         if step == TRAINED_STEPS + 2:
             raise KeyboardInterrupt
 
-    options = TrainingOptions(steps=10, accumulate_gradients=1, sample_every=1000, print_every=1000)
+    options = quiet_options(steps=10)
     result = finetune(tokens, model_folder=model_folder, run_folder=copy, options=options, on_step=press_ctrl_c)
     interrupted_at = TRAINED_STEPS + 2
     assert result.interrupted and (result.first_step, result.last_step) == (TRAINED_STEPS + 1, interrupted_at)
@@ -270,17 +282,15 @@ def test_interrupted_training_saves_and_resumes_at_the_next_step(trained, tmp_pa
     assert read_counter(copy) == interrupted_at + 1
 
 
-def test_a_second_ctrl_c_during_an_update_saves_the_step_the_weights_are_at(trained, tmp_path, monkeypatch):
+def test_a_second_ctrl_c_during_an_update_saves_the_step_the_weights_are_at(tiny_tokens, tmp_path, monkeypatch):
     """A second Ctrl-C raises KeyboardInterrupt when the session call under way returns: here right
     after the third update reached the weights, before the loop counted it. The checkpoint is step 3,
     with the same weights as a run of 3 steps."""
     import numpy as np
     import tensorflow as tf
 
-    root, _, _ = trained
-    model_folder = root / "models" / "tiny"
-    tokens = encode(load_training_file(SAMPLE_CSV).text, model_folder)
-    options = TrainingOptions(steps=10, accumulate_gradients=1, sample_every=1000, print_every=1000, seed=1)
+    model_folder, tokens = tiny_tokens
+    options = quiet_options(steps=10, seed=1)
     real_run = tf.compat.v1.Session.run
     updates = []
 
@@ -296,21 +306,19 @@ def test_a_second_ctrl_c_during_an_update_saves_the_step_the_weights_are_at(trai
         patched.setattr(tf.compat.v1.Session, "run", run)
         interrupted = finetune(tokens, model_folder=model_folder, run_folder=tmp_path / "interrupted", options=options)
     assert interrupted.interrupted and interrupted.last_step == 3 == read_counter(tmp_path / "interrupted")
-    reference = TrainingOptions(steps=3, accumulate_gradients=1, sample_every=1000, print_every=1000, seed=1)
+    reference = quiet_options(steps=3, seed=1)
     finetune(tokens, model_folder=model_folder, run_folder=tmp_path / "reference", options=reference)
     saved, expected = (tf.train.load_checkpoint(str(tmp_path / name / "model-3")) for name in ("interrupted", "reference"))
     assert all(np.array_equal(saved.get_tensor(name), expected.get_tensor(name))
                for name in expected.get_variable_to_shape_map())
 
 
-def test_ctrl_c_while_the_last_checkpoint_is_written_is_ignored(trained, tmp_path, monkeypatch):
+def test_ctrl_c_while_the_last_checkpoint_is_written_is_ignored(tiny_tokens, tmp_path, monkeypatch):
     """Ctrl-C after the first one stops at once, except while the checkpoint is written: pressed then,
     it would leave the checkpoint and its counter half written."""
     import tensorflow as tf
 
-    root, _, _ = trained
-    model_folder = root / "models" / "tiny"
-    tokens = encode(load_training_file(SAMPLE_CSV).text, model_folder)
+    model_folder, tokens = tiny_tokens
     real_save = tf.compat.v1.train.Saver.save
 
     def save_while_pressing_ctrl_c(self, *args, **kwargs):
@@ -321,7 +329,7 @@ def test_ctrl_c_while_the_last_checkpoint_is_written_is_ignored(trained, tmp_pat
         if step == 2:
             signal.raise_signal(signal.SIGINT)  # the first Ctrl-C: stop after this step and save
 
-    options = TrainingOptions(steps=10, accumulate_gradients=1, sample_every=1000, print_every=1000)
+    options = quiet_options(steps=10)
     run = tmp_path / "saved_whole"
     with monkeypatch.context() as patched:
         patched.setattr(tf.compat.v1.train.Saver, "save", save_while_pressing_ctrl_c)
