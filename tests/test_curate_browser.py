@@ -194,6 +194,8 @@ def upload(page, tmp_path: Path, samples: list[str]) -> None:
     page.locator("#upload-file").set_input_files(str(path))
     page.get_by_role("button", name="Upload for review").click()
     page.wait_for_selector("#upload-summary")
+    # The summary is parsed before the page's script at its end: wait until that script has run too.
+    page.wait_for_load_state("domcontentloaded")
 
 
 def card(page, text: str):
