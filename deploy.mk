@@ -6,8 +6,11 @@
 # names in DEPLOY_VARS are read from .env, and none of them is a secret: secrets go from .env to
 # Secret Manager (`make cloud-secrets`, through standard input) and from there to Cloud Run
 # (--set-secrets), so make never holds or prints their values.
-# Every cloud target first checks the variables it needs, naming each missing one, and runs nothing
-# if one is missing.
+# Values are taken literally, wherever they come from: make expands nothing in them, and each reaches
+# the shell single-quoted ($(call q,...)), so it is one argument (or part of one) and nothing in it runs.
+# Every cloud target first checks the variables it needs, naming each missing one, and every value
+# of a known shape (SHAPED_VARS: names, regions, accounts, ...), and runs nothing if one is wrong.
+# Needs bash (the Makefile's SHELL): quoting uses $'\n' and the shape checks [[ =~ ]].
 
 ENV_FILE ?= .env
 
@@ -22,7 +25,24 @@ define newline
 
 
 endef
-_env_assignments := $(shell awk -v names="$(DEPLOY_VARS)" -f $(dir $(lastword $(MAKEFILE_LIST)))scripts/deploy_env.awk $(ENV_FILE) 2>/dev/null)
+# $(call q,TEXT): TEXT as one single-quoted bash word (a quote as '\'', a newline as $'\n').
+q = '$(subst $(newline),'$$'\n'',$(subst ','\'',$(1)))'
+# $(call path_arg,PATH): PATH quoted, with ./ before a relative one so that it never reads as an option.
+path_arg = $(call q,$(if $(filter /%,$(firstword $(1))),,./)$(1))
+
+# Make would expand $ in values from the command line and the environment: $(call take_literally,NAMES)
+# keeps those as typed. (Called once more after the defaults, for the variables below.)
+take_literally = $(foreach name,$(1),\
+	$(if $(filter command environment,$(firstword $(origin $(name)))),$(eval override $(name) := $$(value $(name)))))
+$(call take_literally,ENV_FILE)
+
+# .env: scripts/deploy_env.awk writes make text in which $, # and @ stand as $$, $(env_hash) and
+# $(env_at), each value between two $(env_edge), so that no value is read as make syntax.
+env_hash := \#
+env_at := @
+env_edge :=
+_env_assignments := $(shell awk -v names="$(DEPLOY_VARS)" \
+	-f $(call q,$(dir $(lastword $(MAKEFILE_LIST)))scripts/deploy_env.awk) $(call path_arg,$(ENV_FILE)) 2>/dev/null)
 $(eval $(subst @NL@,$(newline),$(_env_assignments)))
 
 REGION ?= us-central1
@@ -39,11 +59,12 @@ CONNECTION_NAME ?= $(if $(and $(PROJECT_ID),$(REGION),$(DB_INSTANCE)),$(PROJECT_
 RUN_SERVICE_ACCOUNT ?= $(if $(PROJECT_ID),tweet-bot-run@$(PROJECT_ID).iam.gserviceaccount.com)
 ALLOW_UNAUTHENTICATED ?= false
 CLOUD_RUN_MAX_INSTANCES ?= 2
-# More plain settings for the service, e.g. TWEET_ORDER=oldest,TWITTER_DRY_RUN=true
+# More plain settings for the service, e.g. TWEET_ORDER=oldest,TWITTER_DRY_RUN=true: a --set-env-vars
+# list of its own, in gcloud's syntax (`^;^A=1,2;B=3` splits on ; instead of commas).
 EXTRA_ENV_VARS ?=
-MIGRATE_JOB_NAME ?= $(DOCKER_INSTANCE_NAME)-migrate
+MIGRATE_JOB_NAME ?= $(if $(DOCKER_INSTANCE_NAME),$(DOCKER_INSTANCE_NAME)-migrate)
 # Secret Manager: each secret is named $(SECRET_PREFIX)<VARIABLE>, e.g. tweet-bot-SECRET_TOKEN.
-SECRET_PREFIX ?= $(DOCKER_INSTANCE_NAME)-
+SECRET_PREFIX ?= $(if $(DOCKER_INSTANCE_NAME),$(DOCKER_INSTANCE_NAME)-)
 CLOUD_RUN_SECRETS := SECRET_TOKEN DB_PASSWORD CONSUMER_KEY CONSUMER_SECRET ACCESS_KEY ACCESS_SECRET
 # Cloud Scheduler: posting is idempotent per scheduled time, so retries are safe.
 SCHEDULE ?= 0 9 * * *
@@ -62,13 +83,68 @@ GENERATOR_MEMORY ?= 4Gi
 GENERATOR_CPU ?= 2
 GENERATOR_IMAGE ?= $(REGION)-docker.pkg.dev/$(PROJECT_ID)/$(ARTIFACT_REPOSITORY)/$(GENERATOR_SERVICE_NAME):$(IMAGE_TAG)
 GENERATOR_CONTEXT := build/generator
+$(call take_literally,$(DEPLOY_VARS) IMAGE GENERATOR_IMAGE GENERATOR_CONTEXT CLOUD_RUN_SECRETS)
+
+# Values of a known shape: shape_NAME matches the whole value (bash extended regular expression),
+# about_NAME says what it must be. Names become positional arguments, image hosts and items of gcloud
+# lists, where a leading -, a / or a comma would change what the command does.
+SHAPED_VARS := PROJECT_ID REGION DOCKER_INSTANCE_NAME ARTIFACT_REPOSITORY IMAGE_TAG ACCOUNT DB_INSTANCE \
+	CONNECTION_NAME DB_USERNAME DB_NAME RUN_SERVICE_ACCOUNT ALLOW_UNAUTHENTICATED SECRET_PREFIX \
+	MIGRATE_JOB_NAME CLOUD_RUN_URL SCHEDULER_JOB_NAME SCHEDULER_SERVICE_ACCOUNT GENERATOR_SERVICE_NAME \
+	RUN_NAME CLOUD_RUN_SECRETS
+resource_name := [a-z]([-a-z0-9]{0,61}[a-z0-9])?
+about_resource_name := lowercase letters, digits and hyphens, starting with a letter, not ending with a hyphen (at most 63)
+service_account := [a-z0-9][-a-z0-9]{0,62}@[a-z0-9][-a-z0-9.]*
+about_service_account := a service account email, NAME@PROJECT.iam.gserviceaccount.com
+database_name := [A-Za-z_][-A-Za-z0-9_.]{0,62}
+about_database_name := letters, digits, _ . and -, starting with a letter or _ (at most 63)
+shape_PROJECT_ID := [a-z][-a-z0-9]{4,28}[a-z0-9]
+about_PROJECT_ID := a project id: 6-30 lowercase letters, digits and hyphens, starting with a letter
+shape_REGION := [a-z]+(-[a-z]+)+[0-9]+
+about_REGION := a region such as us-central1 or europe-west1
+shape_DOCKER_INSTANCE_NAME := $(resource_name)
+about_DOCKER_INSTANCE_NAME := a Cloud Run service name: $(about_resource_name)
+shape_ARTIFACT_REPOSITORY := $(resource_name)
+about_ARTIFACT_REPOSITORY := a repository name: $(about_resource_name)
+shape_IMAGE_TAG := [A-Za-z0-9_][-A-Za-z0-9_.]{0,127}
+about_IMAGE_TAG := an image tag: letters, digits, _ . and -, not starting with . or - (at most 128)
+shape_ACCOUNT := @?[A-Za-z0-9_]{1,15}
+about_ACCOUNT := an X handle: 1-15 letters, digits or underscores
+shape_DB_INSTANCE := $(resource_name)
+about_DB_INSTANCE := a Cloud SQL instance name: $(about_resource_name)
+shape_CONNECTION_NAME := [-a-z0-9.]+(:[-a-z0-9.]+){2,3}
+about_CONNECTION_NAME := PROJECT:REGION:INSTANCE (lowercase letters, digits, hyphens and dots)
+shape_DB_USERNAME := $(database_name)
+about_DB_USERNAME := a database user name: $(about_database_name)
+shape_DB_NAME := $(database_name)
+about_DB_NAME := a database name: $(about_database_name)
+shape_RUN_SERVICE_ACCOUNT := $(service_account)
+about_RUN_SERVICE_ACCOUNT := $(about_service_account)
+shape_ALLOW_UNAUTHENTICATED := true|false|yes|no|1|0
+about_ALLOW_UNAUTHENTICATED := true or false (or yes/no, 1/0)
+shape_SECRET_PREFIX := [-A-Za-z0-9_]{1,200}
+about_SECRET_PREFIX := the start of Secret Manager ids: letters, digits, _ and -
+shape_MIGRATE_JOB_NAME := $(resource_name)
+about_MIGRATE_JOB_NAME := a Cloud Run job name: $(about_resource_name)
+shape_CLOUD_RUN_URL := https://[-A-Za-z0-9.]+(:[0-9]+)?(/[-A-Za-z0-9._~/]*)?
+about_CLOUD_RUN_URL := the service's https:// address, such as https://tweet-bot-abc123-ew.a.run.app
+shape_SCHEDULER_JOB_NAME := [A-Za-z0-9_][-A-Za-z0-9_]{0,499}
+about_SCHEDULER_JOB_NAME := a Cloud Scheduler job name: letters, digits, _ and -, not starting with - (at most 500)
+shape_SCHEDULER_SERVICE_ACCOUNT := $(service_account)
+about_SCHEDULER_SERVICE_ACCOUNT := $(about_service_account)
+shape_GENERATOR_SERVICE_NAME := $(resource_name)
+about_GENERATOR_SERVICE_NAME := a Cloud Run service name: $(about_resource_name)
+shape_RUN_NAME := [A-Za-z0-9][-A-Za-z0-9._]*
+about_RUN_NAME := one folder name (letters, digits, . _ and -, not starting with . or -)
+shape_CLOUD_RUN_SECRETS := [A-Z_][A-Z0-9_]*( +[A-Z_][A-Z0-9_]*)*
+about_CLOUD_RUN_SECRETS := variable names (capitals, digits, _) separated by spaces
 
 # Derived values (no trailing slash on the URL; the secret flags from CLOUD_RUN_SECRETS).
 service_url = $(patsubst %/,%,$(CLOUD_RUN_URL))
 comma := ,
 space := $(subst ,, )
 secret_refs = $(subst $(space),$(comma),$(strip $(foreach name,$(1),$(name)=$(SECRET_PREFIX)$(name):latest)))
-access_secret = gcloud secrets versions access latest --secret=$(SECRET_PREFIX)$(1) --project=$(PROJECT_ID)
+access_secret = gcloud secrets versions access latest --secret=$(call q,$(SECRET_PREFIX)$(1)) --project=$(call q,$(PROJECT_ID))
 # $(call secret_flags,JSON,SECRET): shell that reads SECRET from Secret Manager into a private temporary
 # gcloud flags file "$$flags" (JSON with %s where the value goes; removed on exit), so that the value
 # never stands in a command line (ps) nor in what make echoes. No comma in JSON: call splits on commas.
@@ -76,14 +152,23 @@ secret_flags = flags="$$(mktemp)" && trap 'rm -f "$$flags"' EXIT \
 	  && secret="$$($(call access_secret,$(2)))" \
 	  && printf '$(1)\n' "$$(printf '%s' "$$secret" | sed 's/[\\"]/\\&/g')" >"$$flags"
 auth_flag = $(if $(filter true yes 1,$(ALLOW_UNAUTHENTICATED)),--allow-unauthenticated,--no-allow-unauthenticated)
-service_env = ACCOUNT=$(ACCOUNT),CONNECTION_NAME=$(CONNECTION_NAME),DB_USERNAME=$(DB_USERNAME),DB_NAME=$(DB_NAME)$(if $(EXTRA_ENV_VARS),$(comma)$(EXTRA_ENV_VARS))
+# The service's settings; EXTRA_ENV_VARS is a second list (gcloud merges them; a name in both is an error).
+service_env = ACCOUNT=$(ACCOUNT),CONNECTION_NAME=$(CONNECTION_NAME),DB_USERNAME=$(DB_USERNAME),DB_NAME=$(DB_NAME)
+env_flags = --set-env-vars=$(call q,$(service_env))$(if $(strip $(EXTRA_ENV_VARS)), --set-env-vars=$(call q,$(EXTRA_ENV_VARS)))
 
 hint_CONNECTION_NAME := set DB_INSTANCE (with PROJECT_ID and REGION) or CONNECTION_NAME=PROJECT:REGION:INSTANCE
 hint_CLOUD_RUN_URL := the service's https://...run.app address, printed by make docker-cloud-run
 hint_GENERATOR_SERVICE_NAME := set DOCKER_INSTANCE_NAME (the generation service is then DOCKER_INSTANCE_NAME-generator) or GENERATOR_SERVICE_NAME
-# $(call require,VARIABLES): one line per empty variable, then stop before any command of the target runs.
 missing = $(strip $(foreach name,$(1),$(if $(strip $($(name))),,$(name))))
-require = $(if $(call missing,$(1)),$(foreach name,$(call missing,$(1)),$(info Missing $(name): $(or $(hint_$(name)),set it in .env or on the command line (see .env_reference))))$(error $(words $(call missing,$(1))) variable(s) missing for $@; nothing was run))
+# $(call malformed,VARIABLES): those set to a value not of their shape, found by one bash run in the C locale.
+malformed = $(shell LC_ALL=C; $(foreach name,$(1),$(if $(strip $($(name))),\
+	re=$(call q,^($(shape_$(name)))$$); [[ $(call q,$($(name))) =~ $$re ]] || echo $(name);)))
+# $(call require,VARIABLES): one line per empty one of VARIABLES and per malformed one of SHAPED_VARS,
+# then stop before any command of the target runs.
+require = $(call refuse,$(call missing,$(1)),$(call malformed,$(SHAPED_VARS)))
+refuse = $(call say_missing,$(1))$(call say_malformed,$(2))$(if $(1)$(2),$(error $(words $(1) $(2)) variable(s) to fix for $@; nothing was run))
+say_missing = $(foreach name,$(1),$(info Missing $(name): $(or $(hint_$(name)),set it in .env or on the command line (see .env_reference))))
+say_malformed = $(foreach name,$(1),$(info $(name) must be $(about_$(name))))
 
 SETUP_VARS := PROJECT_ID REGION ARTIFACT_REPOSITORY RUN_SERVICE_ACCOUNT SCHEDULER_SERVICE_ACCOUNT
 SECRETS_VARS := PROJECT_ID DOCKER_INSTANCE_NAME
@@ -94,6 +179,11 @@ RUN_VARS := $(MIGRATE_VARS) ACCOUNT
 SCHEDULER_VARS := PROJECT_ID REGION DOCKER_INSTANCE_NAME SCHEDULER_JOB_NAME CLOUD_RUN_URL SCHEDULE TIME_ZONE SCHEDULER_SERVICE_ACCOUNT
 JOB_VARS := PROJECT_ID REGION SCHEDULER_JOB_NAME
 GENERATOR_VARS := PROJECT_ID REGION ARTIFACT_REPOSITORY GENERATOR_SERVICE_NAME
+
+# Flags most commands share, each value quoted.
+project = --project=$(call q,$(PROJECT_ID))
+in_region = $(project) --region=$(call q,$(REGION))
+job = $(call q,$(SCHEDULER_JOB_NAME)) $(project) --location=$(call q,$(REGION))
 
 .PHONY: docker-compose cloud-setup cloud-secrets create-postgres-instance docker-cloud-build cloud-migrate \
 	docker-cloud-run docker-cloud-build-run add-scheduler scheduler-pause scheduler-resume scheduler-run-now \
@@ -108,49 +198,49 @@ docker-compose: ## self-host: Postgres, migrations, the API (127.0.0.1:8080) and
 # ---- Google Cloud, in the order of a first deployment ----
 cloud-setup: ## enable the APIs; create the image repository and the service accounts with their roles
 	@$(call require,$(SETUP_VARS))
-	gcloud services enable run.googleapis.com sqladmin.googleapis.com cloudbuild.googleapis.com artifactregistry.googleapis.com secretmanager.googleapis.com cloudscheduler.googleapis.com iam.googleapis.com --project=$(PROJECT_ID)
-	gcloud artifacts repositories describe $(ARTIFACT_REPOSITORY) --location=$(REGION) --project=$(PROJECT_ID) >/dev/null 2>&1 \
-	  || gcloud artifacts repositories create $(ARTIFACT_REPOSITORY) --repository-format=docker --location=$(REGION) --project=$(PROJECT_ID)
-	gcloud iam service-accounts describe $(RUN_SERVICE_ACCOUNT) --project=$(PROJECT_ID) >/dev/null 2>&1 \
-	  || gcloud iam service-accounts create $(firstword $(subst @, ,$(RUN_SERVICE_ACCOUNT))) --display-name="tweet bot service" --project=$(PROJECT_ID)
-	gcloud iam service-accounts describe $(SCHEDULER_SERVICE_ACCOUNT) --project=$(PROJECT_ID) >/dev/null 2>&1 \
-	  || gcloud iam service-accounts create $(firstword $(subst @, ,$(SCHEDULER_SERVICE_ACCOUNT))) --display-name="tweet bot scheduler" --project=$(PROJECT_ID)
-	gcloud projects add-iam-policy-binding $(PROJECT_ID) --member=serviceAccount:$(RUN_SERVICE_ACCOUNT) --role=roles/cloudsql.client --condition=None
-	gcloud projects add-iam-policy-binding $(PROJECT_ID) --member=serviceAccount:$(RUN_SERVICE_ACCOUNT) --role=roles/secretmanager.secretAccessor --condition=None
+	gcloud services enable run.googleapis.com sqladmin.googleapis.com cloudbuild.googleapis.com artifactregistry.googleapis.com secretmanager.googleapis.com cloudscheduler.googleapis.com iam.googleapis.com $(project)
+	gcloud artifacts repositories describe $(call q,$(ARTIFACT_REPOSITORY)) --location=$(call q,$(REGION)) $(project) >/dev/null 2>&1 \
+	  || gcloud artifacts repositories create $(call q,$(ARTIFACT_REPOSITORY)) --repository-format=docker --location=$(call q,$(REGION)) $(project)
+	gcloud iam service-accounts describe $(call q,$(RUN_SERVICE_ACCOUNT)) $(project) >/dev/null 2>&1 \
+	  || gcloud iam service-accounts create $(call q,$(firstword $(subst @, ,$(RUN_SERVICE_ACCOUNT)))) --display-name="tweet bot service" $(project)
+	gcloud iam service-accounts describe $(call q,$(SCHEDULER_SERVICE_ACCOUNT)) $(project) >/dev/null 2>&1 \
+	  || gcloud iam service-accounts create $(call q,$(firstword $(subst @, ,$(SCHEDULER_SERVICE_ACCOUNT)))) --display-name="tweet bot scheduler" $(project)
+	gcloud projects add-iam-policy-binding $(call q,$(PROJECT_ID)) --member=$(call q,serviceAccount:$(RUN_SERVICE_ACCOUNT)) --role=roles/cloudsql.client --condition=None
+	gcloud projects add-iam-policy-binding $(call q,$(PROJECT_ID)) --member=$(call q,serviceAccount:$(RUN_SERVICE_ACCOUNT)) --role=roles/secretmanager.secretAccessor --condition=None
 
 cloud-secrets: ## copy SECRET_TOKEN, DB_PASSWORD and the X credentials from .env to Secret Manager (a new version each)
 	@$(call require,$(SECRETS_VARS))
-	@test -x $(BIN)/python || { echo "No $(BIN)/python: run make venv first." >&2; exit 1; }
-	$(BIN)/python scripts/cloud_secrets.py --project=$(PROJECT_ID) --prefix=$(SECRET_PREFIX) --env-file=$(ENV_FILE) $(CLOUD_RUN_SECRETS)
+	@test -x $(call q,$(BIN)/python) || { echo "No "$(call q,$(BIN)/python)": run make venv first." >&2; exit 1; }
+	$(call q,$(BIN)/python) scripts/cloud_secrets.py $(project) --prefix=$(call q,$(SECRET_PREFIX)) --env-file=$(call q,$(ENV_FILE)) $(CLOUD_RUN_SECRETS)
 
 create-postgres-instance: ## create the Cloud SQL instance, its database and user (password from Secret Manager)
 	@$(call require,$(POSTGRES_VARS))
-	gcloud sql instances create $(DB_INSTANCE) --project=$(PROJECT_ID) --region=$(REGION) \
-	  --database-version=$(DB_VERSION) --edition=$(DB_EDITION) --tier=$(DB_TIER)
-	gcloud sql databases create $(DB_NAME) --instance=$(DB_INSTANCE) --project=$(PROJECT_ID)
+	gcloud sql instances create $(call q,$(DB_INSTANCE)) $(in_region) \
+	  --database-version=$(call q,$(DB_VERSION)) --edition=$(call q,$(DB_EDITION)) --tier=$(call q,$(DB_TIER))
+	gcloud sql databases create $(call q,$(DB_NAME)) --instance=$(call q,$(DB_INSTANCE)) $(project)
 	$(call secret_flags,{"--password": "%s"},DB_PASSWORD) \
-	  && gcloud sql users $(if $(filter postgres,$(DB_USERNAME)),set-password,create) $(DB_USERNAME) \
-	  --instance=$(DB_INSTANCE) --project=$(PROJECT_ID) --flags-file="$$flags"
+	  && gcloud sql users $(if $(filter postgres,$(DB_USERNAME)),set-password,create) $(call q,$(DB_USERNAME)) \
+	  --instance=$(call q,$(DB_INSTANCE)) $(project) --flags-file="$$flags"
 
 docker-cloud-build: ## build the API image with Cloud Build into Artifact Registry
 	@$(call require,$(BUILD_VARS))
-	gcloud builds submit --project=$(PROJECT_ID) --region=$(REGION) --tag=$(IMAGE) .
+	gcloud builds submit $(in_region) --tag=$(call q,$(IMAGE)) .
 
 cloud-migrate: ## upgrade the Cloud SQL schema: a Cloud Run job from the API image runs alembic upgrade head
 	@$(call require,$(MIGRATE_VARS))
-	gcloud run jobs deploy $(MIGRATE_JOB_NAME) --project=$(PROJECT_ID) --region=$(REGION) --image=$(IMAGE) \
-	  --service-account=$(RUN_SERVICE_ACCOUNT) --set-cloudsql-instances=$(CONNECTION_NAME) \
-	  --set-env-vars=CONNECTION_NAME=$(CONNECTION_NAME),DB_USERNAME=$(DB_USERNAME),DB_NAME=$(DB_NAME) \
-	  --set-secrets=$(call secret_refs,DB_PASSWORD) \
+	gcloud run jobs deploy $(call q,$(MIGRATE_JOB_NAME)) $(in_region) --image=$(call q,$(IMAGE)) \
+	  --service-account=$(call q,$(RUN_SERVICE_ACCOUNT)) --set-cloudsql-instances=$(call q,$(CONNECTION_NAME)) \
+	  --set-env-vars=$(call q,CONNECTION_NAME=$(CONNECTION_NAME)$(comma)DB_USERNAME=$(DB_USERNAME)$(comma)DB_NAME=$(DB_NAME)) \
+	  --set-secrets=$(call q,$(call secret_refs,DB_PASSWORD)) \
 	  --command=alembic --args=upgrade,head --max-retries=0 --task-timeout=10m --execute-now --wait
 
 docker-cloud-run: ## deploy the API to Cloud Run (Cloud SQL, Secret Manager; authenticated unless ALLOW_UNAUTHENTICATED=true)
 	@$(call require,$(RUN_VARS))
-	gcloud run deploy $(DOCKER_INSTANCE_NAME) --project=$(PROJECT_ID) --region=$(REGION) --image=$(IMAGE) \
-	  --service-account=$(RUN_SERVICE_ACCOUNT) --add-cloudsql-instances=$(CONNECTION_NAME) \
-	  --set-env-vars=$(service_env) --set-secrets=$(call secret_refs,$(CLOUD_RUN_SECRETS)) \
-	  --max-instances=$(CLOUD_RUN_MAX_INSTANCES) $(auth_flag)
-	@echo "CLOUD_RUN_URL=$$(gcloud run services describe $(DOCKER_INSTANCE_NAME) --project=$(PROJECT_ID) --region=$(REGION) --format='value(status.url)')  (put it in .env for make add-scheduler)"
+	gcloud run deploy $(call q,$(DOCKER_INSTANCE_NAME)) $(in_region) --image=$(call q,$(IMAGE)) \
+	  --service-account=$(call q,$(RUN_SERVICE_ACCOUNT)) --add-cloudsql-instances=$(call q,$(CONNECTION_NAME)) \
+	  $(env_flags) --set-secrets=$(call q,$(call secret_refs,$(CLOUD_RUN_SECRETS))) \
+	  --max-instances=$(call q,$(CLOUD_RUN_MAX_INSTANCES)) $(auth_flag)
+	@echo "CLOUD_RUN_URL=$$(gcloud run services describe $(call q,$(DOCKER_INSTANCE_NAME)) $(in_region) --format='value(status.url)')  (put it in .env for make add-scheduler)"
 
 docker-cloud-build-run: ## build, migrate, then deploy (checks every variable first)
 	@$(call require,$(sort $(BUILD_VARS) $(MIGRATE_VARS) $(RUN_VARS)))
@@ -160,56 +250,58 @@ docker-cloud-build-run: ## build, migrate, then deploy (checks every variable fi
 # prints only the job's name: the whole job, which gcloud prints otherwise, holds the header.
 add-scheduler: ## create the Cloud Scheduler job: POST $(CLOUD_RUN_URL)/tweet_curated/ on SCHEDULE, with OIDC and x-token
 	@$(call require,$(SCHEDULER_VARS))
-	gcloud run services add-iam-policy-binding $(DOCKER_INSTANCE_NAME) --project=$(PROJECT_ID) --region=$(REGION) \
-	  --member=serviceAccount:$(SCHEDULER_SERVICE_ACCOUNT) --role=roles/run.invoker
+	gcloud run services add-iam-policy-binding $(call q,$(DOCKER_INSTANCE_NAME)) $(in_region) \
+	  --member=$(call q,serviceAccount:$(SCHEDULER_SERVICE_ACCOUNT)) --role=roles/run.invoker
 	$(call secret_flags,{"--headers": {"x-token": "%s"}},SECRET_TOKEN) \
-	  && gcloud scheduler jobs create http $(SCHEDULER_JOB_NAME) --project=$(PROJECT_ID) --location=$(REGION) \
-	  --schedule="$(SCHEDULE)" --time-zone="$(TIME_ZONE)" --uri=$(service_url)/tweet_curated/ --http-method=POST \
+	  && gcloud scheduler jobs create http $(job) \
+	  --schedule=$(call q,$(SCHEDULE)) --time-zone=$(call q,$(TIME_ZONE)) --uri=$(call q,$(service_url)/tweet_curated/) --http-method=POST \
 	  --flags-file="$$flags" \
-	  --oidc-service-account-email=$(SCHEDULER_SERVICE_ACCOUNT) --oidc-token-audience=$(service_url) \
-	  --attempt-deadline=$(SCHEDULER_ATTEMPT_DEADLINE) --max-retry-attempts=$(SCHEDULER_MAX_RETRY_ATTEMPTS) \
-	  --min-backoff=$(SCHEDULER_MIN_BACKOFF) --max-backoff=$(SCHEDULER_MAX_BACKOFF) --max-doublings=$(SCHEDULER_MAX_DOUBLINGS) \
+	  --oidc-service-account-email=$(call q,$(SCHEDULER_SERVICE_ACCOUNT)) --oidc-token-audience=$(call q,$(service_url)) \
+	  --attempt-deadline=$(call q,$(SCHEDULER_ATTEMPT_DEADLINE)) --max-retry-attempts=$(call q,$(SCHEDULER_MAX_RETRY_ATTEMPTS)) \
+	  --min-backoff=$(call q,$(SCHEDULER_MIN_BACKOFF)) --max-backoff=$(call q,$(SCHEDULER_MAX_BACKOFF)) --max-doublings=$(call q,$(SCHEDULER_MAX_DOUBLINGS)) \
 	  --format='value(name)'
 
 scheduler-pause: ## pause the Cloud Scheduler job
 	@$(call require,$(JOB_VARS))
-	gcloud scheduler jobs pause $(SCHEDULER_JOB_NAME) --project=$(PROJECT_ID) --location=$(REGION)
+	gcloud scheduler jobs pause $(job)
 
 scheduler-resume: ## resume the Cloud Scheduler job
 	@$(call require,$(JOB_VARS))
-	gcloud scheduler jobs resume $(SCHEDULER_JOB_NAME) --project=$(PROJECT_ID) --location=$(REGION)
+	gcloud scheduler jobs resume $(job)
 
 scheduler-run-now: ## run the Cloud Scheduler job once now (posts the next tweet)
 	@$(call require,$(JOB_VARS))
-	gcloud scheduler jobs run $(SCHEDULER_JOB_NAME) --project=$(PROJECT_ID) --location=$(REGION)
+	gcloud scheduler jobs run $(job)
 
 scheduler-delete: ## delete the Cloud Scheduler job
 	@$(call require,$(JOB_VARS))
-	gcloud scheduler jobs delete $(SCHEDULER_JOB_NAME) --project=$(PROJECT_ID) --location=$(REGION) --quiet
+	gcloud scheduler jobs delete $(job) --quiet
 
 # ---- the generation service (TensorFlow; its own image) ----
+# RUN_NAME's shape (one folder name) keeps it a plain word in the sed replacement below.
 generator-context: ## stage ml/Dockerfile's build context in build/generator: api/ and ml/ (what git does not ignore), the run CHECKPOINT_DIR/RUN_NAME
-	@echo '$(RUN_NAME)' | grep -Eqx '[A-Za-z0-9][A-Za-z0-9._-]*' || { echo "RUN_NAME must be one folder name (letters, digits, . _ -)." >&2; exit 1; }
-	@test -f $(CHECKPOINT_DIR)/$(RUN_NAME)/hparams.json || { echo "No run folder $(CHECKPOINT_DIR)/$(RUN_NAME) (hparams.json missing): train one (make train) or set CHECKPOINT_DIR and RUN_NAME." >&2; exit 1; }
-	rm -rf $(GENERATOR_CONTEXT)
-	mkdir -p $(GENERATOR_CONTEXT)/checkpoint
-	sed 's/^ARG RUN_NAME=.*/ARG RUN_NAME=$(RUN_NAME)/' ml/Dockerfile > $(GENERATOR_CONTEXT)/Dockerfile
-	cp requirements.txt requirements-ml.txt $(GENERATOR_CONTEXT)/
-	git ls-files -z --cached --others --exclude-standard api ml | tar --null -T - -cf - | tar -xf - -C $(GENERATOR_CONTEXT)
-	cp -R $(CHECKPOINT_DIR)/$(RUN_NAME) $(GENERATOR_CONTEXT)/checkpoint/$(RUN_NAME)
+	@$(call require,RUN_NAME CHECKPOINT_DIR GENERATOR_CONTEXT)
+	@run_folder=$(call q,$(CHECKPOINT_DIR)/$(RUN_NAME)); test -f $(call path_arg,$(CHECKPOINT_DIR)/$(RUN_NAME)/hparams.json) \
+	  || { echo "No run folder $$run_folder (hparams.json missing): train one (make train) or set CHECKPOINT_DIR and RUN_NAME." >&2; exit 1; }
+	rm -rf $(call path_arg,$(GENERATOR_CONTEXT))
+	mkdir -p $(call path_arg,$(GENERATOR_CONTEXT)/checkpoint)
+	sed 's/^ARG RUN_NAME=.*/ARG RUN_NAME=$(RUN_NAME)/' ml/Dockerfile > $(call q,$(GENERATOR_CONTEXT))/Dockerfile
+	cp requirements.txt requirements-ml.txt $(call path_arg,$(GENERATOR_CONTEXT))/
+	git ls-files -z --cached --others --exclude-standard api ml | tar --null -T - -cf - | tar -xf - -C $(call path_arg,$(GENERATOR_CONTEXT))
+	cp -R $(call path_arg,$(CHECKPOINT_DIR)/$(RUN_NAME)) $(call path_arg,$(GENERATOR_CONTEXT)/checkpoint/$(RUN_NAME))
 
 docker-generator: ## build the generation image locally (tag $(GENERATOR_SERVICE_NAME):local), bundling CHECKPOINT_DIR/RUN_NAME
 	@$(call require,GENERATOR_SERVICE_NAME RUN_NAME)
 	$(MAKE) --no-print-directory generator-context
-	docker build -t $(GENERATOR_SERVICE_NAME):local $(GENERATOR_CONTEXT)
+	docker build -t $(call q,$(GENERATOR_SERVICE_NAME):local) $(call path_arg,$(GENERATOR_CONTEXT))
 
 docker-cloud-build-generator: ## build the generation image with Cloud Build (bundles CHECKPOINT_DIR/RUN_NAME)
 	@$(call require,$(GENERATOR_VARS) RUN_NAME)
 	$(MAKE) --no-print-directory generator-context
-	gcloud builds submit $(GENERATOR_CONTEXT) --project=$(PROJECT_ID) --region=$(REGION) --timeout=3600s --tag=$(GENERATOR_IMAGE)
+	gcloud builds submit $(call path_arg,$(GENERATOR_CONTEXT)) $(in_region) --timeout=3600s --tag=$(call q,$(GENERATOR_IMAGE))
 
 docker-cloud-run-generator: ## deploy the generation service to Cloud Run (authenticated unless ALLOW_UNAUTHENTICATED=true)
 	@$(call require,$(GENERATOR_VARS) RUN_SERVICE_ACCOUNT GENERATOR_MEMORY GENERATOR_CPU)
-	gcloud run deploy $(GENERATOR_SERVICE_NAME) --project=$(PROJECT_ID) --region=$(REGION) --image=$(GENERATOR_IMAGE) \
-	  --service-account=$(RUN_SERVICE_ACCOUNT) --memory=$(GENERATOR_MEMORY) --cpu=$(GENERATOR_CPU) \
-	  --max-instances=$(CLOUD_RUN_MAX_INSTANCES) $(auth_flag)
+	gcloud run deploy $(call q,$(GENERATOR_SERVICE_NAME)) $(in_region) --image=$(call q,$(GENERATOR_IMAGE)) \
+	  --service-account=$(call q,$(RUN_SERVICE_ACCOUNT)) --memory=$(call q,$(GENERATOR_MEMORY)) --cpu=$(call q,$(GENERATOR_CPU)) \
+	  --max-instances=$(call q,$(CLOUD_RUN_MAX_INSTANCES)) $(auth_flag)

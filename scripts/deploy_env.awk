@@ -2,6 +2,9 @@
 # deploy.mk to $(eval): each value only when make has no value of its own (command line, environment).
 # Lines are joined with @NL@, because make's $(shell) turns newlines into spaces.
 # Understands `export NAME=value`, quoted values and trailing comments; empty values are skipped.
+# A value is text, never make syntax: $ becomes $$, and # and @ (which would start a comment or an
+# @NL@) become references to deploy.mk's env_hash and env_at; env_edge (empty) on both sides keeps
+# leading spaces and stops a trailing backslash from joining the next line.
 BEGIN {
     count = split(names, list, " ")
     for (i = 1; i <= count; i++) wanted[list[i]] = 1
@@ -31,7 +34,8 @@ END {
         value = values[name]
         if (value == "") continue
         gsub(/\$/, "$$", value)
-        gsub(/#/, "\\#", value)
-        printf "ifeq ($(origin %s),undefined)@NL@%s := %s@NL@endif@NL@", name, name, value
+        gsub(/#/, "$(env_hash)", value)
+        gsub(/@/, "$(env_at)", value)
+        printf "ifeq ($(origin %s),undefined)@NL@%s := $(env_edge)%s$(env_edge)@NL@endif@NL@", name, name, value
     }
 }

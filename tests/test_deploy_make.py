@@ -295,9 +295,13 @@ def test_opt_out_of_authentication(workdir):
 
 
 def test_extra_env_vars_and_explicit_connection_name(workdir):
-    run = run_make(workdir, "docker-cloud-run", "EXTRA_ENV_VARS=TWEET_ORDER=oldest", "CONNECTION_NAME=p:r:i", "DB_INSTANCE=")
+    """EXTRA_ENV_VARS is a second --set-env-vars list: gcloud merges the two."""
+    run = run_make(workdir, "docker-cloud-run", "EXTRA_ENV_VARS=TWEET_ORDER=oldest,TWITTER_DRY_RUN=true", "CONNECTION_NAME=p:r:i", "DB_INSTANCE=")
     assert "--add-cloudsql-instances=p:r:i" in run.commands[0]
-    assert "--set-env-vars=ACCOUNT=my_bot,CONNECTION_NAME=p:r:i,DB_USERNAME=tweetbot,DB_NAME=tweets,TWEET_ORDER=oldest" in run.commands[0]
+    assert [arg for arg in run.commands[0] if arg.startswith("--set-env-vars=")] == [
+        "--set-env-vars=ACCOUNT=my_bot,CONNECTION_NAME=p:r:i,DB_USERNAME=tweetbot,DB_NAME=tweets",
+        "--set-env-vars=TWEET_ORDER=oldest,TWITTER_DRY_RUN=true",
+    ]
 
 
 def test_builtin_postgres_user_gets_a_password_instead_of_being_created(workdir):
@@ -504,15 +508,22 @@ def test_checkpoint_dir_defaults_to_where_ml_model_writes_runs(tmp_path, monkeyp
     assert reference["CHECKPOINT_DIR"] == reference["GENERATION_CHECKPOINT_DIR"] == model.CHECKPOINT_DIR == "ml/checkpoint"
 
 
-@pytest.mark.parametrize("run_name", ["../escape", "a b", ""])
-def test_generator_context_refuses_a_run_name_that_is_not_one_folder(tmp_path, run_name):
+@pytest.mark.parametrize(("run_name", "message"), [
+    ("../escape", "RUN_NAME must be one folder name"),
+    ("a b", "RUN_NAME must be one folder name"),
+    ("x'; cd; touch ran; '", "RUN_NAME must be one folder name"),
+    ("", "Missing RUN_NAME:"),
+])
+def test_generator_context_refuses_a_run_name_that_is_not_one_folder(tmp_path, run_name, message):
     result = subprocess.run(
         ["make", "--no-print-directory", "generator-context", f"CHECKPOINT_DIR={tmp_path}", f"RUN_NAME={run_name}",
          f"GENERATOR_CONTEXT={tmp_path / 'context'}", "ENV_FILE=/dev/null"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO, capture_output=True, text=True, timeout=60, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
     )
     assert result.returncode != 0
-    assert "RUN_NAME must be one folder name" in result.stderr
+    assert message in result.stdout
+    assert "nothing was run" in result.stderr
+    assert not (tmp_path / "ran").exists()
     assert not (tmp_path / "context").exists()
 
 
@@ -559,5 +570,221 @@ def test_env_file_values_are_not_expanded_by_make(workdir):
     run = run_make(workdir, "docker-cloud-run", "ACCOUNT=my_bot")
     assert run.returncode == 0, run.output
     assert not (workdir / "pwned").exists()
-    [env_vars] = [arg for arg in run.commands[0] if arg.startswith("--set-env-vars=")]
-    assert env_vars.endswith(",DB_NAME=tweets,NOTE=cost$%#1")
+    assert "--set-env-vars=NOTE=cost$%#1" in run.commands[0]
+
+
+# ---- hostile values: each reaches gcloud/docker as one literal argument, or is refused before anything runs ----
+
+# Shell and make syntax of every kind. `cd;touch ran` (no slash: the value also names folders) would create
+# HOME/ran if any part of a value ran as a command; HOME is tmp_path in run_make.
+HOSTILE = "x`cd;touch ran`$(cd;touch ran)$HOME;cd;touch ran&&cd|touch ran'sq'\"dq\"\\%#1 $(shell cd;touch ran)"
+# On the command line a value may also hold a newline and a comment; .env values are one line.
+HOSTILE_ON_COMMAND_LINE = HOSTILE + "\nline two #2"
+
+
+def ran_a_command(workdir: Path) -> bool:
+    return (workdir.parent / "ran").exists()
+
+
+def set_in_env_file(workdir: Path, name: str, value: str) -> None:
+    """Appends NAME=value, unquoted, to the test's .env: the last line of a name wins."""
+    with open(workdir / ".env", "a") as env_file:
+        env_file.write(f"{name}={value}\n")
+
+
+def hostile_run(workdir: Path, target: str, name: str, source: str, *assignments: str) -> tuple[MakeRun, str]:
+    """make TARGET with NAME set to a hostile value in .env or on the command line; returns the run and the value."""
+    if source == ".env":
+        set_in_env_file(workdir, name, HOSTILE)
+        return run_make(workdir, target, *assignments), HOSTILE
+    return run_make(workdir, target, *assignments, f"{name}={HOSTILE_ON_COMMAND_LINE}"), HOSTILE_ON_COMMAND_LINE
+
+
+def assert_deploy_keeps_its_guards(run: MakeRun) -> None:
+    """`gcloud run deploy` ran once and still has its secrets, its instance cap and its authentication flag."""
+    [deploy] = [command for command in run.commands if command[1:3] == ["run", "deploy"]]
+    assert f"--set-secrets={ALL_SECRET_REFS}" in deploy
+    assert any(arg.startswith("--max-instances=") for arg in deploy)
+    assert "--no-allow-unauthenticated" in deploy
+
+
+# Free-form values: quoted, whatever they hold. (variable, target, the argument it becomes with %s for the value)
+LITERAL_VALUES = [
+    ("SCHEDULE", "add-scheduler", "--schedule=%s"),
+    ("TIME_ZONE", "add-scheduler", "--time-zone=%s"),
+    ("SCHEDULER_ATTEMPT_DEADLINE", "add-scheduler", "--attempt-deadline=%s"),
+    ("SCHEDULER_MAX_RETRY_ATTEMPTS", "add-scheduler", "--max-retry-attempts=%s"),
+    ("SCHEDULER_MIN_BACKOFF", "add-scheduler", "--min-backoff=%s"),
+    ("SCHEDULER_MAX_BACKOFF", "add-scheduler", "--max-backoff=%s"),
+    ("SCHEDULER_MAX_DOUBLINGS", "add-scheduler", "--max-doublings=%s"),
+    ("EXTRA_ENV_VARS", "docker-cloud-run", "--set-env-vars=%s"),
+    ("CLOUD_RUN_MAX_INSTANCES", "docker-cloud-run", "--max-instances=%s"),
+    ("DB_VERSION", "create-postgres-instance", "--database-version=%s"),
+    ("DB_TIER", "create-postgres-instance", "--tier=%s"),
+    ("DB_EDITION", "create-postgres-instance", "--edition=%s"),
+    ("GENERATOR_MEMORY", "docker-cloud-run-generator", "--memory=%s"),
+    ("GENERATOR_CPU", "docker-cloud-run-generator", "--cpu=%s"),
+]
+
+
+@pytest.mark.parametrize("source", [".env", "command line"])
+@pytest.mark.parametrize(("name", "target", "argument"), LITERAL_VALUES, ids=[name for name, _, _ in LITERAL_VALUES])
+def test_free_form_value_reaches_gcloud_as_one_literal_argument(workdir, name, target, argument, source):
+    run, value = hostile_run(workdir, target, name, source)
+    assert run.returncode == 0, run.output
+    assert not ran_a_command(workdir)
+    assert run.commands == [with_argument(command, argument % value, added=name == "EXTRA_ENV_VARS")
+                            for command in EXPECTED_COMMANDS[target]]
+    if target == "docker-cloud-run":
+        assert_deploy_keeps_its_guards(run)
+
+
+def with_argument(command: list[str], argument: str, added: bool) -> list[str]:
+    """The expected command with `argument` in place of its flag's default value, or after it when `added`."""
+    flag = argument.partition("=")[0] + "="
+    at = [index for index, arg in enumerate(command) if arg.startswith(flag)]
+    if not at:
+        return command
+    if added:
+        return [*command[:at[0] + 1], argument, *command[at[0] + 1:]]
+    return [*command[:at[0]], argument, *command[at[0] + 1:]]
+
+
+def test_image_from_the_command_line_is_one_literal_argument(workdir):
+    run = run_make(workdir, "docker-cloud-build", f"IMAGE={HOSTILE_ON_COMMAND_LINE}")
+    assert run.returncode == 0, run.output
+    assert not ran_a_command(workdir)
+    assert run.commands == [[*BUILD[:-2], f"--tag={HOSTILE_ON_COMMAND_LINE}", "."]]
+
+
+def test_semicolon_in_extra_env_vars_does_not_split_the_deploy(workdir):
+    set_in_env_file(workdir, "EXTRA_ENV_VARS", "TWEET_ORDER=oldest;cd;touch ran")
+    run = run_make(workdir, "docker-cloud-run")
+    assert run.returncode == 0, run.output
+    assert not ran_a_command(workdir)
+    assert run.commands[0] == [*DEPLOY[:10], "--set-env-vars=TWEET_ORDER=oldest;cd;touch ran", *DEPLOY[10:]]
+
+
+def test_extra_env_vars_may_use_gclouds_own_delimiter_syntax(workdir):
+    """A value with a comma: gcloud reads `^;^` at the start of one --set-env-vars list as "split on ; here"."""
+    run = run_make(workdir, "docker-cloud-run", "EXTRA_ENV_VARS=^;^NOTE=a,b;TWEET_ORDER=oldest")
+    assert run.returncode == 0, run.output
+    assert run.commands[0] == [*DEPLOY[:10], "--set-env-vars=^;^NOTE=a,b;TWEET_ORDER=oldest", *DEPLOY[10:]]
+
+
+# Values of a known shape: refused, one line naming the variable, before anything runs. (variable, a target using it)
+SHAPED_VALUES = [
+    ("PROJECT_ID", "scheduler-pause"),
+    ("REGION", "scheduler-pause"),
+    ("DOCKER_INSTANCE_NAME", "docker-cloud-run"),
+    ("ARTIFACT_REPOSITORY", "docker-cloud-build"),
+    ("IMAGE_TAG", "docker-cloud-build"),
+    ("ACCOUNT", "docker-cloud-run"),
+    ("DB_INSTANCE", "create-postgres-instance"),
+    ("CONNECTION_NAME", "cloud-migrate"),
+    ("DB_USERNAME", "create-postgres-instance"),
+    ("DB_NAME", "create-postgres-instance"),
+    ("RUN_SERVICE_ACCOUNT", "cloud-setup"),
+    ("SCHEDULER_SERVICE_ACCOUNT", "add-scheduler"),
+    ("ALLOW_UNAUTHENTICATED", "docker-cloud-run"),
+    ("SECRET_PREFIX", "docker-cloud-run"),
+    ("MIGRATE_JOB_NAME", "cloud-migrate"),
+    ("CLOUD_RUN_URL", "add-scheduler"),
+    ("SCHEDULER_JOB_NAME", "scheduler-run-now"),
+    ("GENERATOR_SERVICE_NAME", "docker-cloud-run-generator"),
+]
+
+
+@pytest.mark.parametrize("source", [".env", "command line"])
+@pytest.mark.parametrize(("name", "target"), SHAPED_VALUES, ids=[name for name, _ in SHAPED_VALUES])
+def test_value_of_a_known_shape_is_refused_before_anything_runs(workdir, name, target, source):
+    run, _ = hostile_run(workdir, target, name, source)
+    assert run.returncode != 0
+    assert run.calls == []
+    assert not ran_a_command(workdir)
+    [line] = [line for line in run.output.splitlines() if line.startswith(f"{name} must be ")]
+    assert "nothing was run" in run.output
+
+
+@pytest.mark.parametrize(("name", "value", "target"), [
+    ("DOCKER_INSTANCE_NAME", "--allow-unauthenticated", "docker-cloud-run"),
+    ("PROJECT_ID", "-my-proj", "cloud-setup"),
+    ("SCHEDULER_JOB_NAME", "--help", "scheduler-delete"),
+    ("ACCOUNT", "my_bot,TWITTER_DRY_RUN=false", "docker-cloud-run"),
+    ("SECRET_PREFIX", "x-,CONSUMER_KEY=other", "docker-cloud-run"),
+    ("CLOUD_RUN_URL", "http://tweet-bot.example", "add-scheduler"),
+    ("ALLOW_UNAUTHENTICATED", "no true", "docker-cloud-run"),
+    ("REGION", "evil.example/x", "docker-cloud-build"),
+    ("CLOUD_RUN_SECRETS", "SECRET_TOKEN,X=y", "cloud-secrets"),
+])
+def test_value_that_would_become_another_flag_list_item_or_host_is_refused(workdir, name, value, target):
+    run = run_make(workdir, target, f"{name}={value}")
+    assert run.returncode != 0
+    assert run.calls == []
+    assert any(line.startswith(f"{name} must be ") for line in run.output.splitlines())
+
+
+@pytest.mark.parametrize(("assignment", "expected"), [
+    ("PROJECT_ID=my-proj-2", "--project=my-proj-2"),
+    ("ACCOUNT=@my_bot", "--set-env-vars=ACCOUNT=@my_bot,CONNECTION_NAME=my-proj:europe-west1:tweets-db,DB_USERNAME=tweetbot,DB_NAME=tweets"),
+    ("CONNECTION_NAME=example.com:my-proj:europe-west1:db-1", "--add-cloudsql-instances=example.com:my-proj:europe-west1:db-1"),
+    ("ALLOW_UNAUTHENTICATED=yes", "--allow-unauthenticated"),
+])
+def test_values_of_the_right_shape_are_accepted(workdir, assignment, expected):
+    run = run_make(workdir, "docker-cloud-run", assignment)
+    assert run.returncode == 0, run.output
+    assert expected in run.commands[0]
+
+
+def test_env_file_reader_keeps_make_text_out_of_values(workdir):
+    """The reader joins its lines with @NL@; a value holding @NL@, a trailing backslash or `#` stays one value."""
+    set_in_env_file(workdir, "TIME_ZONE", "Europe/Paris@NL@override PROJECT_ID := evil-proj")
+    set_in_env_file(workdir, "SCHEDULE", "0 9 * * 1\\")
+    set_in_env_file(workdir, "SCHEDULER_MIN_BACKOFF", "'  30s #not a comment'")
+    run = run_make(workdir, "add-scheduler")
+    assert run.returncode == 0, run.output
+    [create] = [command for command in run.commands if command[1:4] == ["scheduler", "jobs", "create"]]
+    assert "--project=my-proj" in create
+    assert "--time-zone=Europe/Paris@NL@override PROJECT_ID := evil-proj" in create
+    assert "--schedule=0 9 * * 1\\" in create
+    assert "--min-backoff=  30s #not a comment" in create
+
+
+def test_values_from_the_environment_are_taken_literally(workdir):
+    run = run_make(workdir, "add-scheduler", env={"TIME_ZONE": HOSTILE_ON_COMMAND_LINE})
+    assert run.returncode == 0, run.output
+    assert not ran_a_command(workdir)
+    assert f"--time-zone={HOSTILE_ON_COMMAND_LINE}" in run.commands[-1]
+
+
+def test_build_run_passes_literal_values_to_its_own_make(workdir):
+    run = run_make(workdir, "docker-cloud-build-run", f"EXTRA_ENV_VARS={HOSTILE_ON_COMMAND_LINE}")
+    assert run.returncode == 0, run.output
+    assert not ran_a_command(workdir)
+    assert f"--set-env-vars={HOSTILE_ON_COMMAND_LINE}" in run.commands[2]
+    assert_deploy_keeps_its_guards(run)
+
+
+def test_env_file_path_is_one_literal_argument(workdir):
+    env_file = workdir.parent / "my .env `cd;touch ran` $(cd;touch ran) 'q'"
+    shutil.copy(workdir / ".env", env_file)
+    (workdir / ".env").unlink()
+    run = run_make(workdir, "scheduler-pause", f"ENV_FILE={env_file}")
+    assert run.returncode == 0, run.output
+    assert not ran_a_command(workdir)
+    assert run.commands == EXPECTED_COMMANDS["scheduler-pause"]
+
+
+def test_generator_paths_are_literal_arguments(workdir, tmp_path):
+    """Runs in the repository (generator-context asks git for its files); folder names hold shell syntax."""
+    folder_name = "ck `cd;touch ran` $(cd;touch ran) 'q' \"d\";x"
+    run_folder = make_run_folder(tmp_path / folder_name)
+    context = tmp_path / ("context " + folder_name)
+    run = run_make(
+        workdir, "docker-generator", f"CHECKPOINT_DIR={run_folder.parent}", "RUN_NAME=tweets1",
+        f"GENERATOR_CONTEXT={context}", f"ENV_FILE={workdir / '.env'}", cwd=REPO,
+    )
+    assert run.returncode == 0, run.output
+    assert not ran_a_command(workdir)
+    assert run.commands == [["docker", "build", "-t", "tweet-bot-generator:local", str(context)]]
+    assert (context / "checkpoint" / "tweets1" / "hparams.json").is_file()
