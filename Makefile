@@ -47,13 +47,13 @@ test: $(VENV)/.dev $(VENV)/.ml $(VENV)/.scrape ## run the test suite (Postgres t
 
 .PHONY: download-tweets
 download-tweets: $(VENV)/.scrape ## collect tweets into USERNAME_tweets.csv: USERNAME=karpathy [LIMIT=6000] [SOURCE=api|archive|twint] [ARCHIVE=x.zip]
-	$(BIN)/python scripts/download_tweets.py $(if $(USERNAME),--username=$(USERNAME)) $(if $(LIMIT),--limit=$(LIMIT)) \
-		$(if $(SOURCE),--source=$(SOURCE)) $(if $(ARCHIVE),--archive="$(ARCHIVE)") $(DOWNLOAD_ARGS)
+	$(BIN)/python scripts/download_tweets.py $(if $(USERNAME),--username=$(call q,$(USERNAME))) $(if $(LIMIT),--limit=$(call q,$(LIMIT))) \
+		$(if $(SOURCE),--source=$(call q,$(SOURCE))) $(if $(ARCHIVE),--archive=$(call q,$(ARCHIVE))) $(DOWNLOAD_ARGS)
 
 .PHONY: train demo
 train: $(VENV)/.ml ## fine-tune and write candidates: FILENAME=karpathy_tweets.csv [RUN_NAME=run1] [STEPS=1000] [MODEL_NAME=124M] [TRAIN_ARGS=...]
-	$(BIN)/python -m ml.model $(if $(FILENAME),--filename="$(FILENAME)") $(if $(RUN_NAME),--run_name="$(RUN_NAME)") \
-		$(if $(STEPS),--steps=$(STEPS)) $(if $(MODEL_NAME),--model_name=$(MODEL_NAME)) $(TRAIN_ARGS)
+	$(BIN)/python -m ml.model $(if $(FILENAME),--filename=$(call q,$(FILENAME))) $(if $(RUN_NAME),--run_name=$(call q,$(RUN_NAME))) \
+		$(if $(STEPS),--steps=$(call q,$(STEPS))) $(if $(MODEL_NAME),--model_name=$(call q,$(MODEL_NAME))) $(TRAIN_ARGS)
 
 demo: $(VENV)/.ml ## offline end to end: sample tweets -> tiny model -> candidates -> local store -> one dry-run post
 	$(BIN)/python -m ml.demo $(DEMO_ARGS)
@@ -65,3 +65,5 @@ serve-generation: $(VENV)/.ml ## serve the generation service on http://127.0.0.
 
 # Docker, docker compose and Google Cloud targets (docker-compose, docker-cloud-run, add-scheduler, ...).
 include deploy.mk
+# The local targets' values are taken literally too (take_literally and q are defined in deploy.mk).
+$(call take_literally,FILENAME STEPS MODEL_NAME USERNAME LIMIT SOURCE ARCHIVE)

@@ -359,9 +359,9 @@ LOCAL_COMMANDS = [
     (["migrate"], [".venv/bin/alembic upgrade head"]),
     (["test", "PYTEST_ARGS=-x tests/test_config.py"], [".venv/bin/python -m pytest -x tests/test_config.py"]),
     (["download-tweets", "USERNAME=karpathy", "LIMIT=6000", "SOURCE=api"],
-     [".venv/bin/python scripts/download_tweets.py --username=karpathy --limit=6000 --source=api"]),
+     [".venv/bin/python scripts/download_tweets.py --username='karpathy' --limit='6000' --source='api'"]),
     (["train", "FILENAME=karpathy_tweets.csv", "RUN_NAME=run2", "STEPS=20"],
-     ['.venv/bin/python -m ml.model --filename="karpathy_tweets.csv" --run_name="run2" --steps=20']),
+     [".venv/bin/python -m ml.model --filename='karpathy_tweets.csv' --run_name='run2' --steps='20'"]),
     (["serve-generation"], [".venv/bin/uvicorn ml.serve:app --host 127.0.0.1 --port 8001"]),
 ]
 
@@ -788,3 +788,38 @@ def test_generator_paths_are_literal_arguments(workdir, tmp_path):
     assert not ran_a_command(workdir)
     assert run.commands == [["docker", "build", "-t", "tweet-bot-generator:local", str(context)]]
     assert (context / "checkpoint" / "tweets1" / "hparams.json").is_file()
+
+
+@pytest.mark.parametrize(("target", "variable", "flag"), [
+    ("train", "RUN_NAME", "--run_name"),
+    ("train", "FILENAME", "--filename"),
+    ("download-tweets", "ARCHIVE", "--archive"),
+    ("download-tweets", "USERNAME", "--username"),
+])
+def test_local_target_passes_a_value_as_one_literal_argument(workdir, tmp_path, target, variable, flag):
+    """`make train` / `make download-tweets` hand their values to Python as one argument; nothing in them runs."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    recorder = venv / "bin" / "python"
+    recorder.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                        "open(os.environ['FAKE_LOG'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    recorder.chmod(0o755)
+    for requirements in ("requirements.txt", "requirements-ml.txt", "requirements-scrape.txt"):
+        (workdir / requirements).touch()
+        os.utime(workdir / requirements, (0, 0))
+    for marker in (".api", ".ml", ".scrape"):
+        (venv / marker).touch()
+    value = f"x `touch {workdir}/pwned`;$(touch {workdir}/pwned) 'q\" $$HOME"
+    # RUN_NAME is also read from .env; the others come from the command line only.
+    assignments = [] if variable == "RUN_NAME" else [f"{variable}={value}"]
+    set_in_env_file(workdir, variable, value)
+    log = workdir.parent / "calls.jsonl"
+    result = subprocess.run(
+        ["make", "--no-print-directory", target, f"VENV={venv}", f"BIN={venv / 'bin'}", *assignments],
+        cwd=workdir, env={"PATH": os.environ["PATH"], "FAKE_LOG": str(log)},
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (workdir / "pwned").exists()
+    (argv,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert f"{flag}={value}" in argv
