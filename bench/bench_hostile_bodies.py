@@ -5,7 +5,8 @@
 Starts `uvicorn api.main:app` on 127.0.0.1 (SQLite in a temporary folder, TWITTER_DRY_RUN, a token)
 and sends, in order: one 100 MB JSON body to /add_tweets/ without the token; 8 parallel 30 MB
 bodies without the token; 500 multipart parts of 1 MB to /add_tweets_file/ without the token;
-a 50 MB upload to /add_tweets_file/ and to /curate/upload without credentials, then with them.
+a 50 MB upload to /add_tweets_file/ and to /curate/upload without credentials, then with them,
+then with the token again but chunked (no Content-Length to refuse it by).
 `--scale` multiplies every body size (the part count stays).
 
 Bodies are generated as they are sent, never held whole. The client sends like a careful one:
@@ -121,6 +122,13 @@ def multipart_body(parts: int, part_size: int, *, fields: dict[str, str] | None 
 
 # ---- a careful raw HTTP/1.1 client ----
 
+def chunked_framing(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    for chunk in chunks:
+        if chunk:
+            yield b"%x\r\n%s\r\n" % (len(chunk), chunk)
+    yield b"0\r\n\r\n"
+
+
 @dataclass
 class Answer:
     status: str
@@ -129,10 +137,19 @@ class Answer:
     detail: str
 
 
-def send_request(port: int, method: str, path: str, headers: dict[str, str], body: tuple[int, Iterator[bytes]] | None) -> Answer:
-    """Send the request, stop sending once the server answers or closes, and read the answer."""
+def send_request(
+    port: int, method: str, path: str, headers: dict[str, str], body: tuple[int, Iterator[bytes]] | None,
+    *, chunked: bool = False,
+) -> Answer:
+    """Send the request, stop sending once the server answers or closes, and read the answer.
+
+    `chunked` sends the body with Transfer-Encoding: chunked instead of a Content-Length.
+    """
     length, chunks = body if body is not None else (0, iter(()))
-    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {length}\r\n"
+    if chunked:
+        chunks = chunked_framing(chunks)
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {length}"
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{framing}\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
     started = time.perf_counter()
     sent = 0
@@ -206,6 +223,7 @@ class Case:
     headers: dict[str, str]
     body: Callable[[], tuple[int, Iterator[bytes]]]
     parallel: int = 1
+    chunked: bool = False
 
 
 def cases(scale: float, session: dict[str, str]) -> list[Case]:
@@ -223,6 +241,8 @@ def cases(scale: float, session: dict[str, str]) -> list[Case]:
         Case("50 MB upload, token", "/add_tweets_file/", {**multipart, "x-token": TOKEN}, lambda: multipart_body(1, size(50))),
         Case("50 MB upload, session", "/curate/upload", curator,
              lambda: multipart_body(1, size(50), fields={"csrf_token": session["csrf"]})),
+        Case("50 MB upload, token, chunked", "/add_tweets_file/", {**multipart, "x-token": TOKEN},
+             lambda: multipart_body(1, size(50)), chunked=True),
     ]
 
 
@@ -230,7 +250,7 @@ def run_case(port: int, case: Case) -> list[Answer]:
     answers: list[Answer | None] = [None] * case.parallel
 
     def one(index: int) -> None:
-        answers[index] = send_request(port, "POST", case.path, case.headers, case.body())
+        answers[index] = send_request(port, "POST", case.path, case.headers, case.body(), chunked=case.chunked)
 
     threads = [threading.Thread(target=one, args=(n,)) for n in range(case.parallel)]
     for thread in threads:
