@@ -297,7 +297,7 @@ def main() -> None:
             session = sign_in(port)
             first = rss_mib(server.pid)
             print(f"server RSS at start: {first:.0f} MiB (uvicorn api.main:app, pid {server.pid})\n")
-            print(f"{'case':<38}{'answers':<16}{'time (s)':>9}{'sent (MB)':>11}{'RSS before':>12}{'peak':>7}{'after':>7}")
+            print(f"{'case':<38}{'answers':<16}{'time (ms)':>10}{'sent (MB)':>11}{'RSS before':>12}{'peak':>7}{'after':>7}")
             peak_all = first
             for case in cases(args.scale, session):
                 before = rss_mib(server.pid)
@@ -309,7 +309,7 @@ def main() -> None:
                 statuses = ",".join(sorted({a.status for a in answers}))
                 seconds = max(a.seconds for a in answers)
                 sent = sum(a.sent for a in answers) / MB
-                print(f"{case.name:<38}{statuses:<16}{seconds:>9.2f}{sent:>11.1f}{before:>12.0f}{peak.peak:>7.0f}{after:>7.0f}")
+                print(f"{case.name:<38}{statuses:<16}{seconds * 1000:>10.1f}{sent:>11.1f}{before:>12.0f}{peak.peak:>7.0f}{after:>7.0f}")
                 for detail in sorted({a.detail for a in answers if a.detail}):
                     print(f"    {detail}")
             last = rss_mib(server.pid)
