@@ -11,6 +11,7 @@ from api.config import Settings
 from api.curation_session import SignInThrottle
 from api.logs import configure_logging
 from api.posting import log_posting_configuration
+from api.request_limits import RequestBodyLimits
 from api.routes import curate, health, posting, tweets
 from db.engine import make_engine, make_session_factory
 
@@ -38,10 +39,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None, configure_lo
     app.state.session_factory = make_session_factory(app.state.engine)
     app.state.sign_in_throttle = SignInThrottle()
 
-    app.include_router(health.router)
-    app.include_router(tweets.router)
-    app.include_router(posting.router)
-    app.include_router(curate.router)
+    routers = (health.router, tweets.router, posting.router, curate.router)
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(RequestBodyLimits, settings=settings, routes=[route for router in routers for route in router.routes])
     app.mount(curate.STATIC_PATH, curate.static_files(), name="curate-static")
     log_posting_configuration(settings)
 

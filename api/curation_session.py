@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Form, HTTPException, Request, Response, status
+from starlette.requests import HTTPConnection
 
 from api.config import Settings
 from api.deps import SettingsDep
@@ -241,7 +242,7 @@ def clear_session_cookie(response: Response, request: Request) -> None:
     )
 
 
-def current_session(request: Request, settings: SettingsDep) -> CurationSession | None:
+def current_session(request: HTTPConnection, settings: SettingsDep) -> CurationSession | None:
     """The signed-in curator's session, or None (page GETs redirect to the sign-in form)."""
     return decode_session(request.cookies.get(COOKIE_NAME), signing_key(settings))
 
@@ -249,12 +250,16 @@ def current_session(request: Request, settings: SettingsDep) -> CurationSession 
 OptionalCuratorDep = Annotated[CurationSession | None, Depends(current_session)]
 
 
+def not_signed_in() -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        "not signed in, or the session expired: sign in again at /curate/sign-in",
+    )
+
+
 def require_session(session: OptionalCuratorDep) -> CurationSession:
     if session is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "not signed in, or the session expired: sign in again at /curate/sign-in",
-        )
+        raise not_signed_in()
     return session
 
 

@@ -38,11 +38,18 @@ def token_matches(given: str | None, settings: Settings) -> bool:
     return given is not None and secrets.compare_digest(given.encode(), expected)
 
 
+def token_refusal(x_token: str | None, settings: Settings) -> HTTPException | None:
+    """The 401 for a missing or wrong x-token, or None when it matches."""
+    if token_matches(x_token, settings):
+        return None
+    detail = "missing x-token header" if x_token is None else "wrong x-token"
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail=f"{detail}: send the service's SECRET_TOKEN in the x-token header",
+        headers={"WWW-Authenticate": "x-token"},
+    )
+
+
 def require_token(settings: SettingsDep, x_token: str | None = Security(token_header)) -> None:
-    if not token_matches(x_token, settings):
-        detail = "missing x-token header" if x_token is None else "wrong x-token"
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail=f"{detail}: send the service's SECRET_TOKEN in the x-token header",
-            headers={"WWW-Authenticate": "x-token"},
-        )
+    if (refusal := token_refusal(x_token, settings)) is not None:
+        raise refusal

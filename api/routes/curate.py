@@ -39,6 +39,7 @@ from api.curation_session import (
 )
 from api.deps import SessionDep, SettingsDep, token_matches
 from api.posting import MAX_IDEMPOTENCY_KEY_LENGTH, PostOutcome, post_next
+from api.request_limits import UPLOAD_FORM_LIMITS
 from api.routes.posting import HTTP_STATUS as POSTING_HTTP_STATUS
 from api.routes.tweets import store_curated_file
 from api.routing import SlashAgnosticRouter
@@ -292,7 +293,7 @@ def tweet_rule_script(request: Request):
 
 # ---- actions ----
 
-@router.post("/curate/upload", response_class=HTMLResponse)
+@router.post("/curate/upload", response_class=HTMLResponse, form_limits=UPLOAD_FORM_LIMITS)
 def upload(
     request: Request,
     session: SessionDep,

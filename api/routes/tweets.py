@@ -7,6 +7,7 @@ from fastapi import Depends, File, HTTPException, Query, Response, UploadFile, s
 
 from api import tweets as store
 from api.deps import SessionDep, SettingsDep, require_token
+from api.request_limits import UPLOAD_FORM_LIMITS
 from api.routing import SlashAgnosticRouter
 from api.schemas import (
     Rejection,
@@ -121,7 +122,7 @@ def store_curated_file(session, settings, *, data: bytes, filename: str, status_
     )
 
 
-@router.post("/add_tweets_file/", response_model=UploadResult, status_code=status.HTTP_201_CREATED)
+@router.post("/add_tweets_file/", response_model=UploadResult, status_code=status.HTTP_201_CREATED, form_limits=UPLOAD_FORM_LIMITS)
 def add_tweets_file(
     session: SessionDep,
     settings: SettingsDep,

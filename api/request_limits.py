@@ -1,0 +1,169 @@
+"""Request bodies are bounded before FastAPI reads them: a route's credential is checked first, then its size.
+
+FastAPI reads and parses a body before it runs a route's dependencies, so the x-token and
+session guards alone would let anyone make the service buffer or spool any amount of data
+before its 401. This pure ASGI middleware answers first: it finds the route, runs the
+guard the route declares (`require_token`, `require_session`) on the headers alone, refuses
+a declared Content-Length over the route's limit, and counts the bytes of a chunked (or
+lying) body as the app reads them, stopping at the limit. Answers that leave a body unread
+close the connection, so its rest is never read as a next request.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from fastapi import HTTPException, params, status
+from fastapi.dependencies.models import Dependant
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.requests import HTTPConnection
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.config import Settings
+from api.curation_session import current_session, not_signed_in, require_session
+from api.deps import require_token, token_refusal
+
+# JSON edits, the curation page's forms and the sign-in form: a bulk approval of a full
+# review page is a few KB.
+SMALL_BODY_BYTES = 64 * 1024
+# An upload's multipart framing and its few text fields, on top of MAX_UPLOAD_BYTES.
+UPLOAD_FORM_OVERHEAD_BYTES = 16 * 1024
+# Upload routes take one file and a few short fields (the curation page's CSRF token).
+UPLOAD_FORM_LIMITS = {"max_files": 1, "max_fields": 4, "max_part_size": 4 * 1024}
+
+PreBodyCheck = Callable[[HTTPConnection, Settings], HTTPException | None]
+
+
+def _token_check(connection: HTTPConnection, settings: Settings) -> HTTPException | None:
+    return token_refusal(connection.headers.get("x-token"), settings)
+
+
+def _session_check(connection: HTTPConnection, settings: Settings) -> HTTPException | None:
+    return not_signed_in() if current_session(connection, settings) is None else None
+
+
+# A route guarded by the dependency on the left is checked, before its body, by the function on the right.
+PRE_BODY_CHECKS: dict[Callable, PreBodyCheck] = {require_token: _token_check, require_session: _session_check}
+
+
+def dependency_calls(dependant: Dependant) -> Iterator[Callable]:
+    for sub_dependant in dependant.dependencies:
+        if sub_dependant.call is not None:
+            yield sub_dependant.call
+        yield from dependency_calls(sub_dependant)
+
+
+def takes_a_file(route: APIRoute) -> bool:
+    return any(isinstance(field.field_info, params.File) for field in route.dependant.body_params)
+
+
+@dataclass(frozen=True)
+class BodyRule:
+    """What a route needs before its body (checks) and how large the body may be."""
+
+    checks: tuple[PreBodyCheck, ...]
+    max_bytes: int
+    what_to_do: str
+
+    def too_large(self) -> HTTPException:
+        return HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"request body is over this route's {self.max_bytes:,}-byte limit: {self.what_to_do}",
+        )
+
+
+# Paths no API route matches (static files, 404s, 405s) take no body worth reading.
+UNMATCHED = BodyRule((), SMALL_BODY_BYTES, "send a smaller body")
+
+
+def body_rule(route: BaseRoute, settings: Settings) -> BodyRule:
+    """The rule for a route, read from its own dependencies and parameters."""
+    if not isinstance(route, APIRoute):
+        return UNMATCHED
+    calls = set(dependency_calls(route.dependant))
+    checks = tuple(check for guard, check in PRE_BODY_CHECKS.items() if guard in calls)
+    if takes_a_file(route):
+        return BodyRule(
+            checks,
+            settings.MAX_UPLOAD_BYTES + UPLOAD_FORM_OVERHEAD_BYTES,
+            f"files may hold up to {settings.MAX_UPLOAD_BYTES:,} bytes (MAX_UPLOAD_BYTES): split the file and upload the parts",
+        )
+    return BodyRule(checks, SMALL_BODY_BYTES, "one tweet, or a page of ids, fits well within it; many tweets go in a file to POST /add_tweets_file/")
+
+
+def refusal_response(refusal: HTTPException, *, close: bool) -> JSONResponse:
+    """The answer FastAPI gives for an HTTPException, closing the connection when a body is left unread."""
+    headers = {**(refusal.headers or {}), **({"Connection": "close"} if close else {})}
+    return JSONResponse({"detail": refusal.detail}, status_code=refusal.status_code, headers=headers)
+
+
+def declared_length(connection: HTTPConnection) -> int | None:
+    try:
+        return int(connection.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def has_body(connection: HTTPConnection) -> bool:
+    return bool(declared_length(connection)) or "transfer-encoding" in connection.headers
+
+
+class RequestBodyLimits:
+    """ASGI middleware: each route's guard before its body, and its body limit while the body streams."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings, routes: Iterable[BaseRoute]):
+        self.app = app
+        self.settings = settings
+        self.rules = [(route, body_rule(route, settings)) for route in routes]
+
+    def rule_for(self, scope: Scope) -> BodyRule:
+        """The rule of the route the router will run (the first full match), as Starlette matches."""
+        for route, rule in self.rules:
+            if route.matches(scope)[0] is Match.FULL:
+                return rule
+        return UNMATCHED
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rule = self.rule_for(scope)
+        connection = HTTPConnection(scope)
+        refusals = (check(connection, self.settings) for check in rule.checks)
+        refusal = next((found for found in refusals if found is not None), None)
+        length = declared_length(connection)
+        if refusal is None and length is not None and length > rule.max_bytes:
+            refusal = rule.too_large()
+        if refusal is not None:
+            await refusal_response(refusal, close=has_body(connection))(scope, receive, send)
+            return
+        await BodyStream(rule, expecting=has_body(connection)).run(self.app, scope, receive, send)
+
+
+class BodyStream:
+    """One request's body as the app reads it: counted against the rule, and whether it was read to the end."""
+
+    def __init__(self, rule: BodyRule, *, expecting: bool):
+        self.rule = rule
+        self.received = 0
+        self.finished = not expecting
+
+    async def run(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        async def receive_within_limit() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                self.received += len(message.get("body", b""))
+                if self.received > self.rule.max_bytes:
+                    raise self.rule.too_large()  # FastAPI answers it, as any HTTPException
+                self.finished = not message.get("more_body", False)
+            return message
+
+        async def send_closing_if_unread(message: Message) -> None:
+            """An answer before the end of the body closes the connection: its rest is never read."""
+            if message["type"] == "http.response.start" and not self.finished:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await app(scope, receive_within_limit, send_closing_if_unread)
