@@ -1,6 +1,7 @@
 """scripts/download_tweets.py: archive reading, the cleaning rule, the CSV, the X API source on the fake X, and the CLI."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -601,6 +602,21 @@ def test_collect_keeps_what_came_before_ctrl_c():
     assert isinstance(collected.stopped_by, KeyboardInterrupt)
 
 
+@contextlib.contextmanager
+def sigint_raises_keyboard_interrupt():
+    """Python's own SIGINT handler in this process while the block runs, the previous one after.
+
+    A child inherits an ignored SIGINT (pytest started as a background job, `cmd &` or nohup),
+    and Python then never installs its handler, so Ctrl-C could not reach the script. A handled
+    signal is reset to the default at exec, and the child's Python installs its handler again.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_during_a_rate_limit_wait_keeps_a_partial_file(no_x_env, fake_x, tmp_path):
     """The real script, run as documented, interrupted while it counts down a 429."""
     fake_x.add_user("karpathy", timeline(150))
@@ -609,10 +625,11 @@ def test_ctrl_c_during_a_rate_limit_wait_keeps_a_partial_file(no_x_env, fake_x, 
         FakeX.rate_limited(reset=int(time.time()) + 120))
     env = {**os.environ, **{k: str(v) for k, v in fake_x.settings_values().items()}, "PYTHONUNBUFFERED": "1"}
     script = REPO / "scripts" / "download_tweets.py"
-    process = subprocess.Popen(
-        [sys.executable, str(script), "--username=karpathy", "--max_wait=300"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    with sigint_raises_keyboard_interrupt():
+        process = subprocess.Popen(
+            [sys.executable, str(script), "--username=karpathy", "--max_wait=300"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
     try:
         lines = []
         deadline = time.monotonic() + 60
