@@ -715,3 +715,57 @@ def test_module_runs_from_the_repo_root():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--include_replies" in result.stdout and "--archive" in result.stdout
+
+
+# ---- archives as X writes them, not as the fixture happens to be ----
+
+def write_archive_file(folder: Path, name: str, kind: str, entries: list[dict], *, bom: bool = False) -> None:
+    """One `window.YTD.<kind>.part0 = [...]` file in folder/data."""
+    (folder / "data").mkdir(exist_ok=True)
+    text = f"window.YTD.{kind}.part0 = {json.dumps(entries)}"
+    (folder / "data" / name).write_bytes(("\ufeff" if bom else "").encode() + text.encode())
+
+
+def archive_entry(text: str, when: datetime) -> dict:
+    return {"tweet": {"full_text": text, "created_at": when.strftime("%a %b %d %H:%M:%S +0000 %Y")}}
+
+
+def test_an_archive_out_of_date_order_still_comes_out_newest_first(tmp_path):
+    day = partial(datetime, 2024, 3, tzinfo=timezone.utc)
+    write_archive_file(tmp_path, "tweets.js", "tweets", [
+        archive_entry("middle", day(3)), archive_entry("oldest", day(1)), archive_entry("newest", day(5)),
+    ])
+    write_archive_file(tmp_path, "tweets-part1.js", "tweets", [
+        archive_entry("second newest", day(4)), archive_entry("second oldest", day(2)),
+    ])
+    assert [t.text for t in read_archive(tmp_path)] == [
+        "newest", "second newest", "middle", "second oldest", "oldest",
+    ]
+
+
+@pytest.mark.parametrize("note_after_seconds", [-2, -1, 0, 1, 2])
+def test_a_long_post_gets_the_note_written_within_two_seconds_of_it(tmp_path, note_after_seconds):
+    tweeted_at = datetime(2024, 3, 1, 9, 30, 0, tzinfo=timezone.utc)
+    noted_at = datetime.fromtimestamp(tweeted_at.timestamp() + note_after_seconds, timezone.utc)
+    full_text = "A long post. " + "Every word of it counts, " * 20 + "to the very end."
+    write_archive_file(tmp_path, "tweets.js", "tweets", [archive_entry(full_text[:200] + "… https://t.co/x", tweeted_at)])
+    write_archive_file(tmp_path, "note-tweet.js", "note_tweet", [
+        {"noteTweet": {"createdAt": noted_at.isoformat(), "core": {"text": full_text}}},
+    ])
+    assert [t.text for t in read_archive(tmp_path)] == [full_text]
+
+
+def test_a_note_written_three_seconds_away_belongs_to_another_post(tmp_path):
+    tweeted_at = datetime(2024, 3, 1, 9, 30, 0, tzinfo=timezone.utc)
+    write_archive_file(tmp_path, "tweets.js", "tweets", [archive_entry("Short start… https://t.co/x", tweeted_at)])
+    write_archive_file(tmp_path, "note-tweet.js", "note_tweet", [
+        {"noteTweet": {"createdAt": datetime.fromtimestamp(tweeted_at.timestamp() + 3, timezone.utc).isoformat(),
+                       "core": {"text": "Short start of another long post"}}},
+    ])
+    assert [t.text for t in read_archive(tmp_path)] == ["Short start… https://t.co/x"]
+
+
+def test_archive_files_with_a_byte_order_mark_are_read(tmp_path):
+    write_archive_file(tmp_path, "tweets.js", "tweets", [archive_entry("first", datetime(2024, 3, 1, tzinfo=timezone.utc))],
+                       bom=True)
+    assert [t.text for t in read_archive(tmp_path)] == ["first"]
