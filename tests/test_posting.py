@@ -561,3 +561,32 @@ def test_the_stale_lease_sweep_leaves_other_accounts_alone(session_factory, sett
     theirs = load(session_factory, their_id)
     assert (theirs.status, theirs.error) == (TweetStatus.posting, None)
     assert [p["text"] for p in fake_x.posted] == ["ours"]
+
+
+class OperatorActsWhileXAnswers:
+    """Stands in for tweepy.Client: while "X" is being asked, a curator tries to requeue, edit and delete the tweet."""
+
+    def __init__(self, client: TestClient, tweet_id: int):
+        self.client, self.tweet_id = client, tweet_id
+
+    def create_tweet(self, *, text, user_auth):
+        path = f"/tweets/{self.tweet_id}"
+        self.answers = [
+            self.client.patch(path, json={"status": "queued"}).status_code,
+            self.client.patch(path, json={"text": "edited while posting"}).status_code,
+            self.client.delete(path).status_code,
+        ]
+        return SimpleNamespace(data={"id": "1790000000000000002"})
+
+
+def test_a_curator_cannot_requeue_or_delete_a_tweet_while_x_posts_it(client, session_factory, settings, fake_x):
+    """Had the requeue gone through, the next run would claim the text and post it a second time."""
+    (tweet_id,) = queue(session_factory, "posted once")
+    operator = OperatorActsWhileXAnswers(client, tweet_id)
+    result = post_next(session_factory=session_factory, settings=settings, x_client=operator)
+    assert operator.answers == [409, 409, 409]
+    assert result.outcome is PostOutcome.posted
+    tweet = load(session_factory, tweet_id)
+    assert (tweet.status, tweet.text, tweet.x_tweet_id) == (TweetStatus.posted, "posted once", "1790000000000000002")
+    assert post(session_factory, settings).outcome is PostOutcome.queue_empty
+    assert fake_x.post_attempts == []
