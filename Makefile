@@ -63,6 +63,27 @@ GENERATION_PORT ?= 8001
 serve-generation: $(VENV)/.ml ## serve the generation service on http://127.0.0.1:$(GENERATION_PORT) (GENERATION_* settings, .env_reference)
 	$(BIN)/uvicorn ml.serve:app --host 127.0.0.1 --port $(GENERATION_PORT)
 
+# ---- mutation testing: on demand, never in CI (it runs the tests once per mutant) ----
+# mutmut reads its settings from setup.cfg in the folder it runs in: .mutation/ gets one made from
+# MODULES and TESTS, and links to the code; it is a git repository of its own, so that tests asking
+# git what it ignores see the copied .gitignore, not the rule that ignores .mutation/. The ml and
+# browser tests are left out (slow, and not made to run in the process mutmut forks per mutant).
+# Survivors again: `cd .mutation && mutmut results`; one in full: `mutmut show NAME`.
+.PHONY: mutation
+MUTATION_DIR := .mutation
+MUTATION_COPY := api db ml scripts migrations alembic.ini pytest.ini .gitignore
+mutation: $(VENV)/.dev ## mutation-test MODULES="api/x.py ..." with their TESTS="tests/test_x.py ..."; lists the survivors
+	@test -n "$(MODULES)" -a -n "$(TESTS)" || { echo 'usage: make mutation MODULES="ml/filters.py" TESTS="tests/test_ml_candidates.py"' >&2; exit 2; }
+	git init -q $(MUTATION_DIR)
+	for path in tests $(MUTATION_COPY); do ln -sfn ../$$path $(MUTATION_DIR)/$$path; done
+	{ echo '[mutmut]'; \
+	  echo 'source_paths ='; for path in $(MODULES); do echo "    $$path"; done; \
+	  echo 'also_copy ='; for path in $(MUTATION_COPY); do echo "    $$path"; done; \
+	  echo 'pytest_add_cli_args_test_selection ='; for path in $(TESTS); do echo "    $$path"; done; \
+	  printf 'pytest_add_cli_args =\n    -m\n    not ml and not browser\n'; \
+	} > $(MUTATION_DIR)/setup.cfg
+	cd $(MUTATION_DIR) && $(CURDIR)/$(BIN)/mutmut run && $(CURDIR)/$(BIN)/mutmut results
+
 # Docker, docker compose and Google Cloud targets (docker-compose, docker-cloud-run, add-scheduler, ...).
 include deploy.mk
 # The local targets' values are taken literally too (take_literally and q are defined in deploy.mk).

@@ -2,7 +2,7 @@
 import pytest
 from sqlalchemy import func, select
 
-from db.models import Tweet, TweetStatus
+from db.models import Tweet, TweetStatus, utcnow
 from tests.conftest import ACCOUNT
 
 DELIM = "=" * 20
@@ -264,3 +264,67 @@ def test_race_between_uploads_is_a_conflict_and_stores_nothing(session_factory, 
         with pytest.raises(TweetConflict, match="send the file again"):
             ingest_texts(second, account=ACCOUNT, texts=["new text", "shared text"], status=TweetStatus.queued)
     assert stored_count(session_factory) == 1
+
+
+# ---- what the store refuses, and what it must not refuse ----------------------------------
+
+def set_posting(session_factory, tweet_id: int) -> None:
+    """Put a tweet where a posting call leaves it while X answers."""
+    with session_factory() as session:
+        tweet = session.get(Tweet, tweet_id)
+        tweet.status, tweet.claimed_at = TweetStatus.posting, utcnow()
+        session.commit()
+
+
+@pytest.mark.parametrize("status", ["queued", "pending", "rejected", "failed", "unconfirmed", "posted"])
+def test_a_tweet_being_posted_keeps_its_status(client, five_tweets, session_factory, status):
+    """A requeue while X answers would let the next run claim and post the text a second time."""
+    set_posting(session_factory, five_tweets[0])
+    response = client.patch(f"/tweets/{five_tweets[0]}", json={"status": status})
+    assert response.status_code == 409, response.text
+    assert client.get(f"/tweets/{five_tweets[0]}").json()["status"] == "posting"
+
+
+def test_a_tweet_being_posted_keeps_its_text(client, five_tweets, session_factory):
+    set_posting(session_factory, five_tweets[0])
+    assert client.patch(f"/tweets/{five_tweets[0]}", json={"text": "changed under X"}).status_code == 409
+    assert client.get(f"/tweets/{five_tweets[0]}").json()["text"] == "tweet number 0"
+
+
+def test_a_tweet_being_posted_cannot_be_deleted(client, five_tweets, session_factory):
+    """Deleting it would leave a post on X with no record, and the posting call a row to update that is gone."""
+    set_posting(session_factory, five_tweets[0])
+    response = client.delete(f"/tweets/{five_tweets[0]}")
+    assert response.status_code == 409 and "being posted" in response.json()["detail"]
+    assert client.get(f"/tweets/{five_tweets[0]}").json()["status"] == "posting"
+    assert stored_count(session_factory) == 5
+
+
+@pytest.mark.parametrize(("same_text", "stored"), [
+    ("tweet number 0", "tweet number 0"),
+    ("Tweet Number 0", "Tweet Number 0"),
+    ("  TWEET   number 0 ", "TWEET   number 0"),
+])
+def test_saving_a_text_unchanged_or_recased_is_not_a_duplicate_of_itself(client, five_tweets, same_text, stored):
+    response = client.patch(f"/tweets/{five_tweets[0]}", json={"text": same_text})
+    assert response.status_code == 200, response.text
+    assert client.get(f"/tweets/{five_tweets[0]}").json()["text"] == stored
+
+
+def test_a_text_another_account_stores_is_still_stored_for_this_one(client, session_factory):
+    from api.tweets import ingest_texts
+
+    with session_factory() as session:
+        ingest_texts(session, account="another_bot", texts=["shared text", "also theirs", "only theirs"],
+                     status=TweetStatus.queued)
+        session.commit()
+    added = client.post("/add_tweets/", json={"tweet": "shared text"})
+    assert added.status_code == 201, added.text
+    assert (added.json()["account"], added.json()["text"]) == (ACCOUNT, "shared text")
+    body = upload(client, curated("also theirs", "ours alone")).json()
+    assert (body["added"], body["duplicates"]) == (2, 0)
+    ours = {t["text"]: t["id"] for t in client.get("/tweets/", params={"account": ACCOUNT}).json()["data"]}
+    assert sorted(ours) == ["also theirs", "ours alone", "shared text"]
+    edited = client.patch(f"/tweets/{ours['ours alone']}", json={"text": "ONLY theirs"})
+    assert edited.status_code == 200, edited.text
+    assert stored_count(session_factory) == 6

@@ -1,6 +1,7 @@
 """scripts/download_tweets.py: archive reading, the cleaning rule, the CSV, the X API source on the fake X, and the CLI."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -601,6 +602,21 @@ def test_collect_keeps_what_came_before_ctrl_c():
     assert isinstance(collected.stopped_by, KeyboardInterrupt)
 
 
+@contextlib.contextmanager
+def sigint_raises_keyboard_interrupt():
+    """Python's own SIGINT handler in this process while the block runs, the previous one after.
+
+    A child inherits an ignored SIGINT (pytest started as a background job, `cmd &` or nohup),
+    and Python then never installs its handler, so Ctrl-C could not reach the script. A handled
+    signal is reset to the default at exec, and the child's Python installs its handler again.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_during_a_rate_limit_wait_keeps_a_partial_file(no_x_env, fake_x, tmp_path):
     """The real script, run as documented, interrupted while it counts down a 429."""
     fake_x.add_user("karpathy", timeline(150))
@@ -609,10 +625,11 @@ def test_ctrl_c_during_a_rate_limit_wait_keeps_a_partial_file(no_x_env, fake_x, 
         FakeX.rate_limited(reset=int(time.time()) + 120))
     env = {**os.environ, **{k: str(v) for k, v in fake_x.settings_values().items()}, "PYTHONUNBUFFERED": "1"}
     script = REPO / "scripts" / "download_tweets.py"
-    process = subprocess.Popen(
-        [sys.executable, str(script), "--username=karpathy", "--max_wait=300"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    with sigint_raises_keyboard_interrupt():
+        process = subprocess.Popen(
+            [sys.executable, str(script), "--username=karpathy", "--max_wait=300"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
     try:
         lines = []
         deadline = time.monotonic() + 60
@@ -698,3 +715,57 @@ def test_module_runs_from_the_repo_root():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--include_replies" in result.stdout and "--archive" in result.stdout
+
+
+# ---- archives as X writes them, not as the fixture happens to be ----
+
+def write_archive_file(folder: Path, name: str, kind: str, entries: list[dict], *, bom: bool = False) -> None:
+    """One `window.YTD.<kind>.part0 = [...]` file in folder/data."""
+    (folder / "data").mkdir(exist_ok=True)
+    text = f"window.YTD.{kind}.part0 = {json.dumps(entries)}"
+    (folder / "data" / name).write_bytes(("\ufeff" if bom else "").encode() + text.encode())
+
+
+def archive_entry(text: str, when: datetime) -> dict:
+    return {"tweet": {"full_text": text, "created_at": when.strftime("%a %b %d %H:%M:%S +0000 %Y")}}
+
+
+def test_an_archive_out_of_date_order_still_comes_out_newest_first(tmp_path):
+    day = partial(datetime, 2024, 3, tzinfo=timezone.utc)
+    write_archive_file(tmp_path, "tweets.js", "tweets", [
+        archive_entry("middle", day(3)), archive_entry("oldest", day(1)), archive_entry("newest", day(5)),
+    ])
+    write_archive_file(tmp_path, "tweets-part1.js", "tweets", [
+        archive_entry("second newest", day(4)), archive_entry("second oldest", day(2)),
+    ])
+    assert [t.text for t in read_archive(tmp_path)] == [
+        "newest", "second newest", "middle", "second oldest", "oldest",
+    ]
+
+
+@pytest.mark.parametrize("note_after_seconds", [-2, -1, 0, 1, 2])
+def test_a_long_post_gets_the_note_written_within_two_seconds_of_it(tmp_path, note_after_seconds):
+    tweeted_at = datetime(2024, 3, 1, 9, 30, 0, tzinfo=timezone.utc)
+    noted_at = datetime.fromtimestamp(tweeted_at.timestamp() + note_after_seconds, timezone.utc)
+    full_text = "A long post. " + "Every word of it counts, " * 20 + "to the very end."
+    write_archive_file(tmp_path, "tweets.js", "tweets", [archive_entry(full_text[:200] + "… https://t.co/x", tweeted_at)])
+    write_archive_file(tmp_path, "note-tweet.js", "note_tweet", [
+        {"noteTweet": {"createdAt": noted_at.isoformat(), "core": {"text": full_text}}},
+    ])
+    assert [t.text for t in read_archive(tmp_path)] == [full_text]
+
+
+def test_a_note_written_three_seconds_away_belongs_to_another_post(tmp_path):
+    tweeted_at = datetime(2024, 3, 1, 9, 30, 0, tzinfo=timezone.utc)
+    write_archive_file(tmp_path, "tweets.js", "tweets", [archive_entry("Short start… https://t.co/x", tweeted_at)])
+    write_archive_file(tmp_path, "note-tweet.js", "note_tweet", [
+        {"noteTweet": {"createdAt": datetime.fromtimestamp(tweeted_at.timestamp() + 3, timezone.utc).isoformat(),
+                       "core": {"text": "Short start of another long post"}}},
+    ])
+    assert [t.text for t in read_archive(tmp_path)] == ["Short start… https://t.co/x"]
+
+
+def test_archive_files_with_a_byte_order_mark_are_read(tmp_path):
+    write_archive_file(tmp_path, "tweets.js", "tweets", [archive_entry("first", datetime(2024, 3, 1, tzinfo=timezone.utc))],
+                       bom=True)
+    assert [t.text for t in read_archive(tmp_path)] == ["first"]

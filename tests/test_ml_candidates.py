@@ -446,3 +446,56 @@ def test_command_line_defaults_are_the_options_defaults():
     assert training_options(args) == TrainingOptions()
     assert generation_options(args) == GenerationOptions()
     assert args.no_urls is True
+
+
+# ---- what the filters and the training file must not miss ----
+
+# Training tweet 2 has 14 words: "spent an hour naming a variable and i am still not happy with it".
+@pytest.mark.parametrize(
+    "candidate",
+    [
+        "Well and I am still not happy with it, says everyone",  # its last 8 words
+        "Spent an hour naming a variable and I quit",  # exactly COPY_MIN_WORDS shared words
+        "SPENT AN HOUR NAMING A VARIABLE AND I AM DONE",  # the case differs, the words do not
+        "Tea, then: Spent an Hour naming A variable and i, am",  # case and punctuation around the run
+    ],
+    ids=["end-of-training-tweet", "exactly-min-words", "all-caps", "mixed-case"],
+)
+def test_training_copies_are_caught_at_the_edges(candidate):
+    assert make_filter().offer(candidate) is DropReason.training_copy
+
+
+def test_a_training_csv_with_a_byte_order_mark_keeps_its_header_and_first_tweet(tmp_path):
+    """Spreadsheet programs save "CSV UTF-8" with a byte-order mark before the header."""
+    path = tmp_path / "export.csv"
+    path.write_bytes("\ufefftweets\nfirst tweet\nsecond tweet\n".encode())
+    training = load_training_file(path)
+    assert training.tweets == ["first tweet", "second tweet"]
+    assert training.text.startswith(f"{START_TOKEN}first tweet{END_TOKEN}")
+    text_file = tmp_path / "export.txt"
+    text_file.write_bytes("\ufefffirst line\nsecond line\n".encode())
+    assert load_training_file(text_file).tweets == ["first line", "second line"]
+
+
+def test_seven_shared_words_at_the_end_are_not_a_copy_either():
+    # "i am still not happy with it" ends training tweet 2 and this candidate: 7 words, below COPY_MIN_WORDS.
+    assert make_filter().offer("Honestly I am still not happy with it") is None
+
+
+def test_a_training_tweet_shorter_than_the_minimum_run_is_caught_by_its_hash():
+    candidate_filter = CandidateFilter(TrainingCopyIndex(["Good morning, world"]))  # 3 words: no run of 8
+    assert candidate_filter.offer("good MORNING,   world") is DropReason.training_copy
+
+
+def test_reason_to_drop_only_tells():
+    candidate_filter = make_filter()
+    assert candidate_filter.reason_to_drop("Tea first, then code.") is None  # finished unless told otherwise
+    assert (candidate_filter.kept, candidate_filter.offered) == ([], 0)
+
+
+def test_drops_are_counted_per_reason():
+    candidate_filter = make_filter()
+    for text in ("", "  \n", "x" * 281):
+        candidate_filter.offer(text)
+    assert candidate_filter.dropped == {DropReason.empty: 2, DropReason.tweet_rule: 1}
+    assert candidate_filter.offered == 3

@@ -529,3 +529,64 @@ def test_cli_exit_codes(tmp_path, session_factory, engine, fake_x):
     assert len(fake_x.posted) == 1
     for result in (posted, replay, empty):
         assert CONSUMER_SECRET not in result.stderr and ACCESS_SECRET not in result.stderr
+
+
+# ---- what an operator's requeue and another account's rows change ---------------------------
+
+def test_requeueing_an_unconfirmed_tweet_frees_its_key(client, session_factory, fake_x):
+    """The scheduler's retry of the run that lost X's answer posts the requeued tweet (not key_reused)."""
+    (lost_id,) = queue(session_factory, "it never reached X")
+    fake_x.enqueue("POST", "/2/tweets", FakeX.dropped())
+    key = {"Idempotency-Key": "k"}
+    assert client.post("/tweet_curated/", headers=key).json()["outcome"] == "unconfirmed"
+    assert load(session_factory, lost_id).idempotency_key == "k"
+    assert client.patch(f"/tweets/{lost_id}", json={"status": "queued"}).status_code == 200
+    assert load(session_factory, lost_id).idempotency_key is None
+    retry = client.post("/tweet_curated/", headers=key)
+    assert retry.status_code == 200, retry.text
+    assert retry.headers.get("Idempotent-Replayed") is None and retry.json()["tweet"]["id"] == lost_id
+    assert [p["text"] for p in fake_x.posted] == ["it never reached X"]
+
+
+def test_the_stale_lease_sweep_leaves_other_accounts_alone(session_factory, settings, fake_x):
+    """Another bot's call may still be posting; only its own sweep may decide its rows are stale."""
+    with session_factory() as session:
+        store.ingest_texts(session, account="another_bot", texts=["theirs, being posted"], status=TweetStatus.queued)
+        theirs = session.scalar(select(Tweet).where(Tweet.text == "theirs, being posted"))
+        theirs.status, theirs.claimed_at = TweetStatus.posting, utcnow() - timedelta(hours=1)
+        session.commit()
+        their_id = theirs.id
+    queue(session_factory, "ours")
+    assert post(session_factory, settings).outcome is PostOutcome.posted
+    theirs = load(session_factory, their_id)
+    assert (theirs.status, theirs.error) == (TweetStatus.posting, None)
+    assert [p["text"] for p in fake_x.posted] == ["ours"]
+
+
+class OperatorActsWhileXAnswers:
+    """Stands in for tweepy.Client: while "X" is being asked, a curator tries to requeue, edit and delete the tweet."""
+
+    def __init__(self, client: TestClient, tweet_id: int):
+        self.client, self.tweet_id = client, tweet_id
+
+    def create_tweet(self, *, text, user_auth):
+        path = f"/tweets/{self.tweet_id}"
+        self.answers = [
+            self.client.patch(path, json={"status": "queued"}).status_code,
+            self.client.patch(path, json={"text": "edited while posting"}).status_code,
+            self.client.delete(path).status_code,
+        ]
+        return SimpleNamespace(data={"id": "1790000000000000002"})
+
+
+def test_a_curator_cannot_requeue_or_delete_a_tweet_while_x_posts_it(client, session_factory, settings, fake_x):
+    """Had the requeue gone through, the next run would claim the text and post it a second time."""
+    (tweet_id,) = queue(session_factory, "posted once")
+    operator = OperatorActsWhileXAnswers(client, tweet_id)
+    result = post_next(session_factory=session_factory, settings=settings, x_client=operator)
+    assert operator.answers == [409, 409, 409]
+    assert result.outcome is PostOutcome.posted
+    tweet = load(session_factory, tweet_id)
+    assert (tweet.status, tweet.text, tweet.x_tweet_id) == (TweetStatus.posted, "posted once", "1790000000000000002")
+    assert post(session_factory, settings).outcome is PostOutcome.queue_empty
+    assert fake_x.post_attempts == []

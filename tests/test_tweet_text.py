@@ -123,3 +123,20 @@ def test_csv_detected_by_header_without_extension():
 def test_parse_errors(data, filename, message):
     with pytest.raises(CuratedFileError, match=message):
         parse_curated_file(data, filename)
+
+
+UTF8_BOM = "\ufeff".encode()  # what spreadsheet programs put first in a "CSV UTF-8" file
+
+
+@pytest.mark.parametrize(
+    "data, filename, expected",
+    [
+        (UTF8_BOM + f"first sample\n{DELIM}\nsecond\n{DELIM}\n".encode(), "curated.txt", ["first sample", "second"]),
+        (UTF8_BOM + b"tweets\nfirst row\nsecond row\n", "export.csv", ["first row", "second row"]),
+        (UTF8_BOM + b"tweets\nfirst row\n", "upload", ["first row"]),  # the header alone says CSV
+        (UTF8_BOM + b'"tweets",id\n"first, quoted",1\n', "export.csv", ["first, quoted"]),
+    ],
+    ids=["curated", "csv", "csv-by-header", "quoted-header"],
+)
+def test_a_leading_byte_order_mark_is_not_part_of_the_file(data, filename, expected):
+    assert parse_curated_file(data, filename) == expected

@@ -166,3 +166,29 @@ def test_secrets_never_reach_the_logs(fake_x, caplog):
     logged = caplog.text + "".join(str(r.args) for r in caplog.records)
     for secret in (CONSUMER_SECRET, ACCESS_SECRET, BEARER_TOKEN, "oauth_signature", "Authorization"):
         assert secret not in logged
+
+
+def rate_limit_answer(now: int, *, window: tuple[int, int], daily: tuple[int, int]) -> FakeResponse:
+    """A 429 with the 15-minute window's and the 24-hour user limit's (remaining, seconds from `now` to reset)."""
+    headers = {"x-rate-limit-limit": "100", "x-user-limit-24hour-limit": "17"}
+    for prefix, (remaining, reset_in) in (("x-rate-limit", window), ("x-user-limit-24hour", daily)):
+        headers |= {f"{prefix}-remaining": str(remaining), f"{prefix}-reset": str(now + reset_in)}
+    return FakeResponse(429, {"title": "Too Many Requests", "detail": "Too Many Requests"}, headers)
+
+
+@pytest.mark.parametrize(
+    ("window", "daily", "retry_in"),
+    [
+        ((0, 600), (5, 20_000), 600),  # only the window is exhausted: its reset, not the day's
+        ((0, 600), (0, 20_000), 20_000),  # both: the later reset
+        ((0, 20_000), (0, 600), 20_000),  # both, the window resetting later
+        ((99, 600), (0, 20_000), 20_000),  # only the day's cap
+    ],
+    ids=["window-only", "both-day-later", "both-window-later", "day-only"],
+)
+def test_rate_limit_retry_time_is_when_every_exhausted_limit_has_reset(fake_x, window, daily, retry_in):
+    now = int(time.time())
+    fake_x.enqueue("POST", "/2/tweets", rate_limit_answer(now, window=window, daily=daily))
+    error = classify_x_error(error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t")))
+    assert error.kind is XErrorKind.rate_limited
+    assert error.retry_at == datetime.fromtimestamp(now + retry_in, timezone.utc)
