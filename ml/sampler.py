@@ -152,9 +152,12 @@ class Truncation:
             return
         # The bytes of a sample that a match ending in later tokens can start in.
         self.kept_bytes = len(self.wanted) - 1
+        # The text's tails that a token can begin with: no longer than the longest token, so few.
+        longest = max(map(len, token_bytes))
+        tails = {self.wanted[-size:] for size in range(1, min(self.kept_bytes, longest) + 1)}
         for token, data in enumerate(token_bytes):
             self.stop_tokens[token] = self.wanted in data or any(
-                self.wanted.endswith(data[:size]) for size in range(1, min(len(data), self.kept_bytes) + 1)
+                data[:size] in tails for size in range(1, min(len(data), self.kept_bytes) + 1)
             )
         if end_token is not None:
             self.stop_tokens[end_token] = True
