@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 END_OF_TEXT = "<|endoftext|>"
 DEFAULT_BATCH_SIZE = 10
 CONTEXT_CACHE_ENTRIES = 8
+# gpt_2_simple's encoder keeps the tokens of every word it has seen; past this many it starts afresh.
+ENCODER_CACHE_WORDS = 10_000
 SLOT_BLOCK = 32
 BLOCK_STEPS = 16
 # A block goes on after rows have sampled a token they may end in (those rows idle: what they sample
@@ -228,6 +230,24 @@ class RunStats:
     context_encodings: int = 0
     samples: int = 0
     generated_tokens: int = 0
+
+
+class _Recent(OrderedDict):
+    """The values made for the last `size` keys used; older ones are dropped, so the cache stays bounded
+    however many distinct prompts and texts requests bring."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or_make(self, key, make: Callable[[], object]):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = make()
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
 
 
 @dataclass
@@ -573,8 +593,9 @@ class Sampler:
         self.checkpoint = checkpoint
         self._end_token = encoder.encoder.get(END_OF_TEXT)
         self._token_bytes = self._byte_table(encoder)
-        self._contexts: OrderedDict[tuple[int, ...], _Context] = OrderedDict()
-        self._truncations: OrderedDict[str | None, Truncation] = OrderedDict()
+        self._prompt_tokens = _Recent(CONTEXT_CACHE_ENTRIES)  # prefix -> its tokens
+        self._contexts = _Recent(CONTEXT_CACHE_ENTRIES)  # a prompt's tokens but the last -> _Context
+        self._truncations = _Recent(CONTEXT_CACHE_ENTRIES)  # truncate text -> Truncation
         self._lock = threading.Lock()
         self._layers_heads = (hparams.n_layer, 2)
         self._head_shape = (hparams.n_head, hparams.n_embd // hparams.n_head)
@@ -749,9 +770,15 @@ class Sampler:
 
     # ---- pieces used by _BatchRun ----
 
+    def _prompt(self, prefix: str | None) -> list[int]:
+        """The tokens a sample with this prefix starts from (cached)."""
+        return self._prompt_tokens.get_or_make(prefix, lambda: self._context_tokens(prefix))
+
     def _context_tokens(self, prefix: str | None) -> list[int]:
         if prefix:
             tokens = self.encoder.encode(prefix)
+            if len(self.encoder.cache) > ENCODER_CACHE_WORDS:
+                self.encoder.cache.clear()
             if len(tokens) > self.hparams.n_ctx:
                 raise SamplerError(f"prefix is {len(tokens)} tokens; the model reads at most {self.hparams.n_ctx}: "
                                    "shorten it", field="prefix")
@@ -765,35 +792,22 @@ class Sampler:
 
     def _truncation(self, truncate: str | None) -> Truncation:
         """The stop tokens of a `truncate` text (cached: computing them reads the whole vocabulary)."""
-        truncation = self._truncations.get(truncate)
-        if truncation is None:
-            truncation = Truncation(truncate, self._token_bytes, self._end_token)
-            self._truncations[truncate] = truncation
-            while len(self._truncations) > CONTEXT_CACHE_ENTRIES:
-                self._truncations.popitem(last=False)
-        self._truncations.move_to_end(truncate)
-        return truncation
+        return self._truncations.get_or_make(truncate, lambda: Truncation(truncate, self._token_bytes, self._end_token))
 
     def _encode_context(self, tokens: list[int], stats: RunStats) -> _Context:
         """The keys/values of all the tokens but the last (cached per prompt)."""
         key = tuple(tokens[:-1])
-        cached = self._contexts.get(key)
-        if cached is not None:
-            self._contexts.move_to_end(key)
-            return cached
-        if key:
+
+        def encode() -> _Context:
+            if not key:
+                return _Context(tokens=key, keys_values=self._empty_shared())
             # Padding tokens after the prompt change nothing before them (attention is causal).
             padded = min(_padded(len(key)), self.hparams.n_ctx)
             (presents,) = self._run_context(np.asarray([key + (0,) * (padded - len(key))], np.int32))
-            keys_values = presents[:, :, 0, :, : len(key)]
             stats.context_encodings += 1
-        else:
-            keys_values = self._empty_shared()
-        context = _Context(tokens=key, keys_values=keys_values)
-        self._contexts[key] = context
-        while len(self._contexts) > CONTEXT_CACHE_ENTRIES:
-            self._contexts.popitem(last=False)
-        return context
+            return _Context(tokens=key, keys_values=presents[:, :, 0, :, : len(key)])
+
+        return self._contexts.get_or_make(key, encode)
 
 
 class _BatchRun:
@@ -814,7 +828,6 @@ class _BatchRun:
         self.row_feeds: list[np.ndarray] = []
         self.shared_contexts: list[_Context] = []  # the prompts in the shared feed, in its order
         self.shared_feeds: list[np.ndarray] = []
-        self.prompt_tokens: dict[str | None, list[int]] = {}
 
     def run(self) -> RunStats:
         self._fill_free_rows()
@@ -828,10 +841,7 @@ class _BatchRun:
     # -- rows --
 
     def _start_row(self, job: SampleJob) -> _Row:
-        prefix = job.request.prefix
-        if prefix not in self.prompt_tokens:
-            self.prompt_tokens[prefix] = self.sampler._context_tokens(prefix)
-        context_tokens = self.prompt_tokens[prefix]
+        context_tokens = self.sampler._prompt(job.request.prefix)
         context = self.sampler._encode_context(context_tokens, self.stats)
         return _Row(job=job, truncation=self.sampler._truncation(job.request.truncate), context=context,
                     next_token=context_tokens[-1], row_start=self.used, window_tokens=list(context_tokens))

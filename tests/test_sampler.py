@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from api.tweet_text import END_TOKEN, join_samples
-from ml.sampler import MAX_TRUNCATE_CHARS, SampleJob, SampleRequest, Sampler, SamplerError, Truncation
+from ml import sampler as sampler_module
+from ml.sampler import CONTEXT_CACHE_ENTRIES, MAX_TRUNCATE_CHARS, SampleJob, SampleRequest, Sampler, SamplerError, Truncation
 from ml.tiny import write_tiny_run
 
 pytestmark = pytest.mark.ml
@@ -367,3 +368,18 @@ def test_a_job_that_fails_fails_alone_and_the_batch_goes_on(sampler, monkeypatch
     assert sorted(errors) == [0, 2]
     assert isinstance(errors[2], SamplerError) and "1200 tokens" in str(errors[2])
     assert not isinstance(errors[0], SamplerError) and "outside the vocabulary" in str(errors[0])
+
+
+def test_caches_stay_bounded_however_many_distinct_prefixes_and_truncate_texts(sampler, monkeypatch):
+    """One long run (jobs keep coming) with a new prefix and truncate text each time, and many new words."""
+    monkeypatch.setattr(sampler_module, "ENCODER_CACHE_WORDS", 50)
+    def word(number: int) -> str:  # a word of letters only: the encoder splits at digits
+        return "".join(chr(ord("a") + int(digit)) for digit in str(number))
+
+    jobs = [SampleJob(SampleRequest(length=1, prefix=" ".join(word(20 * i + j) for j in range(20)), truncate=word(i)),
+                      lambda sample: None) for i in range(4 * CONTEXT_CACHE_ENTRIES)]
+    stats = sampler.run(lambda: jobs.pop(0) if jobs else None, batch_size=2)
+    assert stats.samples == 4 * CONTEXT_CACHE_ENTRIES
+    assert len(sampler._truncations) <= CONTEXT_CACHE_ENTRIES and len(sampler._contexts) <= CONTEXT_CACHE_ENTRIES
+    assert len(sampler._prompt_tokens) <= CONTEXT_CACHE_ENTRIES
+    assert len(sampler.encoder.cache) <= 50
