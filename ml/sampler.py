@@ -76,7 +76,7 @@ class SamplerError(ValueError):
 
 
 def check_text(name: str, text: str | None) -> str | None:
-    """`text` unchanged if the encoder can take it and a database can store it what it is part of.
+    """`text` unchanged, if the encoder can take it and the samples that start with it can be stored.
 
     A lone surrogate (from a JSON escape such as \\ud800) is not Unicode text: encoding it to UTF-8 fails.
     NUL is valid but PostgreSQL's text type refuses it, and samples start with their prefix.
