@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 END_OF_TEXT = "<|endoftext|>"
 DEFAULT_BATCH_SIZE = 10
 CONTEXT_CACHE_ENTRIES = 8
+# gpt_2_simple's encoder keeps the tokens of every word it has seen; past this many it starts afresh.
+ENCODER_CACHE_WORDS = 10_000
 SLOT_BLOCK = 32
 BLOCK_STEPS = 16
 # A block goes on after rows have sampled a token they may end in (those rows idle: what they sample
@@ -51,9 +53,44 @@ BLOCK_STEPS = 16
 # a step, so stopping at every end to refill the row at once is slower (~15% on the tweet bench).
 IDLE_STEPS_PER_ROW = 2
 
+# Bounds of a SampleRequest (the generation service's schema states the same), chosen so that every
+# accepted value keeps its meaning once cast to the graph's int32 and float32 feeds.
+MIN_TEMPERATURE = 1e-4  # logits / temperature stay finite in float32 (1e-50 would be 0: NaN samples)
+MAX_TEMPERATURE = 100.0
+MAX_TOP_K = 50_257  # GPT-2's vocabulary: a larger top_k keeps every token, as 0 does
+# A top_p this small or smaller keeps only the likeliest token (its probability is at least 1 / vocabulary);
+# smaller values are fed as this one, since float32 would round the smallest to 0, which turns top_p off.
+MIN_TOP_P = 1e-6
+MAX_TRUNCATE_CHARS = 200
+
 
 class SamplerError(ValueError):
-    """A checkpoint or a sampling parameter is unusable; the message says what to change."""
+    """A checkpoint or a sampling parameter is unusable; the message says what to change.
+
+    `field` names the request parameter at fault, when one is.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def check_text(name: str, text: str | None) -> str | None:
+    """`text` unchanged, if the encoder can take it and the samples that start with it can be stored.
+
+    A lone surrogate (from a JSON escape such as \\ud800) is not Unicode text: encoding it to UTF-8 fails.
+    NUL is valid but PostgreSQL's text type refuses it, and samples start with their prefix.
+    """
+    if text is None:
+        return None
+    if "\x00" in text:
+        raise SamplerError(f"{name} has a NUL character (at character {text.index(chr(0))}): remove it", field=name)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SamplerError(f"{name} has a lone surrogate at character {exc.start}: send valid Unicode text",
+                           field=name) from None
+    return text
 
 
 @dataclass(frozen=True)
@@ -61,11 +98,12 @@ class SampleRequest:
     """What one sample is made from; the parameters mean what they mean in gpt_2_simple.generate.
 
     length : tokens to generate at most (past the model's window if need be).
-    temperature : > 0; logits are divided by it.
-    top_k : keep the k likeliest tokens (0: all).
+    temperature : MIN_TEMPERATURE to MAX_TEMPERATURE; logits are divided by it.
+    top_k : keep the k likeliest tokens (0: all), at most MAX_TOP_K.
     top_p : nucleus sampling, keep the likeliest tokens whose mass reaches p (0: off; overrides top_k).
-    prefix : text the sample continues (None or "": start of a document).
-    truncate : stop the sample where this text appears (also at the real end token); None: run to length.
+    prefix : text the sample continues (None or "": start of a document); at most the model's window in tokens.
+    truncate : stop the sample where this text appears (also at the real end token), at most
+        MAX_TRUNCATE_CHARS characters; None: run to length.
     include_prefix : start the returned text with the prefix.
     """
 
@@ -80,14 +118,20 @@ class SampleRequest:
     def __post_init__(self):
         if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1:
             raise SamplerError(f"length must be a whole number of tokens >= 1, got {self.length!r}")
-        if not self.temperature > 0:
-            raise SamplerError(f"temperature must be > 0, got {self.temperature!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise SamplerError(f"top_k must be a whole number >= 0 (0 turns it off), got {self.top_k!r}")
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:  # False for NaN too
+            raise SamplerError(f"temperature must be between {MIN_TEMPERATURE} and {MAX_TEMPERATURE:g}, "
+                               f"got {self.temperature!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 0 <= self.top_k <= MAX_TOP_K:
+            raise SamplerError(f"top_k must be a whole number between 0 and {MAX_TOP_K} (0 turns it off), "
+                               f"got {self.top_k!r}")
         if not 0.0 <= self.top_p <= 1.0:
             raise SamplerError(f"top_p must be between 0 and 1 (0 turns it off), got {self.top_p!r}")
         if self.truncate == "":
             raise SamplerError("truncate must be None or a non-empty text")
+        if self.truncate is not None and len(self.truncate) > MAX_TRUNCATE_CHARS:
+            raise SamplerError(f"truncate must be at most {MAX_TRUNCATE_CHARS} characters, got {len(self.truncate)}")
+        check_text("prefix", self.prefix)
+        check_text("truncate", self.truncate)
 
 
 class Truncation:
@@ -97,7 +141,7 @@ class Truncation:
     (however the model spelled it in tokens: gpt_2_simple's CSV format writes `<|endoftext|>` as
     plain text, several tokens). `stop_tokens` marks the tokens in which a sample can end (the
     end token, a token holding the whole text, or one that begins with the text's last bytes): the
-    sampling loop stops in-graph when one comes, and `ends` checks the last tokens exactly.
+    sampling loop stops in-graph when one comes, and `find_end` checks the new tokens exactly.
     Without a `truncate` text, a sample never ends (it runs to `length`; the end token is text).
     """
 
@@ -108,22 +152,41 @@ class Truncation:
         self.stop_tokens = np.zeros(len(token_bytes), bool)
         if self.wanted is None:
             return
-        tails = {self.wanted[-size:] for size in range(1, len(self.wanted))}
+        # The bytes of a sample that a match ending in later tokens can start in.
+        self.kept_bytes = len(self.wanted) - 1
+        # The text's tails that a token can begin with: no longer than the longest token, so few.
+        longest = max(map(len, token_bytes))
+        tails = {self.wanted[-size:] for size in range(1, min(self.kept_bytes, longest) + 1)}
         for token, data in enumerate(token_bytes):
             self.stop_tokens[token] = self.wanted in data or any(
-                data[:size] in tails for size in range(1, min(len(data), len(self.wanted) - 1) + 1)
+                data[:size] in tails for size in range(1, min(len(data), self.kept_bytes) + 1)
             )
         if end_token is not None:
             self.stop_tokens[end_token] = True
 
-    def ends(self, tokens: list[int]) -> bool:
-        """Whether a sample that had not ended before its last token ends at it."""
-        if self.wanted is None or not self.stop_tokens[tokens[-1]]:
-            return False
-        if tokens[-1] == self.end_token:
-            return True
-        # Every token is at least one byte, so the last len(wanted) tokens hold a match ending in the last.
-        return self.wanted in b"".join(self.token_bytes[token] for token in tokens[-len(self.wanted):])
+    def find_end(self, recent: bytes, tokens: list[int]) -> tuple[int | None, bytes]:
+        """Where a sample ends in `tokens`, its next tokens: the index of the token it ends at (None: it
+        goes on), and the bytes to pass as `recent` with its next tokens.
+
+        `recent` is the end of what it generated before (b"" at its start), enough to see the text
+        complete across calls and no more, so that checking a sample is linear in its length.
+        """
+        if self.wanted is None:
+            return None, b""
+        data = bytearray(recent)
+        added = 0
+        # Only a stop token can complete the text, so the first completion is found at one of them.
+        for index in np.flatnonzero(self.stop_tokens[tokens]).tolist():
+            if tokens[index] == self.end_token:
+                return index, b""
+            for token in tokens[added : index + 1]:
+                data += self.token_bytes[token]
+            added = index + 1
+            if self.wanted in data:
+                return index, b""
+        for token in tokens[added:]:
+            data += self.token_bytes[token]
+        return None, bytes(data[max(0, len(data) - self.kept_bytes):])
 
     def text(self, tokens: list[int], ended: bool) -> str:
         """The sample's text: up to where it ended, or all of it."""
@@ -146,10 +209,15 @@ class GeneratedSample:
 
 @dataclass
 class SampleJob:
-    """A request and where its sample goes when it is done."""
+    """A request, where its sample goes when it is done, and where its error goes if it fails.
+
+    With `fail`, a job that fails (a prefix too long for the model, a token outside the vocabulary)
+    gets its error and the other jobs of the batch go on; without it, the error ends the run.
+    """
 
     request: SampleRequest
     deliver: Callable[[GeneratedSample], None]
+    fail: Callable[[Exception], None] | None = None
 
 
 @dataclass
@@ -162,6 +230,24 @@ class RunStats:
     context_encodings: int = 0
     samples: int = 0
     generated_tokens: int = 0
+
+
+class _Recent(OrderedDict):
+    """The values made for the last `size` keys used; older ones are dropped, so the cache stays bounded
+    however many distinct prompts and texts requests bring."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or_make(self, key, make: Callable[[], object]):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = make()
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
 
 
 @dataclass
@@ -183,6 +269,7 @@ class _Row:
     row_start: int            # first slot of the row cache this sample sees
     window_tokens: list[int]  # the tokens of the current window: context, then generated
     generated: list[int] = field(default_factory=list)
+    recent: bytes = b""       # the end of the generated text, for Truncation.find_end
     done: bool = False
 
 
@@ -417,7 +504,8 @@ def _filter_logits(tf, logits, top_k, top_p):
     ranked = tf.math.top_k(logits, k=needed).values
     kth = tf.gather(ranked, tf.clip_by_value(top_k, 1, needed) - 1, batch_dims=1)
     cumulative = tf.cumsum(gpt2.softmax(ranked), axis=1, exclusive=True)  # used only when all are ranked
-    nucleus_min = tf.reduce_min(tf.where(cumulative < top_p[:, None], ranked, 1000.0), axis=1)
+    # gpt_2_simple puts 1000 where this puts inf: with logits above 1000 (a cold temperature) it would keep them all.
+    nucleus_min = tf.reduce_min(tf.where(cumulative < top_p[:, None], ranked, np.inf), axis=1)
     threshold = tf.where(top_p > 0, nucleus_min, tf.where(top_k > 0, kth, -np.inf))
     return tf.where(logits < threshold[:, None], -1e10, logits)
 
@@ -505,8 +593,9 @@ class Sampler:
         self.checkpoint = checkpoint
         self._end_token = encoder.encoder.get(END_OF_TEXT)
         self._token_bytes = self._byte_table(encoder)
-        self._contexts: OrderedDict[tuple[int, ...], _Context] = OrderedDict()
-        self._truncations: OrderedDict[str | None, Truncation] = OrderedDict()
+        self._prompt_tokens = _Recent(CONTEXT_CACHE_ENTRIES)  # prefix -> its tokens
+        self._contexts = _Recent(CONTEXT_CACHE_ENTRIES)  # a prompt's tokens but the last -> _Context
+        self._truncations = _Recent(CONTEXT_CACHE_ENTRIES)  # truncate text -> Truncation
         self._lock = threading.Lock()
         self._layers_heads = (hparams.n_layer, 2)
         self._head_shape = (hparams.n_head, hparams.n_embd // hparams.n_head)
@@ -681,9 +770,18 @@ class Sampler:
 
     # ---- pieces used by _BatchRun ----
 
+    def _prompt(self, prefix: str | None) -> list[int]:
+        """The tokens a sample with this prefix starts from (cached)."""
+        return self._prompt_tokens.get_or_make(prefix, lambda: self._context_tokens(prefix))
+
     def _context_tokens(self, prefix: str | None) -> list[int]:
         if prefix:
             tokens = self.encoder.encode(prefix)
+            if len(self.encoder.cache) > ENCODER_CACHE_WORDS:
+                self.encoder.cache.clear()
+            if len(tokens) > self.hparams.n_ctx:
+                raise SamplerError(f"prefix is {len(tokens)} tokens; the model reads at most {self.hparams.n_ctx}: "
+                                   "shorten it", field="prefix")
             if tokens:
                 return tokens
         if self._end_token is None:
@@ -694,35 +792,22 @@ class Sampler:
 
     def _truncation(self, truncate: str | None) -> Truncation:
         """The stop tokens of a `truncate` text (cached: computing them reads the whole vocabulary)."""
-        truncation = self._truncations.get(truncate)
-        if truncation is None:
-            truncation = Truncation(truncate, self._token_bytes, self._end_token)
-            self._truncations[truncate] = truncation
-            while len(self._truncations) > CONTEXT_CACHE_ENTRIES:
-                self._truncations.popitem(last=False)
-        self._truncations.move_to_end(truncate)
-        return truncation
+        return self._truncations.get_or_make(truncate, lambda: Truncation(truncate, self._token_bytes, self._end_token))
 
     def _encode_context(self, tokens: list[int], stats: RunStats) -> _Context:
         """The keys/values of all the tokens but the last (cached per prompt)."""
         key = tuple(tokens[:-1])
-        cached = self._contexts.get(key)
-        if cached is not None:
-            self._contexts.move_to_end(key)
-            return cached
-        if key:
+
+        def encode() -> _Context:
+            if not key:
+                return _Context(tokens=key, keys_values=self._empty_shared())
             # Padding tokens after the prompt change nothing before them (attention is causal).
             padded = min(_padded(len(key)), self.hparams.n_ctx)
             (presents,) = self._run_context(np.asarray([key + (0,) * (padded - len(key))], np.int32))
-            keys_values = presents[:, :, 0, :, : len(key)]
             stats.context_encodings += 1
-        else:
-            keys_values = self._empty_shared()
-        context = _Context(tokens=key, keys_values=keys_values)
-        self._contexts[key] = context
-        while len(self._contexts) > CONTEXT_CACHE_ENTRIES:
-            self._contexts.popitem(last=False)
-        return context
+            return _Context(tokens=key, keys_values=presents[:, :, 0, :, : len(key)])
+
+        return self._contexts.get_or_make(key, encode)
 
 
 class _BatchRun:
@@ -743,7 +828,6 @@ class _BatchRun:
         self.row_feeds: list[np.ndarray] = []
         self.shared_contexts: list[_Context] = []  # the prompts in the shared feed, in its order
         self.shared_feeds: list[np.ndarray] = []
-        self.prompt_tokens: dict[str | None, list[int]] = {}
 
     def run(self) -> RunStats:
         self._fill_free_rows()
@@ -757,23 +841,27 @@ class _BatchRun:
     # -- rows --
 
     def _start_row(self, job: SampleJob) -> _Row:
-        prefix = job.request.prefix
-        if prefix not in self.prompt_tokens:
-            self.prompt_tokens[prefix] = self.sampler._context_tokens(prefix)
-        context_tokens = self.prompt_tokens[prefix]
-        if len(context_tokens) > self.n_ctx:
-            context_tokens = context_tokens[-(self.n_ctx // 2):]
+        context_tokens = self.sampler._prompt(job.request.prefix)
         context = self.sampler._encode_context(context_tokens, self.stats)
         return _Row(job=job, truncation=self.sampler._truncation(job.request.truncate), context=context,
                     next_token=context_tokens[-1], row_start=self.used, window_tokens=list(context_tokens))
 
+    def _next_row(self) -> _Row | None:
+        """A row for the next job that starts (None: no job is left); a job that cannot start fails alone."""
+        while (job := self.take_job()) is not None:
+            try:
+                return self._start_row(job)
+            except Exception as exc:  # noqa: BLE001 - the job gets its error; fail() re-raises without a handler
+                _fail(job, exc)
+        return None
+
     def _fill_free_rows(self) -> None:
         added = 0
         while len(self.rows) < self.batch_size:
-            job = self.take_job()
-            if job is None:
+            row = self._next_row()
+            if row is None:
                 break
-            self.rows.append(self._start_row(job))
+            self.rows.append(row)
             added += 1
         if added:
             self._resize_cache_rows(list(range(len(self.rows) - added)), len(self.rows))
@@ -787,9 +875,9 @@ class _BatchRun:
                 keep.append(index)
                 continue
             self.rows_changed = True
-            job = self.take_job()
-            if job is not None:
-                self.rows[index] = self._start_row(job)
+            row = self._next_row()
+            if row is not None:
+                self.rows[index] = row
                 keep.append(index)
         if len(keep) < len(self.rows):
             self.rows = [self.rows[i] for i in keep]
@@ -836,7 +924,7 @@ class _BatchRun:
                 np.array([ranges[id(row.context)][1] for row in self.rows], np.int32),
                 np.array([r.temperature for r in requests], np.float32),
                 np.array([r.top_k for r in requests], np.int32),
-                np.array([r.top_p for r in requests], np.float32),
+                np.array([max(r.top_p, MIN_TOP_P) if r.top_p > 0 else 0.0 for r in requests], np.float32),
                 np.stack([row.truncation.stop_tokens for row in self.rows]),
             ]
             self.rows_changed = False
@@ -871,16 +959,23 @@ class _BatchRun:
         self.stats.steps += steps
         self.stats.blocks += 1
         for row, row_tokens in zip(self.rows, tokens[:, :steps].tolist()):
-            self._take_tokens(row, row_tokens)
+            try:
+                self._take_tokens(row, row_tokens)
+            except Exception as exc:  # noqa: BLE001 - the row's job gets its error; the others go on
+                row.done = True
+                _fail(row.job, exc)
 
     def _take_tokens(self, row: _Row, tokens: list[int]) -> None:
         """The row's tokens of a block, up to where its sample ended (the rest were idle steps)."""
         request = row.job.request
-        ended = False
-        for index in np.flatnonzero(row.truncation.stop_tokens[tokens]).tolist():
-            if row.truncation.ends(row.generated + tokens[: index + 1]):
-                tokens, ended = tokens[: index + 1], True
-                break
+        vocabulary = len(self.sampler._token_bytes)
+        if not 0 <= min(tokens) <= max(tokens) < vocabulary:
+            raise RuntimeError(f"the model sampled a token outside the vocabulary of {vocabulary} "
+                               f"({min(tokens)}..{max(tokens)}): its logits were not finite")
+        end, row.recent = row.truncation.find_end(row.recent, tokens)
+        ended = end is not None
+        if ended:
+            tokens = tokens[: end + 1]
         row.generated += tokens
         row.window_tokens += tokens
         row.next_token = tokens[-1]
@@ -907,3 +1002,10 @@ class _BatchRun:
         for row in self.rows:
             row.row_start -= oldest
         self.rows_changed = True
+
+
+def _fail(job: SampleJob, exc: Exception) -> None:
+    """Give a failed job its error; a job without `fail` has the run raise it."""
+    if job.fail is None:
+        raise exc
+    job.fail(exc)

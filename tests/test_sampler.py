@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from api.tweet_text import END_TOKEN, join_samples
-from ml.sampler import SampleJob, SampleRequest, Sampler, SamplerError, Truncation
+from ml import sampler as sampler_module
+from ml.sampler import CONTEXT_CACHE_ENTRIES, MAX_TRUNCATE_CHARS, SampleJob, SampleRequest, Sampler, SamplerError, Truncation
 from ml.tiny import write_tiny_run
 
 pytestmark = pytest.mark.ml
@@ -178,6 +179,8 @@ def test_top_k_1_is_greedy_and_ignores_the_seed(sampler):
     # A tiny nucleus or a cold temperature keeps only the likeliest token too.
     assert sampler.generate(nsamples=3, length=10, top_p=1e-6, seed=3) == texts
     assert sampler.generate(nsamples=3, length=10, temperature=1e-4, seed=4) == texts
+    # A top_p that float32 would round to 0 (no filter) still keeps only the likeliest token.
+    assert sampler.generate(nsamples=3, length=10, top_p=1e-50, seed=3) == texts
     # Wider top_k samples.
     assert len(set(sampler.generate(nsamples=4, length=10, top_k=40, seed=5))) > 1
 
@@ -214,6 +217,18 @@ def test_filter_keeps_what_gpt_2_simples_top_k_and_top_p_keep(rows):
             assert kept.sum() == (k or 300)
 
 
+def test_top_p_keeps_only_the_nucleus_when_logits_are_large():
+    """At a cold temperature logits pass 1000, which gpt_2_simple's nucleus filter takes for its own marker."""
+    import tensorflow as tf
+
+    from ml.sampler import _filter_logits
+
+    logits = np.array([[5000.0, 4000.0, 3000.0]], np.float32)
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        kept = session.run(_filter_logits(tf, tf.constant(logits), tf.constant([0]), tf.constant([0.5])))
+    assert (kept > -1e9).tolist() == [[True, False, False]]
+
+
 def test_a_batch_stops_as_soon_as_every_row_has_ended(sampler, greedy_reference):
     context = sampler.encoder.encode(PREFIX)
     greedy = greedy_reference(context, 40)
@@ -238,15 +253,33 @@ def test_a_sample_ends_at_truncate_spelled_over_several_tokens_or_at_the_end_tok
     # The loop may stop where the text can end: its last bytes begin the token, or at the end token.
     assert truncation.stop_tokens.tolist() == [False, False, False, True, False, True, True, False]
     tokens = [0, 1, 2, 3]
-    assert not any(truncation.ends(tokens[:size]) for size in (1, 2, 3))
-    assert truncation.ends(tokens)
+    assert truncation.find_end(b"", tokens)[0] == 3
     assert truncation.text(tokens, True) == "hi there "
-    assert not truncation.ends([0, 6])  # a stop token that does not finish the text
-    assert truncation.ends([4, end]) and truncation.text([4, end], True) == "short"
+    # Fed a token at a time, the bytes kept between calls let the text complete across calls.
+    recent = b""
+    for token in tokens[:3]:
+        ended_at, recent = truncation.find_end(recent, [token])
+        assert ended_at is None
+    assert len(recent) == len(END_TOKEN) - 1 and truncation.find_end(recent, [3])[0] == 0
+    assert truncation.find_end(b"", [0, 6])[0] is None  # a stop token that does not finish the text
+    assert truncation.find_end(b"", [4, end])[0] == 1 and truncation.text([4, end], True) == "short"
 
     no_truncate = Truncation(None, token_bytes, end)
-    assert not no_truncate.stop_tokens.any() and not no_truncate.ends([7, end])
+    assert not no_truncate.stop_tokens.any() and no_truncate.find_end(b"", [7, end]) == (None, b"")
     assert no_truncate.text([7, end], False) == "x<|endoftext|>"
+
+
+def test_truncate_texts_of_the_longest_length_are_matched_in_linear_time():
+    """Stop tokens are found without listing the text's tails, and matching keeps a bounded tail."""
+    wanted = "ab" * (MAX_TRUNCATE_CHARS // 2)
+    token_bytes = [bytes([b]) for b in range(256)]
+    truncation = Truncation(wanted, token_bytes, None)
+    assert truncation.stop_tokens.nonzero()[0].tolist() == [ord("b")]  # the text's last byte begins no other
+    recent = b""
+    for _ in range(3):  # almost the text, many times: never an end, never more kept than the text's length
+        ended_at, recent = truncation.find_end(recent, list(b"ab" * 99 + b"x"))
+        assert ended_at is None and len(recent) == len(wanted) - 1
+    assert truncation.find_end(recent, list(wanted.encode()))[0] == len(wanted) - 1
 
 
 def test_prefix_is_kept_or_dropped(sampler):
@@ -286,12 +319,20 @@ def test_the_graph_is_built_once(sampler):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"temperature": 0}, "temperature must be > 0"),
+        ({"temperature": 0}, "temperature must be between 0.0001 and 100"),
         ({"top_p": 1.5}, "top_p must be between 0 and 1"),
         ({"top_k": -1}, "top_k must be a whole number"),
         ({"length": 0}, "length must be"),
         ({"nsamples": 0}, "nsamples must be >= 1"),
         ({"truncate": ""}, "truncate must be None or a non-empty text"),
+        ({"temperature": 1e-50}, "temperature must be between 0.0001 and 100"),
+        ({"temperature": float("nan")}, "temperature must be between"),
+        ({"top_k": 2**31}, "top_k must be a whole number between 0 and 50257"),
+        ({"top_p": float("nan")}, "top_p must be between 0 and 1"),
+        ({"truncate": "x" * 201}, "truncate must be at most 200 characters"),
+        ({"prefix": "a\ud800"}, "prefix has a lone surrogate"),
+        ({"truncate": "\x00"}, "truncate has a NUL character"),
+        ({"prefix": "\U0001F600" * 300}, "prefix is 1200 tokens"),
     ],
 )
 def test_bad_parameters_are_refused_with_a_clear_message(sampler, kwargs, message):
@@ -302,3 +343,43 @@ def test_bad_parameters_are_refused_with_a_clear_message(sampler, kwargs, messag
 def test_loading_a_folder_that_is_not_a_checkpoint_says_what_is_missing(tmp_path):
     with pytest.raises(SamplerError, match="missing hparams.json"):
         Sampler.load(tmp_path)
+
+
+def test_a_job_that_fails_fails_alone_and_the_batch_goes_on(sampler, monkeypatch):
+    """One job cannot start (its prefix is too long), one samples a token outside the vocabulary
+    (as NaN logits would give): each gets its own error through `fail`, the others their texts."""
+    requests = [SampleRequest(length=12, top_k=1, prefix=prefix, include_prefix=False)
+                for prefix in ("broken", "one", "\U0001F600" * 300, "two")]
+    alone = {i: sampler.generate(nsamples=1, length=12, top_k=1, prefix=requests[i].prefix, include_prefix=False)[0]
+             for i in (1, 3)}
+    real_run_block = sampler._run_block
+
+    def first_row_breaks(*feeds):
+        tokens, steps, presents = real_run_block(*feeds)
+        tokens[0, :] = sampler.hparams.n_vocab
+        return tokens, steps, presents
+
+    monkeypatch.setattr(sampler, "_run_block", first_row_breaks)
+    results, errors = {}, {}
+    jobs = [SampleJob(request, lambda sample, i=i: results.__setitem__(i, sample.text),
+                      lambda exc, i=i: errors.__setitem__(i, exc)) for i, request in enumerate(requests)]
+    sampler.run(lambda: jobs.pop(0) if jobs else None, batch_size=4)
+    assert results == alone
+    assert sorted(errors) == [0, 2]
+    assert isinstance(errors[2], SamplerError) and "1200 tokens" in str(errors[2])
+    assert not isinstance(errors[0], SamplerError) and "outside the vocabulary" in str(errors[0])
+
+
+def test_caches_stay_bounded_however_many_distinct_prefixes_and_truncate_texts(sampler, monkeypatch):
+    """One long run (jobs keep coming) with a new prefix and truncate text each time, and many new words."""
+    monkeypatch.setattr(sampler_module, "ENCODER_CACHE_WORDS", 50)
+    def word(number: int) -> str:  # a word of letters only: the encoder splits at digits
+        return "".join(chr(ord("a") + int(digit)) for digit in str(number))
+
+    jobs = [SampleJob(SampleRequest(length=1, prefix=" ".join(word(20 * i + j) for j in range(20)), truncate=word(i)),
+                      lambda sample: None) for i in range(4 * CONTEXT_CACHE_ENTRIES)]
+    stats = sampler.run(lambda: jobs.pop(0) if jobs else None, batch_size=2)
+    assert stats.samples == 4 * CONTEXT_CACHE_ENTRIES
+    assert len(sampler._truncations) <= CONTEXT_CACHE_ENTRIES and len(sampler._contexts) <= CONTEXT_CACHE_ENTRIES
+    assert len(sampler._prompt_tokens) <= CONTEXT_CACHE_ENTRIES
+    assert len(sampler.encoder.cache) <= 50

@@ -1,6 +1,7 @@
 """The generation service (ml.service) on the tiny model: GET, POST, HEAD, validation, token, CORS, concurrency."""
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -23,9 +24,10 @@ def sampler(tmp_path_factory):
         yield loaded
 
 
-def make_client(sampler: Sampler, **settings) -> TestClient:
+def make_client(sampler: Sampler, raise_server_exceptions: bool = True, **settings) -> TestClient:
     values = {"GENERATION_MAX_LENGTH": 64, "_env_file": None, **settings}
-    return TestClient(create_app(GenerationSettings(**values), sampler=sampler, configure_logs=False))
+    return TestClient(create_app(GenerationSettings(**values), sampler=sampler, configure_logs=False),
+                      raise_server_exceptions=raise_server_exceptions)
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +64,11 @@ def test_head_answers_an_empty_text(client):
 @pytest.mark.parametrize(
     "params, field, words",
     [
-        ({"temperature": 0}, "temperature", "greater than 0"),
+        ({"temperature": 0}, "temperature", "greater than or equal to 0.0001"),
         ({"top_p": 1.5}, "top_p", "less than or equal to 1"),
         ({"top_k": -1}, "top_k", "greater than or equal to 0"),
         ({"length": 0}, "length", "greater than or equal to 1"),
-        ({"length": 65}, "length", "GENERATION_MAX_LENGTH"),
+        ({"length": 65}, "length", "less than or equal to 64"),
         ({"prefix": "x" * 501}, "prefix", "at most 500 characters"),
         ({"length": "many"}, "length", "valid integer"),
         ({"truncate": ""}, "truncate", "at least 1 character"),
@@ -153,3 +155,124 @@ def test_a_failed_generation_answers_500_and_the_worker_goes_on(sampler, monkeyp
         monkeypatch.undo()
         assert test_client.get("/", params={"length": 2}).status_code == 200
         assert test_client.get("/health").json()["model_loaded"] is True
+
+
+def post_raw(client: TestClient, body: bytes, **headers):
+    return client.post("/", content=body, headers={"content-type": "application/json", **headers})
+
+
+@pytest.mark.parametrize(
+    "body, field, words",
+    [
+        (b'{"top_k": 2147483648}', "top_k", "less than or equal to 50257"),
+        (b'{"temperature": 1e-50}', "temperature", "greater than or equal to 0.0001"),
+        (b'{"temperature": NaN}', "temperature", "finite number"),
+        (b'{"temperature": Infinity}', "temperature", "finite number"),
+        (b'{"top_p": -Infinity}', "top_p", "finite number"),
+        (b'{"temperature": -1}', "temperature", "greater than or equal to 0.0001"),
+        (b'{"top_p": -0.5}', "top_p", "greater than or equal to 0"),
+        (b'{"length": 1000000000000000000000000000000}', "length", "less than or equal to 64"),
+        (b'{"length": -3}', "length", "greater than or equal to 1"),
+        (b'{"truncate": "' + b"x" * 201 + b'"}', "truncate", "at most 200 characters"),
+        (b'{"prefix": "a\\ud800b"}', "prefix", "unicode string"),
+        (b'{"truncate": "\xed\xa0\x80"}', "truncate", "unicode string"),
+        (b'{"truncate": "a\\u0000"}', "truncate", "NUL"),
+    ],
+)
+def test_hostile_values_get_a_422_and_the_next_request_is_served(client, body, field, words):
+    response = post_raw(client, body)
+    assert response.status_code == 422, response.text
+    error = response.json()["detail"][0]
+    assert error["loc"] == ["body", field] and words in error["msg"]
+    assert "input" not in error  # not echoed back: it may be huge, NaN or not encodable
+    assert client.post("/", json={"length": 2}).status_code == 200
+
+
+def test_hostile_query_values_get_a_422(client):
+    for params, field in (({"truncate": "x" * 60_000}, "truncate"), ({"top_k": 2**31}, "top_k"),
+                          ({"temperature": "nan"}, "temperature"), ({"temperature": "1e-50"}, "temperature"),
+                          ({"prefix": "a\x00"}, "prefix")):
+        response = client.get("/", params={"length": 2, **params})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["query", field]
+    assert client.get("/", params={"length": 2}).status_code == 200
+
+
+def test_a_prefix_longer_than_the_models_window_gets_a_422(client, sampler):
+    prefix = "\U0001F600" * 300  # 300 characters, 1,200 tokens of the byte-level vocabulary
+    assert len(sampler.encoder.encode(prefix)) > sampler.hparams.n_ctx
+    response = client.post("/", json={"length": 2, "prefix": prefix})
+    assert response.status_code == 422, response.text
+    error = response.json()["detail"][0]
+    assert error["loc"] == ["body", "prefix"] and "1200 tokens" in error["msg"] and "1024" in error["msg"]
+    assert client.post("/", json={"length": 2}).status_code == 200
+
+
+def test_a_body_over_the_limit_gets_a_413_before_it_is_read(client):
+    declared = post_raw(client, b'{"length": 2}', **{"content-length": str(10**12), "origin": "https://a.example"})
+    assert declared.status_code == 413 and "16384 bytes" in declared.json()["detail"]
+    assert declared.headers["access-control-allow-origin"] == "*"
+
+    def chunks():  # no Content-Length: sent in chunks, refused once the limit is passed
+        yield b'{"truncate": "'
+        for _ in range(100):
+            yield b"x" * 1000
+        yield b'"}'
+
+    streamed = client.post("/", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+    assert client.post("/", json={"length": 2}).status_code == 200
+
+
+def test_the_schema_states_every_bound(client):
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    fields = next(s for name, s in schema.items() if name.startswith("GenerationParams"))["properties"]
+    assert (fields["length"]["minimum"], fields["length"]["maximum"], fields["length"]["default"]) == (1, 64, 64)
+    assert (fields["temperature"]["minimum"], fields["temperature"]["maximum"]) == (1e-4, 100)
+    assert (fields["top_k"]["minimum"], fields["top_k"]["maximum"]) == (0, 50257)
+    assert (fields["top_p"]["minimum"], fields["top_p"]["maximum"]) == (0, 1)
+    assert fields["prefix"]["maxLength"] == 500
+    truncate = next(option for option in fields["truncate"]["anyOf"] if option.get("type") == "string")
+    assert (truncate["minLength"], truncate["maxLength"]) == (1, 200)
+
+
+@pytest.mark.parametrize("poison, status_code", [("internal", 500), ("too long", 422)])
+def test_a_request_that_fails_in_a_batch_fails_alone(sampler, monkeypatch, poison, status_code):
+    """Four requests share one batch (the batch waits until all four are queued); one fails to start."""
+    bodies = [{"length": 6, "top_k": 1, "prefix": f"good {i}", "include_prefix": False} for i in range(3)]
+    bad_prefix = "\U0001F600" * 300 if poison == "too long" else "poison"
+    real_context_tokens = sampler._context_tokens
+
+    def poisoned_context_tokens(prefix):
+        if prefix == "poison":
+            raise RuntimeError("injected failure")
+        return real_context_tokens(prefix)
+
+    monkeypatch.setattr(sampler, "_context_tokens", poisoned_context_tokens)
+    with make_client(sampler, raise_server_exceptions=False) as test_client:
+        alone = [test_client.post("/", json=body).json()["text"] for body in bodies]
+        worker = test_client.app.state.worker
+        all_queued = threading.Event()
+        real_submit, real_run = worker.submit, sampler.run
+        submitted = []
+
+        def counting_submit(request):
+            future = real_submit(request)
+            submitted.append(future)
+            if len(submitted) == 4:
+                all_queued.set()
+            return future
+
+        def gated_run(*args, **kwargs):
+            all_queued.wait()
+            return real_run(*args, **kwargs)
+
+        monkeypatch.setattr(worker, "submit", counting_submit)
+        monkeypatch.setattr(sampler, "run", gated_run)
+        batches_before = worker.batches
+        everything = [*bodies[:2], {"length": 6, "prefix": bad_prefix}, bodies[2]]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            responses = list(pool.map(lambda body: test_client.post("/", json=body), everything))
+        assert worker.batches - batches_before == 1
+    assert [r.status_code for r in responses] == [200, 200, status_code, 200]
+    assert [responses[i].json()["text"] for i in (0, 1, 3)] == alone
