@@ -32,6 +32,7 @@ from ml.candidates import (
 )
 from ml.dataset import GPT2_N_CTX, InputError, check_window, encode, load_training_file, validate_run_name
 from ml.filters import CandidateFilter, TrainingCopyIndex
+from ml.sampler import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE, SamplerError
 from ml.training import RESTORE_CHOICES, RunFolderError, TrainingOptions, finetune
 
 # ---- where things live ----
@@ -70,6 +71,20 @@ def _positive_float(value: str) -> float:
     number = float(value)
     if not number > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
+def _temperature(value: str) -> float:
+    number = float(value)
+    if not MIN_TEMPERATURE <= number <= MAX_TEMPERATURE:  # False for nan too
+        raise argparse.ArgumentTypeError(f"must be between {MIN_TEMPERATURE} and {MAX_TEMPERATURE:g}, got {value}")
+    return number
+
+
+def _top_k(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= MAX_TOP_K:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 (off) to {MAX_TOP_K}, got {value}")
     return number
 
 
@@ -117,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nsamples", type=_positive_int, default=GENERATION.nsamples, help="candidates wanted in the file")
     g.add_argument("--gen_batch_size", type=_positive_int, default=GENERATION.batch_size, help="samples made together")
     g.add_argument("--length", type=_positive_int, default=GENERATION.length, help="tokens per sample at most")
-    g.add_argument("--temperature", type=_positive_float, default=GENERATION.temperature)
-    g.add_argument("--top_k", type=int, default=GENERATION.top_k, help="sample from the k likeliest tokens (0: off)")
+    g.add_argument("--temperature", type=_temperature, default=GENERATION.temperature)
+    g.add_argument("--top_k", type=_top_k, default=GENERATION.top_k, help="sample from the k likeliest tokens (0: off)")
     g.add_argument("--top_p", type=_probability, default=GENERATION.top_p, help="nucleus sampling (0: off; overrides top_k)")
     g.add_argument("--prefix", default=GENERATION.prefix, help="text samples start from ('' for none)")
     g.add_argument("--truncate", default=GENERATION.truncate, help="text that ends a sample ('' for none)")
@@ -292,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         return run(args)
-    except (InputError, ModelError, RunFolderError) as exc:
+    except (InputError, ModelError, RunFolderError, SamplerError) as exc:
         log.error("error: %s", exc)
         return EXIT_BAD_INPUT
     except DownloadError as exc:

@@ -314,6 +314,20 @@ def test_bad_input_is_one_line_and_exit_2_without_tensorflow(tmp_path, short_csv
     assert not (tmp_path / "ck").exists()
 
 
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--temperature", "1e-50", "--temperature: must be between 0.0001 and 100"),
+    ("--temperature", "nan", "--temperature: must be between 0.0001 and 100"),
+    ("--top_k", "2147483648", "--top_k: must be a whole number from 0 (off) to 50257"),
+    ("--top_k", "-1", "--top_k: must be a whole number from 0 (off) to 50257"),
+])
+def test_sampling_flags_outside_the_samplers_bounds_are_refused_by_the_parser(flag, value, message, capsys):
+    """The command line takes what the sampler takes: a value it would refuse stops here, before any training."""
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args([flag, value])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_generate_without_a_known_training_file_is_exit_2(tmp_path):
     (tmp_path / "ck" / "copied_run").mkdir(parents=True)
     (tmp_path / "ck" / "copied_run" / "checkpoint").write_text('model_checkpoint_path: "model-5"\n')
