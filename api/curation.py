@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api import tweets as store
 from api.config import Settings, TweetOrder
-from api.posting import X_POST_ID_PATTERN
+from api.posting import X_POST_ID, X_POST_ID_PATTERN
 from db import tweets as queries
 from db.models import Tweet, TweetStatus
 
@@ -157,8 +157,7 @@ class BadXLink(ValueError):
     """What the operator gave is neither a link to a post on X nor a post's id; str(exc) says so."""
 
 
-# A post's id, or its link as X and Twitter show it (any handle: X redirects by id).
-X_POST_ID = re.compile(X_POST_ID_PATTERN)
+# A post's link as X and Twitter show it (any handle: X redirects by id).
 X_POST_LINK = re.compile(
     r"https?://(?:www\.|mobile\.)?(?:x|twitter)\.com/[A-Za-z0-9_]{1,15}/status(?:es)?/(" + X_POST_ID_PATTERN + r")(?:[/?#].*)?",
     re.IGNORECASE,

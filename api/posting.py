@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -230,6 +231,7 @@ def record_unconfirmed(session: Session, tweet: Tweet, *, reason: str) -> None:
 # ---- the posting call ----
 
 X_POST_ID_PATTERN = r"[0-9]{1,19}"  # X's post ids: 64-bit integers
+X_POST_ID = re.compile(X_POST_ID_PATTERN)
 
 
 def tweet_url(account: str, x_tweet_id: str) -> str:
@@ -300,6 +302,8 @@ def post_next(
     if problem:
         return PostResult(PostOutcome.not_configured, problem)
 
+    if x_client is None and not settings.TWITTER_DRY_RUN:
+        x_client = make_x_client(settings)  # before claiming: a failure here leaves the queue as it was
     rejected: list[Tweet] = []
     with session_factory() as session:
         for _attempt in range(settings.MAX_REJECTED_PER_CALL):
@@ -313,8 +317,6 @@ def post_next(
                 record_posted(session, tweet, x_tweet_id=None, dry_run=True)
                 session.commit()
                 return PostResult(PostOutcome.posted, posted_message(tweet), tweet, rejected=rejected)
-            if x_client is None:
-                x_client = make_x_client(settings)
             result = _post_claimed(session, x_client, tweet)
             if result is not None:
                 result.rejected = rejected
@@ -378,9 +380,10 @@ def _post_claimed(session: Session, x_client: tweepy.Client, tweet: Tweet) -> Po
     try:
         response = x_client.create_tweet(text=tweet.text, user_auth=True)
         x_tweet_id = str(response.data["id"])
-    except Exception as exc:  # every failure is sorted by classify_x_error
-        error = classify_x_error(exc)
-        return _record_failure(session, tweet, error)
+        if not X_POST_ID.fullmatch(x_tweet_id):
+            raise ValueError(f"X answered with {x_tweet_id[:40]!r} as the new post's id, which is no post id")
+    except Exception as exc:  # every failure is sorted by classify_x_error, which never raises
+        return _record_failure(session, tweet, classify_x_error(exc))
     try:
         record_posted(session, tweet, x_tweet_id=x_tweet_id, dry_run=False)
         session.commit()
@@ -395,6 +398,7 @@ def _post_claimed(session: Session, x_client: tweepy.Client, tweet: Tweet) -> Po
 
 
 def _record_failure(session: Session, tweet: Tweet, error: XError) -> PostResult | None:
+    """Settle the tweet as X's answer implies (rejected, unconfirmed, or back in the queue), then say why."""
     kind = error.kind
     if kind is XErrorKind.text_refused:
         record_rejected(session, tweet, reason=error.message)
@@ -407,7 +411,16 @@ def _record_failure(session: Session, tweet: Tweet, error: XError) -> PostResult
         message = unconfirmed_message(tweet)
         log.error(message)
         return PostResult(PostOutcome.unconfirmed, message, tweet)
+    release_to_queue(session, tweet, reason=error.message)
+    session.commit()
+    outcome, message, retry_after = _requeued_answer(tweet, error)
+    log.warning(message)
+    return PostResult(outcome, message, tweet, retry_after=retry_after)
 
+
+def _requeued_answer(tweet: Tweet, error: XError) -> tuple[PostOutcome, str, int | None]:
+    """The outcome, message and retry-after (seconds, rate limits only) for a tweet X did nothing with."""
+    kind = error.kind
     back = f"tweet {tweet.id} is back in the queue"
     retry_after = None
     if kind is XErrorKind.rate_limited:
@@ -439,7 +452,4 @@ def _record_failure(session: Session, tweet: Tweet, error: XError) -> PostResult
     else:
         outcome = PostOutcome.x_failed
         message = f"X refused the request ({error.message}): check TWITTER_API_BASE_URL; {back}"
-    release_to_queue(session, tweet, reason=error.message)
-    session.commit()
-    log.warning(message)
-    return PostResult(outcome, message, tweet, retry_after=retry_after)
+    return outcome, message, retry_after

@@ -27,7 +27,7 @@ from api.posting import PostOutcome, post_next
 from api.x_client import make_x_client
 from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
 from tests.conftest import ACCOUNT, TOKEN, store_texts
-from tests.fake_x import ACCESS_SECRET, BEARER_TOKEN, CONSUMER_SECRET, DUPLICATE_DETAIL, FakeX
+from tests.fake_x import ACCESS_SECRET, BEARER_TOKEN, CONSUMER_SECRET, DUPLICATE_DETAIL, FakeResponse, FakeX
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -300,6 +300,59 @@ def test_rate_limit_requeues_and_answers_503_with_retry_after(client, session_fa
     # The key was released: the scheduler's retry posts.
     assert client.post("/tweet_curated/", headers={"Idempotency-Key": "k"}).status_code == 200
     assert [p["text"] for p in fake_x.posted] == ["later"]
+
+
+@pytest.mark.parametrize("reset", ["99999999999999999999", "-1", "soon"])
+def test_rate_limit_with_an_absurd_reset_requeues_and_answers_503(client, session_factory, fake_x, reset):
+    (tweet_id,) = queue(session_factory, "later anyway")
+    fake_x.enqueue("POST", "/2/tweets", FakeX.rate_limited(reset))
+    response = client.post("/tweet_curated/", headers={"Idempotency-Key": "k"})
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == "60"  # RETRY_AFTER_UNKNOWN_SECONDS
+    assert "X did not say until when" in response.json()["detail"]
+    tweet = load(session_factory, tweet_id)
+    assert (tweet.status, tweet.idempotency_key, tweet.claimed_at) == (TweetStatus.queued, None, None)
+    assert client.post("/tweet_curated/", headers={"Idempotency-Key": "k"}).status_code == 200
+    assert [p["text"] for p in fake_x.posted] == ["later anyway"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "broken", "outcome", "status"),
+    [
+        (FakeX.rate_limited(), "_rate_limit_reset", PostOutcome.rate_limited, TweetStatus.queued),
+        (FakeX.server_error(502), "_classify_http_answer", PostOutcome.x_failed, TweetStatus.queued),
+        (FakeX.dropped(), "_network_reason", PostOutcome.unconfirmed, TweetStatus.unconfirmed),
+    ],
+    ids=["429", "502", "dropped"],
+)
+def test_a_failure_while_reading_xs_answer_still_settles_the_tweet(
+    session_factory, settings, fake_x, monkeypatch, answer, broken, outcome, status
+):
+    """An HTTP error means X did not post (back in the queue); a lost answer means it may have."""
+    (tweet_id,) = queue(session_factory, "settled whatever happens")
+    fake_x.enqueue("POST", "/2/tweets", answer)
+
+    def bug(*_args):
+        raise OverflowError("a bug in reading the answer")
+
+    monkeypatch.setattr(f"api.x_client.{broken}", bug)
+    result = post(session_factory, settings, key="k")
+    assert result.outcome is outcome
+    tweet = load(session_factory, tweet_id)
+    assert (tweet.status, tweet.idempotency_key) == (status, None if status is TweetStatus.queued else "k")
+
+
+@pytest.mark.parametrize("x_id", ["1" * 40, "../../evil", ""])
+def test_an_answer_without_a_usable_post_id_is_unconfirmed(session_factory, settings, fake_x, x_id):
+    """X said it created the post but not which: an operator confirms it with the post's link."""
+    (tweet_id,) = queue(session_factory, "posted, but as what?")
+    fake_x.enqueue("POST", "/2/tweets", FakeX.created(x_id) if x_id else FakeResponse(201, {"data": {}}))
+    result = post(session_factory, settings, key="k")
+    assert result.outcome is PostOutcome.unconfirmed
+    tweet = load(session_factory, tweet_id)
+    assert (tweet.status, tweet.x_tweet_id, tweet.idempotency_key) == (TweetStatus.unconfirmed, None, "k")
+    assert post(session_factory, settings, key="k").outcome is PostOutcome.unconfirmed  # the retry posts nothing
+    assert len(fake_x.post_attempts) == 1
 
 
 @pytest.mark.parametrize("refusal", [FakeX.duplicate_content(), FakeX.bad_request("Invalid 'text': too long")])
