@@ -76,8 +76,16 @@ def ingest_texts(session: Session, *, account: str, texts: list[str], status: Tw
     return result
 
 
-def get_tweet(session: Session, tweet_id: int, *, account: str | None = None) -> Tweet:
-    tweet = session.get(Tweet, tweet_id)
+def get_tweet(session: Session, tweet_id: int, *, account: str | None = None, for_update: bool = False) -> Tweet:
+    """The tweet, or TweetNotFound (also when it belongs to another account than `account`).
+
+    for_update: read its current row and lock it until the transaction ends (SELECT ... FOR
+    UPDATE on Postgres; on SQLite, BEGIN IMMEDIATE already holds the whole database), so that a
+    check on its status still holds when the change is written. Every caller that changes the
+    tweet passes True: a posting claim (FOR UPDATE SKIP LOCKED) then either came first (the
+    check sees `posting`) or skips the locked row and claims the next tweet.
+    """
+    tweet = session.get(Tweet, tweet_id, with_for_update=for_update or None, populate_existing=for_update)
     if tweet is None or (account is not None and tweet.account != account):
         raise TweetNotFound(f"no tweet with id {tweet_id}")
     return tweet
@@ -93,7 +101,8 @@ def update_tweet(
     error: str | None = None,
     x_tweet_id: str | None = None,
 ) -> Tweet:
-    """Apply a curator's change; raises TweetRejected (bad text) or TweetConflict.
+    """Apply a curator's change to a tweet loaded with get_tweet(..., for_update=True); raises
+    TweetRejected (bad text) or TweetConflict.
 
     Setting an unconfirmed tweet to posted (the operator found it on X) records it as posted
     at the time its posting call claimed it, with X's id and URL when `x_tweet_id` is given.
@@ -127,6 +136,7 @@ def update_tweet(
 
 
 def delete_tweet(session: Session, tweet: Tweet) -> None:
+    """Delete a tweet loaded with get_tweet(..., for_update=True), unless it is being posted."""
     if tweet.status is TweetStatus.posting:
         raise TweetConflict("this tweet is being posted right now; try again in a minute")
     session.delete(tweet)
