@@ -22,8 +22,8 @@ from sqlalchemy import select
 
 from api import tweets as store
 from api.app import create_app
-from api.config import Settings
-from api.posting import PostOutcome, post_next
+from api.config import Settings, TweetOrder
+from api.posting import PostOutcome, claim_next_tweet, post_next, sweep_stale_posts
 from api.x_client import make_x_client
 from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
 from tests.conftest import ACCOUNT, TOKEN, store_texts
@@ -500,6 +500,42 @@ def test_stale_posting_row_becomes_unconfirmed_not_reposted(session_factory, set
     assert stale.status is TweetStatus.unconfirmed and "stopped mid-post" in stale.error
     assert load(session_factory, fresh_id).status is TweetStatus.posting  # its lease still runs
     assert [p["text"] for p in fake_x.posted] == ["queued"]
+
+
+def end_the_lease_then(session_factory, then: str) -> None:
+    """What can happen to a claimed tweet while X is slow to answer: another call's sweep ends the
+    lease (unconfirmed); then maybe an operator requeues it and another call claims it again."""
+    with session_factory() as session:
+        (swept,) = sweep_stale_posts(session, account=ACCOUNT, lease_minutes=0)
+        if then == "claimed again":
+            store.update_tweet(session, store.get_tweet(session, swept, for_update=True), status=TweetStatus.queued)
+            session.commit()
+            assert claim_next_tweet(session, account=ACCOUNT, order=TweetOrder.oldest, idempotency_key="second").id == swept
+        session.commit()
+
+
+@pytest.mark.parametrize(
+    ("answer", "then", "status", "key"),
+    [
+        (FakeX.created(), "left unconfirmed", TweetStatus.posted, "first"),  # X's answer settles what the sweep could not know
+        (FakeX.server_error(503), "left unconfirmed", TweetStatus.queued, None),
+        (FakeX.created(), "claimed again", TweetStatus.posting, "second"),  # the second claim is left alone
+        (FakeX.server_error(503), "claimed again", TweetStatus.posting, "second"),
+        (FakeX.dropped(), "claimed again", TweetStatus.posting, "second"),
+    ],
+)
+def test_an_answer_after_the_lease_ended_never_undoes_what_came_since(session_factory, settings, fake_x, answer, then, status, key):
+    (tweet_id,) = queue(session_factory, "slow to answer")
+
+    def slow_x(request):
+        end_the_lease_then(session_factory, then)
+        return answer
+
+    fake_x.route("POST", "/2/tweets", slow_x, user_auth_only=True)
+    result = post(session_factory, settings, key="first")
+    tweet = load(session_factory, tweet_id)
+    assert (tweet.status, tweet.idempotency_key) == (status, key)
+    assert ("X's answer is not recorded" in result.message) == (then == "claimed again")
 
 
 # ---- configuration ------------------------------------------------------------------------
