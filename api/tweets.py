@@ -26,6 +26,7 @@ ALLOWED_TRANSITIONS: dict[TweetStatus, set[TweetStatus]] = {
     TweetStatus.posted: {TweetStatus.unconfirmed},
 }
 EDITABLE = {TweetStatus.pending, TweetStatus.queued, TweetStatus.rejected, TweetStatus.failed}
+DUPLICATE_TEXT = "another tweet of this account already has this text"
 
 
 class TweetNotFound(LookupError):
@@ -115,7 +116,7 @@ def update_tweet(
         text = validate_tweet(text)
         digest = content_hash(text)
         if digest != tweet.content_hash and digest in queries.existing_hashes(session, tweet.account):
-            raise TweetConflict("another tweet of this account already has this text")
+            raise TweetConflict(DUPLICATE_TEXT)
         tweet.text, tweet.content_hash = text, digest
     if status is not None and status != tweet.status:
         allowed_from = ALLOWED_TRANSITIONS.get(status, set())
@@ -131,7 +132,10 @@ def update_tweet(
         tweet.position = position
     if error is not None:
         tweet.error = error
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # another transaction stored the same text after the check above
+        raise TweetConflict(DUPLICATE_TEXT) from None
     return tweet
 
 

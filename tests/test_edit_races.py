@@ -166,3 +166,24 @@ def test_a_curation_action_waits_for_another_change_and_sees_it(session_factory,
     worker.join(WAIT_SECONDS)
     assert outcomes == ["refused"]
     assert state(session_factory, tweet_id) == (ORIGINAL, TweetStatus.posted)
+
+
+def test_two_edits_to_one_text_at_once_the_second_is_409(client, session_factory):
+    """Each edit checked that no other tweet has the text before either committed: the unique
+    index decides, and the loser gets the same 409 as when the check sees the clash."""
+    first_id, second_id = store_texts(session_factory, "first", "second", status=TweetStatus.queued)
+    answers = []
+    with session_factory() as other:
+        store.update_tweet(other, other.get(Tweet, first_id, with_for_update=True), text=EDITED)
+        other_pid = other.scalar(text("SELECT pg_backend_pid()"))
+        worker = threading.Thread(target=lambda: answers.append(client.patch(f"/tweets/{second_id}", json={"text": EDITED})))
+        worker.start()
+        deadline = time.monotonic() + WAIT_SECONDS
+        while worker.is_alive() and not blocked_by(session_factory, other_pid):
+            assert time.monotonic() < deadline, "the edit neither finished nor waited for the other one"
+        other.commit()
+    worker.join(WAIT_SECONDS)
+    (answer,) = answers
+    assert answer.status_code == 409
+    assert answer.json() == {"detail": "another tweet of this account already has this text"}
+    assert state(session_factory, second_id) == ("second", TweetStatus.queued)
