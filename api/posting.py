@@ -400,7 +400,7 @@ def _post_claimed(session: Session, x_client: tweepy.Client, tweet: Tweet) -> Po
         raise
     if lost is None:
         log.info("posted tweet %s as %s", tweet.id, url)
-    return PostResult(PostOutcome.posted, lost or f"New tweet posted @ {url}", tweet)
+    return PostResult(PostOutcome.posted, lost or posted_message(tweet), tweet)
 
 
 def _settle(session: Session, tweet: Tweet, answer: str, record: Callable[[], None]) -> str | None:

@@ -150,9 +150,10 @@ def reset_time(value: str | None) -> datetime | None:
     """A rate-limit reset header (Unix seconds) as a time; None unless it is a plain
     non-negative integer at most MAX_RATE_LIMIT_WAIT from now (absurd, negative, fractional
     or huge values are ignored rather than trusted or clamped)."""
-    if value is None or not UNIX_TIME.fullmatch(value.strip()):
+    value = (value or "").strip()
+    if not UNIX_TIME.fullmatch(value):
         return None
-    when = datetime.fromtimestamp(int(value.strip()), timezone.utc)
+    when = datetime.fromtimestamp(int(value), timezone.utc)
     return when if when <= datetime.now(timezone.utc) + MAX_RATE_LIMIT_WAIT else None
 
 
