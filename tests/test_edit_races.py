@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import text
 
 from api import curation
-from api.curation import Move
 from api import tweets as store
 from api.config import TweetOrder
+from api.curation import Move
 from api.posting import claim_next_tweet
 from db.models import Tweet, TweetStatus
 from tests.conftest import ACCOUNT, store_texts
@@ -34,17 +34,30 @@ def backend(backend):
     return backend
 
 
-def curation_call(action):
-    """A curation action in its own transaction, answered like the curation page does (200 or 409)."""
-    def run(_client, session_factory, tweet_id: int) -> int:
-        with session_factory() as session:
-            try:
-                action(session, ACCOUNT, tweet_id)
-            except store.TweetConflict:
-                return 409
-            session.commit()
-            return 200
-    return run
+# Every curation action, with the status its tweet needs for the action to apply.
+CURATION_ACTIONS = {
+    "approve": (TweetStatus.pending, lambda session, tweet_id: curation.approve(session, ACCOUNT, [tweet_id])),
+    "reject": (TweetStatus.pending, lambda session, tweet_id: curation.reject(session, ACCOUNT, [tweet_id])),
+    "edit and approve": (TweetStatus.pending,
+                         lambda session, tweet_id: curation.edit_and_approve(session, ACCOUNT, tweet_id, EDITED)),
+    "requeue": (TweetStatus.unconfirmed, lambda session, tweet_id: curation.requeue(session, ACCOUNT, tweet_id)),
+    "confirm posted": (TweetStatus.unconfirmed,
+                       lambda session, tweet_id: curation.confirm_posted(session, ACCOUNT, tweet_id)),
+    "unqueue": (TweetStatus.queued, lambda session, tweet_id: curation.unqueue(session, ACCOUNT, tweet_id)),
+    "move": (TweetStatus.queued, lambda session, tweet_id: curation.move_in_queue(session, ACCOUNT, tweet_id, Move.bottom)),
+}
+
+
+def run_action(action, session_factory, tweet_id: int) -> int:
+    """A curation action in its own transaction, answered as the curation page does: 200, or
+    409 when refused (a conflict, or a bulk action that changed nothing)."""
+    with session_factory() as session:
+        try:
+            result = action(session, tweet_id)
+        except store.TweetConflict:
+            return 409
+        session.commit()
+        return 409 if isinstance(result, curation.BulkResult) and not result.changed else 200
 
 
 # Each change, and what the tweet looks like after it when it came first.
@@ -54,7 +67,8 @@ CHANGES = {
     "unqueue": (lambda client, _f, tweet_id: client.patch(f"/tweets/{tweet_id}", json={"status": "pending"}).status_code,
                 (ORIGINAL, TweetStatus.pending)),
     "delete": (lambda client, _f, tweet_id: client.delete(f"/tweets/{tweet_id}").status_code, None),
-    "curation unqueue": (curation_call(curation.unqueue), (ORIGINAL, TweetStatus.pending)),
+    "curation unqueue": (lambda _client, session_factory, tweet_id: run_action(
+        CURATION_ACTIONS["unqueue"][1], session_factory, tweet_id), (ORIGINAL, TweetStatus.pending)),
 }
 
 
@@ -121,31 +135,6 @@ def test_a_change_during_a_claim_waits_for_it_and_answers_409(client, session_fa
     assert state(session_factory, tweet_id) == (ORIGINAL, TweetStatus.posting)
 
 
-# Every curation action, with the status its tweet needs for the action to apply.
-CURATION_ACTIONS = {
-    "approve": (TweetStatus.pending, lambda session, tweet_id: curation.approve(session, ACCOUNT, [tweet_id])),
-    "reject": (TweetStatus.pending, lambda session, tweet_id: curation.reject(session, ACCOUNT, [tweet_id])),
-    "edit and approve": (TweetStatus.pending,
-                         lambda session, tweet_id: curation.edit_and_approve(session, ACCOUNT, tweet_id, EDITED)),
-    "requeue": (TweetStatus.unconfirmed, lambda session, tweet_id: curation.requeue(session, ACCOUNT, tweet_id)),
-    "confirm posted": (TweetStatus.unconfirmed,
-                       lambda session, tweet_id: curation.confirm_posted(session, ACCOUNT, tweet_id)),
-    "unqueue": (TweetStatus.queued, lambda session, tweet_id: curation.unqueue(session, ACCOUNT, tweet_id)),
-    "move": (TweetStatus.queued, lambda session, tweet_id: curation.move_in_queue(session, ACCOUNT, tweet_id, Move.bottom)),
-}
-
-
-def run_action(action, session_factory, tweet_id: int) -> str:
-    """'done' or 'refused' (a conflict, or a bulk action that changed nothing)."""
-    with session_factory() as session:
-        try:
-            result = action(session, tweet_id)
-        except store.TweetConflict:
-            return "refused"
-        session.commit()
-        return "refused" if isinstance(result, curation.BulkResult) and not result.changed else "done"
-
-
 @pytest.mark.parametrize("name", CURATION_ACTIONS)
 def test_a_curation_action_waits_for_another_change_and_sees_it(session_factory, name):
     """Another transaction (here: a curator marking the tweet posted) holds the tweet when the
@@ -164,7 +153,7 @@ def test_a_curation_action_waits_for_another_change_and_sees_it(session_factory,
             assert time.monotonic() < deadline, "the action neither finished nor waited for the other change"
         other.commit()
     worker.join(WAIT_SECONDS)
-    assert outcomes == ["refused"]
+    assert outcomes == [409]
     assert state(session_factory, tweet_id) == (ORIGINAL, TweetStatus.posted)
 
 
