@@ -1,8 +1,8 @@
 """What the curation page shows and does: the review list, the queue, the history and their actions.
 
 Plain functions on a Session for one account; api/routes/curate.py is the HTTP shell. Every
-status change goes through `api.tweets.update_tweet` (the one place for transitions); the
-caller commits.
+status change goes through `api.tweets.update_tweet` (the one place for transitions), on a
+tweet loaded with its row locked (see `api.tweets.get_tweet`); the caller commits.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api import tweets as store
 from api.config import Settings, TweetOrder
-from api.posting import X_POST_ID_PATTERN
+from api.posting import X_POST_ID, X_POST_ID_PATTERN
 from db import tweets as queries
 from db.models import Tweet, TweetStatus
 
@@ -102,9 +102,9 @@ def history(session: Session, account: str, *, limit: int = HISTORY_PAGE_SIZE) -
 
 def _pending_tweets(session: Session, account: str, ids: Iterable[int], result: BulkResult) -> list[Tweet]:
     found = []
-    for tweet_id in dict.fromkeys(ids):
+    for tweet_id in sorted(set(ids)):  # rows locked in one order: two bulk actions cannot deadlock
         try:
-            tweet = store.get_tweet(session, tweet_id, account=account)
+            tweet = store.get_tweet(session, tweet_id, account=account, for_update=True)
         except store.TweetNotFound as exc:
             result.skipped.append((tweet_id, str(exc)))
             continue
@@ -139,7 +139,7 @@ def edit_and_approve(session: Session, account: str, tweet_id: int, text: str) -
     Raises TweetNotFound, TweetRejected (the text breaks the tweet rule) or TweetConflict
     (not pending any more, or another tweet has this text); nothing changes then.
     """
-    tweet = store.get_tweet(session, tweet_id, account=account)
+    tweet = store.get_tweet(session, tweet_id, account=account, for_update=True)
     if tweet.status is not TweetStatus.pending:
         raise store.TweetConflict(f"tweet {tweet_id} is {tweet.status.value}, no longer pending: reload the page")
     return store.update_tweet(session, tweet, text=text, status=TweetStatus.queued)
@@ -147,7 +147,7 @@ def edit_and_approve(session: Session, account: str, tweet_id: int, text: str) -
 
 def requeue(session: Session, account: str, tweet_id: int) -> Tweet:
     """Put an unconfirmed, failed or rejected tweet back in the queue (its old reason is cleared)."""
-    tweet = store.get_tweet(session, tweet_id, account=account)
+    tweet = store.get_tweet(session, tweet_id, account=account, for_update=True)
     if tweet.status not in REQUEUEABLE:
         raise store.TweetConflict(f"tweet {tweet_id} is {tweet.status.value}; only unconfirmed, failed or rejected tweets can be requeued")
     return store.update_tweet(session, tweet, status=TweetStatus.queued)
@@ -157,8 +157,7 @@ class BadXLink(ValueError):
     """What the operator gave is neither a link to a post on X nor a post's id; str(exc) says so."""
 
 
-# A post's id, or its link as X and Twitter show it (any handle: X redirects by id).
-X_POST_ID = re.compile(X_POST_ID_PATTERN)
+# A post's link as X and Twitter show it (any handle: X redirects by id).
 X_POST_LINK = re.compile(
     r"https?://(?:www\.|mobile\.)?(?:x|twitter)\.com/[A-Za-z0-9_]{1,15}/status(?:es)?/(" + X_POST_ID_PATTERN + r")(?:[/?#].*)?",
     re.IGNORECASE,
@@ -184,7 +183,7 @@ def confirm_posted(session: Session, account: str, tweet_id: int, x_link: str = 
     Raises BadXLink, TweetNotFound, or TweetConflict (the tweet is not unconfirmed).
     """
     x_tweet_id = x_post_id(x_link)
-    tweet = store.get_tweet(session, tweet_id, account=account)
+    tweet = store.get_tweet(session, tweet_id, account=account, for_update=True)
     if tweet.status is not TweetStatus.unconfirmed:
         raise store.TweetConflict(f"tweet {tweet_id} is {tweet.status.value}; only unconfirmed tweets can be marked posted")
     return store.update_tweet(session, tweet, status=TweetStatus.posted, x_tweet_id=x_tweet_id)
@@ -192,7 +191,7 @@ def confirm_posted(session: Session, account: str, tweet_id: int, x_link: str = 
 
 def unqueue(session: Session, account: str, tweet_id: int) -> Tweet:
     """Take a queued tweet out of the queue, back to the review list (nothing is lost)."""
-    tweet = store.get_tweet(session, tweet_id, account=account)
+    tweet = store.get_tweet(session, tweet_id, account=account, for_update=True)
     if tweet.status is not TweetStatus.queued:
         raise store.TweetConflict(f"tweet {tweet_id} is {tweet.status.value}, not in the queue: reload the page")
     return store.update_tweet(session, tweet, status=TweetStatus.pending)
@@ -204,7 +203,7 @@ def move_in_queue(session: Session, account: str, tweet_id: int, move: Move) -> 
     Up and down swap positions with the neighbour; ties (equal positions, ordered by id) are
     first spread apart so that the swap changes the order.
     """
-    tweet = store.get_tweet(session, tweet_id, account=account)
+    tweet = store.get_tweet(session, tweet_id, account=account, for_update=True)
     if tweet.status is not TweetStatus.queued:
         raise store.TweetConflict(f"tweet {tweet_id} is {tweet.status.value}, not in the queue: reload the page")
     line = list(session.scalars(_with_status(account, TweetStatus.queued).order_by(Tweet.position, Tweet.id)))

@@ -16,6 +16,9 @@ How "exactly once" holds:
   Claims with the same key are serialised (a Postgres advisory lock on the key).
   When the tweet goes back to the queue (X did nothing), the key is released so a retry can
   post; when the outcome is unknown the key stays, so a retry cannot post a second tweet.
+- X's answer is recorded under a lock on the tweet's row, and only while the tweet is still
+  this call's claim (or left `unconfirmed` by a sweep since): a call slower than its lease
+  never undoes what an operator or another call did with the tweet meanwhile.
 - A tweet becomes `posted` only once X accepted it. When X's answer is lost (timeout,
   dropped connection) or the process dies mid-post, the tweet becomes `unconfirmed` and is
   never re-posted automatically: an operator checks X and sets it to posted or queued.
@@ -25,6 +28,8 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -230,6 +235,7 @@ def record_unconfirmed(session: Session, tweet: Tweet, *, reason: str) -> None:
 # ---- the posting call ----
 
 X_POST_ID_PATTERN = r"[0-9]{1,19}"  # X's post ids: 64-bit integers
+X_POST_ID = re.compile(X_POST_ID_PATTERN)
 
 
 def tweet_url(account: str, x_tweet_id: str) -> str:
@@ -300,6 +306,8 @@ def post_next(
     if problem:
         return PostResult(PostOutcome.not_configured, problem)
 
+    if x_client is None and not settings.TWITTER_DRY_RUN:
+        x_client = make_x_client(settings)  # before claiming: a failure here leaves the queue as it was
     rejected: list[Tweet] = []
     with session_factory() as session:
         for _attempt in range(settings.MAX_REJECTED_PER_CALL):
@@ -313,8 +321,6 @@ def post_next(
                 record_posted(session, tweet, x_tweet_id=None, dry_run=True)
                 session.commit()
                 return PostResult(PostOutcome.posted, posted_message(tweet), tweet, rejected=rejected)
-            if x_client is None:
-                x_client = make_x_client(settings)
             result = _post_claimed(session, x_client, tweet)
             if result is not None:
                 result.rejected = rejected
@@ -378,36 +384,71 @@ def _post_claimed(session: Session, x_client: tweepy.Client, tweet: Tweet) -> Po
     try:
         response = x_client.create_tweet(text=tweet.text, user_auth=True)
         x_tweet_id = str(response.data["id"])
-    except Exception as exc:  # every failure is sorted by classify_x_error
-        error = classify_x_error(exc)
-        return _record_failure(session, tweet, error)
+        if not X_POST_ID.fullmatch(x_tweet_id):
+            raise ValueError(f"X answered with {x_tweet_id[:40]!r} as the new post's id, which is no post id")
+    except Exception as exc:  # every failure is sorted by classify_x_error, which never raises
+        return _record_failure(session, tweet, classify_x_error(exc))
+    url = tweet_url(tweet.account, x_tweet_id)
     try:
-        record_posted(session, tweet, x_tweet_id=x_tweet_id, dry_run=False)
-        session.commit()
+        lost = _settle(session, tweet, f"X posted it as {url}",
+                       lambda: record_posted(session, tweet, x_tweet_id=x_tweet_id, dry_run=False))
     except SQLAlchemyError:
         log.exception(
             "X posted tweet %s as %s (%s) but recording it failed; it will become unconfirmed: set it to posted",
-            tweet.id, x_tweet_id, tweet_url(tweet.account, x_tweet_id),
+            tweet.id, x_tweet_id, url,
         )
         raise
-    log.info("posted tweet %s as %s", tweet.id, tweet.x_url)
-    return PostResult(PostOutcome.posted, posted_message(tweet), tweet)
+    if lost is None:
+        log.info("posted tweet %s as %s", tweet.id, url)
+    return PostResult(PostOutcome.posted, lost or posted_message(tweet), tweet)
+
+
+def _settle(session: Session, tweet: Tweet, answer: str, record: Callable[[], None]) -> str | None:
+    """Lock the claimed tweet's row and `record` X's answer, unless the claim has since been
+    taken from this call; commits. None when recorded, else why not (also logged).
+
+    A call slower than POSTING_LEASE_MINUTES finds its tweet swept to `unconfirmed`: X's answer
+    still settles it then. Once an operator or another call has acted on it (requeued, claimed
+    again, closed, deleted), writing the answer would undo that (a tweet claimed again and set
+    back to `queued` could be posted twice), so the answer is only logged.
+    """
+    claimed_at = tweet.claimed_at
+    current = session.get(Tweet, tweet.id, with_for_update=True, populate_existing=True)
+    if current is not None and current.claimed_at == claimed_at and current.status in (
+        TweetStatus.posting, TweetStatus.unconfirmed
+    ):
+        record()
+        session.commit()
+        return None
+    session.commit()
+    now = "deleted" if current is None else current.status.value
+    lost = f"tweet {tweet.id} changed after its posting lease ended (it is now {now}): X's answer is not recorded: {answer}"
+    log.error(lost)
+    return lost
 
 
 def _record_failure(session: Session, tweet: Tweet, error: XError) -> PostResult | None:
+    """Settle the tweet as X's answer implies (rejected, unconfirmed, or back in the queue), then say why."""
     kind = error.kind
     if kind is XErrorKind.text_refused:
-        record_rejected(session, tweet, reason=error.message)
-        session.commit()
-        log.warning("X refused the text of tweet %s (now rejected): %s", tweet.id, error.message)
+        if _settle(session, tweet, error.message, lambda: record_rejected(session, tweet, reason=error.message)) is None:
+            log.warning("X refused the text of tweet %s (now rejected): %s", tweet.id, error.message)
         return None
     if kind is XErrorKind.unknown_outcome:
-        record_unconfirmed(session, tweet, reason=error.message)
-        session.commit()
-        message = unconfirmed_message(tweet)
-        log.error(message)
-        return PostResult(PostOutcome.unconfirmed, message, tweet)
+        lost = _settle(session, tweet, error.message, lambda: record_unconfirmed(session, tweet, reason=error.message))
+        if lost is None:
+            log.error(unconfirmed_message(tweet))
+        return PostResult(PostOutcome.unconfirmed, lost or unconfirmed_message(tweet), tweet)
+    lost = _settle(session, tweet, error.message, lambda: release_to_queue(session, tweet, reason=error.message))
+    outcome, message, retry_after = _requeued_answer(tweet, error)
+    if lost is None:
+        log.warning(message)
+    return PostResult(outcome, lost or message, tweet, retry_after=retry_after)
 
+
+def _requeued_answer(tweet: Tweet, error: XError) -> tuple[PostOutcome, str, int | None]:
+    """The outcome, message and retry-after (seconds, rate limits only) for a tweet X did nothing with."""
+    kind = error.kind
     back = f"tweet {tweet.id} is back in the queue"
     retry_after = None
     if kind is XErrorKind.rate_limited:
@@ -439,7 +480,4 @@ def _record_failure(session: Session, tweet: Tweet, error: XError) -> PostResult
     else:
         outcome = PostOutcome.x_failed
         message = f"X refused the request ({error.message}): check TWITTER_API_BASE_URL; {back}"
-    release_to_queue(session, tweet, reason=error.message)
-    session.commit()
-    log.warning(message)
-    return PostResult(outcome, message, tweet, retry_after=retry_after)
+    return outcome, message, retry_after

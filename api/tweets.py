@@ -26,6 +26,7 @@ ALLOWED_TRANSITIONS: dict[TweetStatus, set[TweetStatus]] = {
     TweetStatus.posted: {TweetStatus.unconfirmed},
 }
 EDITABLE = {TweetStatus.pending, TweetStatus.queued, TweetStatus.rejected, TweetStatus.failed}
+DUPLICATE_TEXT = "another tweet of this account already has this text"
 
 
 class TweetNotFound(LookupError):
@@ -76,8 +77,16 @@ def ingest_texts(session: Session, *, account: str, texts: list[str], status: Tw
     return result
 
 
-def get_tweet(session: Session, tweet_id: int, *, account: str | None = None) -> Tweet:
-    tweet = session.get(Tweet, tweet_id)
+def get_tweet(session: Session, tweet_id: int, *, account: str | None = None, for_update: bool = False) -> Tweet:
+    """The tweet, or TweetNotFound (also when it belongs to another account than `account`).
+
+    for_update: read its current row and lock it until the transaction ends (SELECT ... FOR
+    UPDATE on Postgres; on SQLite, BEGIN IMMEDIATE already holds the whole database), so that a
+    check on its status still holds when the change is written. Every caller that changes the
+    tweet passes True: a posting claim (FOR UPDATE SKIP LOCKED) then either came first (the
+    check sees `posting`) or skips the locked row and claims the next tweet.
+    """
+    tweet = session.get(Tweet, tweet_id, with_for_update=for_update or None, populate_existing=for_update)
     if tweet is None or (account is not None and tweet.account != account):
         raise TweetNotFound(f"no tweet with id {tweet_id}")
     return tweet
@@ -93,7 +102,8 @@ def update_tweet(
     error: str | None = None,
     x_tweet_id: str | None = None,
 ) -> Tweet:
-    """Apply a curator's change; raises TweetRejected (bad text) or TweetConflict.
+    """Apply a curator's change to a tweet loaded with get_tweet(..., for_update=True); raises
+    TweetRejected (bad text) or TweetConflict.
 
     Setting an unconfirmed tweet to posted (the operator found it on X) records it as posted
     at the time its posting call claimed it, with X's id and URL when `x_tweet_id` is given.
@@ -106,7 +116,7 @@ def update_tweet(
         text = validate_tweet(text)
         digest = content_hash(text)
         if digest != tweet.content_hash and digest in queries.existing_hashes(session, tweet.account):
-            raise TweetConflict("another tweet of this account already has this text")
+            raise TweetConflict(DUPLICATE_TEXT)
         tweet.text, tweet.content_hash = text, digest
     if status is not None and status != tweet.status:
         allowed_from = ALLOWED_TRANSITIONS.get(status, set())
@@ -122,11 +132,15 @@ def update_tweet(
         tweet.position = position
     if error is not None:
         tweet.error = error
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # another transaction stored the same text after the check above
+        raise TweetConflict(DUPLICATE_TEXT) from None
     return tweet
 
 
 def delete_tweet(session: Session, tweet: Tweet) -> None:
+    """Delete a tweet loaded with get_tweet(..., for_update=True), unless it is being posted."""
     if tweet.status is TweetStatus.posting:
         raise TweetConflict("this tweet is being posted right now; try again in a minute")
     session.delete(tweet)

@@ -4,14 +4,16 @@
 (tweepy hardcodes https://api.twitter.com) with `TWITTER_TIMEOUT_SECONDS`.
 `classify_x_error` maps whatever a tweepy call raised to one `XError` kind, the way
 tweepy's errors.py maps status codes to exceptions: callers decide what each kind means
-for their work, never by looking at status codes themselves.
+for their work, never by looking at status codes themselves. It never raises, whatever X
+answered: a caller must always be able to settle what it was doing.
 """
 from __future__ import annotations
 
 import enum
 import logging
+import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -57,7 +59,13 @@ class RebasedSession(requests.Session):
 
     def request(self, method, url, *args, **kwargs):  # type: ignore[override]
         kwargs.setdefault("timeout", self.timeout)
-        return super().request(method, self.rebase(url), *args, **kwargs)
+        response = super().request(method, self.rebase(url), *args, **kwargs)
+        # tweepy reads this header with int() on a 429 and would raise ValueError instead
+        # of TooManyRequests for a value that is no time: the answer would pass for a
+        # lost one. Without it the 429 stays a 429 whose reset is unknown.
+        if reset_time(response.headers.get(WINDOW_RESET_HEADER)) is None:
+            response.headers.pop(WINDOW_RESET_HEADER, None)
+        return response
 
 
 def make_x_client(settings: XSettings, *, app_only: bool = False) -> tweepy.Client:
@@ -132,10 +140,46 @@ DUPLICATE_MARKER = "duplicate"
 DUPLICATE_CODE = 187
 # Limits X reports on a 429: the 15-minute window and the daily caps.
 RATE_LIMIT_HEADERS = ("x-rate-limit", "x-user-limit-24hour", "x-app-limit-24hour")
+WINDOW_RESET_HEADER = "x-rate-limit-reset"
+# X's longest limits count over a month (the usage caps): a reset further away is no time X meant.
+MAX_RATE_LIMIT_WAIT = timedelta(days=31)
+UNIX_TIME = re.compile(r"[0-9]{1,11}")  # enough digits for any time within MAX_RATE_LIMIT_WAIT
+
+
+def reset_time(value: str | None) -> datetime | None:
+    """A rate-limit reset header (Unix seconds) as a time; None unless it is a plain
+    non-negative integer at most MAX_RATE_LIMIT_WAIT from now (absurd, negative, fractional
+    or huge values are ignored rather than trusted or clamped)."""
+    value = (value or "").strip()
+    if not UNIX_TIME.fullmatch(value):
+        return None
+    when = datetime.fromtimestamp(int(value), timezone.utc)
+    return when if when <= datetime.now(timezone.utc) + MAX_RATE_LIMIT_WAIT else None
 
 
 def classify_x_error(exc: BaseException) -> XError:
-    """Sort an exception raised by a tweepy call into one XErrorKind (see its docstring)."""
+    """Sort an exception raised by a tweepy call into one XErrorKind (see its docstring).
+
+    Never raises: when the details of the failure cannot be read (a bug on our side, or an
+    answer beyond anything foreseen), the kind follows from whether X answered at all.
+    """
+    try:
+        return _classify(exc)
+    except Exception as failure:  # noqa: BLE001 (the caller must settle its tweet whatever happened)
+        log.error("could not read the details of a failed X call (%s: %s): sorting it by whether X answered",
+                  type(failure).__name__, failure)
+        return _classify_by_status_only(exc)
+
+
+def _classify_by_status_only(exc: BaseException) -> XError:
+    """An HTTP error answer means X did not act (its status code gives the kind); otherwise X may have."""
+    if isinstance(exc, tweepy.HTTPException):
+        status_code = exc.response.status_code
+        return XError(_kind_of_status(status_code), f"X answered {status_code} (its details could not be read)", status_code)
+    return XError(XErrorKind.unknown_outcome, f"{type(exc).__name__} while talking to X (its details could not be read)")
+
+
+def _classify(exc: BaseException) -> XError:
     if isinstance(exc, tweepy.HTTPException):
         return _classify_http_answer(exc)
     if isinstance(exc, requests.ConnectTimeout) or _connection_never_made(exc):
@@ -151,19 +195,23 @@ def _classify_http_answer(exc: tweepy.HTTPException) -> XError:
     status_code = exc.response.status_code
     said = "; ".join(str(m) for m in exc.api_messages) or exc.response.reason or "no message"
     message = f"X answered {status_code}: {said}"
+    duplicate = status_code == 403 and (DUPLICATE_CODE in exc.api_codes or DUPLICATE_MARKER in said.lower())
+    kind = _kind_of_status(status_code, duplicate=duplicate)
+    retry_at = _rate_limit_reset(exc.response) if kind is XErrorKind.rate_limited else None
+    return XError(kind, message, status_code, retry_at)
+
+
+def _kind_of_status(status_code: int, *, duplicate: bool = False) -> XErrorKind:
+    """The kind of an HTTP error answer; `duplicate`: a 403 that says the text is a duplicate."""
     if status_code == 429:
-        return XError(XErrorKind.rate_limited, message, status_code, _rate_limit_reset(exc.response))
-    if status_code == 400:
-        return XError(XErrorKind.text_refused, message, status_code)
-    if status_code == 403:
-        duplicate = DUPLICATE_CODE in exc.api_codes or DUPLICATE_MARKER in said.lower()
-        kind = XErrorKind.text_refused if duplicate else XErrorKind.credentials
-        return XError(kind, message, status_code)
-    if status_code == 401:
-        return XError(XErrorKind.credentials, message, status_code)
+        return XErrorKind.rate_limited
+    if status_code == 400 or (status_code == 403 and duplicate):
+        return XErrorKind.text_refused
+    if status_code in (401, 403):
+        return XErrorKind.credentials
     if status_code >= 500:
-        return XError(XErrorKind.server_error, message, status_code)
-    return XError(XErrorKind.refused, message, status_code)
+        return XErrorKind.server_error
+    return XErrorKind.refused
 
 
 def _rate_limit_reset(response: requests.Response) -> datetime | None:
@@ -171,10 +219,9 @@ def _rate_limit_reset(response: requests.Response) -> datetime | None:
     else the 15-minute window's reset; None when X sent no usable header."""
     exhausted, window = [], None
     for prefix in RATE_LIMIT_HEADERS:
-        reset = response.headers.get(f"{prefix}-reset", "")
-        if not reset.strip().isdigit():
+        when = reset_time(response.headers.get(f"{prefix}-reset"))
+        if when is None:
             continue
-        when = datetime.fromtimestamp(int(reset), timezone.utc)
         if prefix == "x-rate-limit":
             window = when
         if response.headers.get(f"{prefix}-remaining", "").strip() == "0":

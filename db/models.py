@@ -82,6 +82,9 @@ class Tweet(Base):
         UniqueConstraint("account", "content_hash"),
         UniqueConstraint("account", "idempotency_key"),
         Index("ix_tweets_account_status", "account", "status", "position", "id"),
+        # Ids are never given again (links, logs and the history name tweets by id): SQLite
+        # would otherwise reuse the newest one's id after it is deleted; Postgres' sequence never does.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

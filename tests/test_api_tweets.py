@@ -246,6 +246,17 @@ def test_delete(client, five_tweets, session_factory):
     assert stored_count(session_factory) == 4
 
 
+def test_a_deleted_tweets_id_is_never_given_again(client, session_factory):
+    """A link, a log line or a history entry naming a deleted tweet must not come to name another one."""
+    upload(client, curated("older", "newest"))
+    older, newest = [t["id"] for t in client.get("/tweets/").json()["data"]]
+    assert client.delete(f"/tweets/{newest}").status_code == 204
+    added = client.post("/add_tweets/", json={"tweet": "added after the delete"}).json()["id"]
+    assert added > newest
+    upload(client, curated("uploaded after the delete"))
+    assert [t["id"] for t in client.get("/tweets/").json()["data"]] == [older, added, added + 1]
+
+
 def test_wrong_method_is_405(client):
     assert client.put("/tweets/1", json={}).status_code == 405
     assert client.get("/add_tweets_file/").status_code == 405

@@ -1,11 +1,12 @@
 """Alembic owns the schema: upgrade, downgrade, upgrade again, and the models match."""
+from datetime import datetime, timezone
 from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import insert, inspect, text
 
 from db.models import Base
 
@@ -35,3 +36,55 @@ def test_upgrade_downgrade_upgrade(empty_engine):
 
     run_alembic(empty_engine, "upgrade", "head")
     assert diff_against_models(empty_engine) == []
+
+
+def tweet_rows(engine) -> list[dict]:
+    with engine.connect() as connection:
+        return [dict(row) for row in connection.execute(text("SELECT * FROM tweets ORDER BY id")).mappings()]
+
+
+def insert_tweet(engine, n: int) -> int:
+    """Insert a tweet the way the service does (the database picks the id); its id."""
+    now = datetime(2026, 11, 22, 10, n, tzinfo=timezone.utc)
+    values = {
+        "account": "test_bot", "text": f"tweet {n}", "content_hash": f"{n:064d}", "status": "queued",
+        "position": n, "created_at": now, "updated_at": now, "claimed_at": now, "posted_at": None,
+        "x_tweet_id": str(1790000000000000000 + n), "x_url": f"https://x.com/test_bot/status/{n}",
+        "error": f"last attempt: {n}", "idempotency_key": f"key {n}", "dry_run": n % 2 == 0,
+    }
+    with engine.begin() as connection:
+        return connection.execute(insert(Base.metadata.tables["tweets"]).values(values).returning(text("id"))).scalar_one()
+
+
+def delete_tweet(engine, tweet_id: int) -> None:
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM tweets WHERE id = :id"), {"id": tweet_id})
+
+
+def test_upgrading_a_filled_database_keeps_every_tweet_and_never_reuses_ids(empty_engine):
+    run_alembic(empty_engine, "upgrade", "0002")
+    ids = [insert_tweet(empty_engine, n) for n in range(1, 6)]
+    delete_tweet(empty_engine, ids[1])  # a gap
+    delete_tweet(empty_engine, ids[-1])  # the newest: SQLite keeps no trace of its id
+    with empty_engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO empty_queue_runs (account, idempotency_key, created_at) VALUES ('test_bot', 'k', '2026-11-22')"
+        ))
+    before = tweet_rows(empty_engine)
+
+    run_alembic(empty_engine, "upgrade", "head")
+    assert tweet_rows(empty_engine) == before
+    assert diff_against_models(empty_engine) == []
+    with empty_engine.connect() as connection:
+        assert connection.execute(text("SELECT idempotency_key FROM empty_queue_runs")).scalars().all() == ["k"]
+    newest = insert_tweet(empty_engine, 6)
+    assert newest > before[-1]["id"]
+    delete_tweet(empty_engine, newest)
+    assert insert_tweet(empty_engine, 7) > newest  # from now on, never reused
+    after = tweet_rows(empty_engine)
+
+    run_alembic(empty_engine, "downgrade", "0002")
+    assert tweet_rows(empty_engine) == after
+    run_alembic(empty_engine, "upgrade", "head")
+    assert tweet_rows(empty_engine) == after
+    assert insert_tweet(empty_engine, 8) > after[-1]["id"]

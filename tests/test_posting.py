@@ -22,12 +22,12 @@ from sqlalchemy import select
 
 from api import tweets as store
 from api.app import create_app
-from api.config import Settings
-from api.posting import PostOutcome, post_next
+from api.config import Settings, TweetOrder
+from api.posting import PostOutcome, claim_next_tweet, post_next, sweep_stale_posts
 from api.x_client import make_x_client
 from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
 from tests.conftest import ACCOUNT, TOKEN, store_texts
-from tests.fake_x import ACCESS_SECRET, BEARER_TOKEN, CONSUMER_SECRET, DUPLICATE_DETAIL, FakeX
+from tests.fake_x import ACCESS_SECRET, BEARER_TOKEN, CONSUMER_SECRET, DUPLICATE_DETAIL, FakeResponse, FakeX
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -302,6 +302,59 @@ def test_rate_limit_requeues_and_answers_503_with_retry_after(client, session_fa
     assert [p["text"] for p in fake_x.posted] == ["later"]
 
 
+@pytest.mark.parametrize("reset", ["99999999999999999999", "-1", "soon"])
+def test_rate_limit_with_an_absurd_reset_requeues_and_answers_503(client, session_factory, fake_x, reset):
+    (tweet_id,) = queue(session_factory, "later anyway")
+    fake_x.enqueue("POST", "/2/tweets", FakeX.rate_limited(reset))
+    response = client.post("/tweet_curated/", headers={"Idempotency-Key": "k"})
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == "60"  # RETRY_AFTER_UNKNOWN_SECONDS
+    assert "X did not say until when" in response.json()["detail"]
+    tweet = load(session_factory, tweet_id)
+    assert (tweet.status, tweet.idempotency_key, tweet.claimed_at) == (TweetStatus.queued, None, None)
+    assert client.post("/tweet_curated/", headers={"Idempotency-Key": "k"}).status_code == 200
+    assert [p["text"] for p in fake_x.posted] == ["later anyway"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "broken", "outcome", "status"),
+    [
+        (FakeX.rate_limited(), "_rate_limit_reset", PostOutcome.rate_limited, TweetStatus.queued),
+        (FakeX.server_error(502), "_classify_http_answer", PostOutcome.x_failed, TweetStatus.queued),
+        (FakeX.dropped(), "_network_reason", PostOutcome.unconfirmed, TweetStatus.unconfirmed),
+    ],
+    ids=["429", "502", "dropped"],
+)
+def test_a_failure_while_reading_xs_answer_still_settles_the_tweet(
+    session_factory, settings, fake_x, monkeypatch, answer, broken, outcome, status
+):
+    """An HTTP error means X did not post (back in the queue); a lost answer means it may have."""
+    (tweet_id,) = queue(session_factory, "settled whatever happens")
+    fake_x.enqueue("POST", "/2/tweets", answer)
+
+    def bug(*_args):
+        raise OverflowError("a bug in reading the answer")
+
+    monkeypatch.setattr(f"api.x_client.{broken}", bug)
+    result = post(session_factory, settings, key="k")
+    assert result.outcome is outcome
+    tweet = load(session_factory, tweet_id)
+    assert (tweet.status, tweet.idempotency_key) == (status, None if status is TweetStatus.queued else "k")
+
+
+@pytest.mark.parametrize("x_id", ["1" * 40, "../../evil", ""])
+def test_an_answer_without_a_usable_post_id_is_unconfirmed(session_factory, settings, fake_x, x_id):
+    """X said it created the post but not which: an operator confirms it with the post's link."""
+    (tweet_id,) = queue(session_factory, "posted, but as what?")
+    fake_x.enqueue("POST", "/2/tweets", FakeX.created(x_id) if x_id else FakeResponse(201, {"data": {}}))
+    result = post(session_factory, settings, key="k")
+    assert result.outcome is PostOutcome.unconfirmed
+    tweet = load(session_factory, tweet_id)
+    assert (tweet.status, tweet.x_tweet_id, tweet.idempotency_key) == (TweetStatus.unconfirmed, None, "k")
+    assert post(session_factory, settings, key="k").outcome is PostOutcome.unconfirmed  # the retry posts nothing
+    assert len(fake_x.post_attempts) == 1
+
+
 @pytest.mark.parametrize("refusal", [FakeX.duplicate_content(), FakeX.bad_request("Invalid 'text': too long")])
 def test_refused_text_is_rejected_and_the_next_tweet_posted(client, session_factory, fake_x, refusal):
     refused_id, next_id = queue(session_factory, "refused text", "accepted text")
@@ -447,6 +500,42 @@ def test_stale_posting_row_becomes_unconfirmed_not_reposted(session_factory, set
     assert stale.status is TweetStatus.unconfirmed and "stopped mid-post" in stale.error
     assert load(session_factory, fresh_id).status is TweetStatus.posting  # its lease still runs
     assert [p["text"] for p in fake_x.posted] == ["queued"]
+
+
+def end_the_lease_then(session_factory, then: str) -> None:
+    """What can happen to a claimed tweet while X is slow to answer: another call's sweep ends the
+    lease (unconfirmed); then maybe an operator requeues it and another call claims it again."""
+    with session_factory() as session:
+        (swept,) = sweep_stale_posts(session, account=ACCOUNT, lease_minutes=0)
+        if then == "claimed again":
+            store.update_tweet(session, store.get_tweet(session, swept, for_update=True), status=TweetStatus.queued)
+            session.commit()
+            assert claim_next_tweet(session, account=ACCOUNT, order=TweetOrder.oldest, idempotency_key="second").id == swept
+        session.commit()
+
+
+@pytest.mark.parametrize(
+    ("answer", "then", "status", "key"),
+    [
+        (FakeX.created(), "left unconfirmed", TweetStatus.posted, "first"),  # X's answer settles what the sweep could not know
+        (FakeX.server_error(503), "left unconfirmed", TweetStatus.queued, None),
+        (FakeX.created(), "claimed again", TweetStatus.posting, "second"),  # the second claim is left alone
+        (FakeX.server_error(503), "claimed again", TweetStatus.posting, "second"),
+        (FakeX.dropped(), "claimed again", TweetStatus.posting, "second"),
+    ],
+)
+def test_an_answer_after_the_lease_ended_never_undoes_what_came_since(session_factory, settings, fake_x, answer, then, status, key):
+    (tweet_id,) = queue(session_factory, "slow to answer")
+
+    def slow_x(request):
+        end_the_lease_then(session_factory, then)
+        return answer
+
+    fake_x.route("POST", "/2/tweets", slow_x, user_auth_only=True)
+    result = post(session_factory, settings, key="first")
+    tweet = load(session_factory, tweet_id)
+    assert (tweet.status, tweet.idempotency_key) == (status, key)
+    assert ("X's answer is not recorded" in result.message) == (then == "claimed again")
 
 
 # ---- configuration ------------------------------------------------------------------------

@@ -122,6 +122,51 @@ def test_rate_limit_without_headers_has_no_reset(fake_x):
     assert error.kind is XErrorKind.rate_limited and error.retry_at is None
 
 
+@pytest.mark.parametrize(
+    "reset",
+    ["99999999999999999999", "9" * 5000, "-5", "soon", "1.7e9", "", "\u00b2", str(int(time.time()) + 400 * 86400)],
+    ids=["absurd", "over-int-limit", "negative", "words", "float", "empty", "superscript-digit", "in-400-days"],
+)
+def test_unusable_rate_limit_reset_is_unknown(fake_x, reset):
+    fake_x.enqueue("POST", "/2/tweets", FakeX.rate_limited(reset))
+    error = classify_x_error(error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t")))
+    assert (error.kind, error.status_code, error.retry_at) == (XErrorKind.rate_limited, 429, None)
+
+
+def test_an_unusable_daily_reset_falls_back_to_the_window(fake_x):
+    window_reset = int(time.time()) + 600
+    answer = FakeX.rate_limited(window_reset)
+    answer.headers.update({"x-user-limit-24hour-remaining": "0", "x-user-limit-24hour-reset": "99999999999999999999"})
+    fake_x.enqueue("POST", "/2/tweets", answer)
+    error = classify_x_error(error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t")))
+    assert error.retry_at == datetime.fromtimestamp(window_reset, timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("answer", "broken", "kind"),
+    [
+        (FakeX.rate_limited(), "_rate_limit_reset", XErrorKind.rate_limited),
+        (FakeX.duplicate_content(), "_classify_http_answer", XErrorKind.credentials),
+        (FakeX.server_error(503), "_classify_http_answer", XErrorKind.server_error),
+        (FakeX.dropped(), "_network_reason", XErrorKind.unknown_outcome),
+    ],
+    ids=["429", "403", "503", "dropped"],
+)
+def test_classifying_never_raises(fake_x, monkeypatch, caplog, answer, broken, kind):
+    """A bug in reading X's answer still gives the kind the answer implies: an HTTP error means
+    X did not post (by its status code alone), anything else that it may have."""
+    fake_x.enqueue("POST", "/2/tweets", answer)
+    exc = error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t"))
+
+    def bug(*_args):
+        raise OverflowError("a bug in reading the answer")
+
+    monkeypatch.setattr(f"api.x_client.{broken}", bug)
+    error = classify_x_error(exc)
+    assert error.kind is kind and error.retry_at is None
+    assert "OverflowError: a bug in reading the answer" in caplog.text
+
+
 def test_timeout_after_sending_is_an_unknown_outcome(fake_x):
     fake_x.enqueue("POST", "/2/tweets", FakeX.hang(30))
     client = make_x_client(x_settings(fake_x, TWITTER_TIMEOUT_SECONDS=0.3))

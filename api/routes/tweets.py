@@ -25,9 +25,9 @@ from db.models import TweetStatus
 router = SlashAgnosticRouter(tags=["tweets"], dependencies=[Depends(require_token)])
 
 
-def _load(session, tweet_id: int):
+def _load(session, tweet_id: int, *, for_update: bool = False):
     try:
-        return store.get_tweet(session, tweet_id)
+        return store.get_tweet(session, tweet_id, for_update=for_update)
     except store.TweetNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
 
@@ -51,7 +51,7 @@ def read_tweet(session: SessionDep, tweet_id: int):
 
 @router.patch("/tweets/{tweet_id}", response_model=TweetPublic)
 def update_tweet(session: SessionDep, tweet_id: int, changes: TweetUpdate):
-    tweet = _load(session, tweet_id)
+    tweet = _load(session, tweet_id, for_update=True)
     try:
         store.update_tweet(session, tweet, **changes.model_dump(exclude_unset=True))
     except TweetRejected as exc:
@@ -64,7 +64,7 @@ def update_tweet(session: SessionDep, tweet_id: int, changes: TweetUpdate):
 
 @router.delete("/tweets/{tweet_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_tweet(session: SessionDep, tweet_id: int):
-    tweet = _load(session, tweet_id)
+    tweet = _load(session, tweet_id, for_update=True)
     try:
         store.delete_tweet(session, tweet)
     except store.TweetConflict as exc:

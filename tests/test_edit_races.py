@@ -1,0 +1,178 @@
+"""A curator's change racing a posting claim or another change of the same tweet, on Postgres
+through psycopg2 and pg8000.
+
+They must be ordered: either the other transaction comes first and the change is refused (409)
+with nothing written, or the change comes first and a claim passes over the tweet being changed.
+SQLite is left out: every transaction there begins with BEGIN IMMEDIATE (db/engine.py), so
+nothing can interleave.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import text
+
+from api import curation
+from api import tweets as store
+from api.config import TweetOrder
+from api.curation import Move
+from api.posting import claim_next_tweet
+from db.models import Tweet, TweetStatus
+from tests.conftest import ACCOUNT, store_texts
+
+ORIGINAL = "the text as queued"
+EDITED = "the text as edited"
+WAIT_SECONDS = 20  # bound on waiting for a state; reached only when the test fails
+
+
+@pytest.fixture
+def backend(backend):
+    if backend == "sqlite":
+        pytest.skip("SQLite's BEGIN IMMEDIATE serialises every transaction: nothing can interleave")
+    return backend
+
+
+# Every curation action, with the status its tweet needs for the action to apply.
+CURATION_ACTIONS = {
+    "approve": (TweetStatus.pending, lambda session, tweet_id: curation.approve(session, ACCOUNT, [tweet_id])),
+    "reject": (TweetStatus.pending, lambda session, tweet_id: curation.reject(session, ACCOUNT, [tweet_id])),
+    "edit and approve": (TweetStatus.pending,
+                         lambda session, tweet_id: curation.edit_and_approve(session, ACCOUNT, tweet_id, EDITED)),
+    "requeue": (TweetStatus.unconfirmed, lambda session, tweet_id: curation.requeue(session, ACCOUNT, tweet_id)),
+    "confirm posted": (TweetStatus.unconfirmed,
+                       lambda session, tweet_id: curation.confirm_posted(session, ACCOUNT, tweet_id)),
+    "unqueue": (TweetStatus.queued, lambda session, tweet_id: curation.unqueue(session, ACCOUNT, tweet_id)),
+    "move": (TweetStatus.queued, lambda session, tweet_id: curation.move_in_queue(session, ACCOUNT, tweet_id, Move.bottom)),
+}
+
+
+def run_action(action, session_factory, tweet_id: int) -> int:
+    """A curation action in its own transaction, answered as the curation page does: 200, or
+    409 when refused (a conflict, or a bulk action that changed nothing)."""
+    with session_factory() as session:
+        try:
+            result = action(session, tweet_id)
+        except store.TweetConflict:
+            return 409
+        session.commit()
+        return 409 if isinstance(result, curation.BulkResult) and not result.changed else 200
+
+
+# Each change, and what the tweet looks like after it when it came first.
+CHANGES = {
+    "edit text": (lambda client, _f, tweet_id: client.patch(f"/tweets/{tweet_id}", json={"text": EDITED}).status_code,
+                  (EDITED, TweetStatus.queued)),
+    "unqueue": (lambda client, _f, tweet_id: client.patch(f"/tweets/{tweet_id}", json={"status": "pending"}).status_code,
+                (ORIGINAL, TweetStatus.pending)),
+    "delete": (lambda client, _f, tweet_id: client.delete(f"/tweets/{tweet_id}").status_code, None),
+    "curation unqueue": (lambda _client, session_factory, tweet_id: run_action(
+        CURATION_ACTIONS["unqueue"][1], session_factory, tweet_id), (ORIGINAL, TweetStatus.pending)),
+}
+
+
+def claim(session_factory) -> int | None:
+    """One posting claim, committed; the id of the tweet it took."""
+    with session_factory() as session:
+        tweet = claim_next_tweet(session, account=ACCOUNT, order=TweetOrder.oldest)
+        session.commit()
+        return None if tweet is None else tweet.id
+
+
+def state(session_factory, tweet_id: int) -> tuple[str, TweetStatus] | None:
+    with session_factory() as session:
+        tweet = session.get(Tweet, tweet_id)
+        return None if tweet is None else (tweet.text, tweet.status)
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_claim_during_a_change_passes_over_the_tweet(client, session_factory, monkeypatch, change):
+    """The change has read the tweet when a claim runs: the claim takes the next tweet instead."""
+    call, after = CHANGES[change]
+    changed_id, next_id = store_texts(session_factory, ORIGINAL, "the next tweet", status=TweetStatus.queued)
+    claimed = []
+    read = store.get_tweet
+
+    def read_then_claim(*args, **kwargs):
+        tweet = read(*args, **kwargs)
+        claimed.append(claim(session_factory))
+        return tweet
+
+    monkeypatch.setattr(store, "get_tweet", read_then_claim)
+    answer = call(client, session_factory, changed_id)
+    assert claimed == [next_id]
+    assert answer in (200, 204)
+    assert state(session_factory, changed_id) == after
+
+
+def blocked_by(session_factory, pid: int) -> bool:
+    """Whether some backend waits for a lock that backend `pid` holds (a fresh snapshot each call)."""
+    with session_factory() as watcher:
+        return bool(watcher.scalar(
+            text("SELECT count(*) FROM pg_stat_activity WHERE CAST(:pid AS integer) = ANY(pg_blocking_pids(pid))"),
+            {"pid": pid},
+        ))
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_change_during_a_claim_waits_for_it_and_answers_409(client, session_factory, change):
+    """A claim has taken the tweet but not committed when the change starts: the change waits, then refuses."""
+    call, _after = CHANGES[change]
+    (tweet_id,) = store_texts(session_factory, ORIGINAL, status=TweetStatus.queued)
+    answers = []
+    with session_factory() as claiming:
+        assert claim_next_tweet(claiming, account=ACCOUNT, order=TweetOrder.oldest).id == tweet_id
+        claim_pid = claiming.scalar(text("SELECT pg_backend_pid()"))
+        worker = threading.Thread(target=lambda: answers.append(call(client, session_factory, tweet_id)))
+        worker.start()
+        deadline = time.monotonic() + WAIT_SECONDS
+        while worker.is_alive() and not blocked_by(session_factory, claim_pid):
+            assert time.monotonic() < deadline, "the change neither finished nor waited for the claim"
+        claiming.commit()
+    worker.join(WAIT_SECONDS)
+    assert answers == [409]
+    assert state(session_factory, tweet_id) == (ORIGINAL, TweetStatus.posting)
+
+
+@pytest.mark.parametrize("name", CURATION_ACTIONS)
+def test_a_curation_action_waits_for_another_change_and_sees_it(session_factory, name):
+    """Another transaction (here: a curator marking the tweet posted) holds the tweet when the
+    action starts: the action waits for it, then refuses instead of writing over it."""
+    needed, action = CURATION_ACTIONS[name]
+    (tweet_id,) = store_texts(session_factory, ORIGINAL, status=needed)
+    outcomes = []
+    with session_factory() as other:
+        other.get(Tweet, tweet_id, with_for_update=True).status = TweetStatus.posted
+        other.flush()
+        other_pid = other.scalar(text("SELECT pg_backend_pid()"))
+        worker = threading.Thread(target=lambda: outcomes.append(run_action(action, session_factory, tweet_id)))
+        worker.start()
+        deadline = time.monotonic() + WAIT_SECONDS
+        while worker.is_alive() and not blocked_by(session_factory, other_pid):
+            assert time.monotonic() < deadline, "the action neither finished nor waited for the other change"
+        other.commit()
+    worker.join(WAIT_SECONDS)
+    assert outcomes == [409]
+    assert state(session_factory, tweet_id) == (ORIGINAL, TweetStatus.posted)
+
+
+def test_two_edits_to_one_text_at_once_the_second_is_409(client, session_factory):
+    """Each edit checked that no other tweet has the text before either committed: the unique
+    index decides, and the loser gets the same 409 as when the check sees the clash."""
+    first_id, second_id = store_texts(session_factory, "first", "second", status=TweetStatus.queued)
+    answers = []
+    with session_factory() as other:
+        store.update_tweet(other, other.get(Tweet, first_id, with_for_update=True), text=EDITED)
+        other_pid = other.scalar(text("SELECT pg_backend_pid()"))
+        worker = threading.Thread(target=lambda: answers.append(client.patch(f"/tweets/{second_id}", json={"text": EDITED})))
+        worker.start()
+        deadline = time.monotonic() + WAIT_SECONDS
+        while worker.is_alive() and not blocked_by(session_factory, other_pid):
+            assert time.monotonic() < deadline, "the edit neither finished nor waited for the other one"
+        other.commit()
+    worker.join(WAIT_SECONDS)
+    (answer,) = answers
+    assert answer.status_code == 409
+    assert answer.json() == {"detail": "another tweet of this account already has this text"}
+    assert state(session_factory, second_id) == ("second", TweetStatus.queued)
