@@ -201,8 +201,12 @@ def move_in_queue(session: Session, account: str, tweet_id: int, move: Move) -> 
     """Change a queued tweet's place in the posting order (TWEET_ORDER=oldest) through its position.
 
     Up and down swap positions with the neighbour; ties (equal positions, ordered by id) are
-    first spread apart so that the swap changes the order.
+    first spread apart so that the swap changes the order. The whole queue is locked first, in id
+    order, because a move also writes its neighbours: two moves that each locked their own tweet
+    first would wait for each other's.
     """
+    session.execute(select(Tweet.id).where(Tweet.account == account, Tweet.status == TweetStatus.queued)
+                    .order_by(Tweet.id).with_for_update())
     tweet = store.get_tweet(session, tweet_id, account=account, for_update=True)
     if tweet.status is not TweetStatus.queued:
         raise store.TweetConflict(f"tweet {tweet_id} is {tweet.status.value}, not in the queue: reload the page")

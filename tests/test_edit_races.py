@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from api import curation
 from api import tweets as store
@@ -176,3 +176,41 @@ def test_two_edits_to_one_text_at_once_the_second_is_409(client, session_factory
     assert answer.status_code == 409
     assert answer.json() == {"detail": "another tweet of this account already has this text"}
     assert state(session_factory, second_id) == ("second", TweetStatus.queued)
+
+
+def test_two_moves_of_neighbours_at_once_both_succeed(session_factory, monkeypatch):
+    """Two curators swap the same neighbours from either side at once (one moves the first tweet
+    down, the other the second up). Each has locked its own tweet when the other starts: without
+    a common lock order each then waits for the other's tweet, and Postgres kills one (500)."""
+    first_id, second_id = store_texts(session_factory, "first", "second", status=TweetStatus.queued)
+    read = store.get_tweet
+    passed, pids, answers = set(), {}, {}
+
+    def read_then_wait_for_the_other(session, tweet_id, **kwargs):
+        tweet = read(session, tweet_id, **kwargs)
+        pids[tweet_id] = session.scalar(text("SELECT pg_backend_pid()"))
+        passed.add(tweet_id)
+        other = second_id if tweet_id == first_id else first_id
+        deadline = time.monotonic() + WAIT_SECONDS
+        while other not in passed and not blocked_by(session_factory, pids[tweet_id]):
+            assert time.monotonic() < deadline, "the other move neither read its tweet nor waited for this one"
+        return tweet
+
+    monkeypatch.setattr(store, "get_tweet", read_then_wait_for_the_other)
+
+    def move(tweet_id, where):
+        try:
+            answers[tweet_id] = run_action(lambda s, i: curation.move_in_queue(s, ACCOUNT, i, where), session_factory, tweet_id)
+        except Exception as exc:  # the deadlock victim's error, reported by the assertion below
+            answers[tweet_id] = repr(exc)
+
+    workers = [threading.Thread(target=move, args=(first_id, Move.down)),
+               threading.Thread(target=move, args=(second_id, Move.up))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(WAIT_SECONDS)
+    assert answers == {first_id: 200, second_id: 200}
+    with session_factory() as session:
+        order = list(session.scalars(select(Tweet.id).order_by(Tweet.position, Tweet.id)))
+    assert order == [second_id, first_id]  # one move swapped them; the other then found its tweet already there
