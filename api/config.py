@@ -10,7 +10,7 @@ from enum import Enum
 from functools import cached_property
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 X_CREDENTIAL_VARS = ("CONSUMER_KEY", "CONSUMER_SECRET", "ACCESS_KEY", "ACCESS_SECRET")
@@ -125,6 +125,18 @@ class Settings(DatabaseSettings, XSettings):
         value = value.strip().lstrip("@")
         if not re.fullmatch(r"[A-Za-z0-9_]{1,15}", value):
             raise ValueError("must be an X handle: 1-15 letters, digits or underscores")
+        return value
+
+    @field_validator("POSTING_LEASE_MINUTES")
+    @classmethod
+    def _lease_outlasts_a_call_to_x(cls, value: float, info: ValidationInfo) -> float:
+        """A posting call still waiting for X must never be swept as stopped mid-post."""
+        timeout = info.data.get("TWITTER_TIMEOUT_SECONDS")
+        if timeout is not None and value * 60 < 2 * timeout:
+            raise ValueError(
+                f"must be at least twice TWITTER_TIMEOUT_SECONDS ({timeout:g} s), or calls still waiting "
+                "for X would be taken as stopped mid-post"
+            )
         return value
 
     @field_validator("SECRET_TOKEN")

@@ -40,6 +40,8 @@ def test_database_is_chosen_by_settings(values, url):
         ({"ACCOUNT": "not a handle!"}, "ACCOUNT is invalid"),
         ({"TWEET_ORDER": "sideways"}, "TWEET_ORDER is invalid"),
         ({"TWITTER_API_BASE_URL": "api.x.com"}, "TWITTER_API_BASE_URL is invalid"),
+        ({"POSTING_LEASE_MINUTES": "0.1"}, r"POSTING_LEASE_MINUTES is invalid.*twice TWITTER_TIMEOUT_SECONDS \(20 s\)"),
+        ({"POSTING_LEASE_MINUTES": "1", "TWITTER_TIMEOUT_SECONDS": "31"}, "POSTING_LEASE_MINUTES is invalid"),
     ],
 )
 def test_bad_settings_name_the_variable(override, message):
