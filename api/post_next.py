@@ -6,7 +6,8 @@ Prints one line saying what happened and exits with:
   0 posted (or recorded as a dry run, or already posted by an earlier run with this key)
   3 the queue is empty
   2 configuration: bad settings, or X credentials missing without TWITTER_DRY_RUN
-  4 try again later: X's rate limit, X failed or was unreachable, or the same key is in flight
+  4 try again later: X's rate limit, X failed or was unreachable, the same key is in flight, or a
+    curator is changing the queued tweets at this moment
   5 needs an operator: X rejected the credentials, a tweet is unconfirmed, texts were refused,
     or the key's tweet was moved since
   1 unexpected error (the log has the traceback)
@@ -31,6 +32,7 @@ EXIT_CODE = {
     PostOutcome.rate_limited: 4,
     PostOutcome.x_failed: 4,
     PostOutcome.in_flight: 4,
+    PostOutcome.queue_busy: 4,
     PostOutcome.x_credentials: 5,
     PostOutcome.unconfirmed: 5,
     PostOutcome.texts_refused: 5,

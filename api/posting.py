@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 200  # the column's size
 RETRY_AFTER_UNKNOWN_SECONDS = 60  # when a 429 carries no reset time
+QUEUE_BUSY_RETRY_SECONDS = 5  # a curator's change holds the queued tweets for milliseconds
 QUEUE_EMPTY_MESSAGE = "No more tweets left"  # the original's answer
 IDEMPOTENCY_LOCK_SPACE = 0x7477  # first key of Postgres advisory locks taken for idempotency keys
 EMPTY_QUEUE_RUN_DAYS = 30  # how long a key that found the queue empty is kept (retries come within hours)
@@ -57,6 +58,7 @@ class PostOutcome(str, enum.Enum):
     posted          a tweet was posted (or recorded as a dry run); `tweet` says which
     queue_empty     no queued tweet is left
     in_flight       an earlier call with the same idempotency key is still posting
+    queue_busy      every queued tweet is locked by a curator's change at this moment; ask again
     key_reused      the key belongs to a tweet an operator has since moved (e.g. closed an
                     unconfirmed one); nothing posted
     not_configured  X credentials are missing and TWITTER_DRY_RUN is off
@@ -70,6 +72,7 @@ class PostOutcome(str, enum.Enum):
     posted = "posted"
     queue_empty = "queue_empty"
     in_flight = "in_flight"
+    queue_busy = "queue_busy"
     key_reused = "key_reused"
     not_configured = "not_configured"
     rate_limited = "rate_limited"
@@ -84,7 +87,7 @@ class PostResult:
     outcome: PostOutcome
     message: str  # one line for the log, the CLI and the HTTP answer
     tweet: Tweet | None = None  # the tweet posted, or the one the failure is about
-    retry_after: int | None = None  # seconds; rate_limited only
+    retry_after: int | None = None  # seconds; rate_limited and queue_busy only
     replayed: bool = False  # the answer of an earlier call with the same idempotency key
     rejected: list[Tweet] = field(default_factory=list)  # tweets X refused during this call
 
@@ -149,6 +152,14 @@ def remember_empty_queue_run(session: Session, *, account: str, key: str) -> Non
         EmptyQueueRun.created_at < utcnow() - timedelta(days=EMPTY_QUEUE_RUN_DAYS),
     ))
     session.add(EmptyQueueRun(account=account, idempotency_key=key))
+
+
+def queued_tweet_exists(session: Session, *, account: str) -> bool:
+    """Whether the account has a queued tweet, locked or not: a claim that skipped them all found
+    them locked by a curator's change, not an empty queue (which a key would then remember)."""
+    return session.scalar(
+        select(Tweet.id).where(Tweet.account == account, Tweet.status == TweetStatus.queued).limit(1)
+    ) is not None
 
 
 def claim_next_tweet(
@@ -350,6 +361,13 @@ def _claim(session: Session, settings: Settings, key: str | None) -> Tweet | Pos
             session.commit()
             return PostResult(PostOutcome.queue_empty, QUEUE_EMPTY_MESSAGE, replayed=True)
     tweet = claim_next_tweet(session, account=account, order=settings.TWEET_ORDER, idempotency_key=key)
+    if tweet is None and queued_tweet_exists(session, account=account):
+        session.commit()
+        return PostResult(
+            PostOutcome.queue_busy,
+            "the queued tweets are being changed on the curation page right now; ask again in a few seconds",
+            retry_after=QUEUE_BUSY_RETRY_SECONDS,
+        )
     if tweet is None and key is not None:
         remember_empty_queue_run(session, account=account, key=key)
     session.commit()

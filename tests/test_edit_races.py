@@ -18,7 +18,7 @@ from api import curation
 from api import tweets as store
 from api.config import TweetOrder
 from api.curation import Move
-from api.posting import claim_next_tweet
+from api.posting import QUEUE_BUSY_RETRY_SECONDS, PostOutcome, claim_next_tweet, post_next
 from db.models import Tweet, TweetStatus
 from tests.conftest import ACCOUNT, store_texts
 
@@ -214,3 +214,19 @@ def test_two_moves_of_neighbours_at_once_both_succeed(session_factory, monkeypat
     with session_factory() as session:
         order = list(session.scalars(select(Tweet.id).order_by(Tweet.position, Tweet.id)))
     assert order == [second_id, first_id]  # one move swapped them; the other then found its tweet already there
+
+
+def test_a_run_while_a_curator_holds_the_only_queued_tweet_is_retried_not_remembered_as_empty(
+    session_factory, settings,
+):
+    """A claim skips rows a curator's change has locked. With every queued tweet locked that is
+    no empty queue: the run answers 'ask again' and its key is not remembered as having found the
+    queue empty, so the scheduler's retry with the same key posts the tweet."""
+    settings = settings.model_copy(update={"TWITTER_DRY_RUN": True})
+    (tweet_id,) = store_texts(session_factory, ORIGINAL, status=TweetStatus.queued)
+    with session_factory() as curator:
+        store.get_tweet(curator, tweet_id, for_update=True)
+        busy = post_next(session_factory=session_factory, settings=settings, idempotency_key="run-1")
+    assert (busy.outcome, busy.retry_after) == (PostOutcome.queue_busy, QUEUE_BUSY_RETRY_SECONDS)
+    retried = post_next(session_factory=session_factory, settings=settings, idempotency_key="run-1")
+    assert retried.outcome is PostOutcome.posted and retried.tweet.id == tweet_id

@@ -17,6 +17,7 @@ HTTP_STATUS = {
     PostOutcome.posted: 200,
     PostOutcome.queue_empty: 404,
     PostOutcome.in_flight: 409,
+    PostOutcome.queue_busy: 503,
     PostOutcome.key_reused: 409,
     PostOutcome.not_configured: 503,
     PostOutcome.rate_limited: 503,
@@ -31,7 +32,8 @@ RESPONSES = {
     404: {"description": '`{"detail": "No more tweets left"}`'},
     409: {"description": "A call with the same idempotency key is still posting (or its tweet was since moved)."},
     502: {"description": "X refused the texts, the credentials, failed, or its answer was lost (tweet unconfirmed)."},
-    503: {"description": "X's rate limit (see Retry-After), or X credentials are not set."},
+    503: {"description": "X's rate limit, or the queued tweets are being changed on the curation page "
+                         "(see Retry-After), or X credentials are not set."},
 }
 KeyHeader = Annotated[str | None, Header(max_length=MAX_IDEMPOTENCY_KEY_LENGTH)]
 
