@@ -11,9 +11,14 @@ close the connection, so its rest is never read as a next request.
 Refusals are answered as FastAPI answers an HTTPException (JSON), except on the routes of a
 server-rendered page (`PageRoute`): there the page's own `early_answer` renders them, so a
 plain form post gets what the page answers itself (a redirect with a message), not JSON.
+A browser cut off while it still sends a body shows "connection reset" instead of any answer,
+so a page route's refused body is first read and dropped (never parsed or kept) when its
+declared length is within PAGE_DISCARD_FACTOR times the route's limit and it arrives within
+DISCARD_SECONDS; a larger, undeclared or slower one is cut off as on the other routes.
 """
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -38,6 +43,10 @@ SMALL_BODY_BYTES = 64 * 1024
 UPLOAD_FORM_OVERHEAD_BYTES = 16 * 1024
 # Upload routes take one file and a few short fields (the curation page's CSRF token).
 UPLOAD_FORM_LIMITS = {"max_files": 1, "max_fields": 4, "max_part_size": 4 * 1024}
+
+# See the module docstring: how much of a refused body a page route reads and drops, and how long it waits.
+PAGE_DISCARD_FACTOR = 2
+DISCARD_SECONDS = 30.0
 
 PreBodyCheck = Callable[[HTTPConnection, Settings], HTTPException | None]
 # Renders a refusal made before the route runs; the request's body must not be read.
@@ -87,12 +96,31 @@ class BodyRule:
     max_bytes: int
     what_to_do: str
     early_answer: EarlyAnswer = json_answer
+    discard_bytes: int = 0  # a refused body declared up to this size is read and dropped before the answer
 
     def too_large(self) -> HTTPException:
         return HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE,
             f"request body is over this route's {self.max_bytes:,}-byte limit: {self.what_to_do}",
         )
+
+    async def discard_body(self, receive: Receive, length: int | None) -> bool:
+        """Read and drop a refused body the client is still sending, if it is declared and small
+        enough to wait for; True when it was read to its end."""
+        if length is None or length > self.discard_bytes:
+            return False
+        received = 0
+        try:
+            async with asyncio.timeout(DISCARD_SECONDS):
+                while (message := await receive())["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.discard_bytes:
+                        return False
+                    if not message.get("more_body", False):
+                        return True
+        except TimeoutError:
+            pass
+        return False
 
     def answer(self, scope: Scope, refusal: HTTPException, *, close: bool) -> Response:
         """The route's answer to `refusal`, closing the connection when a body is left unread."""
@@ -112,20 +140,15 @@ def body_rule(route: BaseRoute, settings: Settings) -> BodyRule:
         return UNMATCHED
     calls = set(dependency_calls(route.dependant))
     checks = tuple(check for guard, check in PRE_BODY_CHECKS.items() if guard in calls)
-    early_answer = route.early_answer if isinstance(route, PageRoute) else json_answer
     if takes_a_file(route):
-        return BodyRule(
-            checks,
-            settings.MAX_UPLOAD_BYTES + UPLOAD_FORM_OVERHEAD_BYTES,
-            f"files may hold up to {settings.MAX_UPLOAD_BYTES:,} bytes (MAX_UPLOAD_BYTES): split the file and upload the parts",
-            early_answer,
-        )
-    return BodyRule(
-        checks,
-        SMALL_BODY_BYTES,
-        "one tweet, or a page of ids, fits well within it; many tweets go in a file to POST /add_tweets_file/",
-        early_answer,
-    )
+        max_bytes = settings.MAX_UPLOAD_BYTES + UPLOAD_FORM_OVERHEAD_BYTES
+        what_to_do = f"files may hold up to {settings.MAX_UPLOAD_BYTES:,} bytes (MAX_UPLOAD_BYTES): split the file and upload the parts"
+    else:
+        max_bytes = SMALL_BODY_BYTES
+        what_to_do = "one tweet, or a page of ids, fits well within it; many tweets go in a file to POST /add_tweets_file/"
+    if isinstance(route, PageRoute):
+        return BodyRule(checks, max_bytes, what_to_do, route.early_answer, PAGE_DISCARD_FACTOR * max_bytes)
+    return BodyRule(checks, max_bytes, what_to_do)
 
 
 def declared_length(connection: HTTPConnection) -> int | None:
@@ -166,7 +189,8 @@ class RequestBodyLimits:
         if refusal is None and length is not None and length > rule.max_bytes:
             refusal = rule.too_large()
         if refusal is not None:
-            await rule.answer(scope, refusal, close=has_body(connection))(scope, receive, send)
+            unread = has_body(connection) and not await rule.discard_body(receive, length)
+            await rule.answer(scope, refusal, close=unread)(scope, receive, send)
             return
         await BodyStream(rule, expecting=has_body(connection)).run(self.app, scope, receive, send)
 

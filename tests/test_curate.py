@@ -35,7 +35,7 @@ from api.curation_session import (
     new_session,
     signing_key,
 )
-from api.request_limits import UPLOAD_FORM_OVERHEAD_BYTES
+from api.request_limits import PAGE_DISCARD_FACTOR, UPLOAD_FORM_OVERHEAD_BYTES
 from api.routes import curate as curate_routes
 from api.tweet_counter_rule import js_regex_source, nameprep_tables
 from db.models import Tweet, TweetStatus, utcnow
@@ -451,7 +451,7 @@ def test_an_upload_over_the_body_limit_is_refused_unread_with_the_pages_answer(s
     """Over MAX_UPLOAD_BYTES and the form's framing, the upload is refused before it is read: the page's
     form goes back to the review list with the reason, the page's script (JSON) gets a 413."""
     small = create_app(Settings(**{**settings_values, "MAX_UPLOAD_BYTES": 50}), engine=engine, configure_logs=False)
-    data = curated("y" * 100) * (UPLOAD_FORM_OVERHEAD_BYTES // 100)
+    data = curated("y" * 100) * (PAGE_DISCARD_FACTOR * UPLOAD_FORM_OVERHEAD_BYTES // 100)  # too large even to drop
     with TestClient(small, base_url="https://testserver") as client:
         csrf = sign_in(client)
         response = client.post(

@@ -502,3 +502,21 @@ def test_a_file_over_the_upload_limit_is_refused_before_it_is_sent(browser, serv
     assert [request.url for request in uploads] == [f"{server.base_url}/curate/upload"]
     assert not page.errors
 
+
+
+def test_without_javascript_an_upload_over_the_limit_comes_back_to_the_page_with_the_reason(browser, server, tmp_path):
+    """The server refuses it before parsing (api/request_limits.py) and drops the body the browser still
+    sends, so the browser shows the page's answer instead of "connection reset"."""
+    page = new_page(browser, server, java_script_enabled=False)
+    sign_in(page)
+    limit = int(page.locator("#upload-file").get_attribute("data-max-bytes"))
+    pending = server.count(TweetStatus.pending)
+    too_large = tmp_path / "too-large.txt"
+    too_large.write_bytes(b"x" * (limit + 100_000))  # over the limit and the form's framing, within twice them
+    page.locator("#upload-file").set_input_files(str(too_large))
+    with page.expect_navigation():
+        page.get_by_role("button", name="Upload for review").click()
+    assert page.url == f"{server.base_url}/curate"
+    assert page.locator("#flash.flash-error").is_visible()
+    assert f"{limit:,} bytes (MAX_UPLOAD_BYTES): split the file" in flash_text(page)
+    assert server.count(TweetStatus.pending) == pending

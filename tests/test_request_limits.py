@@ -14,13 +14,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from sqlalchemy import func, select
 
 from api.app import create_app
 from api.config import Settings
 from api.curation_session import COOKIE_NAME, encode_session, new_session, signing_key
-from api.request_limits import SMALL_BODY_BYTES, UPLOAD_FORM_OVERHEAD_BYTES
+from api import request_limits
+from api.request_limits import PAGE_DISCARD_FACTOR, SMALL_BODY_BYTES, UPLOAD_FORM_OVERHEAD_BYTES
 from api.routes.curate import FLASH_COOKIE
 from bench.serving import serve_in_thread
+from db.models import Tweet
 from tests.conftest import TOKEN
 
 # The guards and limits do not depend on the database: SQLite only.
@@ -50,10 +53,13 @@ class Answer:
         return json.loads(base64.urlsafe_b64decode(cookie.split(";")[0].split("=", 1)[1]))
 
 
-def call(app, method: str, path: str, *, headers: dict[str, str], body: Iterator[bytes], query: str = "") -> Answer:
+def call(
+    app, method: str, path: str, *, headers: dict[str, str], body: Iterator[bytes], query: str = "", stalls: bool = False
+) -> Answer:
     """Run one request through the app; `body` is handed out chunk by chunk as the app asks.
 
     Without a content-length header the body is chunked, as HTTP/1.1 says (transfer-encoding).
+    A client that `stalls` sends nothing more after `body` and stays connected.
     """
     if "content-length" not in headers:
         headers = {**headers, "transfer-encoding": "chunked"}
@@ -65,10 +71,12 @@ def call(app, method: str, path: str, *, headers: dict[str, str], body: Iterator
     async def receive():
         nonlocal pulled, pending
         if pending is None:
+            if stalls:
+                await asyncio.Event().wait()
             return {"type": "http.disconnect"}
         chunk, pending = pending, next(chunks, None)
         pulled += len(chunk)
-        return {"type": "http.request", "body": chunk, "more_body": pending is not None}
+        return {"type": "http.request", "body": chunk, "more_body": stalls or pending is not None}
 
     async def send(message):
         messages.append(message)
@@ -323,3 +331,51 @@ def test_uploads_take_a_few_short_fields(app, session_cookie, path):
     answer = call(app, "POST", path, headers=headers, body=multipart_file(10, fields=fields))
     assert answer.status == 400
     assert "Maximum number of fields" in answer.json()["detail"]
+
+
+# ---- page routes: a refused body the browser is still sending is dropped, within bounds ----
+# (A browser cut off while it sends shows "connection reset", never the page's answer.)
+
+UPLOAD_LIMIT = SMALL_UPLOAD_LIMIT + UPLOAD_FORM_OVERHEAD_BYTES
+
+
+def declared(body: list[bytes]) -> dict[str, str]:
+    return {"content-length": str(sum(map(len, body)))}
+
+
+def test_a_page_upload_refused_within_twice_the_limit_is_read_to_its_end_and_dropped(app, session_cookie, session_factory):
+    body = list(multipart_file(PAGE_DISCARD_FACTOR * UPLOAD_LIMIT - 1024, fields={"csrf_token": "any"}))
+    answer = call(app, "POST", "/curate/upload", headers={**MULTIPART, **session_cookie, **declared(body)}, body=body)
+    assert answer.status == 303
+    assert "split the file" in answer.flash()["text"]
+    assert answer.pulled == sum(map(len, body))
+    assert "connection" not in answer.headers  # read to the end: the connection can carry the next request
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Tweet)) == 0
+
+
+def test_a_page_form_without_a_session_is_read_to_its_end_and_sent_to_sign_in(app):
+    body = [b"ids=1&csrf_token=stale"]
+    answer = call(app, "POST", "/curate/approve", headers={**FORM, **declared(body)}, body=body)
+    assert answer.status == 303
+    assert answer.headers["location"] == "/curate/sign-in"
+    assert answer.pulled == len(body[0])
+    assert "connection" not in answer.headers
+
+
+def test_a_page_upload_over_twice_the_limit_is_not_read(app, session_cookie):
+    body = list(multipart_file(PAGE_DISCARD_FACTOR * UPLOAD_LIMIT, fields={"csrf_token": "any"}))
+    answer = call(app, "POST", "/curate/upload", headers={**MULTIPART, **session_cookie, **declared(body)}, body=body)
+    assert answer.status == 303
+    assert answer.pulled == 0
+    assert answer.headers["connection"] == "close"
+
+
+def test_a_refused_page_body_that_stops_arriving_is_cut_off_after_the_wait(app, monkeypatch):
+    monkeypatch.setattr(request_limits, "DISCARD_SECONDS", 0.01)
+    first_part = b"ids=1&"
+    answer = call(app, "POST", "/curate/approve", headers={**FORM, "content-length": "1000"}, body=[first_part], stalls=True)
+    assert answer.status == 303
+    assert answer.headers["location"] == "/curate/sign-in"
+    assert answer.pulled == len(first_part)
+    assert answer.headers["connection"] == "close"
