@@ -6,7 +6,8 @@ Starts `uvicorn api.main:app` on 127.0.0.1 (SQLite in a temporary folder, TWITTE
 and sends, in order: one 100 MB JSON body to /add_tweets/ without the token; 8 parallel 30 MB
 bodies without the token; 500 multipart parts of 1 MB to /add_tweets_file/ without the token;
 a 50 MB upload to /add_tweets_file/ and to /curate/upload without credentials, then with them,
-then with the token again but chunked (no Content-Length to refuse it by).
+then with the token again but chunked (no Content-Length to refuse it by); last, an 8 MB upload
+to /curate/upload without and with a session (within twice its limit: read and dropped).
 `--scale` multiplies every body size (the part count stays).
 
 Bodies are generated as they are sent, never held whole. The client sends like a careful one:
@@ -243,6 +244,11 @@ def cases(scale: float, session: dict[str, str]) -> list[Case]:
              lambda: multipart_body(1, size(50), fields={"csrf_token": session["csrf"]})),
         Case("50 MB upload, token, chunked", "/add_tweets_file/", {**multipart, "x-token": TOKEN},
              lambda: multipart_body(1, size(50)), chunked=True),
+        # Within twice the page's limit: read and dropped, so a browser sees the page's answer.
+        Case("8 MB upload, no session", "/curate/upload", multipart,
+             lambda: multipart_body(1, size(8), fields={"csrf_token": session["csrf"]})),
+        Case("8 MB upload, session", "/curate/upload", curator,
+             lambda: multipart_body(1, size(8), fields={"csrf_token": session["csrf"]})),
     ]
 
 

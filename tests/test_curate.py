@@ -35,6 +35,7 @@ from api.curation_session import (
     new_session,
     signing_key,
 )
+from api.request_limits import PAGE_DISCARD_FACTOR, UPLOAD_FORM_OVERHEAD_BYTES
 from api.routes import curate as curate_routes
 from api.tweet_counter_rule import js_regex_source, nameprep_tables
 from db.models import Tweet, TweetStatus, utcnow
@@ -100,6 +101,11 @@ def curated(*samples: str) -> bytes:
 
 def texts_on(page: str) -> list[str]:
     return [html.unescape(t) for t in re.findall(r'<p class="tweet-text">(.*?)</p>', page, re.S)]
+
+
+def flash_on(page: str) -> str:
+    """The one-time message a page shows ("" when none)."""
+    return html.unescape(re.search(r'<p id="flash"[^>]*>(.*?)</p>', page, re.S).group(1))
 
 
 # ---- session and CSRF -------------------------------------------------------------------
@@ -315,6 +321,24 @@ def test_actions_without_a_session_are_401_and_change_nothing(app, session_facto
 
 @SQLITE_ONLY
 @pytest.mark.parametrize("path, form", ACTIONS)
+@pytest.mark.parametrize("how", ["no cookie", "forged cookie"])
+def test_forms_without_a_session_go_to_sign_in_with_the_reason_and_change_nothing(app, session_factory, seeded, path, form, how):
+    """A plain form post (the page without its script) after the session expired: the sign-in form, not JSON."""
+    headers = {}
+    if how == "forged cookie":
+        headers["Cookie"] = f"{COOKIE_NAME}={encode_session(new_session(), b'not the key')}"
+    with TestClient(app, base_url="https://testserver") as client:
+        response = client.post(path, data={**form, "csrf_token": "anything"}, headers=headers, follow_redirects=False)
+        assert response.status_code == 303
+        assert response.headers["location"] == "/curate/sign-in"
+        page = client.get(response.headers["location"])
+    assert page.status_code == 200 and 'id="token"' in page.text
+    assert "Nothing was changed" in flash_on(page.text) and "sign in again" in flash_on(page.text)
+    assert snapshot(session_factory) == seeded
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("path, form", ACTIONS)
 @pytest.mark.parametrize("csrf", [None, "wrong-token"])
 def test_actions_without_the_csrf_token_are_403_and_change_nothing(curator, session_factory, seeded, path, form, csrf):
     data = dict(form) if csrf is None else {**form, "csrf_token": csrf}
@@ -419,6 +443,30 @@ def test_upload_over_the_size_limit_is_413(session_factory, settings_values, eng
         response = client.post("/curate/upload", data={"csrf_token": csrf}, files={"file": ("gen.txt", curated("y" * 60))})
     assert response.status_code == 413
     assert "MAX_UPLOAD_BYTES" in response.text
+    assert snapshot(session_factory) == []
+
+
+@SQLITE_ONLY
+def test_an_upload_over_the_body_limit_is_refused_unread_with_the_pages_answer(session_factory, settings_values, engine):
+    """Over MAX_UPLOAD_BYTES and the form's framing, the upload is refused before it is read: the page's
+    form goes back to the review list with the reason, the page's script (JSON) gets a 413."""
+    small = create_app(Settings(**{**settings_values, "MAX_UPLOAD_BYTES": 50}), engine=engine, configure_logs=False)
+    data = curated("y" * 100) * (PAGE_DISCARD_FACTOR * UPLOAD_FORM_OVERHEAD_BYTES // 100)  # too large even to drop
+    with TestClient(small, base_url="https://testserver") as client:
+        csrf = sign_in(client)
+        response = client.post(
+            "/curate/upload", data={"csrf_token": csrf}, files={"file": ("gen.txt", data)}, follow_redirects=False
+        )
+        assert response.status_code == 303
+        assert response.headers["location"] == "/curate"
+        assert response.headers["connection"] == "close"
+        page = client.get(response.headers["location"])
+        asked_for_json = client.post("/curate/upload", data={"csrf_token": csrf}, files={"file": ("gen.txt", data)}, headers=JSON)
+    assert page.status_code == 200 and 'class="flash flash-error"' in page.text
+    assert "50 bytes (MAX_UPLOAD_BYTES)" in flash_on(page.text) and "split the file" in flash_on(page.text)
+    assert flash_on(client.get("/curate").text) == ""  # shown once
+    assert asked_for_json.status_code == 413
+    assert "50 bytes (MAX_UPLOAD_BYTES)" in asked_for_json.json()["detail"]
     assert snapshot(session_factory) == []
 
 

@@ -469,3 +469,54 @@ def test_counter_in_the_browser_agrees_with_the_server(browser, server):
     assert over == [None, "over 280", "over 280"]
     assert page.errors == []
     page.context.close()
+
+
+def test_a_file_over_the_upload_limit_is_refused_before_it_is_sent(browser, server, tmp_path):
+    page = new_page(browser, server)
+    sign_in(page)
+    file_input = page.locator("#upload-file")
+    limit = int(file_input.get_attribute("data-max-bytes"))
+    assert f"up to {limit:,} bytes" in page.locator("label[for=upload-file]").inner_text()
+    uploads = []
+    page.on("request", lambda request: uploads.append(request) if request.method == "POST" else None)
+
+    too_large = tmp_path / "too-large.txt"
+    too_large.write_bytes(b"x" * (limit + 1))
+    file_input.set_input_files(str(too_large))
+    assert page.locator("#flash.flash-error").is_visible()
+    assert flash_text(page) == (
+        f"too-large.txt is {limit + 1:,} bytes, over the {limit:,}-byte limit (MAX_UPLOAD_BYTES): "
+        "split the file and upload the parts. Nothing was sent."
+    )
+    page.get_by_role("button", name="Upload for review").click()
+    assert file_input.evaluate("input => input.validity.customError")
+
+    # A file within the limit clears the message and is sent: the only upload the browser made.
+    within = tmp_path / "within.txt"
+    within.write_bytes(b"x" * limit)
+    file_input.set_input_files(str(within))
+    assert page.locator("#flash").is_hidden()
+    assert not file_input.evaluate("input => input.validity.customError")
+    upload(page, tmp_path, ["a candidate from a file within the limit"])
+    assert "1 added" in page.locator("#upload-summary").inner_text()
+    assert [request.url for request in uploads] == [f"{server.base_url}/curate/upload"]
+    assert not page.errors
+
+
+
+def test_without_javascript_an_upload_over_the_limit_comes_back_to_the_page_with_the_reason(browser, server, tmp_path):
+    """The server refuses it before parsing (api/request_limits.py) and drops the body the browser still
+    sends, so the browser shows the page's answer instead of "connection reset"."""
+    page = new_page(browser, server, java_script_enabled=False)
+    sign_in(page)
+    limit = int(page.locator("#upload-file").get_attribute("data-max-bytes"))
+    pending = server.count(TweetStatus.pending)
+    too_large = tmp_path / "too-large.txt"
+    too_large.write_bytes(b"x" * (limit + 100_000))  # over the limit and the form's framing, within twice them
+    page.locator("#upload-file").set_input_files(str(too_large))
+    with page.expect_navigation():
+        page.get_by_role("button", name="Upload for review").click()
+    assert page.url == f"{server.base_url}/curate"
+    assert page.locator("#flash.flash-error").is_visible()
+    assert f"{limit:,} bytes (MAX_UPLOAD_BYTES): split the file" in flash_text(page)
+    assert server.count(TweetStatus.pending) == pending

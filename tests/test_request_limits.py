@@ -7,18 +7,23 @@ check what happens to the connection after an answer that left the body unread.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from sqlalchemy import func, select
 
 from api.app import create_app
 from api.config import Settings
 from api.curation_session import COOKIE_NAME, encode_session, new_session, signing_key
-from api.request_limits import SMALL_BODY_BYTES, UPLOAD_FORM_OVERHEAD_BYTES
+from api import request_limits
+from api.request_limits import PAGE_DISCARD_FACTOR, SMALL_BODY_BYTES, UPLOAD_FORM_OVERHEAD_BYTES
+from api.routes.curate import FLASH_COOKIE
 from bench.serving import serve_in_thread
+from db.models import Tweet
 from tests.conftest import TOKEN
 
 # The guards and limits do not depend on the database: SQLite only.
@@ -41,11 +46,20 @@ class Answer:
     def json(self):
         return json.loads(self.body)
 
+    def flash(self) -> dict:
+        """The one-time message this answer sets for the next page."""
+        cookie = self.headers["set-cookie"]
+        assert cookie.startswith(f"{FLASH_COOKIE}="), cookie
+        return json.loads(base64.urlsafe_b64decode(cookie.split(";")[0].split("=", 1)[1]))
 
-def call(app, method: str, path: str, *, headers: dict[str, str], body: Iterator[bytes], query: str = "") -> Answer:
+
+def call(
+    app, method: str, path: str, *, headers: dict[str, str], body: Iterator[bytes], query: str = "", stalls: bool = False
+) -> Answer:
     """Run one request through the app; `body` is handed out chunk by chunk as the app asks.
 
     Without a content-length header the body is chunked, as HTTP/1.1 says (transfer-encoding).
+    A client that `stalls` sends nothing more after `body` and stays connected.
     """
     if "content-length" not in headers:
         headers = {**headers, "transfer-encoding": "chunked"}
@@ -57,10 +71,12 @@ def call(app, method: str, path: str, *, headers: dict[str, str], body: Iterator
     async def receive():
         nonlocal pulled, pending
         if pending is None:
+            if stalls:
+                await asyncio.Event().wait()
             return {"type": "http.disconnect"}
         chunk, pending = pending, next(chunks, None)
         pulled += len(chunk)
-        return {"type": "http.request", "body": chunk, "more_body": pending is not None}
+        return {"type": "http.request", "body": chunk, "more_body": stalls or pending is not None}
 
     async def send(message):
         messages.append(message)
@@ -113,6 +129,7 @@ def many_files(count: int, size: int) -> Iterator[bytes]:
 MULTIPART = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
 JSON_BODY = {"content-type": "application/json"}
 FORM = {"content-type": "application/x-www-form-urlencoded"}
+ASKS_FOR_JSON = {"accept": "application/json"}  # the curation page's script; its plain forms do not
 
 
 @pytest.fixture
@@ -171,6 +188,22 @@ def test_curation_actions_refuse_a_body_without_a_session_before_reading_it(app,
     assert answer.pulled <= FEW_KB
 
 
+@pytest.mark.parametrize("method, path, content_type", SESSION_ROUTES)
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_curation_forms_without_a_session_go_to_sign_in_with_the_reason_before_reading_the_body(
+    app, method, path, content_type, declared
+):
+    """A plain form post (no script) gets the page's answer, as the page's own GETs do: the sign-in form."""
+    headers = {**content_type, "content-length": str(BIG + 1)} if declared else dict(content_type)
+    answer = call(app, method, path, headers=headers, body=filler(BIG))
+    assert answer.status == 303
+    assert answer.headers["location"] == "/curate/sign-in"
+    flash = answer.flash()
+    assert flash["error"] and "sign in again" in flash["text"] and "Nothing was changed" in flash["text"]
+    assert answer.headers["connection"] == "close"
+    assert answer.pulled <= FEW_KB
+
+
 def test_a_refusal_that_leaves_the_body_unread_closes_the_connection(app):
     answer = call(app, "POST", "/add_tweets/", headers={**JSON_BODY, "content-length": str(BIG)}, body=filler(BIG))
     assert answer.status == 401
@@ -199,13 +232,30 @@ def test_uvicorn_does_not_read_the_unread_body_as_a_next_request(app):
 @pytest.mark.parametrize("path", ["/add_tweets_file/", "/curate/upload"])
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
 def test_an_oversize_upload_is_413_before_the_rest_is_read(app, session_cookie, path, declared):
-    headers = {**MULTIPART, "x-token": TOKEN} if path.startswith("/add") else {**MULTIPART, **session_cookie}
+    headers = {**MULTIPART, "x-token": TOKEN} if path.startswith("/add") else {**MULTIPART, **session_cookie, **ASKS_FOR_JSON}
     if declared:
         headers["content-length"] = str(BIG + 200)
     answer = call(app, "POST", path, headers=headers, body=multipart_file(BIG, fields={"csrf_token": "any"}))
     assert answer.status == 413
     detail = answer.json()["detail"]
     assert "MAX_UPLOAD_BYTES" in detail and f"{SMALL_UPLOAD_LIMIT:,}" in detail and "split" in detail
+    assert answer.headers["connection"] == "close"
+    limit = SMALL_UPLOAD_LIMIT + UPLOAD_FORM_OVERHEAD_BYTES
+    assert answer.pulled <= (0 if declared else limit + CHUNK)
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_an_oversize_upload_from_the_pages_form_goes_back_to_the_page_with_the_reason(app, session_cookie, declared):
+    """No script asked for JSON: the curator sees the review page again, with the limit and what to do."""
+    headers = {**MULTIPART, **session_cookie}
+    if declared:
+        headers["content-length"] = str(BIG + 200)
+    answer = call(app, "POST", "/curate/upload", headers=headers, body=multipart_file(BIG, fields={"csrf_token": "any"}))
+    assert answer.status == 303
+    assert answer.headers["location"] == "/curate"
+    flash = answer.flash()
+    assert flash["error"]
+    assert f"{SMALL_UPLOAD_LIMIT:,} bytes (MAX_UPLOAD_BYTES)" in flash["text"] and "split the file" in flash["text"]
     assert answer.headers["connection"] == "close"
     limit = SMALL_UPLOAD_LIMIT + UPLOAD_FORM_OVERHEAD_BYTES
     assert answer.pulled <= (0 if declared else limit + CHUNK)
@@ -246,11 +296,20 @@ def test_a_body_read_to_the_end_keeps_the_connection(app):
     assert "connection" not in answer.headers
 
 
-@pytest.mark.parametrize("path", ["/curate/approve", "/curate/sign-in"])
-def test_curation_forms_and_the_sign_in_form_take_a_small_body(app, session_cookie, path):
-    answer = call(app, "POST", path, headers={**FORM, **session_cookie}, body=filler(BIG, b"token="))
+@pytest.mark.parametrize("path, page", [("/curate/approve", "/curate"), ("/curate/sign-in", "/curate/sign-in")])
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_curation_forms_and_the_sign_in_form_take_a_small_body(app, session_cookie, path, page, declared):
+    headers = {**FORM, **session_cookie, **({"content-length": str(BIG)} if declared else {})}
+    answer = call(app, "POST", path, headers=headers, body=filler(BIG, b"token="))
+    assert answer.status == 303
+    assert answer.headers["location"] == page
+    assert f"{SMALL_BODY_BYTES:,}-byte" in answer.flash()["text"]
+    assert answer.headers["connection"] == "close"
+    assert answer.pulled <= (0 if declared else SMALL_BODY_BYTES + CHUNK)
+
+    answer = call(app, "POST", path, headers={**headers, **ASKS_FOR_JSON}, body=filler(BIG, b"token="))
     assert answer.status == 413
-    assert answer.pulled <= SMALL_BODY_BYTES + CHUNK
+    assert f"{SMALL_BODY_BYTES:,}-byte" in answer.json()["detail"]
 
 
 # ---- multipart parts ----------------------------------------------------------------------
@@ -272,3 +331,51 @@ def test_uploads_take_a_few_short_fields(app, session_cookie, path):
     answer = call(app, "POST", path, headers=headers, body=multipart_file(10, fields=fields))
     assert answer.status == 400
     assert "Maximum number of fields" in answer.json()["detail"]
+
+
+# ---- page routes: a refused body the browser is still sending is dropped, within bounds ----
+# (A browser cut off while it sends shows "connection reset", never the page's answer.)
+
+UPLOAD_LIMIT = SMALL_UPLOAD_LIMIT + UPLOAD_FORM_OVERHEAD_BYTES
+
+
+def declared(body: list[bytes]) -> dict[str, str]:
+    return {"content-length": str(sum(map(len, body)))}
+
+
+def test_a_page_upload_refused_within_twice_the_limit_is_read_to_its_end_and_dropped(app, session_cookie, session_factory):
+    body = list(multipart_file(PAGE_DISCARD_FACTOR * UPLOAD_LIMIT - 1024, fields={"csrf_token": "any"}))
+    answer = call(app, "POST", "/curate/upload", headers={**MULTIPART, **session_cookie, **declared(body)}, body=body)
+    assert answer.status == 303
+    assert "split the file" in answer.flash()["text"]
+    assert answer.pulled == sum(map(len, body))
+    assert "connection" not in answer.headers  # read to the end: the connection can carry the next request
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Tweet)) == 0
+
+
+def test_a_page_form_without_a_session_is_read_to_its_end_and_sent_to_sign_in(app):
+    body = [b"ids=1&csrf_token=stale"]
+    answer = call(app, "POST", "/curate/approve", headers={**FORM, **declared(body)}, body=body)
+    assert answer.status == 303
+    assert answer.headers["location"] == "/curate/sign-in"
+    assert answer.pulled == len(body[0])
+    assert "connection" not in answer.headers
+
+
+def test_a_page_upload_over_twice_the_limit_is_not_read(app, session_cookie):
+    body = list(multipart_file(PAGE_DISCARD_FACTOR * UPLOAD_LIMIT, fields={"csrf_token": "any"}))
+    answer = call(app, "POST", "/curate/upload", headers={**MULTIPART, **session_cookie, **declared(body)}, body=body)
+    assert answer.status == 303
+    assert answer.pulled == 0
+    assert answer.headers["connection"] == "close"
+
+
+def test_a_refused_page_body_that_stops_arriving_is_cut_off_after_the_wait(app, monkeypatch):
+    monkeypatch.setattr(request_limits, "DISCARD_SECONDS", 0.01)
+    first_part = b"ids=1&"
+    answer = call(app, "POST", "/curate/approve", headers={**FORM, "content-length": "1000"}, body=[first_part], stalls=True)
+    assert answer.status == 303
+    assert answer.headers["location"] == "/curate/sign-in"
+    assert answer.pulled == len(first_part)
+    assert answer.headers["connection"] == "close"

@@ -39,7 +39,7 @@ from api.curation_session import (
 )
 from api.deps import SessionDep, SettingsDep, token_matches
 from api.posting import MAX_IDEMPOTENCY_KEY_LENGTH, PostOutcome, post_next
-from api.request_limits import UPLOAD_FORM_LIMITS
+from api.request_limits import UPLOAD_FORM_LIMITS, PageRoute
 from api.routes.posting import HTTP_STATUS as POSTING_HTTP_STATUS
 from api.routes.tweets import store_curated_file
 from api.routing import SlashAgnosticRouter
@@ -62,8 +62,6 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-
-router = SlashAgnosticRouter(tags=["curation page"], include_in_schema=False)
 
 
 # ---- rendering ----
@@ -146,6 +144,7 @@ def render(
             "account": settings.ACCOUNT,
             "dry_run": settings.TWITTER_DRY_RUN,
             "warning_threshold": settings.QUEUE_WARNING_THRESHOLD,
+            "max_upload_bytes": settings.MAX_UPLOAD_BYTES,
             "counts": counts,
             "csrf_token": curator.csrf_token if curator else None,
             "flash": flash or pop_flash(request),
@@ -185,6 +184,23 @@ def answer(
     response = RedirectResponse(back_to, status.HTTP_303_SEE_OTHER, headers={"Cache-Control": "no-store"})
     set_flash(response, request, message, error=failed)
     return response
+
+
+class CurationPageRoute(PageRoute):
+    @staticmethod
+    def early_answer(request: Request, refusal: HTTPException) -> Response:
+        """The page's answer when api/request_limits.py refuses a request before its route runs
+        (not signed in, body too large): the script gets JSON; a plain form goes to the sign-in
+        form or back to the review list, with the reason shown there once."""
+        signed_out = refusal.status_code == status.HTTP_401_UNAUTHORIZED
+        signing_in = request.url.path.rstrip("/") == "/curate/sign-in"
+        return answer(
+            request, f"Nothing was changed: {refusal.detail}.",
+            back_to="/curate/sign-in" if signed_out or signing_in else "/curate", status_code=refusal.status_code,
+        )
+
+
+router = SlashAgnosticRouter(tags=["curation page"], include_in_schema=False, route_class=CurationPageRoute)
 
 
 def _plural(n: int, word: str) -> str:

@@ -31,6 +31,23 @@
     }
   }
 
+  // ---- upload size (the server checks it again, before reading the file) ----
+  for (const input of document.querySelectorAll("input[type=file][data-max-bytes]")) {
+    const maxBytes = Number(input.dataset.maxBytes);
+    let shown = "";
+    input.addEventListener("change", () => {
+      const tooLarge = Array.from(input.files).find((file) => file.size > maxBytes);
+      const problem = tooLarge
+        ? `${tooLarge.name} is ${tooLarge.size.toLocaleString("en-US")} bytes, over the ` +
+          `${maxBytes.toLocaleString("en-US")}-byte limit (MAX_UPLOAD_BYTES): split the file and upload the parts. Nothing was sent.`
+        : "";
+      input.setCustomValidity(problem); // the browser then refuses to send the form
+      if (problem) showMessage(problem, true);
+      else if (flash && shown && flash.textContent === shown) flash.hidden = true; // a smaller file was chosen
+      shown = problem;
+    });
+  }
+
   // ---- live counters (the server re-checks every save) ----
   function updateCounter(textarea) {
     const output = document.getElementById(textarea.dataset.counter);
