@@ -13,7 +13,9 @@ server-rendered page (`PageRoute`): there the page's own `early_answer` renders 
 plain form post gets what the page answers itself (a redirect with a message), not JSON.
 A browser cut off while it still sends a body shows "connection reset" instead of any answer,
 so a page route's refused body is first read and dropped (never parsed or kept) when its
-declared length is within PAGE_DISCARD_FACTOR times the route's limit and it arrives within
+declared length is within PAGE_DISCARD_FACTOR times the route's limit (for a signed-in curator's
+upload over the limit) or within UNAUTHENTICATED_DISCARD_BYTES (a form sent after the session
+ended: whoever is not signed in makes the service read no more than that), and it arrives within
 DISCARD_SECONDS; a larger, undeclared or slower one is cut off as on the other routes.
 """
 from __future__ import annotations
@@ -46,6 +48,7 @@ UPLOAD_FORM_LIMITS = {"max_files": 1, "max_fields": 4, "max_part_size": 4 * 1024
 
 # See the module docstring: how much of a refused body a page route reads and drops, and how long it waits.
 PAGE_DISCARD_FACTOR = 2
+UNAUTHENTICATED_DISCARD_BYTES = 4 * 1024
 DISCARD_SECONDS = 30.0
 
 PreBodyCheck = Callable[[HTTPConnection, Settings], HTTPException | None]
@@ -104,17 +107,18 @@ class BodyRule:
             f"request body is over this route's {self.max_bytes:,}-byte limit: {self.what_to_do}",
         )
 
-    async def discard_body(self, receive: Receive, length: int | None) -> bool:
+    async def discard_body(self, receive: Receive, length: int | None, *, authenticated: bool) -> bool:
         """Read and drop a refused body the client is still sending, if it is declared and small
         enough to wait for; True when it was read to its end."""
-        if length is None or length > self.discard_bytes:
+        budget = self.discard_bytes if authenticated else min(self.discard_bytes, UNAUTHENTICATED_DISCARD_BYTES)
+        if length is None or length > budget:
             return False
         received = 0
         try:
             async with asyncio.timeout(DISCARD_SECONDS):
                 while (message := await receive())["type"] == "http.request":
                     received += len(message.get("body", b""))
-                    if received > self.discard_bytes:
+                    if received > budget:
                         return False
                     if not message.get("more_body", False):
                         return True
@@ -185,11 +189,12 @@ class RequestBodyLimits:
         connection = HTTPConnection(scope)
         refusals = (check(connection, self.settings) for check in rule.checks)
         refusal = next((found for found in refusals if found is not None), None)
+        authenticated = refusal is None
         length = declared_length(connection)
         if refusal is None and length is not None and length > rule.max_bytes:
             refusal = rule.too_large()
         if refusal is not None:
-            unread = has_body(connection) and not await rule.discard_body(receive, length)
+            unread = has_body(connection) and not await rule.discard_body(receive, length, authenticated=authenticated)
             await rule.answer(scope, refusal, close=unread)(scope, receive, send)
             return
         await BodyStream(rule, expecting=has_body(connection)).run(self.app, scope, receive, send)

@@ -20,7 +20,9 @@ from api.app import create_app
 from api.config import Settings
 from api.curation_session import COOKIE_NAME, encode_session, new_session, signing_key
 from api import request_limits
-from api.request_limits import PAGE_DISCARD_FACTOR, SMALL_BODY_BYTES, UPLOAD_FORM_OVERHEAD_BYTES
+from api.request_limits import (
+    PAGE_DISCARD_FACTOR, SMALL_BODY_BYTES, UNAUTHENTICATED_DISCARD_BYTES, UPLOAD_FORM_OVERHEAD_BYTES,
+)
 from api.routes.curate import FLASH_COOKIE
 from bench.serving import serve_in_thread
 from db.models import Tweet
@@ -361,6 +363,16 @@ def test_a_page_form_without_a_session_is_read_to_its_end_and_sent_to_sign_in(ap
     assert answer.headers["location"] == "/curate/sign-in"
     assert answer.pulled == len(body[0])
     assert "connection" not in answer.headers
+
+
+def test_a_page_upload_without_a_session_is_not_read_beyond_a_few_kb(app):
+    """Only a signed-in curator's refused upload is drained: anyone else makes the service read a few KB at most."""
+    body = list(multipart_file(UNAUTHENTICATED_DISCARD_BYTES + 1, fields={"csrf_token": "any"}))
+    answer = call(app, "POST", "/curate/upload", headers={**MULTIPART, **declared(body)}, body=body)
+    assert answer.status == 303
+    assert answer.headers["location"] == "/curate/sign-in"
+    assert answer.pulled == 0
+    assert answer.headers["connection"] == "close"
 
 
 def test_a_page_upload_over_twice_the_limit_is_not_read(app, session_cookie):
