@@ -14,10 +14,16 @@ import unicodedata
 from dataclasses import dataclass
 
 from twitter_text import extract_urls_with_indices, parse_tweet
+from twitter_text.extract_urls import max_url_length
 from twitter_text.has_invalid_characters import has_invalid_characters
 
 MAX_WEIGHTED_LENGTH = 280
 URL_WEIGHT = 23
+# No valid tweet holds more code points: links are its densest part (twitter-text counts 23 for
+# a link of at most max_url_length characters, and no link when longer), so no unit of weight
+# covers more than max_url_length / URL_WEIGHT of them. Longer entries are refused before the
+# parse, whose URL and emoji scans are slow and memory-hungry on megabytes of text.
+MAX_TWEET_CODE_POINTS = -(-MAX_WEIGHTED_LENGTH * max_url_length // URL_WEIGHT)
 SAMPLE_DELIMITER = "=" * 20
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
@@ -58,6 +64,12 @@ def validate_tweet(text: str) -> str:
     """Return the normalised text, or raise TweetRejected saying what is wrong."""
     if not isinstance(text, str):
         raise TweetRejected("tweet must be a string")
+    length = len(text.strip())
+    if length > MAX_TWEET_CODE_POINTS:
+        raise TweetRejected(
+            f"tweet is {length:,} characters long; no tweet can hold more than {MAX_TWEET_CODE_POINTS:,} "
+            f"(X's limit is {MAX_WEIGHTED_LENGTH} weighted characters, a link counting {URL_WEIGHT})"
+        )
     text = normalize_text(text)
     if not text:
         raise TweetRejected("tweet is empty")
