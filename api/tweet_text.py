@@ -21,8 +21,9 @@ MAX_WEIGHTED_LENGTH = 280
 URL_WEIGHT = 23
 # No valid tweet holds more code points: links are its densest part (twitter-text counts 23 for
 # a link of at most max_url_length characters, and no link when longer), so no unit of weight
-# covers more than max_url_length / URL_WEIGHT of them. Longer entries are refused before the
-# parse, whose URL and emoji scans are slow and memory-hungry on megabytes of text.
+# covers more than max_url_length / URL_WEIGHT of them. (It would also count 23 for a link padded
+# with any number of characters IDNA drops, such as soft hyphens: we refuse those.) Longer
+# entries are refused before the parse, whose URL and emoji scans are slow and memory-hungry.
 MAX_TWEET_CODE_POINTS = -(-MAX_WEIGHTED_LENGTH * max_url_length // URL_WEIGHT)
 SAMPLE_DELIMITER = "=" * 20
 START_TOKEN = "<|startoftext|>"
