@@ -6,6 +6,7 @@ from twitter_text.extract_urls import max_url_length
 
 from api import tweet_text
 from api.tweet_text import (
+    MAX_COMBINING_RUN,
     MAX_TWEET_CODE_POINTS,
     CuratedFileError,
     TweetRejected,
@@ -122,6 +123,20 @@ def test_code_point_cap_boundary_and_trimmed_whitespace():
     with pytest.raises(TweetRejected, match=f"tweet is {MAX_TWEET_CODE_POINTS} weighted characters"):
         validate_tweet("a" * MAX_TWEET_CODE_POINTS)
     assert validate_tweet(" " * HUGE + "hi\r\n" * 2 + "\n" * HUGE) == "hi\nhi"
+
+
+def test_long_run_of_combining_marks_is_rejected_before_nfc(monkeypatch):
+    """NFC sorts a run of marks by insertion: out of order, its time grows with the run's square."""
+    run = MAX_COMBINING_RUN + 1
+    text = "a" + "\u0301" * (run // 2) + "\u0316" * (run - run // 2)
+    monkeypatch.setattr(tweet_text, "normalize_text", lambda _text: pytest.fail("the run reached NFC"))
+    with pytest.raises(TweetRejected, match=f"tweet has {run:,} combining marks in a row"):
+        validate_tweet(text)
+
+
+def test_run_of_combining_marks_a_link_may_hold_passes_the_guard():
+    with pytest.raises(TweetRejected, match="weighted characters, over X's limit"):
+        validate_tweet("a" + "\u0301" * MAX_COMBINING_RUN)
 
 
 def test_content_hash_ignores_case_and_whitespace_runs():
