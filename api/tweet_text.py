@@ -14,10 +14,21 @@ import unicodedata
 from dataclasses import dataclass
 
 from twitter_text import extract_urls_with_indices, parse_tweet
+from twitter_text.extract_urls import max_url_length
 from twitter_text.has_invalid_characters import has_invalid_characters
 
 MAX_WEIGHTED_LENGTH = 280
 URL_WEIGHT = 23
+# No valid tweet holds more code points: links are its densest part (twitter-text counts 23 for
+# a link of at most max_url_length characters, and no link when longer), so no unit of weight
+# covers more than max_url_length / URL_WEIGHT of them. (It would also count 23 for a link padded
+# with any number of characters IDNA drops, such as soft hyphens: we refuse those.) Longer
+# entries are refused before the parse, whose URL and emoji scans are slow and memory-hungry.
+MAX_TWEET_CODE_POINTS = -(-MAX_WEIGHTED_LENGTH * max_url_length // URL_WEIGHT)
+# Nor a longer run of combining marks: each weighs 1 outside links, and a link holds at most
+# max_url_length characters. NFC reorders a run by insertion sort, in time growing with the
+# square of its length, so longer runs are refused before it.
+MAX_COMBINING_RUN = max_url_length + MAX_WEIGHTED_LENGTH
 SAMPLE_DELIMITER = "=" * 20
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
@@ -58,6 +69,18 @@ def validate_tweet(text: str) -> str:
     """Return the normalised text, or raise TweetRejected saying what is wrong."""
     if not isinstance(text, str):
         raise TweetRejected("tweet must be a string")
+    length = len(text.strip())
+    if length > MAX_TWEET_CODE_POINTS:
+        raise TweetRejected(
+            f"tweet is {length:,} characters long; no tweet can hold more than {MAX_TWEET_CODE_POINTS:,} "
+            f"(X's limit is {MAX_WEIGHTED_LENGTH} weighted characters, a link counting {URL_WEIGHT})"
+        )
+    if length > MAX_COMBINING_RUN and not text.isascii():
+        run = _longest_combining_run(text)
+        if run > MAX_COMBINING_RUN:
+            raise TweetRejected(
+                f"tweet has {run:,} combining marks in a row; no tweet can hold more than {MAX_COMBINING_RUN:,}"
+            )
     text = normalize_text(text)
     if not text:
         raise TweetRejected("tweet is empty")
@@ -75,6 +98,16 @@ def validate_tweet(text: str) -> str:
     if not text.isascii() and has_invalid_characters(text):
         raise TweetRejected("tweet contains characters X does not allow")
     return text
+
+
+def _longest_combining_run(text: str) -> int:
+    longest = run = 0
+    for char in text:
+        if unicodedata.combining(char):
+            run += 1
+        else:
+            longest, run = max(longest, run), 0
+    return max(longest, run)
 
 
 def content_hash(text: str) -> str:

@@ -48,10 +48,32 @@ def ingest_texts(session: Session, *, account: str, texts: list[str], status: Tw
     """Validate, de-duplicate and insert texts in the caller's transaction.
 
     Rejections carry the text's number counting from 1. Duplicates (within `texts` or
-    already stored for the account) are skipped and counted.
+    already stored for the account) are skipped and counted. All the validation and hashing
+    runs before the session's first statement: on SQLite that statement takes the write lock
+    (db/engine.py), which must not wait on CPU work while the bot needs to post.
     """
+    result, fresh = _validated(texts)
+    if not fresh:
+        return result
+    stored = queries.existing_hashes(session, account)
+    new = [(text, digest) for text, digest in fresh if digest not in stored]
+    result.duplicates += len(fresh) - len(new)
+    try:
+        result.added = queries.insert_tweets(session, account=account, texts_and_hashes=new, status=status)
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise TweetConflict(
+            "another request stored some of these tweets at the same moment; "
+            "send the file again (tweets already stored are skipped as duplicates)"
+        ) from None
+    return result
+
+
+def _validated(texts: list[str]) -> tuple[IngestResult, list[tuple[str, str]]]:
+    """The rejections and in-file duplicates of `texts`, and the other texts with their hashes."""
     result = IngestResult()
-    seen = queries.existing_hashes(session, account)
+    seen: set[str] = set()
     fresh: list[tuple[str, str]] = []
     for number, raw in enumerate(texts, start=1):
         try:
@@ -65,16 +87,7 @@ def ingest_texts(session: Session, *, account: str, texts: list[str], status: Tw
             continue
         seen.add(digest)
         fresh.append((text, digest))
-    try:
-        result.added = queries.insert_tweets(session, account=account, texts_and_hashes=fresh, status=status)
-        session.flush()
-    except IntegrityError:
-        session.rollback()
-        raise TweetConflict(
-            "another request stored some of these tweets at the same moment; "
-            "send the file again (tweets already stored are skipped as duplicates)"
-        ) from None
-    return result
+    return result, fresh
 
 
 def get_tweet(session: Session, tweet_id: int, *, account: str | None = None, for_update: bool = False) -> Tweet:

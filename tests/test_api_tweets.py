@@ -127,6 +127,16 @@ def test_upload_curated_file(client, session_factory):
     assert {t["status"] for t in tweets["data"]} == {"queued"}
 
 
+def test_upload_with_a_huge_entry_stores_the_others_and_names_its_length(client):
+    huge = "see a.b " * 500_000
+    body = upload(client, curated("before", huge, "after")).json()
+    assert body["added"] == 2
+    (rejection,) = body["rejected"]
+    assert rejection["index"] == 2
+    assert rejection["reason"].startswith(f"tweet is {len(huge.strip()):,} characters long")
+    assert [t["text"] for t in client.get("/tweets/").json()["data"]] == ["before", "after"]
+
+
 def test_upload_skips_tweets_already_stored(client):
     upload(client, curated("one", "two"))
     body = upload(client, curated("two", "three")).json()

@@ -2,8 +2,12 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 from twitter_text import parse_tweet
+from twitter_text.extract_urls import max_url_length
 
+from api import tweet_text
 from api.tweet_text import (
+    MAX_COMBINING_RUN,
+    MAX_TWEET_CODE_POINTS,
     CuratedFileError,
     TweetRejected,
     content_hash,
@@ -73,6 +77,66 @@ def test_newlines_and_tabs_are_kept():
 def test_limit_is_inclusive():
     assert validate_tweet("a" * 280) == "a" * 280
     assert validate_tweet("日" * 140) == "日" * 140
+
+
+def test_longest_links_twitter_text_counts_fit_under_the_code_point_cap():
+    """The densest tweets are links of twitter-text's longest (a longer one is not a link to it,
+    and its protocol counts twice there)."""
+    link = "https://example.com/" + "a" * (max_url_length - 2 * len("https://") - len("example.com/"))
+    assert parse_tweet(link).weightedLength == 23
+    assert parse_tweet(link + "a").weightedLength > 23
+    densest = " ".join([link] * 11) + " " + "b" * 16
+    assert weighted_length(densest) == 11 * 23 + 11 + 16 == 280
+    assert validate_tweet(densest) == densest
+    assert len(densest) <= MAX_TWEET_CODE_POINTS
+
+
+HUGE = 5_000_000
+
+
+HOSTILE_ENTRIES = {
+    "plain": lambda: "a" * HUGE,
+    "dotted words": lambda: "a.b " * (HUGE // 4),
+    "a dotted chain": lambda: "a." * (HUGE // 2),
+    "accented": lambda: "é" * HUGE,
+    "emoji": lambda: "😀" * HUGE,
+    "combining marks out of order": lambda: "a" + "\u0301" * (HUGE // 2) + "\u0316" * (HUGE // 2),
+}
+
+
+@pytest.mark.parametrize("kind", HOSTILE_ENTRIES)
+def test_entry_over_the_cap_is_rejected_before_any_parse(monkeypatch, kind):
+    text = HOSTILE_ENTRIES[kind]()
+
+    def not_reached(*_args):
+        raise AssertionError("an entry over the cap reached a costly step")
+
+    for costly in ("normalize_text", "parse_tweet", "extract_urls_with_indices", "has_invalid_characters"):
+        monkeypatch.setattr(tweet_text, costly, not_reached)
+    with pytest.raises(TweetRejected, match=f"tweet is {len(text.strip()):,} characters long"):
+        validate_tweet(text)
+
+
+def test_code_point_cap_boundary_and_trimmed_whitespace():
+    with pytest.raises(TweetRejected, match=f"tweet is {MAX_TWEET_CODE_POINTS + 1:,} characters long"):
+        validate_tweet("a" * (MAX_TWEET_CODE_POINTS + 1))
+    with pytest.raises(TweetRejected, match=f"tweet is {MAX_TWEET_CODE_POINTS} weighted characters"):
+        validate_tweet("a" * MAX_TWEET_CODE_POINTS)
+    assert validate_tweet(" " * HUGE + "hi\r\n" * 2 + "\n" * HUGE) == "hi\nhi"
+
+
+def test_long_run_of_combining_marks_is_rejected_before_nfc(monkeypatch):
+    """NFC sorts a run of marks by insertion: out of order, its time grows with the run's square."""
+    run = MAX_COMBINING_RUN + 1
+    text = "a" + "\u0301" * (run // 2) + "\u0316" * (run - run // 2)
+    monkeypatch.setattr(tweet_text, "normalize_text", lambda _text: pytest.fail("the run reached NFC"))
+    with pytest.raises(TweetRejected, match=f"tweet has {run:,} combining marks in a row"):
+        validate_tweet(text)
+
+
+def test_run_of_combining_marks_a_link_may_hold_passes_the_guard():
+    with pytest.raises(TweetRejected, match="weighted characters, over X's limit"):
+        validate_tweet("a" + "\u0301" * MAX_COMBINING_RUN)
 
 
 def test_content_hash_ignores_case_and_whitespace_runs():
