@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import Path
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from api.posting import X_POST_ID_PATTERN
+from api.posting import MAX_IDEMPOTENCY_KEY_LENGTH, X_POST_ID_PATTERN
 from api.tweet_text import control_character
 from db.models import Tweet, TweetStatus
 
@@ -36,6 +36,7 @@ def storable_text(value):
 
 AccountText = Annotated[str, Field(max_length=ACCOUNT_MAX_LENGTH), BeforeValidator(storable_text)]
 ErrorText = Annotated[str, Field(max_length=ERROR_MAX_LENGTH), BeforeValidator(storable_text)]
+IdempotencyKeyText = Annotated[str, Field(max_length=MAX_IDEMPOTENCY_KEY_LENGTH), BeforeValidator(storable_text)]
 TweetIdValue = Annotated[int, Field(ge=1, le=ID_MAX)]
 TweetIdPath = Annotated[int, Path(ge=1, le=ID_MAX, description="The tweet's id.")]
 

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from api.posting import MAX_IDEMPOTENCY_KEY_LENGTH
 from api.schemas import ERROR_MAX_LENGTH, ID_MAX, OFFSET_MAX, POSITION_MAX, POSITION_MIN
 from api.tweet_text import CuratedFileError, parse_curated_file
 from db.models import Tweet, TweetStatus
@@ -20,6 +21,12 @@ JSON_BODY = {"content-type": "application/json"}
 # Ids no int4 column holds; 2**31 already fails on Postgres, 2**63 on SQLite.
 OUT_OF_RANGE_IDS = [0, -1, 2**31, 2**63, 10**20]
 SOME_OUT_OF_RANGE_IDS = [0, 2**31, 10**20]
+
+
+@pytest.fixture
+def settings_values(settings_values) -> dict:
+    settings_values.update(TWITTER_DRY_RUN=True)
+    return settings_values
 
 
 @pytest.fixture
@@ -118,6 +125,15 @@ def test_list_filters_are_bounded(client, tweet_id, params, says):
 def test_every_status_at_once_is_a_valid_filter(client, tweet_id):
     response = client.get("/tweets/", params={"status": [s.value for s in TweetStatus]})
     assert response.status_code == 200 and response.json()["count"] == 1
+
+
+@pytest.mark.parametrize("header", ["Idempotency-Key", "X-CloudScheduler-ScheduleTime"])
+@pytest.mark.parametrize("key, says", [(b"key\x00", "U+0000"), (b"\x1b[2J", "U+001B")])
+def test_posting_keys_with_control_characters_are_422_and_post_nothing(client, session_factory, header, key, says):
+    queued = store_texts(session_factory, "a queued tweet", status=TweetStatus.queued)[0]
+    response = client.post("/tweet_curated/", headers=[(header.encode(), key)])
+    assert_refused(response, says=says)
+    assert stored(session_factory, queued)[1] is TweetStatus.queued
 
 
 # ---- JSON the validator cannot echo -----------------------------------------------------
@@ -224,6 +240,8 @@ def test_the_public_schema_states_the_bounds(client):
     assert parameter("/tweets/", "get", "status")["maxItems"] == len(TweetStatus)
     account = parameter("/tweets/", "get", "account")["anyOf"][0]
     assert account["maxLength"] == Tweet.__table__.c.account.type.length
+    for header in ("idempotency-key", "x-cloudscheduler-scheduletime"):
+        assert parameter("/tweet_curated/", "post", header)["anyOf"][0]["maxLength"] == MAX_IDEMPOTENCY_KEY_LENGTH
     update = spec["components"]["schemas"]["TweetUpdate"]["properties"]
     assert {"minimum": POSITION_MIN, "maximum": POSITION_MAX}.items() <= update["position"]["anyOf"][0].items()
     assert update["error"]["anyOf"][0]["maxLength"] == ERROR_MAX_LENGTH
