@@ -201,6 +201,14 @@ def test_curation_page_bulk_actions_take_at_most_a_page_of_ids(curator, session_
     assert stored(session_factory, tweet_id)[1] is TweetStatus.pending
 
 
+def test_curation_page_post_next_key_with_a_control_character_is_422_and_posts_nothing(curator, session_factory):
+    queued = store_texts(session_factory, "a queued tweet", status=TweetStatus.queued)[0]
+    form = {"idempotency_key": "curate-\x00", "csrf_token": curator.csrf}
+    response = curator.post("/curate/post-next", data=form, headers={"Accept": "application/json"})
+    assert_refused(response, says="U+0000")
+    assert stored(session_factory, queued)[1] is TweetStatus.queued
+
+
 # ---- CSV files --------------------------------------------------------------------------
 
 def big_field_csv() -> bytes:

@@ -38,11 +38,11 @@ from api.curation_session import (
     sign_in_attempt_source,
 )
 from api.deps import SessionDep, SettingsDep, token_matches
-from api.posting import MAX_IDEMPOTENCY_KEY_LENGTH, PostOutcome, post_next
+from api.posting import PostOutcome, post_next
 from api.routes.posting import HTTP_STATUS as POSTING_HTTP_STATUS
 from api.routes.tweets import store_curated_file
 from api.routing import SlashAgnosticRouter
-from api.schemas import TweetIdPath, TweetIdValue
+from api.schemas import IdempotencyKeyText, TweetIdPath, TweetIdValue
 from api.tweet_counter_rule import counter_rule_script
 from api.tweet_text import MAX_WEIGHTED_LENGTH, TweetRejected, weighted_length
 from db.models import TweetStatus
@@ -415,7 +415,7 @@ def move(
 @router.post("/curate/post-next")
 def post_next_now(
     request: Request, settings: SettingsDep, curator: CuratorPostDep,
-    idempotency_key: Annotated[str, Form(max_length=MAX_IDEMPOTENCY_KEY_LENGTH)] = "",
+    idempotency_key: Annotated[IdempotencyKeyText, Form()] = "",
 ):
     """The scheduler's code path (api.posting.post_next) with the key the page was rendered with:
     a double click, or a resent form, posts once."""
