@@ -1,10 +1,6 @@
-"""The 422 answer to a request that fails validation, encodable whatever the request held.
-
-FastAPI's own answer echoes each wrong input as it came, and fails (a 500) when that input
-is a non-finite number (JSON's `1e999`, `NaN`, `Infinity`), a lone surrogate, or nested past
-the encoder's recursion limit; it also echoes megabytes back. Here the echo is cut short and
-made encodable, and the response keeps FastAPI's shape: {"detail": [{type, loc, msg, input, ctx}]}.
-"""
+"""The 422 answer to a request that fails validation, in FastAPI's shape but encodable whatever
+was sent: FastAPI's own echoes each wrong input whole, and fails on non-finite numbers (JSON's
+1e999, NaN), lone surrogates and inputs nested past the encoder's recursion limit."""
 from __future__ import annotations
 
 import math
