@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
@@ -12,6 +13,7 @@ from api.curation_session import SignInThrottle
 from api.logs import configure_logging
 from api.posting import log_posting_configuration
 from api.request_limits import RequestBodyLimits
+from api.request_errors import validation_error_response
 from api.routes import curate, health, posting, tweets
 from db.engine import make_engine, make_session_factory
 
@@ -45,6 +47,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, configure_lo
     app.add_middleware(RequestBodyLimits, settings=settings, routes=[route for router in routers for route in router.routes])
     app.mount(curate.STATIC_PATH, curate.static_files(), name="curate-static")
     log_posting_configuration(settings)
+    app.add_exception_handler(RequestValidationError, validation_error_response)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

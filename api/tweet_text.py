@@ -110,6 +110,12 @@ def _longest_combining_run(text: str) -> int:
     return max(longest, run)
 
 
+def control_character(text: str) -> str | None:
+    """The first character of `text` no database stores or X shows (see _CONTROL_CHARS), or None."""
+    match = _CONTROL_CHARS.search(text)
+    return match.group() if match else None
+
+
 def content_hash(text: str) -> str:
     """Hash for duplicate detection: case and runs of whitespace do not make a tweet new."""
     key = " ".join(normalize_text(text).split()).casefold()
@@ -134,12 +140,30 @@ def join_samples(samples: list[str]) -> str:
 
 
 def _csv_tweets(text: str) -> list[str]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames or "tweets" not in reader.fieldnames:
+    """The `tweets` column's non-empty cells. Strict: a stray or unclosed quote is an error
+    naming its line, not a cell that silently swallows the lines after it."""
+    rows = csv.reader(io.StringIO(text, newline=""), strict=True)
+    record_line = 1
+    try:
+        header = next(rows, [])
+        if "tweets" not in header:
+            raise CuratedFileError(
+                "CSV file has no 'tweets' column: the first line must be a header naming it"
+            )
+        column = header.index("tweets")
+        tweets = []
+        record_line = rows.line_num + 1
+        for row in rows:
+            cell = row[column].strip() if column < len(row) else ""
+            if cell:
+                tweets.append(cell)
+            record_line = rows.line_num + 1
+    except csv.Error as exc:
         raise CuratedFileError(
-            "CSV file has no 'tweets' column: the first line must be a header naming it"
-        )
-    return [(row.get("tweets") or "").strip() for row in reader if (row.get("tweets") or "").strip()]
+            f"CSV file cannot be read at line {record_line} ({exc}): quote a cell holding commas, "
+            'quotes or line breaks in "..." with inner quotes doubled, and keep each cell one tweet'
+        ) from None
+    return tweets
 
 
 def parse_curated_file(data: bytes, filename: str = "") -> list[str]:

@@ -38,11 +38,12 @@ from api.curation_session import (
     sign_in_attempt_source,
 )
 from api.deps import SessionDep, SettingsDep, token_matches
-from api.posting import MAX_IDEMPOTENCY_KEY_LENGTH, PostOutcome, post_next
+from api.posting import PostOutcome, post_next
 from api.request_limits import UPLOAD_FORM_LIMITS, PageRoute
 from api.routes.posting import HTTP_STATUS as POSTING_HTTP_STATUS
 from api.routes.tweets import store_curated_file
 from api.routing import SlashAgnosticRouter
+from api.schemas import IdempotencyKeyText, TweetIdPath, TweetIdValue
 from api.tweet_counter_rule import counter_rule_script
 from api.tweet_text import MAX_WEIGHTED_LENGTH, TweetRejected, weighted_length
 from db.models import TweetStatus
@@ -351,7 +352,7 @@ def after_upload():
 @router.post("/curate/approve")
 def approve(
     request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
-    ids: Annotated[list[int], Form()],
+    ids: Annotated[list[TweetIdValue], Form(max_length=curation.REVIEW_PAGE_SIZE)],
 ):
     return _bulk_action(request, session, settings, curation.approve, ids, "Approved")
 
@@ -359,7 +360,7 @@ def approve(
 @router.post("/curate/reject")
 def reject(
     request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
-    ids: Annotated[list[int], Form()],
+    ids: Annotated[list[TweetIdValue], Form(max_length=curation.REVIEW_PAGE_SIZE)],
 ):
     return _bulk_action(request, session, settings, curation.reject, ids, "Rejected")
 
@@ -383,7 +384,7 @@ def _tweet_action(request: Request, session, settings, action, tweet_id: int, do
 @router.post("/curate/tweets/{tweet_id}/edit")
 def edit_and_approve(
     request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
-    tweet_id: int, text: Annotated[str, Form()] = "",
+    tweet_id: TweetIdPath, text: Annotated[str, Form()] = "",
 ):
     return _tweet_action(
         request, session, settings, curation.edit_and_approve, tweet_id,
@@ -392,7 +393,7 @@ def edit_and_approve(
 
 
 @router.post("/curate/tweets/{tweet_id}/requeue")
-def requeue(request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, tweet_id: int):
+def requeue(request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, tweet_id: TweetIdPath):
     return _tweet_action(
         request, session, settings, curation.requeue, tweet_id, f"Tweet {tweet_id} is back in the queue.", "/curate/history"
     )
@@ -401,7 +402,7 @@ def requeue(request: Request, session: SessionDep, settings: SettingsDep, curato
 @router.post("/curate/tweets/{tweet_id}/confirm-posted")
 def confirm_posted(
     request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
-    tweet_id: int, x_link: Annotated[str, Form(max_length=500)] = "",
+    tweet_id: TweetIdPath, x_link: Annotated[str, Form(max_length=500)] = "",
 ):
     return _tweet_action(
         request, session, settings, curation.confirm_posted, tweet_id,
@@ -410,7 +411,7 @@ def confirm_posted(
 
 
 @router.post("/curate/tweets/{tweet_id}/unqueue")
-def unqueue(request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, tweet_id: int):
+def unqueue(request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, tweet_id: TweetIdPath):
     return _tweet_action(
         request, session, settings, curation.unqueue, tweet_id,
         f"Tweet {tweet_id} left the queue; it is back in the review list.", "/curate/queue",
@@ -420,7 +421,7 @@ def unqueue(request: Request, session: SessionDep, settings: SettingsDep, curato
 @router.post("/curate/tweets/{tweet_id}/move")
 def move(
     request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
-    tweet_id: int, to: Annotated[curation.Move, Form()],
+    tweet_id: TweetIdPath, to: Annotated[curation.Move, Form()],
 ):
     return _tweet_action(
         request, session, settings, curation.move_in_queue, tweet_id,
@@ -431,7 +432,7 @@ def move(
 @router.post("/curate/post-next")
 def post_next_now(
     request: Request, settings: SettingsDep, curator: CuratorPostDep,
-    idempotency_key: Annotated[str, Form(max_length=MAX_IDEMPOTENCY_KEY_LENGTH)] = "",
+    idempotency_key: Annotated[IdempotencyKeyText, Form()] = "",
 ):
     """The scheduler's code path (api.posting.post_next) with the key the page was rendered with:
     a double click, or a resent form, posts once."""

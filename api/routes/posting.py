@@ -7,9 +7,9 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import SettingsDep, require_token
-from api.posting import MAX_IDEMPOTENCY_KEY_LENGTH, PostOutcome, PostResult, post_next
+from api.posting import PostOutcome, PostResult, post_next
 from api.routing import SlashAgnosticRouter
-from api.schemas import TweetPublic
+from api.schemas import IdempotencyKeyText, TweetPublic
 
 router = SlashAgnosticRouter(tags=["posting"], dependencies=[Depends(require_token)])
 
@@ -35,7 +35,7 @@ RESPONSES = {
     503: {"description": "X's rate limit, or the queued tweets are being changed on the curation page "
                          "(see Retry-After), or X credentials are not set."},
 }
-KeyHeader = Annotated[str | None, Header(max_length=MAX_IDEMPOTENCY_KEY_LENGTH)]
+KeyHeader = Annotated[IdempotencyKeyText | None, Header()]
 
 
 def answer(result: PostResult) -> JSONResponse:

@@ -10,8 +10,11 @@ from api.deps import SessionDep, SettingsDep, require_token
 from api.request_limits import UPLOAD_FORM_LIMITS
 from api.routing import SlashAgnosticRouter
 from api.schemas import (
+    OFFSET_MAX,
+    AccountText,
     Rejection,
     TweetCreate,
+    TweetIdPath,
     TweetPublic,
     TweetsPublic,
     TweetUpdate,
@@ -35,22 +38,24 @@ def _load(session, tweet_id: int, *, for_update: bool = False):
 @router.get("/tweets/", response_model=TweetsPublic)
 def list_tweets(
     session: SessionDep,
-    status_: Annotated[list[TweetStatus], Query(alias="status", description="Repeat to match several.")] = [],  # noqa: B006 (FastAPI copies defaults)
-    account: str | None = None,
+    status_: Annotated[
+        list[TweetStatus], Query(alias="status", max_length=len(TweetStatus), description="Repeat to match several.")
+    ] = [],  # noqa: B006 (FastAPI copies defaults)
+    account: AccountText | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
 ):
     tweets, count = queries.list_tweets(session, account=account, statuses=status_, limit=limit, offset=offset)
     return TweetsPublic(data=tweets, count=count)
 
 
 @router.get("/tweets/{tweet_id}", response_model=TweetPublic)
-def read_tweet(session: SessionDep, tweet_id: int):
+def read_tweet(session: SessionDep, tweet_id: TweetIdPath):
     return _load(session, tweet_id)
 
 
 @router.patch("/tweets/{tweet_id}", response_model=TweetPublic)
-def update_tweet(session: SessionDep, tweet_id: int, changes: TweetUpdate):
+def update_tweet(session: SessionDep, tweet_id: TweetIdPath, changes: TweetUpdate):
     tweet = _load(session, tweet_id, for_update=True)
     try:
         store.update_tweet(session, tweet, **changes.model_dump(exclude_unset=True))
@@ -63,7 +68,7 @@ def update_tweet(session: SessionDep, tweet_id: int, changes: TweetUpdate):
 
 
 @router.delete("/tweets/{tweet_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_tweet(session: SessionDep, tweet_id: int):
+def delete_tweet(session: SessionDep, tweet_id: TweetIdPath):
     tweet = _load(session, tweet_id, for_update=True)
     try:
         store.delete_tweet(session, tweet)
