@@ -65,3 +65,7 @@ serve-generation: $(VENV)/.ml ## serve the generation service on http://127.0.0.
 
 # Docker, docker compose and Google Cloud targets (docker-compose, docker-cloud-run, add-scheduler, ...).
 include deploy.mk
+
+.PHONY: image-test
+image-test: ## build and run the images for real (podman, or IMAGE_TEST_ENGINE=docker): IMAGE_TEST_PARTS="api compose py313 generator"
+	bash scripts/image_test.sh

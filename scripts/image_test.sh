@@ -335,8 +335,8 @@ test_compose() {
         for service in migrate api scheduler; do printf '  %s:\n    image: %s\n' "$service" "$API_TAG"; done
     } >"$WORK/compose.override.yml"
 
-    # The scheduler's first fire time: the next whole minute at least 45 s away (time to upload first).
-    fire_time=$(( ($(date +%s) + 45 + 59) / 60 * 60 ))
+    # The scheduler's first fire time: the next whole minute at least 30 s away (time to start and upload first).
+    fire_time=$(( ($(date +%s) + 30 + 59) / 60 * 60 ))
     api_port="$(free_port)"
     cat >"$CONTEXT/.env" <<EOF
 SECRET_TOKEN=$TOKEN
@@ -415,7 +415,7 @@ test_py313() {
 test_generator() {
     local python="$REPO/.venv/bin/python" tag="localhost/$PREFIX-generator:latest" c="$PREFIX-generator"
     step "a tiny run for the generation image (.venv's TensorFlow)"
-    "$python" -c 'import tensorflow, gpt_2_simple' 2>/dev/null || fail "$python cannot import TensorFlow: run make test or pip install -r requirements-ml.txt"
+    "$python" -c 'import tensorflow, gpt_2_simple' 2>/dev/null || fail "$python cannot import TensorFlow and gpt_2_simple: make .venv/.ml installs them (or leave generator out of IMAGE_TEST_PARTS)"
     run generator "$python" -c 'import sys; from ml.tiny import write_tiny_run; write_tiny_run(sys.argv[1], "tiny_run", sys.argv[2])' \
         "$WORK/checkpoint" "$WORK/models"
     run generator make --no-print-directory generator-context CHECKPOINT_DIR="$WORK/checkpoint" RUN_NAME=tiny_run \
