@@ -335,8 +335,8 @@ test_compose() {
         for service in migrate api scheduler; do printf '  %s:\n    image: %s\n' "$service" "$API_TAG"; done
     } >"$WORK/compose.override.yml"
 
-    # The scheduler's first fire time: the next whole minute at least 30 s away (time to start and upload first).
-    fire_time=$(( ($(date +%s) + 30 + 59) / 60 * 60 ))
+    # The scheduler's first fire time: the next whole minute at least 40 s away (time to start and upload first).
+    fire_time=$(( ($(date +%s) + 40 + 59) / 60 * 60 ))
     api_port="$(free_port)"
     cat >"$CONTEXT/.env" <<EOF
 SECRET_TOKEN=$TOKEN
