@@ -65,7 +65,10 @@ cleanup() {
     trap - ERR
     if [ -f "$WORK/compose-up" ]; then "${COMPOSE[@]}" down --volumes --timeout 10 >>"$LOGS/compose-down" 2>&1; fi
     for name in $(ours); do "$ENGINE" rm --force --time 2 "$name" >/dev/null 2>&1; done
-    for pid in "${BACKGROUND_PIDS[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
+    for pid in "${BACKGROUND_PIDS[@]}"; do
+        pkill -TERM -P "$pid" 2>/dev/null  # a base's mmdebstrap or podman import, then the job itself
+        kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    done
     if [ "$status" -eq 0 ]; then rm -rf "$WORK"; else echo "image-test: logs kept in $LOGS" >&2; fi
     exit "$status"
 }
@@ -165,13 +168,34 @@ postgres_base() {
         'rm -rf "$1"/var/lib/postgresql/* "$1"/etc/postgresql/*'
 }
 
-base_image() {  # base_image 3.11|3.13
-    local override
-    if [ "$1" = 3.11 ]; then override="${IMAGE_TEST_BASE:-}"; else override="${IMAGE_TEST_BASE_313:-}"; fi
-    if [ -n "$override" ]; then echo "$override"
-    elif [ "$ENGINE" = docker ]; then echo "python:$1-slim"
-    elif [ "$1" = 3.11 ]; then python_base bookworm
-    else python_base trixie
+# start_base NAME COMMAND...: make a base in the background (mmdebstrap mostly waits on the mirror and the
+# disk, so the bases are made while other parts run); finish_base NAME VARIABLE waits and sets VARIABLE to its tag.
+declare -A BASE_JOBS
+start_base() {
+    local name="$1"; shift
+    ("$@" >"$WORK/$name.tag") &
+    BASE_JOBS[$name]=$!
+    BACKGROUND_PIDS+=($!)
+}
+finish_base() {
+    wait "${BASE_JOBS[$1]}" || fail "the $1 base could not be made (log: $LOGS/base-$1)"
+    printf -v "$2" '%s' "$(cat "$WORK/$1.tag")"
+}
+
+# BASE_311, BASE_313 and POSTGRES_IMAGE: the images named in the environment, the official ones with docker
+# (POSTGRES_IMAGE empty: docker-compose.yml's own), or made here from Debian's packages with podman.
+choose_images() {
+    BASE_311="${IMAGE_TEST_BASE:-}" BASE_313="${IMAGE_TEST_BASE_313:-}" POSTGRES_IMAGE="${IMAGE_TEST_POSTGRES:-}"
+    if [ "$ENGINE" = docker ]; then
+        : "${BASE_311:=python:3.11-slim}" "${BASE_313:=python:3.13-slim}"
+        return 0
+    fi
+    if has_part py313 && [ -z "$BASE_313" ]; then start_base python-trixie python_base trixie; fi
+    if has_part compose && [ -z "$POSTGRES_IMAGE" ]; then start_base postgres postgres_base; fi
+    if [ -z "$BASE_311" ]; then
+        step "the Python 3.11 base (Debian bookworm; the other bases are made meanwhile, in the background)"
+        start_base python-bookworm python_base bookworm
+        finish_base python-bookworm BASE_311
     fi
 }
 
@@ -316,10 +340,11 @@ container_of() { "$ENGINE" ps -a --filter "label=com.docker.compose.project=$PRO
 
 test_compose() {
     local postgres fire_time api_port base
-    if [ -n "${IMAGE_TEST_POSTGRES:-}" ]; then postgres="$IMAGE_TEST_POSTGRES"
-    elif [ "$ENGINE" = docker ]; then postgres=""
-    else step "Postgres image from Debian's postgresql package"; postgres="$(postgres_base)"
+    if [ -n "${BASE_JOBS[postgres]:-}" ]; then
+        step "the Postgres image from Debian's postgresql package"
+        finish_base postgres POSTGRES_IMAGE
     fi
+    postgres="$POSTGRES_IMAGE"
     step "compose: the stack from docker-compose.yml, with the images built here"
     CONTEXT="$(clean_context)"
     if [ "$ENGINE" = docker ]; then set_compose docker-compose.yml
@@ -404,6 +429,10 @@ check_start_order() {
 
 # ---------------------------------------------------------------- Python 3.13
 test_py313() {
+    if [ -n "${BASE_JOBS[python-trixie]:-}" ]; then
+        step "the Python 3.13 base (Debian trixie)"
+        finish_base python-trixie BASE_313
+    fi
     step "the API image on Python 3.13 ($BASE_313)"
     local tag="localhost/$PREFIX-api:py3.13"
     build_api "$BASE_313" "$tag"
@@ -451,9 +480,7 @@ case "$ENGINE" in
 esac
 for name in $(ours); do "$ENGINE" rm --force --time 2 "$name" >/dev/null; done  # left by an interrupted run
 
-step "the Python 3.11 base"
-BASE_311="$(base_image 3.11)"
-if has_part py313; then step "the Python 3.13 base (Debian trixie)"; BASE_313="$(base_image 3.13)"; fi
+choose_images
 
 has_part api || has_part compose && test_api
 has_part compose && test_compose
