@@ -355,7 +355,7 @@ test_compose() {
         podman system service --time=0 "unix://$WORK/podman.sock" >>"$LOGS/podman-service" 2>&1 &
         BACKGROUND_PIDS+=($!)
         wait_for 30 "podman's API socket" curl --silent --unix-socket "$WORK/podman.sock" http://d/_ping
-        drive_healthchecks &
+        drive_healthchecks 2>>"$LOGS/healthchecks" &
         BACKGROUND_PIDS+=($!)
     fi
     {
