@@ -57,7 +57,7 @@ wait_for() {
     done
 }
 has_part() { [[ " $PARTS " == *" $1 "* ]]; }
-ours() { "$ENGINE" ps -a --format '{{.Names}}' 2>/dev/null | grep -E "^$PREFIX[-_]" || true; }
+ours() { "$ENGINE" ps -a --format '{{.Names}}' 2>/dev/null | grep -E "^${PREFIX}[-_]" || true; }
 
 cleanup() {
     local status=$?
