@@ -5,7 +5,10 @@
 #   python -m api.scheduler                        (the compose `scheduler` service)
 # Only requirements.txt is installed (no TensorFlow). No settings or secrets live in the image:
 # they come from the environment (Cloud Run, Secret Manager, docker compose's env_file).
-FROM python:3.11-slim
+# BASE_IMAGE: any Debian-based Python 3.11+ image with python and pip on PATH (make image-test builds
+# on Debian's own Python that way, since CI reaches no image registry).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

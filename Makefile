@@ -88,3 +88,8 @@ mutation: $(VENV)/.dev ## mutation-test MODULES="api/x.py ..." with their TESTS=
 include deploy.mk
 # The local targets' values are taken literally too (take_literally and q are defined in deploy.mk).
 $(call take_literally,FILENAME STEPS MODEL_NAME USERNAME LIMIT SOURCE ARCHIVE)
+
+.PHONY: image-test
+# The generator part makes its tiny run with .venv's TensorFlow.
+image-test: $(if $(filter generator,$(or $(IMAGE_TEST_PARTS),generator)),$(VENV)/.ml) ## build and run the images for real (podman, or IMAGE_TEST_ENGINE=docker): IMAGE_TEST_PARTS="api compose py313 generator"
+	bash scripts/image_test.sh
