@@ -153,12 +153,13 @@ def test_json_numbers_out_of_range_are_422(client, session_factory, tweet_id, fi
 def test_deeply_nested_json_is_refused_not_a_500(client, tweet_id, depth):
     body = '{"error": ' + "[" * depth + "]" * depth + "}"
     response = client.patch(f"/tweets/{tweet_id}", content=body, headers=JSON_BODY)
-    assert response.status_code in (400, 422), (depth, response.status_code, response.text[:200])
+    # 100,000 levels are over the route's body limit: 413 before the parse.
+    assert response.status_code in (400, 413, 422), (depth, response.status_code, response.text[:200])
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_a_validation_error_echoes_a_short_json_safe_input(client, tweet_id):
-    response = patch(client, tweet_id, {"position": "\ud800" + "x" * 100_000})
+    response = patch(client, tweet_id, {"position": "\ud800" + "x" * 60_000})  # within the 64 KiB body limit
     assert response.status_code == 422
     echoed = response.json()["detail"][0]["input"]
     assert echoed.startswith("\ufffdxxx") and len(echoed) < 1000
