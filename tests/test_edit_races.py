@@ -115,23 +115,32 @@ def blocked_by(session_factory, pid: int) -> bool:
         ))
 
 
+def run_while_held(holder, session_factory, action, what: str):
+    """Run `action` in a thread while `holder` (a session whose transaction holds locks) waits
+    until Postgres shows it blocking another backend (or the action finished), then commit the
+    holder; the action's result."""
+    holder_pid = holder.scalar(text("SELECT pg_backend_pid()"))
+    results = []
+    worker = threading.Thread(target=lambda: results.append(action()))
+    worker.start()
+    deadline = time.monotonic() + WAIT_SECONDS
+    while worker.is_alive() and not blocked_by(session_factory, holder_pid):
+        assert time.monotonic() < deadline, f"{what} neither finished nor waited"
+    holder.commit()
+    worker.join(WAIT_SECONDS)
+    (result,) = results
+    return result
+
+
 @pytest.mark.parametrize("change", CHANGES)
 def test_a_change_during_a_claim_waits_for_it_and_answers_409(client, session_factory, change):
     """A claim has taken the tweet but not committed when the change starts: the change waits, then refuses."""
     call, _after = CHANGES[change]
     (tweet_id,) = store_texts(session_factory, ORIGINAL, status=TweetStatus.queued)
-    answers = []
     with session_factory() as claiming:
         assert claim_next_tweet(claiming, account=ACCOUNT, order=TweetOrder.oldest).id == tweet_id
-        claim_pid = claiming.scalar(text("SELECT pg_backend_pid()"))
-        worker = threading.Thread(target=lambda: answers.append(call(client, session_factory, tweet_id)))
-        worker.start()
-        deadline = time.monotonic() + WAIT_SECONDS
-        while worker.is_alive() and not blocked_by(session_factory, claim_pid):
-            assert time.monotonic() < deadline, "the change neither finished nor waited for the claim"
-        claiming.commit()
-    worker.join(WAIT_SECONDS)
-    assert answers == [409]
+        answer = run_while_held(claiming, session_factory, lambda: call(client, session_factory, tweet_id), "the change")
+    assert answer == 409
     assert state(session_factory, tweet_id) == (ORIGINAL, TweetStatus.posting)
 
 
@@ -141,19 +150,11 @@ def test_a_curation_action_waits_for_another_change_and_sees_it(session_factory,
     action starts: the action waits for it, then refuses instead of writing over it."""
     needed, action = CURATION_ACTIONS[name]
     (tweet_id,) = store_texts(session_factory, ORIGINAL, status=needed)
-    outcomes = []
     with session_factory() as other:
         other.get(Tweet, tweet_id, with_for_update=True).status = TweetStatus.posted
         other.flush()
-        other_pid = other.scalar(text("SELECT pg_backend_pid()"))
-        worker = threading.Thread(target=lambda: outcomes.append(run_action(action, session_factory, tweet_id)))
-        worker.start()
-        deadline = time.monotonic() + WAIT_SECONDS
-        while worker.is_alive() and not blocked_by(session_factory, other_pid):
-            assert time.monotonic() < deadline, "the action neither finished nor waited for the other change"
-        other.commit()
-    worker.join(WAIT_SECONDS)
-    assert outcomes == [409]
+        outcome = run_while_held(other, session_factory, lambda: run_action(action, session_factory, tweet_id), "the action")
+    assert outcome == 409
     assert state(session_factory, tweet_id) == (ORIGINAL, TweetStatus.posted)
 
 
@@ -161,18 +162,11 @@ def test_two_edits_to_one_text_at_once_the_second_is_409(client, session_factory
     """Each edit checked that no other tweet has the text before either committed: the unique
     index decides, and the loser gets the same 409 as when the check sees the clash."""
     first_id, second_id = store_texts(session_factory, "first", "second", status=TweetStatus.queued)
-    answers = []
     with session_factory() as other:
         store.update_tweet(other, other.get(Tweet, first_id, with_for_update=True), text=EDITED)
-        other_pid = other.scalar(text("SELECT pg_backend_pid()"))
-        worker = threading.Thread(target=lambda: answers.append(client.patch(f"/tweets/{second_id}", json={"text": EDITED})))
-        worker.start()
-        deadline = time.monotonic() + WAIT_SECONDS
-        while worker.is_alive() and not blocked_by(session_factory, other_pid):
-            assert time.monotonic() < deadline, "the edit neither finished nor waited for the other one"
-        other.commit()
-    worker.join(WAIT_SECONDS)
-    (answer,) = answers
+        answer = run_while_held(
+            other, session_factory, lambda: client.patch(f"/tweets/{second_id}", json={"text": EDITED}), "the edit",
+        )
     assert answer.status_code == 409
     assert answer.json() == {"detail": "another tweet of this account already has this text"}
     assert state(session_factory, second_id) == ("second", TweetStatus.queued)
