@@ -125,10 +125,11 @@ def _hash32(shingle: str) -> int:
 class _ExactShingleIndex:
     """Every training tweet sharing a shingle with the candidate, with its exact Jaccard."""
 
-    def __init__(self, shingle_sets: list[set[str]]):
-        self._sizes = [len(shingles) for shingles in shingle_sets]
+    def __init__(self, shingle_sets: Iterable[set[str]]):
+        self._sizes: list[int] = []
         self._postings: dict[str, list[int]] = {}
         for index, shingles in enumerate(shingle_sets):
+            self._sizes.append(len(shingles))
             for shingle in shingles:
                 self._postings.setdefault(shingle, []).append(index)
 
@@ -144,7 +145,7 @@ class _ExactShingleIndex:
 class _MinHashShingleIndex:
     """MinHash LSH (datasketch) finds the training tweets likely to be near; their exact Jaccard decides."""
 
-    def __init__(self, shingle_sets: list[set[str]], threshold: float):
+    def __init__(self, shingle_sets: Iterable[set[str]], threshold: float):
         from datasketch import MinHash, MinHashLSH
 
         self._minhash = MinHash
@@ -171,24 +172,23 @@ class TrainingCopyIndex:
 
     def __init__(self, training_tweets: Iterable[str], thresholds: CopyThresholds = CopyThresholds()):
         self.thresholds = thresholds
-        self._tweets: list[str] = []
+        self._tweets: list[str] = list(training_tweets)
         self._spaced_words: list[str] = []  # " w1 w2 ... wn ": a run is in a tweet when " run " is in this
         self._by_hash: dict[str, int] = {}
         self._long_runs: dict[int, int] = {}  # hash of a run of max_shared_words words -> a tweet holding it
         self._postings: dict[str, list[int]] = {}  # word -> the tweets holding it
-        shingle_sets = []
         size = thresholds.max_shared_words
-        for index, tweet in enumerate(training_tweets):
+        for index, tweet in enumerate(self._tweets):
             words = _words(tweet)
-            self._tweets.append(tweet)
             self._spaced_words.append(f" {' '.join(words)} ")
             self._by_hash.setdefault(content_hash(tweet), index)
             for start in range(len(words) - size + 1):
                 self._long_runs.setdefault(hash(tuple(words[start : start + size])), index)
             for word in set(words):
                 self._postings.setdefault(word, []).append(index)
-            shingle_sets.append(_shingles(words))
-        if len(shingle_sets) <= EXACT_JACCARD_MAX_TWEETS:
+        # One tweet's shingles at a time: all of them at once would outweigh the index.
+        shingle_sets = (_shingles(self._tweet_words(index)) for index in range(len(self._tweets)))
+        if len(self._tweets) <= EXACT_JACCARD_MAX_TWEETS:
             self._near = _ExactShingleIndex(shingle_sets)
         else:
             self._near = _MinHashShingleIndex(shingle_sets, thresholds.near_duplicate_jaccard)

@@ -233,6 +233,16 @@ def _training_tweets_for_generation(args, run_folder: Path):
     )
 
 
+def report_copies(candidate_filter: CandidateFilter, path: Path) -> Path | None:
+    """When candidates were dropped as training copies, list them (with the tweets they copy) at `path`, and say so."""
+    if not candidate_filter.copies:
+        return None
+    written = write_copies_report(path, candidate_filter.copies)
+    log.info("%d candidates dropped as copies of training tweets are listed, with the tweet each copies, in %s",
+             len(candidate_filter.copies), written)
+    return written
+
+
 def train(args, training_file, run_folder: Path) -> int:
     """Fine-tune; returns an exit status (0, or 130 when interrupted)."""
     model_folder = ensure_base_model(Path(args.models_dir), args.model_name, base_url=args.download_url)
@@ -300,13 +310,12 @@ def generate(args, training_file, run_folder: Path, token: str) -> int:
     seconds = time.monotonic() - started
     name = candidate_file_name(args.run_name)
     if not report.kept:
-        copies = write_copies_report(copies_report_path(out_dir / name), candidate_filter.copies)
-        log.error("%s in %.0f s; no candidate survived, so no file was written; copies listed in %s",
-                  report.summary(), seconds, copies)
+        log.error("%s in %.0f s; no candidate survived, so no file was written", report.summary(), seconds)
+        report_copies(candidate_filter, copies_report_path(out_dir / name))
         return EXIT_FAILED
     path = write_candidate_file(out_dir / name, report.kept)
-    copies = write_copies_report(copies_report_path(path), candidate_filter.copies)
-    log.info("%s in %.0f s; wrote %s (copies dropped listed in %s)", report.summary(), seconds, path, copies)
+    log.info("%s in %.0f s; wrote %s", report.summary(), seconds, path)
+    report_copies(candidate_filter, copies_report_path(path))
     if len(report.kept) < options.nsamples:
         log.warning("only %d of the %d candidates asked for survived the filters", len(report.kept), options.nsamples)
     if args.upload:

@@ -34,7 +34,8 @@ from ml.filters import (
     CandidateFilter, CopyKind, CopyThresholds, DropReason, TrainingCopyIndex,
 )
 from ml.model import (
-    CHECKPOINT_DIR, MODELS_DIR, build_parser, copy_thresholds, generation_options, training_options, upload_token,
+    CHECKPOINT_DIR, MODELS_DIR, build_parser, copy_thresholds, generation_options, report_copies, training_options,
+    upload_token,
 )
 from ml.training import TrainingOptions
 from tests.conftest import ACCOUNT, TOKEN
@@ -260,6 +261,19 @@ def test_a_copies_report_never_replaces_another_runs(tmp_path):
     again = write_copies_report(reports[0], [])
     assert again.name == "gpt2_run1_20261201_093000_copies_report_2.csv"
     assert all(p.read_bytes() == ",".join(COPIES_REPORT_COLUMNS).encode() + b"\r\n" for p in [*reports, again])
+
+
+def test_a_run_reports_its_copies_only_when_it_dropped_some(tmp_path, caplog):
+    candidate_filter = make_filter()
+    candidate_filter.offer("a fresh one")
+    path = tmp_path / "gpt2_run1_20261201_093000_copies_report.csv"
+    assert report_copies(candidate_filter, path) is None and not path.exists()
+    candidate_filter.offer("Rain on the window, coffee on the desk, code on the screen.")
+    with caplog.at_level("INFO", logger="ml.model"):
+        assert report_copies(candidate_filter, path) == path
+    assert f"1 candidates dropped as copies of training tweets are listed, with the tweet each copies, in {path}" \
+        in caplog.text
+    assert TRAINING_TWEETS[2] in path.read_text(encoding="utf-8")
 
 
 # ---- the training file ----
