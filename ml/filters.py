@@ -146,7 +146,7 @@ class _MinHashShingleIndex:
     """MinHash LSH (datasketch) finds the training tweets likely to be near; their exact Jaccard decides."""
 
     def __init__(self, shingle_sets: Iterable[set[str]], threshold: float):
-        from datasketch import MinHash, MinHashLSH
+        from datasketch import MinHash, MinHashLSH  # here: only large training sets pay for importing it (and scipy)
 
         self._minhash = MinHash
         self._lsh = MinHashLSH(threshold=max(0.05, threshold - MINHASH_LSH_MARGIN), num_perm=MINHASH_PERMUTATIONS)
