@@ -42,10 +42,11 @@ COPY_MAX_SHARED_RATIO = MARKOVIFY_MAX_OVERLAP_RATIO
 # One word changed in a tweet of six words or more keeps about half of its 5-character shingles.
 NEAR_DUPLICATE_JACCARD = 0.5
 SHINGLE_CHARS = 5
-# Up to this many training tweets the Jaccard of every pair sharing a shingle is computed (exact,
-# and under a second for 1,000 candidates); above it that cost grows with the training set, so
-# MinHash LSH picks the few likely matches, whose exact Jaccard is then computed.
-EXACT_JACCARD_MAX_TWEETS = 2000
+# Up to this many training tweets the Jaccard of every pair sharing a shingle is computed: exact,
+# and the leanest in memory, but a candidate's cost grows with the training set (about a second
+# per 1,000 candidates here). Above it, MinHash LSH keeps a candidate's cost flat, whatever the
+# size, for a build once per run and more memory; the exact Jaccard of the few it finds decides.
+EXACT_JACCARD_MAX_TWEETS = 10_000
 MINHASH_PERMUTATIONS = 128
 # LSH looks a little below the threshold, so that a pair near it is rarely missed; the exact
 # Jaccard of what it finds decides.

@@ -30,7 +30,7 @@ from ml.candidates import (
 )
 from ml.dataset import InputError, load_training_file, validate_run_name
 from ml.filters import (
-    COPY_MAX_SHARED_WORDS, EXACT_JACCARD_MAX_TWEETS, MARKOVIFY_MAX_OVERLAP_RATIO, MARKOVIFY_MAX_OVERLAP_TOTAL,
+    COPY_MAX_SHARED_WORDS, MARKOVIFY_MAX_OVERLAP_RATIO, MARKOVIFY_MAX_OVERLAP_TOTAL,
     CandidateFilter, CopyKind, CopyThresholds, DropReason, TrainingCopyIndex,
 )
 from ml.model import (
@@ -626,10 +626,11 @@ def one_word_changed(rng: random.Random, tweet: str) -> str:
 
 
 def test_minhash_finds_what_the_exact_jaccard_finds_on_a_large_training_set(monkeypatch):
-    """Above EXACT_JACCARD_MAX_TWEETS the near-duplicates come from MinHash LSH: same matches here."""
+    """Above EXACT_JACCARD_MAX_TWEETS (lowered here) the near-duplicates come from MinHash LSH: same matches here."""
     rng = random.Random(5)
     vocabulary = [f"w{n}" for n in range(3000)]
-    training = [" ".join(rng.choices(vocabulary, k=rng.randint(8, 20))) for _ in range(EXACT_JACCARD_MAX_TWEETS + 500)]
+    training = [" ".join(rng.choices(vocabulary, k=rng.randint(8, 20))) for _ in range(2500)]
+    monkeypatch.setattr("ml.filters.EXACT_JACCARD_MAX_TWEETS", len(training) - 1)
     near = [one_word_changed(rng, tweet) for tweet in rng.sample(training, 40)]
     fresh = [" ".join(rng.choices(vocabulary, k=12)) for _ in range(40)]
     thresholds = CopyThresholds(max_shared_words=15, max_shared_ratio=0.7)  # let the shingles decide
