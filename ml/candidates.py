@@ -1,20 +1,25 @@
 """Candidate tweets: sample them, filter them, top up when too few survive, write and upload the file to curate."""
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import math
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from api.tweet_text import END_TOKEN, START_TOKEN, join_samples
-from ml.filters import CandidateFilter, DropReason
+from ml.filters import CandidateFilter, CopyFound, CopyKind, DropReason
 
 log = logging.getLogger(__name__)
 
 UPLOAD_TIMEOUT_SECONDS = 60
+COPIES_REPORT_SUFFIX = "_copies_report.csv"
+COPIES_REPORT_COLUMNS = ("kind", "shared_words", "jaccard", "candidate", "training_tweet")
 
 # (how many, seed) -> [(text, unfinished)]: `unfinished` when the sample ran to `length` without an end.
 Generate = Callable[[int, "int | None"], list[tuple[str, bool]]]
@@ -72,7 +77,13 @@ class CandidateReport:
 
     def summary(self) -> str:
         dropped = self.candidate_filter.dropped
-        parts = [f"{reason.name} {dropped[reason]}" for reason in DropReason if dropped[reason]]
+        kinds = Counter(found.match.kind for found in self.candidate_filter.copies)
+        parts = [
+            f"{reason.name} {dropped[reason]}"
+            + (f" ({', '.join(f'{kind.value} {kinds[kind]}' for kind in CopyKind if kinds[kind])})"
+               if reason is DropReason.training_copy else "")
+            for reason in DropReason if dropped[reason]
+        ]
         # A top-up round can overshoot: what passed beyond `wanted` is not written, and said so.
         surplus = len(self.candidate_filter.kept) - len(self.kept)
         line = (
@@ -117,14 +128,14 @@ def candidate_file_name(run_name: str, now: datetime | None = None) -> str:
     return f"gpt2_{run_name}_{now.astimezone(timezone.utc):%Y%m%d_%H%M%S}.txt"
 
 
-def write_candidate_file(path: Path, texts: list[str]) -> Path:
-    """The curation format (samples separated by a line of 20 `=`), written whole or not at all.
+def write_new_file(path: Path, content: str) -> Path:
+    """Write `content` whole or not at all, never over another file.
 
-    Never over another file: when `path` exists (two runs in the same second), the file is
-    `<stem>_2.txt`, `<stem>_3.txt`, ...; the path written is returned.
+    When `path` exists (two runs in the same second), the file is `<stem>_2<suffix>`,
+    `<stem>_3<suffix>`, ...; the path written is returned.
     """
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    partial.write_text(join_samples(texts), encoding="utf-8")
+    partial.write_text(content, encoding="utf-8", newline="")
     target, number = path, 1
     while True:
         try:
@@ -140,6 +151,28 @@ def write_candidate_file(path: Path, texts: list[str]) -> Path:
             return target
         number += 1
         target = path.with_name(f"{path.stem}_{number}{path.suffix}")
+
+
+def write_candidate_file(path: Path, texts: list[str]) -> Path:
+    """The curation format (samples separated by a line of 20 `=`), written as `write_new_file` does."""
+    return write_new_file(path, join_samples(texts))
+
+
+def copies_report_path(candidate_path: Path) -> Path:
+    """The run's copy report beside its candidate file, named after it (so `_2` runs get `_2` reports)."""
+    return candidate_path.with_name(candidate_path.stem + COPIES_REPORT_SUFFIX)
+
+
+def write_copies_report(path: Path, copies: list[CopyFound]) -> Path:
+    """One CSV row per candidate dropped as a training copy: how it copies, the candidate, the training tweet."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(COPIES_REPORT_COLUMNS)
+    for found in copies:
+        match = found.match
+        writer.writerow([match.kind.value, match.shared_words, f"{match.jaccard:.3f}", found.candidate,
+                         match.training_tweet])
+    return write_new_file(path, buffer.getvalue())
 
 
 class UploadError(RuntimeError):

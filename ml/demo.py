@@ -3,8 +3,8 @@
 sample tweets -> tiny model fine-tuned a few steps -> candidate file -> upload to a tweet store
 started here (SQLite, dry-run posting, 127.0.0.1 on a free port) -> approve one -> one dry-run post.
 
-The tiny model is random and barely trained: its candidates are noise that happens to pass the
-filters (a sample that ended early). The demo shows the plumbing, not the quality.
+The tiny model is random and barely trained: its candidates are letter noise cut at a fixed
+length. The demo shows the plumbing, not the quality.
 """
 from __future__ import annotations
 
@@ -27,11 +27,13 @@ SAMPLE_CSV = REPO / "ml" / "sample_data" / "tweets_sample.csv"
 ACCOUNT = "demo_bot"
 RUN_NAME = "demo"
 START_TIMEOUT_SECONDS = 60
-# Few steps and short samples: the tiny model learns little in minutes, and only about 2 of 100
-# samples of 30 tokens end and pass the filters (measured: 22-26 of 1,000 at seeds 1-3). So it may
-# generate up to 500 for its 5 candidates: at that rate, none surviving is a 1-in-70,000 chance.
-TRAINING_ARGS = ["--steps", "5", "--accumulate_gradients", "1", "--print_every", "1", "--sample_every", "1000"]
-GENERATION_ARGS = ["--nsamples", "5", "--length", "30", "--oversample_limit", "100", "--seed", "1"]
+# The tiny model writes bytes: untrained, most samples hold bytes that are not UTF-8, which the
+# filters drop (U+FFFD), and it learns the end marker only after many minutes. So it trains 60 steps,
+# enough for its 10 likeliest bytes to be letters and spaces, samples from those only (top_k 10,
+# top_p off), and cuts every sample at 30 tokens instead of waiting for an end marker.
+TRAINING_ARGS = ["--steps", "60", "--accumulate_gradients", "1", "--print_every", "20", "--sample_every", "1000"]
+GENERATION_ARGS = ["--nsamples", "5", "--length", "30", "--top_k", "10", "--top_p", "0", "--truncate", "",
+                   "--oversample_limit", "100", "--seed", "1"]
 
 
 def free_loopback_port() -> int:

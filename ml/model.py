@@ -27,11 +27,13 @@ from pathlib import Path
 
 from ml.base_model import GPT2_BASE_URL, DownloadError, ModelError, check_model_name, ensure_base_model
 from ml.candidates import (
-    GenerationOptions, UploadError, candidate_file_name, collect_candidates, sampler_generate, upload_candidate_file,
-    write_candidate_file,
+    GenerationOptions, UploadError, candidate_file_name, collect_candidates, copies_report_path,
+    sampler_generate, upload_candidate_file, write_candidate_file, write_copies_report,
 )
 from ml.dataset import GPT2_N_CTX, InputError, check_window, encode, load_training_file, validate_run_name
-from ml.filters import CandidateFilter, TrainingCopyIndex
+from ml.filters import (
+    MARKOVIFY_MAX_OVERLAP_RATIO, MARKOVIFY_MAX_OVERLAP_TOTAL, CandidateFilter, CopyThresholds, TrainingCopyIndex,
+)
 from ml.sampler import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE, SamplerError
 from ml.training import RESTORE_CHOICES, RunFolderError, TrainingOptions, finetune
 
@@ -43,6 +45,7 @@ RUN_NAME = "run1"
 MODEL_NAME = "124M"                 # 124M, 355M, 774M, 1558M (OpenAI's), or tiny (offline tests)
 TRAINING = TrainingOptions()        # the defaults of every training flag
 GENERATION = GenerationOptions()    # the defaults of every generation flag
+COPIES = CopyThresholds()           # the defaults of the copy filter's flags
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -95,6 +98,29 @@ def _probability(value: str) -> float:
     return number
 
 
+def _copy_max_words(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= MARKOVIFY_MAX_OVERLAP_TOTAL:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 1 to {MARKOVIFY_MAX_OVERLAP_TOTAL} (markovify's limit), got {value}")
+    return number
+
+
+def _copy_max_ratio(value: str) -> float:
+    number = float(value)
+    if not 0.0 < number <= MARKOVIFY_MAX_OVERLAP_RATIO:  # False for nan too
+        raise argparse.ArgumentTypeError(
+            f"must be above 0 and at most {MARKOVIFY_MAX_OVERLAP_RATIO} (markovify's limit), got {value}")
+    return number
+
+
+def _jaccard(value: str) -> float:
+    number = float(value)
+    if not 0.0 < number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {value}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ml.model",
@@ -142,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no_urls", dest="no_urls", action="store_true", default=True,
                    help="drop candidates holding a URL (default)")
     g.add_argument("--allow_urls", dest="no_urls", action="store_false", help="keep candidates holding a URL")
+    g.add_argument("--copy_max_words", type=_copy_max_words, default=COPIES.max_shared_words,
+                   help="drop a candidate sharing a run of this many words with a training tweet")
+    g.add_argument("--copy_max_ratio", type=_copy_max_ratio, default=COPIES.max_shared_ratio,
+                   help="... or a run of more than this share of its words")
+    g.add_argument("--near_duplicate_jaccard", type=_jaccard, default=COPIES.near_duplicate_jaccard,
+                   help="... or a Jaccard of 5-character shingles this high with a training tweet")
     g.add_argument("--oversample_limit", type=_positive_float, default=GENERATION.oversample_limit,
                    help="when filters drop too many, generate at most this many times --nsamples in all")
     g.add_argument("--out_dir", default=OUT_DIR, help="folder of the candidate file")
@@ -160,6 +192,11 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
         top_k=args.top_k, top_p=args.top_p, prefix=args.prefix or None, truncate=args.truncate or None,
         include_prefix=args.include_prefix, seed=args.seed, oversample_limit=args.oversample_limit,
     )
+
+
+def copy_thresholds(args: argparse.Namespace) -> CopyThresholds:
+    return CopyThresholds(max_shared_words=args.copy_max_words, max_shared_ratio=args.copy_max_ratio,
+                          near_duplicate_jaccard=args.near_duplicate_jaccard)
 
 
 def upload_token() -> str:
@@ -194,6 +231,16 @@ def _training_tweets_for_generation(args, run_folder: Path):
         f"no training file known for run {run_folder}: pass --filename with the file it was trained on, "
         "so that candidates copying training tweets can be dropped"
     )
+
+
+def report_copies(candidate_filter: CandidateFilter, path: Path) -> Path | None:
+    """When candidates were dropped as training copies, list them (with the tweets they copy) at `path`, and say so."""
+    if not candidate_filter.copies:
+        return None
+    written = write_copies_report(path, candidate_filter.copies)
+    log.info("%d candidates dropped as copies of training tweets are listed, with the tweet each copies, in %s",
+             len(candidate_filter.copies), written)
+    return written
 
 
 def train(args, training_file, run_folder: Path) -> int:
@@ -242,25 +289,33 @@ def generate(args, training_file, run_folder: Path, token: str) -> int:
     _quiet_tensorflow()
     from ml.sampler import Sampler
 
+    thresholds = copy_thresholds(args)
     _write_config(run_folder / GENERATE_CONFIG, {
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_folder": str(run_folder),
         "filename": str(training_file.path.resolve()),
         **asdict(options),
         "no_urls": args.no_urls,
+        **asdict(thresholds),
         "out_dir": str(out_dir),
         "upload": args.upload,
     })
-    candidate_filter = CandidateFilter(TrainingCopyIndex(training_file.tweets), drop_urls=args.no_urls)
+    indexing = time.monotonic()
+    copy_index = TrainingCopyIndex(training_file.tweets, thresholds)
+    log.info("indexed %d training tweets for the copy filter in %.1f s", len(copy_index), time.monotonic() - indexing)
+    candidate_filter = CandidateFilter(copy_index, drop_urls=args.no_urls)
     started = time.monotonic()
     with Sampler.load(run_folder, batch_size=options.batch_size) as sampler:
         report = collect_candidates(sampler_generate(sampler, options), candidate_filter, options)
     seconds = time.monotonic() - started
+    name = candidate_file_name(args.run_name)
     if not report.kept:
         log.error("%s in %.0f s; no candidate survived, so no file was written", report.summary(), seconds)
+        report_copies(candidate_filter, copies_report_path(out_dir / name))
         return EXIT_FAILED
-    path = write_candidate_file(out_dir / candidate_file_name(args.run_name), report.kept)
+    path = write_candidate_file(out_dir / name, report.kept)
     log.info("%s in %.0f s; wrote %s", report.summary(), seconds, path)
+    report_copies(candidate_filter, copies_report_path(path))
     if len(report.kept) < options.nsamples:
         log.warning("only %d of the %d candidates asked for survived the filters", len(report.kept), options.nsamples)
     if args.upload:

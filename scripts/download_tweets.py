@@ -187,13 +187,17 @@ def _countdown(bar: tqdm) -> Callable[[float], None]:
     return wait
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     output = args.output or Path(f"{args.username or 'archive'}_tweets.csv")
     if not output.parent.is_dir():
         raise DownloadError(f"cannot write {output}: folder {output.parent} does not exist")
     source = _resolve_source(args)
     options = CleaningOptions(args.include_replies, args.strip_usertags, args.strip_hashtags)
-    archived = read_archive(args.archive) if source == "archive" else None
+    archived = read_archive(args.archive, warn=_warn) if source == "archive" else None
     client, user_auth = _api_client(args) if source == "api" else (None, False)
     total = min(len(archived), args.limit or len(archived)) if archived is not None else args.limit
     bar = tqdm(total=total, unit=" tweets", desc="Fetching", file=sys.stderr, dynamic_ncols=True, leave=False)

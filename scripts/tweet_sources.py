@@ -6,7 +6,10 @@ shared cleaning in `scripts/training_text.py` to decide what to keep. Problems a
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
+import logging
 import re
 import time
 import zipfile
@@ -31,18 +34,30 @@ OTHER_SOURCES = "use --source api (with X API credentials) or --source archive -
 # At the top of the given folder, or in a data/ folder (archives also hold the viewer's own .js files).
 _ARCHIVE_TWEETS_FILE = re.compile(r"(?:^|(?:^|/)data/)tweets?(?:-part(\d+))?\.js$")
 _ARCHIVE_NOTES_FILE = re.compile(r"(?:^|(?:^|/)data/)note-tweet(?:-part(\d+))?\.js$")
-_YTD_ASSIGNMENT = re.compile(r"^\s*window\.YTD\.\w+\.part\d+\s*=\s*")
+# Archives before 2019 ("Grailbird"): a file per month, and the same tweets in tweets.csv at the top.
+_GRAILBIRD_TWEETS_FILE = re.compile(r"(?:(?:^|/)data/js/tweets/|^)(\d{4})_\d\d\.js$")
+_GRAILBIRD_CSV_FILE = re.compile(r"(?:^|/)tweets\.csv$")
+_ARCHIVE_SUFFIXES = (".js", ".csv")
+_YTD_ASSIGNMENT = re.compile(r"^\s*(?:window\.YTD\.\w+\.part\d+|Grailbird\.data\.tweets_\d{4}_\d\d)\s*=\s*")
 _X_ESCAPE = re.compile(r"&(amp|lt|gt);")
 _X_ESCAPED = {"amp": "&", "lt": "<", "gt": ">"}
 # Tweets' created_at, e.g. "Tue Mar 05 18:04:12 +0000 2024" (parsed by hand in a fifth of strptime's time: bench_archive).
 _ARCHIVE_DATE = re.compile(r"\w{3} (\w{3}) (\d\d) (\d\d):(\d\d):(\d\d) \+0000 (\d{4})")
+# Grailbird's created_at and tweets.csv's timestamp, e.g. "2014-01-29 21:30:19 +0000".
+_GRAILBIRD_DATE = re.compile(r"(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d) \+0000")
 _MONTHS = {name: number for number, name in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), start=1)}
 _NOTE_MATCH_SECONDS = 2
 _NOTE_PREFIX_CHARS = 100
 _LINK = re.compile(r"https?://\S+")
+_LEADING_MENTIONS = re.compile(r"^(?:@\w{1,15}\s+)+")  # what X puts before a reply's text
+# A long post as tweets.js holds it: cut, with an ellipsis and a link to the whole post.
+_CUT_LONG_POST = re.compile(r"\u2026\s*https://t\.co/\w+\s*$")
 _WHITESPACE = re.compile(r"\s+")
 _OLDEST = datetime.min.replace(tzinfo=timezone.utc)
+
+
+log = logging.getLogger(__name__)
 
 
 class DownloadError(Exception):
@@ -64,40 +79,71 @@ def unescape_x_text(text: str) -> str:
 
 # ---- X archive ("Settings > Your account > Download an archive of your data") ----
 
-def read_archive(path: Path) -> list[SourceTweet]:
-    """Every tweet in an X archive: the zip, its extracted folder, or a single tweets.js; newest first.
+def read_archive(path: Path, *, warn: Callable[[str], None] = log.warning) -> list[SourceTweet]:
+    """Every tweet in an X archive: the zip, its extracted folder, or a single tweets file; newest first.
 
     Reads all parts (`tweets.js`, `tweets-part1.js`, ... and the older `tweet.js`), entries with
-    or without the `{"tweet": ...}` wrapper, and takes long posts' full text from `note-tweet.js`.
+    or without the `{"tweet": ...}` wrapper, and takes long posts' full text from `note-tweet.js`
+    (also the one beside a tweets.js given alone); `warn` is told when long posts stay cut.
+    Archives from before 2019 are read from their monthly `data/js/tweets/YYYY_MM.js` files, or
+    from their `tweets.csv` when only that is there.
     """
-    tweet_files, note_files = _archive_files(path)
-    if not tweet_files:
+    files = _archive_files(path)
+    if not files.tweets and not files.csv:
         raise DownloadError(
-            f"{path} has no tweets file (data/tweets.js or data/tweet.js): pass the zip from X's "
+            f"{path} has no tweets file (data/tweets.js or data/tweet.js; before 2019, data/js/tweets/YYYY_MM.js "
+            "or tweets.csv): pass the zip from X's "
             "'Download an archive of your data', its extracted folder, or its data/tweets.js"
         )
     notes: NoteIndex = {}
-    for name, text in note_files:
+    for name, text in files.notes:
         _index_notes(_parse_ytd(path, name, text), notes)
-    tweets = [
-        _archive_tweet(path, name, index, entry, notes)
-        for name, text in tweet_files
-        for index, entry in enumerate(_parse_ytd(path, name, text))
-    ]
+    if files.tweets:
+        read = [
+            _archive_tweet(path, name, index, entry, notes)
+            for name, text in files.tweets
+            for index, entry in enumerate(_parse_ytd(path, name, text))
+        ]
+        tweets = [tweet for tweet, _ in read]
+        cut = sum(still_cut for _, still_cut in read)
+    else:
+        tweets = [tweet for name, text in files.csv for tweet in _grailbird_csv_tweets(path, name, text)]
+        cut = 0
+    if cut:
+        posts = "1 long post is" if cut == 1 else f"{cut} long posts are"
+        if files.notes:
+            warn(f"{posts} cut at X's limit: no note in note-tweet.js was written within "
+                 f"{_NOTE_MATCH_SECONDS} s of it and starts like it")
+        else:
+            warn(f"{posts} cut at X's limit: there is no note-tweet.js beside {path}, which holds their full "
+                 "text; pass the whole archive (its zip or extracted folder)")
     return sorted(tweets, key=lambda tweet: tweet.created_at or _OLDEST, reverse=True)
 
 
 def _part_order(match: re.Match) -> tuple[int, str]:
-    return int(match.group(1) or 0), match.string
+    """Parts in order (tweets.js, tweets-part1.js, ...; Grailbird's months by year), then by name."""
+    part = match.group(1) if match.re.groups else None
+    return int(part or 0), match.string
 
 
-def _archive_files(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(name, text) of the tweets files and of the note-tweet files, parts in order."""
+@dataclass(frozen=True)
+class _ArchiveFiles:
+    """(name, text) of an archive's tweets files, note-tweet files and (before 2019) tweets.csv."""
+
+    tweets: list[tuple[str, str]]
+    notes: list[tuple[str, str]]
+    csv: list[tuple[str, str]]
+
+
+def _archive_files(path: Path) -> _ArchiveFiles:
     if not path.exists():
         raise DownloadError(f"archive {path} does not exist: pass the zip or folder X gave you")
     if path.is_dir():
-        readers = {file.relative_to(path).as_posix(): file.read_bytes for file in path.rglob("*.js")}
-        return _matching_files(path, readers, _ARCHIVE_TWEETS_FILE), _matching_files(path, readers, _ARCHIVE_NOTES_FILE)
+        readers = {
+            file.relative_to(path).as_posix(): file.read_bytes
+            for file in path.rglob("*") if file.suffix.lower() in _ARCHIVE_SUFFIXES
+        }
+        return _sorted_files(path, readers)
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as archive:
@@ -106,15 +152,25 @@ def _archive_files(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, s
                     for name in archive.namelist()
                     if not name.startswith("__MACOSX/")
                 }
-                return (
-                    _matching_files(path, readers, _ARCHIVE_TWEETS_FILE),
-                    _matching_files(path, readers, _ARCHIVE_NOTES_FILE),
-                )
+                return _sorted_files(path, readers)
         except (zipfile.BadZipFile, OSError) as exc:
             raise DownloadError(f"{path} is a damaged zip ({exc}): download the archive again") from None
     if path.suffix.lower() == ".zip":
         raise DownloadError(f"{path} is not a zip file: download the archive again")
-    return [(path.name, _decode(path, path.name, path.read_bytes()))], []
+    single = [(path.name, _decode(path, path.name, path.read_bytes()))]
+    if _GRAILBIRD_CSV_FILE.search(path.name):
+        return _ArchiveFiles([], [], single)
+    beside = {file.name: file.read_bytes for file in path.parent.glob("note-tweet*.js")}
+    return _ArchiveFiles(single, _matching_files(path.parent, beside, _ARCHIVE_NOTES_FILE), [])
+
+
+def _sorted_files(path: Path, readers: dict[str, Callable[[], bytes]]) -> _ArchiveFiles:
+    tweets = _matching_files(path, readers, _ARCHIVE_TWEETS_FILE) or _matching_files(path, readers, _GRAILBIRD_TWEETS_FILE)
+    return _ArchiveFiles(
+        tweets,
+        _matching_files(path, readers, _ARCHIVE_NOTES_FILE),
+        [] if tweets else _matching_files(path, readers, _GRAILBIRD_CSV_FILE),
+    )
 
 
 def _matching_files(
@@ -134,7 +190,7 @@ def _decode(path: Path, name: str, data: bytes) -> str:
 
 
 def _parse_ytd(path: Path, name: str, text: str) -> list:
-    """The JSON array of a `window.YTD.<kind>.partN = [...]` file (or of a plain JSON file)."""
+    """The JSON array of a `window.YTD.<kind>.partN = [...]` or `Grailbird.data.tweets_YYYY_MM = [...]` file (or of plain JSON)."""
     body = _YTD_ASSIGNMENT.sub("", text, count=1).strip().rstrip(";")
     try:
         entries = json.loads(body)
@@ -156,6 +212,8 @@ def _archive_date(value: object) -> datetime | None:
         if match := _ARCHIVE_DATE.fullmatch(value):
             month, day, hour, minute, second, year = match.groups()
             return datetime(int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second), tzinfo=timezone.utc)
+        if match := _GRAILBIRD_DATE.fullmatch(value):
+            return datetime(*map(int, match.groups()), tzinfo=timezone.utc)
         parsed = datetime.fromisoformat(value)
     except (KeyError, ValueError):
         return None
@@ -181,22 +239,30 @@ def _comparable(text: str) -> str:
 def _full_text_of_long_post(text: str, created_at: datetime | None, notes: NoteIndex) -> str | None:
     """The note created within a few seconds of the tweet whose text starts like the (truncated) tweet's.
 
-    Archives do not link a long post to its note by id; tools match on creation time and text.
+    Archives do not link a long post to its note by id; tools match on creation time and text. A
+    reply's text starts with the "@handle " X puts before it, which its note does not hold: that
+    prefix is matched without, and kept before the note's text.
     """
     if not notes or created_at is None:
         return None
-    prefix = _comparable(text)[:_NOTE_PREFIX_CHARS]
-    if not prefix:
-        return None
+    mentions = _LEADING_MENTIONS.match(text)
+    lead = mentions.group(0) if mentions else ""
+    prefixes = [(_comparable(text)[:_NOTE_PREFIX_CHARS], "")]
+    if lead:
+        prefixes.append((_comparable(text[len(lead):])[:_NOTE_PREFIX_CHARS], lead))
     second = int(created_at.timestamp())
-    for candidate in range(second - _NOTE_MATCH_SECONDS, second + _NOTE_MATCH_SECONDS + 1):
-        for comparable, full_text in notes.get(candidate, []):
-            if comparable.startswith(prefix):
-                return full_text
+    for prefix, kept in prefixes:
+        if not prefix:
+            continue
+        for candidate in range(second - _NOTE_MATCH_SECONDS, second + _NOTE_MATCH_SECONDS + 1):
+            for comparable, full_text in notes.get(candidate, []):
+                if comparable.startswith(prefix):
+                    return kept + full_text
     return None
 
 
-def _archive_tweet(path: Path, name: str, index: int, entry: object, notes: NoteIndex) -> SourceTweet:
+def _archive_tweet(path: Path, name: str, index: int, entry: object, notes: NoteIndex) -> tuple[SourceTweet, bool]:
+    """The tweet, and whether it is a long post left cut (no note found for it)."""
     tweet = entry.get("tweet", entry) if isinstance(entry, dict) else None
     raw_text = tweet.get("full_text", tweet.get("text")) if isinstance(tweet, dict) else None
     if not isinstance(raw_text, str):
@@ -205,13 +271,32 @@ def _archive_tweet(path: Path, name: str, index: int, entry: object, notes: Note
         )
     text = unescape_x_text(raw_text)
     created_at = _archive_date(tweet.get("created_at"))
-    text = _full_text_of_long_post(text, created_at, notes) or text
-    return SourceTweet(
-        text=text,
+    full_text = _full_text_of_long_post(text, created_at, notes)
+    is_retweet = text.startswith("RT @") or "retweeted_status" in tweet
+    source_tweet = SourceTweet(
+        text=full_text or text,
         created_at=created_at,
-        is_retweet=text.startswith("RT @") or "retweeted_status" in tweet,
+        is_retweet=is_retweet,
         is_reply=bool(tweet.get("in_reply_to_status_id_str") or tweet.get("in_reply_to_status_id")),
     )
+    return source_tweet, full_text is None and not is_retweet and bool(_CUT_LONG_POST.search(text))
+
+
+def _grailbird_csv_tweets(path: Path, name: str, text: str) -> list[SourceTweet]:
+    """The tweets of an archive's tweets.csv (before 2019): `text`, `timestamp`, and ids marking retweets and replies."""
+    rows = csv.DictReader(io.StringIO(text, newline=""))
+    if not rows.fieldnames or "text" not in rows.fieldnames:
+        raise DownloadError(f"{name} in {path} has no 'text' column: is it the tweets.csv of an X archive?")
+    tweets = []
+    for row in rows:
+        tweet_text = unescape_x_text(row["text"] or "")
+        tweets.append(SourceTweet(
+            text=tweet_text,
+            created_at=_archive_date(row.get("timestamp")),
+            is_retweet=tweet_text.startswith("RT @") or bool(row.get("retweeted_status_id")),
+            is_reply=bool(row.get("in_reply_to_status_id")),
+        ))
+    return tweets
 
 
 # ---- X API v2 ----

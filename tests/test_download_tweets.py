@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ARCHIVE = FIXTURES / "archive"
 OLD_ARCHIVE = FIXTURES / "archive_2019"
+GRAILBIRD_ARCHIVE = FIXTURES / "archive_2014"  # the format before 2019: tweets.csv and data/js/tweets/YYYY_MM.js
 X_VARS = ("CONSUMER_KEY", "CONSUMER_SECRET", "ACCESS_KEY", "ACCESS_SECRET", "BEARER_TOKEN",
           "TWITTER_API_BASE_URL", "TWITTER_TIMEOUT_SECONDS")
 
@@ -201,10 +202,74 @@ def test_archive_extracted_into_a_parent_folder_and_data_folder_alone(tmp_path):
     assert read_archive(ARCHIVE / "data") == read_archive(ARCHIVE)
 
 
-def test_archive_single_tweets_file_has_no_notes():
+def test_archive_single_tweets_file_reads_the_notes_beside_it():
+    """Given data/tweets.js alone, its long posts still get note-tweet.js's full text (they were cut before)."""
     texts = archive_texts(ARCHIVE / "data" / "tweets.js")
     assert len(texts) == 5
-    assert texts[2] == LONG_POST.split(" along the way")[0]  # truncated: note-tweet.js is not beside it
+    assert texts[2] == LONG_POST
+
+
+def test_long_posts_cut_for_want_of_note_tweet_js_are_warned_about(tmp_path):
+    shutil.copy(ARCHIVE / "data" / "tweets.js", tmp_path / "tweets.js")
+    warnings: list[str] = []
+    texts = cleaned(read_archive(tmp_path / "tweets.js", warn=warnings.append))[0]
+    assert texts[2] == LONG_POST.split(" along the way")[0]  # cut: there is no note-tweet.js beside it
+    [warning] = warnings
+    assert "1 long post is cut" in warning and "note-tweet.js" in warning and "whole archive" in warning
+    assert read_archive(ARCHIVE / "data" / "tweets.js", warn=warnings.append) and len(warnings) == 1
+
+
+def test_main_warns_on_stderr_when_long_posts_are_cut(no_x_env, tmp_path, capsys):
+    shutil.copy(ARCHIVE / "data" / "tweets.js", tmp_path / "tweets.js")
+    assert main(["--archive", str(tmp_path / "tweets.js"), "--output", "out.csv"]) == 0
+    err = on_screen(capsys.readouterr().err)
+    assert any(line.startswith("warning: 1 long post is cut") for line in err), err
+
+
+def test_a_reply_that_is_a_long_post_gets_its_full_text(tmp_path):
+    """X puts "@handle " before a reply's full_text; the note's text does not have it."""
+    tweeted_at = datetime(2024, 3, 1, 9, 30, 0, tzinfo=timezone.utc)
+    note = "Replying at length. " + "Every word of it counts, " * 20 + "to the very end."
+    entry = archive_entry("@friend @other " + note[:250] + "… https://t.co/x", tweeted_at)
+    entry["tweet"]["in_reply_to_status_id_str"] = "1"
+    write_archive_file(tmp_path, "tweets.js", "tweets", [entry])
+    write_archive_file(tmp_path, "note-tweet.js", "note_tweet", [
+        {"noteTweet": {"createdAt": tweeted_at.isoformat(), "core": {"text": note}}},
+    ])
+    [tweet] = read_archive(tmp_path)
+    assert tweet.text == "@friend @other " + note and tweet.is_reply
+
+
+def test_grailbird_archive_before_2019_is_read():
+    """tweets.csv at the top and data/js/tweets/YYYY_MM.js with `Grailbird.data.tweets_YYYY_MM = [...]`."""
+    tweets = read_archive(GRAILBIRD_ARCHIVE)
+    assert [(t.text, t.is_retweet, t.is_reply) for t in tweets] == [
+        ('Grailbird era: a plain tweet & a "quote"', False, False),
+        ("@friend an old-format reply", False, True),
+        ("RT @other: an old-format retweet", True, False),
+        ("December, with a link http://t.co/AbCdEf12", False, False),
+    ]
+    assert tweets[0].created_at == datetime(2014, 1, 29, 21, 30, 19, tzinfo=timezone.utc)
+    assert tweets[-1].created_at == datetime(2013, 12, 6, 18, 45, tzinfo=timezone.utc)
+    assert archive_texts(GRAILBIRD_ARCHIVE) == ['Grailbird era: a plain tweet & a "quote"', "December, with a link"]
+
+
+def test_grailbird_archive_as_zip_monthly_file_or_tweets_csv_alone(tmp_path):
+    expected = read_archive(GRAILBIRD_ARCHIVE)
+    assert read_archive(zip_folder(GRAILBIRD_ARCHIVE, tmp_path / "tweets.zip")) == expected
+    assert read_archive(GRAILBIRD_ARCHIVE / "tweets.csv") == expected
+    only_csv = tmp_path / "only_csv"
+    only_csv.mkdir()
+    shutil.copy(GRAILBIRD_ARCHIVE / "tweets.csv", only_csv / "tweets.csv")
+    assert read_archive(only_csv) == expected
+    assert read_archive(GRAILBIRD_ARCHIVE / "data" / "js" / "tweets" / "2013_12.js") == expected[-1:]
+
+
+def test_a_damaged_grailbird_file_names_the_file(tmp_path):
+    shutil.copytree(GRAILBIRD_ARCHIVE, tmp_path / "old")
+    (tmp_path / "old" / "data" / "js" / "tweets" / "2014_01.js").write_text("Grailbird.data.tweets_2014_01 = [ {")
+    with pytest.raises(DownloadError, match=r"data/js/tweets/2014_01.js in .* is not valid JSON"):
+        read_archive(tmp_path / "old")
 
 
 def test_old_archive_format_without_wrapper():
@@ -226,7 +291,7 @@ def test_zip_without_tweets_file(tmp_path):
     path = tmp_path / "other.zip"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("data/account.js", "window.YTD.account.part0 = []")
-    with pytest.raises(DownloadError, match=r"has no tweets file \(data/tweets.js or data/tweet.js\)"):
+    with pytest.raises(DownloadError, match=r"has no tweets file \(data/tweets.js or data/tweet.js; before 2019, data/js/tweets/YYYY_MM.js or tweets.csv\)"):
         read_archive(path)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import http.server
+import random
 import re
 import socket
 import subprocess
@@ -24,12 +25,18 @@ from db.engine import make_engine, make_session_factory
 from db.models import Base, Tweet, TweetStatus
 from ml.base_model import MODEL_FOLDER_FILES, ensure_base_model
 from ml.candidates import (
-    GenerationOptions, UploadError, candidate_file_name, collect_candidates, sampler_generate, upload_candidate_file,
-    write_candidate_file,
+    COPIES_REPORT_COLUMNS, GenerationOptions, UploadError, candidate_file_name, collect_candidates, copies_report_path,
+    sampler_generate, upload_candidate_file, write_candidate_file, write_copies_report,
 )
 from ml.dataset import InputError, load_training_file, validate_run_name
-from ml.filters import CandidateFilter, DropReason, TrainingCopyIndex
-from ml.model import CHECKPOINT_DIR, MODELS_DIR, build_parser, generation_options, training_options, upload_token
+from ml.filters import (
+    COPY_MAX_SHARED_WORDS, MARKOVIFY_MAX_OVERLAP_RATIO, MARKOVIFY_MAX_OVERLAP_TOTAL,
+    CandidateFilter, CopyKind, CopyThresholds, DropReason, TrainingCopyIndex,
+)
+from ml.model import (
+    CHECKPOINT_DIR, MODELS_DIR, build_parser, copy_thresholds, generation_options, report_copies, training_options,
+    upload_token,
+)
 from ml.training import TrainingOptions
 from tests.conftest import ACCOUNT, TOKEN
 
@@ -215,6 +222,58 @@ def test_candidate_file_on_a_filesystem_without_hard_links(tmp_path, monkeypatch
     assert (first.name, second.name) == ("c.txt", "c_2.txt")
     assert [parse_curated_file(p.read_bytes(), p.name) for p in (first, second)] == [["first"], ["second"]]
     assert sorted(tmp_path.iterdir()) == [first, second]
+
+
+def test_summary_and_copies_report_give_each_copy_with_its_training_tweet(tmp_path):
+    generator = ScriptedGenerator([
+        "Three coffees in and the bug is still winning.", "Rain on the window, coffee on the desk, code on the screen.",
+        "Today I spent an hour naming a variable and I am still not happy with it", "a fresh one", "a \ufffd one",
+    ])
+    report = collect_candidates(generator, make_filter(), GenerationOptions(nsamples=1, oversample_limit=5.0))
+    assert report.summary() == (
+        "generated 5, kept 1 of 1 wanted, dropped 4 "
+        "(invalid_utf8 1, training_copy 3 (exact 1, shared run 1, near-duplicate 1))"
+    )
+    candidates = write_candidate_file(tmp_path / "gpt2_run1_20261201_093000.txt", report.kept)
+    path = write_copies_report(copies_report_path(candidates), report.candidate_filter.copies)
+    assert path.name == "gpt2_run1_20261201_093000_copies_report.csv"
+    with path.open(encoding="utf-8", newline="") as file:
+        rows = list(csv.reader(file))
+    assert tuple(rows[0]) == COPIES_REPORT_COLUMNS
+    assert [(row[0], row[1], row[3], row[4]) for row in rows[1:]] == [
+        ("exact", "9", "Three coffees in and the bug is still winning.", TRAINING_TWEETS[0]),
+        ("near-duplicate", "7", "Rain on the window, coffee on the desk, code on the screen.", TRAINING_TWEETS[2]),
+        ("shared run", "14", "Today I spent an hour naming a variable and I am still not happy with it", TRAINING_TWEETS[1]),
+    ]
+    assert float(rows[2][2]) >= 0.5
+
+
+def test_a_copies_report_never_replaces_another_runs(tmp_path):
+    name = candidate_file_name("run1", datetime(2026, 12, 1, 9, 30, tzinfo=timezone.utc))
+    reports = []
+    for run in range(2):
+        candidates = write_candidate_file(tmp_path / name, [f"candidate of run {run}"])
+        reports.append(write_copies_report(copies_report_path(candidates), []))
+    assert [p.name for p in reports] == [
+        "gpt2_run1_20261201_093000_copies_report.csv", "gpt2_run1_20261201_093000_2_copies_report.csv",
+    ]
+    # a report name already taken (a run with no candidate file) is not replaced either
+    again = write_copies_report(reports[0], [])
+    assert again.name == "gpt2_run1_20261201_093000_copies_report_2.csv"
+    assert all(p.read_bytes() == ",".join(COPIES_REPORT_COLUMNS).encode() + b"\r\n" for p in [*reports, again])
+
+
+def test_a_run_reports_its_copies_only_when_it_dropped_some(tmp_path, caplog):
+    candidate_filter = make_filter()
+    candidate_filter.offer("a fresh one")
+    path = tmp_path / "gpt2_run1_20261201_093000_copies_report.csv"
+    assert report_copies(candidate_filter, path) is None and not path.exists()
+    candidate_filter.offer("Rain on the window, coffee on the desk, code on the screen.")
+    with caplog.at_level("INFO", logger="ml.model"):
+        assert report_copies(candidate_filter, path) == path
+    assert f"1 candidates dropped as copies of training tweets are listed, with the tweet each copies, in {path}" \
+        in caplog.text
+    assert TRAINING_TWEETS[2] in path.read_text(encoding="utf-8")
 
 
 # ---- the training file ----
@@ -459,6 +518,25 @@ def test_command_line_defaults_are_the_options_defaults():
     assert (args.mode, args.model_name, args.models_dir, args.checkpoint_dir) == ("both", "124M", "ml/models", "ml/checkpoint")
     assert training_options(args) == TrainingOptions()
     assert generation_options(args) == GenerationOptions()
+    assert copy_thresholds(args) == CopyThresholds() == CopyThresholds(8, 0.7, 0.5)
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--copy_max_words", "16", "--copy_max_words: must be a whole number from 1 to 15 (markovify's limit)"),
+    ("--copy_max_words", "0", "--copy_max_words: must be a whole number from 1 to 15"),
+    ("--copy_max_ratio", "0.8", "--copy_max_ratio: must be above 0 and at most 0.7 (markovify's limit)"),
+    ("--copy_max_ratio", "nan", "--copy_max_ratio: must be above 0 and at most 0.7"),
+    ("--near_duplicate_jaccard", "0", "--near_duplicate_jaccard: must be above 0 and at most 1"),
+])
+def test_copy_thresholds_laxer_than_markovify_are_refused(flag, value, message, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([flag, value])
+    assert message in capsys.readouterr().err
+
+
+def test_copy_flags_reach_the_thresholds():
+    args = build_parser().parse_args(["--copy_max_words", "6", "--copy_max_ratio", "0.5", "--near_duplicate_jaccard", "0.8"])
+    assert copy_thresholds(args) == CopyThresholds(6, 0.5, 0.8)
     assert args.no_urls is True
 
 
@@ -492,8 +570,89 @@ def test_a_training_csv_with_a_byte_order_mark_keeps_its_header_and_first_tweet(
 
 
 def test_seven_shared_words_at_the_end_are_not_a_copy_either():
-    # "i am still not happy with it" ends training tweet 2 and this candidate: 7 words, below COPY_MIN_WORDS.
-    assert make_filter().offer("Honestly I am still not happy with it") is None
+    # "i am still not happy with it" ends training tweet 2 and this candidate: 7 of its 12 words,
+    # below both COPY_MAX_SHARED_WORDS and 70% of the candidate.
+    assert make_filter().offer("Honestly, after all this time, I am still not happy with it") is None
+
+
+def test_a_short_candidate_that_is_mostly_a_training_run_is_a_copy():
+    """markovify's ratio: 7 shared words are 87% of this 8-word candidate (it was kept before the ratio rule)."""
+    candidate_filter = make_filter()
+    assert candidate_filter.offer("Honestly I am still not happy with it") is DropReason.training_copy
+    [found] = candidate_filter.copies
+    assert found.match.kind is CopyKind.shared_run and found.match.shared_words == 7
+    assert found.match.training_tweet == TRAINING_TWEETS[1]
+
+
+@pytest.mark.parametrize("word_count", range(1, 61))
+def test_the_copy_rule_is_never_laxer_than_markovifys(word_count):
+    """markovify rejects a shared run of min(15, round(0.7 * words)) + 1 words; ours copies at that length or less."""
+    markovify = min(MARKOVIFY_MAX_OVERLAP_TOTAL, round(MARKOVIFY_MAX_OVERLAP_RATIO * word_count)) + 1
+    ours = CopyThresholds().run_that_copies(word_count)
+    assert ours <= max(1, min(markovify, word_count))
+    assert ours == min(COPY_MAX_SHARED_WORDS, int(0.7 * word_count + 1e-9) + 1)
+
+
+def test_copies_are_listed_with_their_kind_and_training_tweet():
+    candidate_filter = make_filter()
+    candidates = [
+        "three COFFEES in and the bug   is still winning.",  # exact, but for case and spaces
+        "Today I spent an hour naming a variable and I am still not happy with it!",  # a run of 14 words
+        "Rain on the window, coffee on the desk, code on the screen.",  # one word changed
+    ]
+    assert [candidate_filter.offer(text) for text in candidates] == [DropReason.training_copy] * 3
+    assert [(found.candidate, found.match.kind, found.match.shared_words, found.match.training_tweet)
+            for found in candidate_filter.copies] == [
+        (candidates[0], CopyKind.exact, 9, TRAINING_TWEETS[0]),
+        (candidates[1], CopyKind.shared_run, 14, TRAINING_TWEETS[1]),
+        (candidates[2], CopyKind.near_duplicate, 7, TRAINING_TWEETS[2]),
+    ]
+    assert candidate_filter.copies[0].match.jaccard == 1.0
+    assert 0.5 <= candidate_filter.copies[2].match.jaccard < 1.0
+
+
+def test_a_run_filter_alone_misses_the_near_duplicate_with_one_word_changed():
+    """7 of 12 words in a row shared: under 8 words and under 70%, so only the shingles see the copy."""
+    candidate = "Rain on the window, coffee on the desk, code on the screen."
+    run_only = CandidateFilter(TrainingCopyIndex(TRAINING_TWEETS, CopyThresholds(near_duplicate_jaccard=1.0)))
+    assert run_only.offer(candidate) is None
+    assert make_filter().offer(candidate) is DropReason.training_copy
+
+
+def one_word_changed(rng: random.Random, tweet: str) -> str:
+    words = tweet.split()
+    words[rng.randrange(len(words))] = "zebra"
+    return " ".join(words)
+
+
+def test_minhash_finds_what_the_exact_jaccard_finds_on_a_large_training_set(monkeypatch):
+    """Above EXACT_JACCARD_MAX_TWEETS (lowered here) the near-duplicates come from MinHash LSH: same matches here."""
+    rng = random.Random(5)
+    vocabulary = [f"w{n}" for n in range(3000)]
+    training = [" ".join(rng.choices(vocabulary, k=rng.randint(8, 20))) for _ in range(2500)]
+    monkeypatch.setattr("ml.filters.EXACT_JACCARD_MAX_TWEETS", len(training) - 1)
+    near = [one_word_changed(rng, tweet) for tweet in rng.sample(training, 40)]
+    fresh = [" ".join(rng.choices(vocabulary, k=12)) for _ in range(40)]
+    thresholds = CopyThresholds(max_shared_words=15, max_shared_ratio=0.7)  # let the shingles decide
+
+    def matches(index):
+        return [(m.kind, m.training_tweet) if (m := index.match(text)) else None for text in near + fresh]
+
+    with_minhash = TrainingCopyIndex(training, thresholds)
+    assert type(with_minhash._near).__name__ == "_MinHashShingleIndex"
+    monkeypatch.setattr("ml.filters.EXACT_JACCARD_MAX_TWEETS", len(training))
+    exact = TrainingCopyIndex(training, thresholds)
+    assert type(exact._near).__name__ == "_ExactShingleIndex"
+    found = matches(exact)
+    assert sum(match is not None for match in found[:40]) >= 30 and found[40:] == [None] * 40
+    assert matches(with_minhash) == found
+
+
+def test_a_candidate_with_a_replacement_character_is_dropped_and_counted():
+    """The sampler decodes bytes that are not UTF-8 as U+FFFD; `make demo` once queued such a tweet."""
+    candidate_filter = make_filter()
+    assert candidate_filter.offer("m8p\ufffd\ufffd\ufffdl\ufffd\ufffd\ufffd5%") is DropReason.invalid_utf8
+    assert candidate_filter.kept == [] and candidate_filter.dropped == {DropReason.invalid_utf8: 1}
 
 
 def test_a_training_tweet_shorter_than_the_minimum_run_is_caught_by_its_hash():
