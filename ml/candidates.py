@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 UPLOAD_TIMEOUT_SECONDS = 60
 COPIES_REPORT_SUFFIX = "_copies_report.csv"
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 COPIES_REPORT_COLUMNS = ("kind", "shared_words", "jaccard", "candidate", "training_tweet")
 
 # (how many, seed) -> [(text, unfinished)]: `unfinished` when the sample ran to `length` without an end.
@@ -163,6 +164,12 @@ def copies_report_path(candidate_path: Path) -> Path:
     return candidate_path.with_name(candidate_path.stem + COPIES_REPORT_SUFFIX)
 
 
+def spreadsheet_safe(text: str) -> str:
+    """Text a spreadsheet shows as text: one starting with =, +, -, @, tab or CR would be read as a
+    formula (tweets are untrusted), so it gets a leading apostrophe, as OWASP's CSV-injection advice says."""
+    return "'" + text if text[:1] in FORMULA_STARTS else text
+
+
 def write_copies_report(path: Path, copies: list[CopyFound]) -> Path:
     """One CSV row per candidate dropped as a training copy: how it copies, the candidate, the training tweet."""
     buffer = io.StringIO()
@@ -170,8 +177,8 @@ def write_copies_report(path: Path, copies: list[CopyFound]) -> Path:
     writer.writerow(COPIES_REPORT_COLUMNS)
     for found in copies:
         match = found.match
-        writer.writerow([match.kind.value, match.shared_words, f"{match.jaccard:.3f}", found.candidate,
-                         match.training_tweet])
+        writer.writerow([match.kind.value, match.shared_words, f"{match.jaccard:.3f}", spreadsheet_safe(found.candidate),
+                         spreadsheet_safe(match.training_tweet)])
     return write_new_file(path, buffer.getvalue())
 
 

@@ -31,7 +31,7 @@ from ml.candidates import (
 from ml.dataset import InputError, load_training_file, validate_run_name
 from ml.filters import (
     COPY_MAX_SHARED_WORDS, MARKOVIFY_MAX_OVERLAP_RATIO, MARKOVIFY_MAX_OVERLAP_TOTAL,
-    CandidateFilter, CopyKind, CopyThresholds, DropReason, TrainingCopyIndex,
+    CandidateFilter, CopyFound, CopyKind, CopyMatch, CopyThresholds, DropReason, TrainingCopyIndex,
 )
 from ml.model import (
     CHECKPOINT_DIR, MODELS_DIR, build_parser, copy_thresholds, generation_options, report_copies, training_options,
@@ -246,6 +246,16 @@ def test_summary_and_copies_report_give_each_copy_with_its_training_tweet(tmp_pa
         ("shared run", "14", "Today I spent an hour naming a variable and I am still not happy with it", TRAINING_TWEETS[1]),
     ]
     assert float(rows[2][2]) >= 0.5
+
+
+def test_copies_report_cells_a_spreadsheet_would_run_as_formulas_are_text(tmp_path):
+    """Tweets are untrusted: a copied tweet like =HYPERLINK(...) must not become a formula in the curator's spreadsheet."""
+    hostile = ["=HYPERLINK(\"http://evil.example\",\"x\")", "+1+1 cmd", "-2+3 formula", "@SUM(A1) hi"]
+    copies = [CopyFound(text, CopyMatch(CopyKind.exact, text, 3, 1.0)) for text in hostile]
+    path = write_copies_report(tmp_path / "report.csv", copies)
+    with path.open(encoding="utf-8", newline="") as file:
+        rows = list(csv.reader(file))[1:]
+    assert [(row[3], row[4]) for row in rows] == [("'" + text, "'" + text) for text in hostile]
 
 
 def test_a_copies_report_never_replaces_another_runs(tmp_path):
