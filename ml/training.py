@@ -379,7 +379,9 @@ def _train(tokens, held_out, held_out_sha256, *, model_folder, run_folder, optio
         schedule = _resume_schedule(options, state, step)
         if state is None:
             state = TrainingState(step=step)
-        state.patience, state.held_out_sha256, state.schedule = options.patience, held_out_sha256, asdict(schedule)
+        state.patience, state.schedule = options.patience, asdict(schedule)
+        if held_out_sha256 is not None:  # a run resumed without held-out set keeps the set its best loss was on
+            state.held_out_sha256 = held_out_sha256
         if state.stopped_early:
             log.info("the run stopped early before (%s); training on from step %d with --patience %d",
                      state.stopped_early, step, options.patience)
@@ -522,11 +524,16 @@ def _train(tokens, held_out, held_out_sha256, *, model_folder, run_folder, optio
             stopped_at = None
             with ctrl_c.ignored():
                 if stopped_early:
-                    stopped_at, step = step, state.best_step
-                    state.stopped_early = stopped_early
-                    best_saver.restore(sess, tf.train.latest_checkpoint(str(run_folder / BEST_FOLDER)))
-                    log.warning("stopped early at step %d: %s; keeping the checkpoint of step %d",
-                                stopped_at, stopped_early, step)
+                    stopped_at, state.stopped_early = step, stopped_early
+                    best = tf.train.latest_checkpoint(str(run_folder / BEST_FOLDER))
+                    if best is None:  # deleted by hand meanwhile
+                        log.warning("stopped early at step %d: %s; the best checkpoint in %s is gone, so keeping "
+                                    "step %d's", stopped_at, stopped_early, run_folder / BEST_FOLDER, step)
+                    else:
+                        best_saver.restore(sess, best)
+                        step = state.best_step
+                        log.warning("stopped early at step %d: %s; keeping the checkpoint of step %d",
+                                    stopped_at, stopped_early, step)
                 checkpoint = save()
         train_log.close()
         plot = plot_curves(train_log.path, run_folder / TRAIN_LOG_PNG, title=f"{run_folder.name}: loss per step",

@@ -9,6 +9,7 @@ import csv
 import json
 import logging
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,108 @@ def test_the_encoded_dataset_is_reused_until_the_file_or_split_changes(tiny_mode
     assert not changed.reused and len(changed.training) + len(changed.held_out) > len(first.training) + len(first.held_out)
     (run / "dataset.npz").write_bytes(b"not a zip")
     assert not encoded(seed=1).reused  # unreadable: encoded again
+
+
+def tiny_args(models: Path, checkpoint_dir: Path, *flags: str) -> list[str]:
+    return ["train", "--model_name", "tiny", "--models_dir", str(models.parent), "--checkpoint_dir", str(checkpoint_dir),
+            "--accumulate_gradients", "1", "--sample_every", "1000", "--print_every", "1000", "--seed", "1", *flags]
+
+
+def same_weights(checkpoint_a: Path, checkpoint_b: Path) -> bool:
+    import numpy as np
+    import tensorflow as tf
+
+    a, b = tf.train.load_checkpoint(str(checkpoint_a)), tf.train.load_checkpoint(str(checkpoint_b))
+    return all(np.array_equal(a.get_tensor(name), b.get_tensor(name)) for name in b.get_variable_to_shape_map())
+
+
+@pytest.mark.ml
+def test_early_stop_keeps_the_best_checkpoint_and_resumes_correctly(tiny_model, tmp_path):
+    """Trained a few steps at a sane rate (held-out loss improving), then resumed at a rate that wrecks
+    the weights: the held-out loss gets worse, training stops after --patience evaluations and the
+    checkpoint is the best evaluation's, from before the resume (the best loss survived it)."""
+    import shutil
+
+    ck = tmp_path / "ck"
+    run = ck / "stops"
+    common = ["--run_name", "stops", "--filename", str(SAMPLE_CSV), "--val_every", "2", "--patience", "2"]
+    assert main(tiny_args(tiny_model, ck, *common, "--steps", "4", "--learning_rate", "1e-3")) == 0
+    state = json.loads((run / TRAINING_STATE).read_text())
+    assert (state["step"], state["best_step"], state["stopped_early"]) == (4, 4, None)
+    before = shutil.copytree(run, tmp_path / "before")
+
+    with LogLines() as log:
+        assert main(tiny_args(tiny_model, ck, *common, "--steps", "20", "--learning_rate", "1.0")) == 0
+    reason = (re.escape("held-out loss has not improved for 2 evaluations (4 steps): ")
+              + rf"\d+\.\d{{3}} at step 8, best {state['best_loss']:.3f} at step 4")
+    assert any(re.fullmatch(rf"stopped early at step 8: {reason}; keeping the checkpoint of step 4", line) for line in log)
+    assert any(re.fullmatch(rf"training stopped early: {reason}; the checkpoint is the best evaluation's, "
+                            rf"{re.escape(str(run / 'model-4'))}", line) for line in log)
+    assert read_counter(run) == 4
+    assert (run / "checkpoint").read_text().startswith('model_checkpoint_path: "model-4"')
+    assert same_weights(run / "model-4", before / "model-4")
+    rows = read_rows(run / "train_log.csv")
+    assert [r.step for r in rows] == list(range(9))  # the curve shows the rise past the best
+    assert [r.step for r in rows if r.held_out_loss is not None] == [0, 2, 4, 6, 8]
+    assert all(r.held_out_loss > state["best_loss"] for r in rows[6:] if r.held_out_loss is not None)
+    assert (run / "train_log.png").is_file()
+
+    # The same command again: nothing to train (it would only over-fit again), and says so.
+    with LogLines() as log:
+        assert main(tiny_args(tiny_model, ck, *common, "--steps", "20", "--learning_rate", "1.0")) == 0
+    assert any("stopped early before: held-out loss has not improved" in line and "Nothing to train" in line
+               for line in log)
+    assert not any(line.startswith("training from step") for line in log) and read_counter(run) == 4
+
+    # More patience: trains on from the best step; the rows of the abandoned steps are replaced.
+    with LogLines() as log:
+        assert main(tiny_args(tiny_model, ck, *common, "--patience", "3", "--steps", "2",
+                              "--learning_rate", "1e-3")) == 0
+    assert any("training on from step 4 with --patience 3" in line for line in log)
+    assert read_counter(run) == 6 and json.loads((run / TRAINING_STATE).read_text())["stopped_early"] is None
+    assert [r.step for r in read_rows(run / "train_log.csv")] == list(range(7))
+
+
+@pytest.mark.ml
+def test_an_interrupted_cosine_schedule_resumes_where_it_stopped(tiny_model, tmp_path):
+    """The same command after Ctrl-C finishes the planned 6 steps (not 6 more), at the planned rates."""
+    from ml.dataset import encode
+
+    training_file = load_training_file(SAMPLE_CSV)
+    split = split_held_out(training_file, 0.05, seed=0)
+    tokens, held_out = encode(split.training_text, tiny_model), encode(split.held_out_text, tiny_model)
+    run = tmp_path / "cosine"
+    options = TrainingOptions(steps=6, learning_rate=1e-3, lr_schedule="cosine", warmup_steps=2, accumulate_gradients=1,
+                              sample_every=1000, print_every=1000, val_every=3)
+
+    def press_ctrl_c(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    first = finetune(tokens, held_out=held_out, model_folder=tiny_model, run_folder=run, options=options,
+                     on_step=press_ctrl_c)
+    assert first.interrupted and first.last_step == 3 == read_counter(run)
+    with LogLines() as log:
+        again = finetune(tokens, held_out=held_out, model_folder=tiny_model, run_folder=run, options=options)
+    assert "continuing the cosine schedule of steps 1-6 (planned when it started; --steps is not used)" in log
+    assert not again.interrupted and (again.first_step, again.last_step) == (4, 6) and read_counter(run) == 6
+    rows = [r for r in read_rows(run / "train_log.csv") if r.step > 0]
+    planned = Schedule("cosine", 1e-3, 2, start_step=0, end_step=6)
+    assert [r.step for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r.learning_rate for r in rows] == pytest.approx([planned.rate(step) for step in range(1, 7)], rel=1e-5)
+    assert [r.step for r in rows if r.held_out_loss is not None] == [3, 6]
+
+
+@pytest.mark.ml
+def test_a_csv_column_too_few_tweets_to_hold_out_trains_without_with_a_warning(tiny_model, tmp_path):
+    tweets = sample_tweets()[:60]
+    path = write_csv(tmp_path / "export.csv", ["id", "text"], [[str(i), t] for i, t in enumerate(tweets)])
+    with LogLines() as log:
+        assert main(tiny_args(tiny_model, tmp_path / "ck", "--run_name", "few", "--filename", str(path),
+                              "--column", "text", "--steps", "1")) == 0
+    assert any("has 60 distinct tweets and 0.05 of them is fewer than the 10 a held-out loss needs" in line
+               for line in log)
+    config = json.loads((tmp_path / "ck" / "few" / "train_config.json").read_text())
+    assert (config["column"], config["training_tweets"], config["held_out_tweets"]) == ("text", 60, 0)
+    assert not any("held-out" in line for line in log if line.startswith("step "))
+    assert [r.held_out_loss for r in read_rows(tmp_path / "ck" / "few" / "train_log.csv")] == [None]
