@@ -92,6 +92,21 @@ def _trailing_mean(values: list[float], span: int) -> list[float]:
     return [(sums[i + 1] - sums[max(0, i + 1 - span)]) / min(span, i + 1) for i in range(len(values))]
 
 
+def _zoom_past_the_first_drop(axes, trained: list[Row], evaluated: list[Row]) -> None:
+    """Scale the loss axis to the steps after the first 5%: the drop from the base model's loss
+    would otherwise flatten the part where over-fitting shows (the start is cut off at the top)."""
+    if not trained:
+        return
+    after = trained[-1].step * 0.05
+    losses = [r.train_loss for r in trained if r.step >= after] + [r.held_out_loss for r in evaluated if r.step >= after]
+    losses = [x for x in losses if math.isfinite(x)]
+    if len(losses) < 2:
+        return
+    low, high = min(losses), max(losses)
+    margin = max(0.05, 0.15 * (high - low))
+    axes.set_ylim(max(0.0, low - margin), high + margin)
+
+
 def plot_curves(csv_path: Path, png_path: Path, *, title: str, best_step: int | None = None,
                 stopped_at: int | None = None) -> Path | None:
     """Draw training and held-out loss against step, the best evaluation and an early stop marked.
@@ -125,9 +140,7 @@ def plot_curves(csv_path: Path, png_path: Path, *, title: str, best_step: int | 
                   label=f"best held-out loss {best.held_out_loss:.3f} (step {best.step}, kept)")
     if stopped_at is not None:
         axes.axvline(stopped_at, color="tab:red", linestyle="--", linewidth=1, label=f"stopped early at step {stopped_at}")
-    losses = [r.train_loss for r in trained] + [r.held_out_loss for r in evaluated]
-    if losses and all(math.isfinite(x) for x in losses):
-        axes.set_ylim(bottom=max(0.0, min(losses) - 0.1))
+    _zoom_past_the_first_drop(axes, trained, evaluated)
     axes.set_xlabel("step")
     axes.set_ylabel("loss (nats per token)")
     axes.set_title(title)
