@@ -197,7 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def training_options(args: argparse.Namespace, *, steps: int) -> TrainingOptions:
+def training_options(args: argparse.Namespace, *, steps: int | None = None) -> TrainingOptions:
+    """The training flags; `steps` from `training_steps`, which --epochs needs (it counts the training tokens)."""
+    if steps is None:
+        if args.epochs is not None:
+            raise ValueError("--epochs becomes steps once the training tokens are known: pass steps=training_steps(...)")
+        steps = training_steps(args, 0, GPT2_N_CTX)
     return TrainingOptions(**{f.name: getattr(args, f.name) for f in fields(TrainingOptions) if f.name != "steps"},
                            steps=steps)
 
