@@ -79,6 +79,16 @@ def test_identical_tweets_are_held_out_together(tmp_path):
         assert (marked in split.held_out_text) != (marked in split.training_text)
 
 
+def test_a_plain_text_file_is_split_by_line(tmp_path):
+    path = tmp_path / "tweets.txt"
+    path.write_text("".join(f"line number {i}\n" for i in range(40)), encoding="utf-8")
+    split = split_held_out(load_training_file(path), 0.25, seed=3)
+    assert (split.training_tweets, split.held_out_tweets) == (30, 10)
+    held = split.held_out_text.splitlines()
+    assert len(held) == 10 and all(f"{line}\n" not in split.training_text for line in held)
+    assert split.training_text.endswith("<|endoftext|>")  # as gpt_2_simple ends a short text file
+
+
 def test_no_held_out_set_trains_on_the_file_as_gpt_2_simple_reads_it():
     training_file = load_training_file(SAMPLE_CSV)
     split = split_held_out(training_file, 0.0, seed=1)
