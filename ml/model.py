@@ -4,11 +4,14 @@
     python -m ml.model train --filename=tweets.csv --run_name=run1 --steps=500      # only train
     python -m ml.model generate --run_name=run1 --nsamples=200                      # only generate
     python -m ml.model --model_name=tiny --filename=ml/sample_data/tweets_sample.csv --steps=20   # offline
+    python -m ml.model train --filename=export.csv --column=text --epochs=3 --lr_schedule=cosine --warmup_steps=50
 
 The folders' defaults are below; the training knobs' are `TrainingOptions` (ml/training.py,
 gpt_2_simple.finetune's) and the generation knobs' `GenerationOptions` (ml/candidates.py, the
 original project's), each a flag of the same name. The resolved configuration is logged and saved
-in the run folder (train_config.json, generate_config.json).
+in the run folder (train_config.json, generate_config.json). Training holds out --val_fraction of
+the tweets, logs their loss every --val_every steps, stops after --patience evaluations without
+improvement keeping the best one's checkpoint, and draws the curves (train_log.csv, train_log.png).
 Bad input stops with one line and exit status 2 before TensorFlow starts; Ctrl-C during training
 saves the last finished step (exit status 130) and `--restore_from latest` (the default) resumes it.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -30,12 +34,15 @@ from ml.candidates import (
     GenerationOptions, UploadError, candidate_file_name, collect_candidates, copies_report_path,
     sampler_generate, upload_candidate_file, write_candidate_file, write_copies_report,
 )
-from ml.dataset import GPT2_N_CTX, InputError, check_window, encode, load_training_file, validate_run_name
+from ml.dataset import (
+    CSV_COLUMN, GPT2_N_CTX, MAX_VAL_FRACTION, InputError, check_window, encode_split, load_training_file,
+    split_held_out, validate_run_name,
+)
 from ml.filters import (
     MARKOVIFY_MAX_OVERLAP_RATIO, MARKOVIFY_MAX_OVERLAP_TOTAL, CandidateFilter, CopyThresholds, TrainingCopyIndex,
 )
 from ml.sampler import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE, SamplerError
-from ml.training import RESTORE_CHOICES, RunFolderError, TrainingOptions, finetune
+from ml.training import LR_SCHEDULES, RESTORE_CHOICES, RunFolderError, TrainingOptions, finetune, schedule_problem
 
 # ---- where things live ----
 MODELS_DIR = "ml/models"
@@ -44,6 +51,8 @@ OUT_DIR = "."
 RUN_NAME = "run1"
 MODEL_NAME = "124M"                 # 124M, 355M, 774M, 1558M (OpenAI's), or tiny (offline tests)
 TRAINING = TrainingOptions()        # the defaults of every training flag
+VAL_FRACTION = 0.05                 # share of the tweets held out for the held-out loss
+MAX_EPOCHS = 10_000
 GENERATION = GenerationOptions()    # the defaults of every generation flag
 COPIES = CopyThresholds()           # the defaults of the copy filter's flags
 
@@ -70,10 +79,31 @@ def _steps(value: str) -> int:
     return number
 
 
+def _whole_number(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {value}")
+    return number
+
+
 def _positive_float(value: str) -> float:
     number = float(value)
-    if not number > 0:
+    if not number > 0 or not math.isfinite(number):
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
+def _epochs(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= MAX_EPOCHS:  # False for nan too
+        raise argparse.ArgumentTypeError(f"must be > 0 and at most {MAX_EPOCHS}, got {value}")
+    return number
+
+
+def _val_fraction(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= MAX_VAL_FRACTION:
+        raise argparse.ArgumentTypeError(f"must be between 0 (no held-out set) and {MAX_VAL_FRACTION}, got {value}")
     return number
 
 
@@ -129,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("mode", nargs="?", choices=("both", "train", "generate"), default="both",
                    help="train then generate, only train, or only generate from an existing run")
-    p.add_argument("--filename", help="training file: .csv with a 'tweets' column, or .txt "
+    p.add_argument("--filename", help="training file: .csv with a 'tweets' column (see --column), or .txt "
                    "(generate: the training file whose copies are dropped; default: the one the run recorded)")
+    p.add_argument("--column", default=CSV_COLUMN, help="the CSV column holding the tweets")
     p.add_argument("--run_name", default=RUN_NAME, help="the run's folder inside --checkpoint_dir")
     p.add_argument("--model_name", default=MODEL_NAME, help="base model: 124M, 355M, 774M, 1558M or tiny")
     p.add_argument("--models_dir", default=MODELS_DIR, help="folder of base models")
@@ -138,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download_url", default=GPT2_BASE_URL, help="where the pretrained weights are fetched from")
 
     t = p.add_argument_group("training (gpt_2_simple.finetune)")
-    t.add_argument("--steps", type=_steps, default=TRAINING.steps, help="steps to train (-1: until Ctrl-C)")
+    length = t.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_steps, default=None,
+                        help=f"steps to train (-1: until Ctrl-C) (default: {TRAINING.steps})")
+    length.add_argument("--epochs", type=_epochs, default=None,
+                        help="instead of --steps: passes over the training tokens (may be fractional)")
     t.add_argument("--learning_rate", type=_positive_float, default=TRAINING.learning_rate)
     t.add_argument("--batch_size", type=_positive_int, default=TRAINING.batch_size, help="1024-token windows per batch")
     t.add_argument("--accumulate_gradients", type=_positive_int, default=TRAINING.accumulate_gradients,
@@ -153,6 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--only_train_transformer_layers", action="store_true",
                    help="train only the transformer blocks (less memory, for 774M and up)")
     t.add_argument("--max_checkpoints", type=_positive_int, default=TRAINING.max_checkpoints, help="checkpoints kept")
+    t.add_argument("--val_fraction", type=_val_fraction, default=VAL_FRACTION,
+                   help="share of the tweets held out (whole tweets, chosen by --seed, 0 when unset) to measure "
+                   "over-fitting (0: none)")
+    t.add_argument("--val_every", type=_positive_int, default=TRAINING.val_every,
+                   help="measure the held-out loss every N steps (and after the last)")
+    t.add_argument("--patience", type=_whole_number, default=TRAINING.patience,
+                   help="stop after N held-out evaluations without improvement, keeping the best one's "
+                   "checkpoint (0: never stop early)")
+    t.add_argument("--lr_schedule", choices=LR_SCHEDULES, default=TRAINING.lr_schedule,
+                   help="constant (gpt_2_simple's), or cosine: decays to 0 at the last step")
+    t.add_argument("--warmup_steps", type=_whole_number, default=TRAINING.warmup_steps,
+                   help="raise the learning rate linearly from 0 over the first N steps")
 
     g = p.add_argument_group("generation and filters")
     g.add_argument("--nsamples", type=_positive_int, default=GENERATION.nsamples, help="candidates wanted in the file")
@@ -182,8 +229,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def training_options(args: argparse.Namespace) -> TrainingOptions:
-    return TrainingOptions(**{f.name: getattr(args, f.name) for f in fields(TrainingOptions)})
+def training_options(args: argparse.Namespace, *, steps: int | None = None) -> TrainingOptions:
+    """The training flags; `steps` from `training_steps`, which --epochs needs (it counts the training tokens)."""
+    if steps is None:
+        if args.epochs is not None:
+            raise ValueError("--epochs becomes steps once the training tokens are known: pass steps=training_steps(...)")
+        steps = training_steps(args, 0, GPT2_N_CTX)
+    return TrainingOptions(**{f.name: getattr(args, f.name) for f in fields(TrainingOptions) if f.name != "steps"},
+                           steps=steps)
+
+
+def split_seed(args: argparse.Namespace) -> int:
+    """--seed chooses the held-out tweets; without one they are the same on every run (resume needs that)."""
+    return args.seed if args.seed is not None else 0
+
+
+def training_steps(args: argparse.Namespace, training_tokens: int, window: int) -> int:
+    """--steps, or the steps --epochs takes: each step trains on batch_size x accumulate_gradients windows."""
+    if args.epochs is None:
+        return TRAINING.steps if args.steps is None else args.steps
+    return max(1, math.ceil(args.epochs * training_tokens / (args.batch_size * args.accumulate_gradients * window)))
+
+
+def check_schedule(args: argparse.Namespace, steps: int) -> None:
+    problem = schedule_problem(args.lr_schedule, steps, args.warmup_steps)
+    if problem:
+        raise InputError(problem)
 
 
 def generation_options(args: argparse.Namespace) -> GenerationOptions:
@@ -221,12 +292,13 @@ def _write_config(path: Path, config: dict) -> None:
 def _training_tweets_for_generation(args, run_folder: Path):
     """The training file of a generate-only run: --filename, else the one recorded at training."""
     if args.filename:
-        return load_training_file(args.filename)
+        return load_training_file(args.filename, column=args.column)
     recorded = run_folder / TRAIN_CONFIG
     if recorded.is_file():
-        filename = json.loads(recorded.read_text(encoding="utf-8")).get("filename")
+        config = json.loads(recorded.read_text(encoding="utf-8"))
+        filename = config.get("filename")
         if filename and Path(filename).is_file():
-            return load_training_file(filename)
+            return load_training_file(filename, column=config.get("column") or CSV_COLUMN)
     raise InputError(
         f"no training file known for run {run_folder}: pass --filename with the file it was trained on, "
         "so that candidates copying training tweets can be dropped"
@@ -247,10 +319,23 @@ def train(args, training_file, run_folder: Path) -> int:
     """Fine-tune; returns an exit status (0, or 130 when interrupted)."""
     model_folder = ensure_base_model(Path(args.models_dir), args.model_name, base_url=args.download_url)
     hparams = json.loads((model_folder / "hparams.json").read_text(encoding="utf-8"))
-    tokens = encode(training_file.text, model_folder)
-    check_window(len(tokens), hparams["n_ctx"], training_file.path)
-    options = training_options(args)
-    run_folder.mkdir(parents=True, exist_ok=True)
+    split = split_held_out(training_file, args.val_fraction, split_seed(args))
+    if split.shortfall:
+        log.warning("%s", split.shortfall)
+    dataset = encode_split(training_file, split, model_folder, run_folder)
+    log.info("%s %s: %d training tweets (%d tokens), %d held out (%d tokens)",
+             "reused the encoded dataset" if dataset.reused else "encoded the dataset into", dataset.path,
+             split.training_tweets, len(dataset.training), split.held_out_tweets, len(dataset.held_out))
+    if split.held_out_tweets and len(dataset.training) <= hparams["n_ctx"]:
+        raise InputError(
+            f"{training_file.path}: after holding out {split.held_out_tweets} tweets (--val_fraction "
+            f"{args.val_fraction:g}) the rest is {len(dataset.training)} tokens, too short for the model's "
+            f"{hparams['n_ctx']}-token window: add tweets or lower --val_fraction"
+        )
+    check_window(len(dataset.training), hparams["n_ctx"], training_file.path)
+    steps = training_steps(args, len(dataset.training), hparams["n_ctx"])
+    check_schedule(args, steps)
+    options = training_options(args, steps=steps)
     _quiet_tensorflow()
     import tensorflow as tf
 
@@ -258,8 +343,15 @@ def train(args, training_file, run_folder: Path) -> int:
         "mode": args.mode,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "filename": str(training_file.path.resolve()),
-        "training_tweets": len(training_file.tweets),
-        "dataset_tokens": len(tokens),
+        "column": training_file.column,
+        "training_tweets": split.training_tweets,
+        "held_out_tweets": split.held_out_tweets,
+        "val_fraction": split.val_fraction,
+        "split_seed": split.seed,
+        "dataset_tokens": len(dataset.training),
+        "held_out_tokens": len(dataset.held_out),
+        "encoded_dataset": str(dataset.path),
+        "epochs": args.epochs,
         "model_name": args.model_name,
         "model_folder": str(model_folder),
         "hparams": hparams,
@@ -268,7 +360,8 @@ def train(args, training_file, run_folder: Path) -> int:
         "tensorflow": tf.__version__,
         "gpt_2_simple": metadata.version("gpt-2-simple"),
     })
-    result = finetune(tokens, model_folder=model_folder, run_folder=run_folder, options=options)
+    result = finetune(dataset.training, held_out=dataset.held_out if split.held_out_tweets else None,
+                      model_folder=model_folder, run_folder=run_folder, options=options)
     if result.interrupted:
         log.warning(
             "training interrupted after step %d; checkpoint %s saved. Resume with the same command "
@@ -276,8 +369,13 @@ def train(args, training_file, run_folder: Path) -> int:
             result.last_step, result.checkpoint, args.run_name, args.checkpoint_dir,
         )
         return EXIT_INTERRUPTED
-    log.info("trained steps %d-%d in %.0f s; checkpoint %s", result.first_step, result.last_step,
-             result.seconds, result.checkpoint)
+    if result.stopped_early:
+        log.warning("training stopped early: %s; the checkpoint is the best evaluation's, %s",
+                    result.stopped_early, result.checkpoint)
+        return 0
+    log.info("trained steps %d-%d in %.0f s; checkpoint %s%s", result.first_step, result.last_step,
+             result.seconds, result.checkpoint, "" if result.best_step is None else
+             f"; best held-out loss {result.best_loss:.3f} at step {result.best_step}")
     return 0
 
 
@@ -340,9 +438,11 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--upload needs the store's token: set SECRET_TOKEN in the environment or in .env")
     if args.mode in ("both", "train"):
         if not args.filename:
-            raise InputError("training needs --filename: a .csv with a 'tweets' column, or a .txt file")
+            raise InputError("training needs --filename: a .csv with a 'tweets' column (or --column NAME), or a .txt file")
         check_model_name(Path(args.models_dir), args.model_name)
-        training_file = load_training_file(args.filename)
+        if args.epochs is None:
+            check_schedule(args, training_steps(args, 0, GPT2_N_CTX))
+        training_file = load_training_file(args.filename, column=args.column)
         # A token is at least one byte: fewer bytes than the window is too short for any vocabulary.
         check_window(len(training_file.text.encode("utf-8")), GPT2_N_CTX, training_file.path, unit="bytes")
         status = train(args, training_file, run_folder)

@@ -107,6 +107,8 @@ def test_training_defaults_are_gpt_2_simple_finetunes():
     ours = asdict(TrainingOptions())
     assert ours.pop("steps") == 1000 and stock["steps"].default == -1  # ours stops; -1 still trains until Ctrl-C
     assert ours.pop("seed") is None  # not a finetune parameter
+    ours_only = {"val_every": 50, "patience": 5, "lr_schedule": "constant", "warmup_steps": 0}
+    assert {name: ours.pop(name) for name in ours_only} == ours_only  # held-out loss and schedules: ours
     assert ours == {name: stock[name].default for name in ours}
 
 
@@ -146,17 +148,26 @@ def test_write_tiny_run_is_a_run_gpt_2_simple_loads(tmp_path):
 def test_training_leaves_a_gpt_2_simple_run_folder(trained):
     _, run, log = trained
     names = {p.name for p in run.iterdir()}
-    assert {"checkpoint", "counter", "hparams.json", "encoder.json", "vocab.bpe", "train_config.json"} <= names
+    assert {"checkpoint", "counter", "hparams.json", "encoder.json", "vocab.bpe", "train_config.json",
+            "training_state.json", "train_log.csv", "train_log.png", "dataset.npz"} <= names
     assert {f"model-{TRAINED_STEPS}.index", f"model-{TRAINED_STEPS}.meta"} <= names
     assert (run / "checkpoint").read_text().startswith(f'model_checkpoint_path: "model-{TRAINED_STEPS}"')
     assert read_counter(run) == TRAINED_STEPS
     assert (run / "samples" / "samples-2.txt").is_file()
     config = json.loads((run / "train_config.json").read_text())
     assert config["steps"] == TRAINED_STEPS and config["model_name"] == "tiny"
-    assert config["filename"] == str(SAMPLE_CSV) and config["training_tweets"] == 300
+    assert config["filename"] == str(SAMPLE_CSV) and config["column"] == "tweets"
+    assert (config["training_tweets"], config["held_out_tweets"], config["val_fraction"]) == (285, 15, 0.05)
     progress = [line for line in log if line.startswith("step ")]
-    assert len(progress) == TRAINED_STEPS
-    assert re.fullmatch(r"step 3 \| loss \d+\.\d{3} \| avg \d+\.\d{3} \| \d+ tokens/s \| \d+\.\d s elapsed", progress[-1])
+    assert len(progress) == TRAINED_STEPS + 1  # and the held-out loss of the base model, at step 0
+    assert re.fullmatch(r"step 0 \| held-out \d+\.\d{3}", progress[0])
+    assert re.fullmatch(r"step 2 \| loss \d+\.\d{3} \| avg \d+\.\d{3} \| lr 1\.00e-04 \| \d+ tokens/s \| \d+\.\d s elapsed",
+                        progress[2])
+    # after the last step, its held-out loss
+    assert re.fullmatch(r"step 3 \| loss \d+\.\d{3} \| avg \d+\.\d{3} \| held-out \d+\.\d{3} \(best \d+\.\d{3} at step \d\) "
+                        r"\| lr 1\.00e-04 \| \d+ tokens/s \| \d+\.\d s elapsed", progress[-1])
+    assert f"training curves: {run / 'train_log.csv'} and {run / 'train_log.png'}" in log
+    assert (run / "train_log.png").read_bytes().startswith(b"\x89PNG")
     assert any(line.startswith("sample at step 2:") for line in log)
 
 
