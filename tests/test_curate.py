@@ -64,6 +64,11 @@ def csrf_of(page: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
 
 
+def set_cookie_line(response, name: str) -> str:
+    """The Set-Cookie header of one cookie (a response sets several: the flags of one must not pass for another's)."""
+    return next(line for line in response.headers.get_list("set-cookie") if line.startswith(f"{name}="))
+
+
 @pytest.fixture
 def curator(app):
     """A signed-in browser-like client (https, so the Secure cookie is sent) and its CSRF token."""
@@ -142,6 +147,28 @@ def test_sign_in_throttle_counts_wrong_tokens_per_address_within_the_window():
     assert throttle.retry_after("a") is None
 
 
+def test_sign_in_throttle_keeps_only_the_newest_failures_of_requests_that_raced_past_the_check():
+    """Two wrong tokens checked before either was recorded both count; the memory per source stays
+    `max_failures` times, and the lockout runs from the oldest of those kept."""
+    now = [0.0]
+    throttle = SignInThrottle(max_failures=3, window_seconds=60, clock=lambda: now[0])
+    for when in (0, 10, 20, 30):
+        now[0] = when
+        throttle.record_failure("a")
+    assert len(throttle._failures["a"]) == 3
+    assert throttle.retry_after("a") == 40  # until the failure at 10 is 60 s old
+
+
+def test_sign_in_throttle_logs_once_when_the_lockout_begins(caplog):
+    caplog.set_level(logging.WARNING, logger="api.curation_session")
+    throttle = SignInThrottle(max_failures=3, window_seconds=15 * 60, clock=lambda: 0.0)
+    for _ in range(3):
+        throttle.record_failure("203.0.113.7")
+    assert [record.getMessage() for record in caplog.records] == [
+        "curation sign-in: 3 wrong tokens from 203.0.113.7 within 15 minutes; its sign-ins are refused for a while"
+    ]
+
+
 @SQLITE_ONLY
 def test_sign_in_refuses_an_address_after_five_wrong_tokens(app, caplog):
     caplog.set_level(logging.WARNING)
@@ -201,7 +228,7 @@ def test_behind_one_proxy_address_guessing_locks_out_new_browsers_but_not_the_cu
 @SQLITE_ONLY
 def test_device_cookie_is_signed_httponly_strict_long_lived_and_keeps_its_id(stranger):
     first = stranger.post("/curate/sign-in", data={"token": TOKEN}, follow_redirects=False)
-    cookie = next(c for c in first.headers.get_list("set-cookie") if c.startswith(f"{DEVICE_COOKIE_NAME}="))
+    cookie = set_cookie_line(first, DEVICE_COOKIE_NAME)
     for flag in ("HttpOnly", "Secure", "SameSite=strict", "Path=/curate", f"Max-Age={DEVICE_MAX_AGE_SECONDS}"):
         assert flag in cookie
     assert TOKEN not in cookie
@@ -227,8 +254,7 @@ def test_a_right_token_clears_earlier_mistakes_and_an_empty_form_is_no_guess(str
 @SQLITE_ONLY
 def test_session_cookie_is_secure_httponly_strict_and_never_in_the_url(stranger):
     response = stranger.post("/curate/sign-in", data={"token": TOKEN}, follow_redirects=False)
-    cookie = response.headers["set-cookie"]
-    assert cookie.startswith(f"{COOKIE_NAME}=")
+    cookie = set_cookie_line(response, COOKIE_NAME)
     for flag in ("HttpOnly", "Secure", "SameSite=strict", "Path=/curate", f"Max-Age={SESSION_MAX_AGE_SECONDS}"):
         assert flag in cookie
     assert response.headers["location"] == "/curate"
@@ -309,7 +335,7 @@ def test_actions_without_a_session_are_401_and_change_nothing(app, session_facto
     with TestClient(app, base_url="https://testserver") as client:
         response = client.post(path, data={**form, "csrf_token": "anything"}, headers=headers)
     assert response.status_code == 401
-    assert "sign in" in response.json()["detail"]
+    assert response.json()["detail"] == "not signed in, or the session expired: sign in again at /curate/sign-in"
     assert snapshot(session_factory) == seeded
 
 
@@ -320,7 +346,9 @@ def test_actions_without_the_csrf_token_are_403_and_change_nothing(curator, sess
     data = dict(form) if csrf is None else {**form, "csrf_token": csrf}
     response = curator.post(path, data=data, headers=JSON)
     assert response.status_code == 403
-    assert ("missing" if csrf is None else "wrong") in response.json()["detail"]
+    assert response.json()["detail"] == (
+        f"{'missing' if csrf is None else 'wrong'} CSRF token: reload the curation page and try again (nothing was changed)"
+    )
     assert snapshot(session_factory) == seeded
     assert curator.get("/curate", follow_redirects=False).status_code == 200  # still signed in
 
@@ -343,10 +371,14 @@ def test_another_sessions_csrf_token_does_not_work(app, curator, session_factory
 
 @SQLITE_ONLY
 def test_sign_out_clears_the_cookie(curator):
+    """The deletion names the cookie's path (a browser replaces only the cookie of that name and path) and its flags."""
     response = curator.post("/curate/sign-out", data={"csrf_token": curator.csrf}, follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"] == "/curate/sign-in"
-    assert re.search(rf'{COOKIE_NAME}="?"?; .*Max-Age=0', response.headers["set-cookie"])
+    deletion = set_cookie_line(response, COOKIE_NAME)
+    assert re.match(rf'{COOKIE_NAME}="?"?; ', deletion)
+    for flag in ("Max-Age=0", "Path=/curate", "Secure", "HttpOnly", "SameSite=strict"):
+        assert flag in deletion
     assert curator.get("/curate", follow_redirects=False).headers["location"] == "/curate/sign-in"
 
 
