@@ -29,6 +29,10 @@ from api.curation_session import (
     SIGN_IN_MAX_FAILURES,
     SIGN_IN_WINDOW_SECONDS,
     SignInThrottle,
+    _b64,
+    _DEVICE_KEY_LABEL,
+    _unb64,
+    client_address,
     cookie_is_secure,
     decode_session,
     encode_session,
@@ -157,6 +161,22 @@ def test_sign_in_throttle_keeps_only_the_newest_failures_of_requests_that_raced_
         throttle.record_failure("a")
     assert len(throttle._failures["a"]) == 3
     assert throttle.retry_after("a") == 40  # until the failure at 10 is 60 s old
+
+
+def test_sign_in_throttle_rounds_the_wait_up_to_whole_seconds():
+    now = [0.0]
+    throttle = SignInThrottle(max_failures=1, window_seconds=60, clock=lambda: now[0])
+    throttle.record_failure("a")
+    now[0] = 59.5
+    assert throttle.retry_after("a") == 1
+    now[0] = 0.25
+    assert throttle.retry_after("a") == 60
+
+
+def test_a_request_without_a_client_address_counts_as_unknown():
+    request = Request({"type": "http", "scheme": "https", "server": None, "path": "/curate/sign-in",
+                       "query_string": b"", "headers": []})
+    assert client_address(request) == "unknown"
 
 
 def test_sign_in_throttle_logs_once_when_the_lockout_begins(caplog):
@@ -294,6 +314,30 @@ def test_signed_sessions_reject_tampering_other_keys_and_age(settings):
     assert decode_session(cookie, b"another key", now=1_000_060) is None
     assert decode_session(cookie, key, now=1_000_000 + SESSION_MAX_AGE_SECONDS + 1) is None
     assert decode_session("garbage", key) is None
+
+
+def test_a_session_is_valid_from_the_second_it_is_issued_through_its_last_second(settings):
+    key = signing_key(settings)
+    session = new_session(now=1_000_000)
+    cookie = encode_session(session, key)
+    assert decode_session(cookie, key, now=1_000_000) == session
+    assert decode_session(cookie, key, now=1_000_000 + SESSION_MAX_AGE_SECONDS) == session
+    assert decode_session(cookie, key, now=1_000_000 - 1) is None
+
+
+def test_a_value_signed_for_device_cookies_is_no_session(settings):
+    """Each kind of cookie has its own key: one kind never passes for another."""
+    session = new_session(now=1_000_000)
+    cookie = encode_session(session, signing_key(settings, _DEVICE_KEY_LABEL))
+    assert decode_session(cookie, signing_key(settings), now=1_000_060) is None
+
+
+@pytest.mark.parametrize("data", [b"", b"a", b"ab", b"abc", b"\x00\x00\x17", b"\xfb\xff\xbf"])
+def test_cookie_base64_is_unpadded_and_round_trips(data):
+    """No '=' (a cookie value holding one gets quoted), and nothing but the padding is stripped ("AAAX" keeps its X)."""
+    text = _b64(data)
+    assert re.fullmatch(r"[A-Za-z0-9_-]*", text)
+    assert _unb64(text) == data
 
 
 # Every state-changing request, with the form it needs (ids are the first seeded tweets).
