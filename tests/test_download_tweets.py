@@ -18,10 +18,11 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import tweepy
 from tqdm import tqdm
 
 from api.config import XSettings
-from api.x_client import make_x_client
+from api.x_client import XError, XErrorKind, make_x_client
 import scripts.download_tweets as download_tweets
 from scripts.download_tweets import collect, main, parse_args
 from scripts.training_text import (
@@ -34,8 +35,14 @@ from scripts.training_text import (
     write_tweets_csv,
 )
 from scripts.tweet_sources import (
+    RATE_LIMIT_WAIT_WITHOUT_RESET,
     DownloadError,
     SourceTweet,
+    _api_tweet,
+    _archive_date,
+    _download_error,
+    _first_error,
+    _seconds_until,
     fetch_from_api,
     fetch_from_twint,
     read_archive,
@@ -422,6 +429,41 @@ def test_api_protected_account(fake_x):
         fetch(fake_x, "hidden")
 
 
+def test_api_tweets_are_flagged_from_their_fields():
+    def tweet(**fields) -> tweepy.Tweet:
+        return _api_tweet(tweepy.Tweet({"id": "1", "text": "t", "edit_history_tweet_ids": ["1"], **fields}))
+
+    assert (tweet().is_retweet, tweet().is_reply) == (False, False)
+    assert tweet(referenced_tweets=[{"type": "quoted", "id": "2"}, {"type": "retweeted", "id": "3"}]).is_retweet
+    assert not tweet(referenced_tweets=[{"type": "quoted", "id": "2"}]).is_retweet
+    assert tweet(in_reply_to_user_id="22").is_reply
+
+
+def test_rate_limit_waits_last_until_a_second_after_the_reset():
+    def reset_in(seconds: float) -> datetime:
+        return datetime.fromtimestamp(1_000_000 + seconds, timezone.utc)
+
+    assert _seconds_until(reset_in(30), clock=lambda: 1_000_000) == 31
+    assert _seconds_until(reset_in(-30), clock=lambda: 1_000_000) == 1.0
+    assert _seconds_until(None, clock=lambda: 1_000_000) == RATE_LIMIT_WAIT_WITHOUT_RESET
+
+
+def test_xs_error_detail_is_taken_from_its_first_problem():
+    assert _first_error([{"title": "Forbidden", "message": "m"}]) == "Forbidden"
+    assert _first_error(["not a problem", {"message": "Gone"}]) == "Gone"
+    assert _first_error([{"detail": "", "title": ""}]) == "no detail"
+    assert _first_error(None) == _first_error([]) == "no detail"
+
+
+@pytest.mark.parametrize("kind, advice", [
+    (XErrorKind.not_sent, "check the network and TWITTER_API_BASE_URL"),
+    (XErrorKind.unknown_outcome, "try again later"),
+    (XErrorKind.refused, "see X's message"),
+])
+def test_download_errors_give_advice_by_kind(kind, advice):
+    assert str(_download_error(XError(kind, "X said no"), "karpathy")) == f"X said no: {advice}"
+
+
 def test_fake_x_serves_only_the_newest_3200(fake_x):
     fake_x.add_user("prolific", timeline(3250))
     assert len(fetch(fake_x, "prolific")) == 3200
@@ -668,6 +710,7 @@ def fake_twint(found: list, error: Exception | None = None) -> types.ModuleType:
         Store_object = Hide_output = False
 
     def search(config):
+        module.searched_with = config
         if error is not None:
             raise error
         config.Store_object_tweets_list.extend(found)
@@ -683,18 +726,24 @@ def twint_tweet(text: str, reply_to: list[str] = (), retweet: bool = False):
 
 
 def test_twint_results_become_source_tweets(monkeypatch):
-    monkeypatch.setitem(sys.modules, "twint", fake_twint([
+    bare = types.SimpleNamespace(tweet="no flags at all", datetime=1_700_000_000_000)  # no retweet, no reply_to
+    module = fake_twint([
         twint_tweet("mine"), twint_tweet("an answer", reply_to=["friend"]),
-        twint_tweet("cc friend, see this", reply_to=["friend"]), twint_tweet("theirs", retweet=True),
-    ]))
+        twint_tweet("cc friend, see this", reply_to=["friend"]), twint_tweet("theirs", retweet=True), bare,
+    ])
+    monkeypatch.setitem(sys.modules, "twint", module)
     tweets = list(fetch_from_twint("karpathy", limit=40))
     assert [(t.text, t.is_reply, t.is_retweet) for t in tweets] == [
         ("mine", False, False), ("an answer", True, False), ("cc friend, see this", False, False), ("theirs", False, True),
+        ("no flags at all", False, False),
     ]
     assert tweets[0].created_at == datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc)
+    config = module.searched_with
+    assert (config.Username, config.Limit, config.Store_object, config.Hide_output) == ("karpathy", 40, True, True)
 
 
-@pytest.mark.parametrize("error, message", [(None, "twint returned no tweets"), (RuntimeError("blocked"), "twint failed")])
+@pytest.mark.parametrize("error, message", [(None, "twint returned no tweets"),
+                                            (RuntimeError("blocked"), "twint failed (RuntimeError)")])
 def test_twint_blocked_exits_non_zero_naming_the_other_sources(no_x_env, monkeypatch, capsys, error, message):
     monkeypatch.setitem(sys.modules, "twint", fake_twint([], error))
     assert main(["--username=karpathy", "--source=twint"]) == 1
@@ -763,6 +812,24 @@ def test_a_note_written_three_seconds_away_belongs_to_another_post(tmp_path):
                        "core": {"text": "Short start of another long post"}}},
     ])
     assert [t.text for t in read_archive(tmp_path)] == ["Short start… https://t.co/x"]
+
+
+def test_archive_entries_flag_retweets_and_replies_in_every_spelling(tmp_path):
+    (tmp_path / "tweets.js").write_text("window.YTD.tweets.part0 = " + json.dumps([
+        {"tweet": {"text": "an old entry with text, not full_text"}},
+        {"tweet": {"full_text": "retweeted by status", "retweeted_status": {}}},
+        {"tweet": {"full_text": "a reply by str id", "in_reply_to_status_id_str": "5"}},
+        {"tweet": {"full_text": "a reply by number id", "in_reply_to_status_id": 5}},
+    ]) + ";\n")  # some archives end the assignment with a semicolon
+    assert [(t.text, t.is_retweet, t.is_reply) for t in read_archive(tmp_path / "tweets.js")] == [
+        ("an old entry with text, not full_text", False, False), ("retweeted by status", True, False),
+        ("a reply by str id", False, True), ("a reply by number id", False, True),
+    ]
+
+
+def test_archive_dates_without_a_zone_are_utc():
+    assert _archive_date("2024-03-01T09:30:00") == datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc)
+    assert _archive_date("2024-03-01T10:30:00+01:00") == datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc)
 
 
 def test_archive_files_with_a_byte_order_mark_are_read(tmp_path):
