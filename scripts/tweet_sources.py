@@ -10,6 +10,7 @@ import json
 import re
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -110,7 +111,7 @@ def _archive_files(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, s
                     _matching_files(path, readers, _ARCHIVE_TWEETS_FILE),
                     _matching_files(path, readers, _ARCHIVE_NOTES_FILE),
                 )
-        except (zipfile.BadZipFile, OSError) as exc:
+        except (zipfile.BadZipFile, zlib.error, OSError) as exc:  # a damaged member fails in zlib
             raise DownloadError(f"{path} is a damaged zip ({exc}): download the archive again") from None
     if path.suffix.lower() == ".zip":
         raise DownloadError(f"{path} is not a zip file: download the archive again")

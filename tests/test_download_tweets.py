@@ -233,7 +233,8 @@ def test_zip_without_tweets_file(tmp_path):
     path = tmp_path / "other.zip"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("data/account.js", "window.YTD.account.part0 = []")
-    with pytest.raises(DownloadError, match=r"has no tweets file \(data/tweets.js or data/tweet.js\)"):
+    with pytest.raises(DownloadError, match=r"has no tweets file \(data/tweets.js or data/tweet.js\): pass the zip from X's "
+                                           r"'Download an archive of your data', its extracted folder, or its data/tweets.js$"):
         read_archive(path)
 
 
@@ -396,7 +397,8 @@ def test_api_rate_limit_longer_than_max_wait_stops(fake_x):
     fake_x.add_user("karpathy", timeline(150))
     fake_x.enqueue("GET", "/2/users/:id/tweets", FakeResponse(200, {"data": [], "meta": {"result_count": 0, "next_token": "64"}}),
                    FakeX.rate_limited(reset=int(time.time()) + 600))
-    with pytest.raises(DownloadError, match=r"rate limit resets in \d+ s, longer than --max_wait=60"):
+    with pytest.raises(DownloadError, match=r"rate limit resets in \d+ s, longer than --max_wait=60: "
+                                           r"run again later, or allow a longer wait$"):
         fetch(fake_x, max_wait=60)
 
 
@@ -425,7 +427,7 @@ def test_api_protected_account(fake_x):
         fetch(fake_x, "hidden")
     fake_x.enqueue("GET", "/2/users/:id/tweets", FakeResponse(200, {"errors": [{
         "detail": f"Sorry, you are not authorized to see the user with id: [{user_id}].", "title": "Authorization Error"}]}))
-    with pytest.raises(DownloadError, match=r"no tweets for @hidden \(Sorry, .*may be protected"):
+    with pytest.raises(DownloadError, match=r"no tweets for @hidden \(Sorry, .*: the account may be protected or suspended$"):
         fetch(fake_x, "hidden")
 
 
@@ -830,6 +832,58 @@ def test_archive_entries_flag_retweets_and_replies_in_every_spelling(tmp_path):
 def test_archive_dates_without_a_zone_are_utc():
     assert _archive_date("2024-03-01T09:30:00") == datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc)
     assert _archive_date("2024-03-01T10:30:00+01:00") == datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc)
+
+
+def test_notes_in_every_shape_and_a_short_truncated_post(tmp_path):
+    """Notes with or without the noteTweet wrapper, odd entries skipped; a tweet cut to a few words plus "…" and its
+    link still finds its note; a tweet without a date takes none."""
+    at = datetime(2024, 3, 1, 9, 30, 0, tzinfo=timezone.utc)
+    write_archive_file(tmp_path, "tweets.js", "tweets", [
+        archive_entry("A short  long post… https://t.co/x", at), {"tweet": {"full_text": "Undated… https://t.co/y"}},
+    ])
+    write_archive_file(tmp_path, "note-tweet.js", "note_tweet", [
+        "not an entry", {"noteTweet": "not a note"}, {"noteTweet": {"createdAt": at.isoformat(), "core": {}}},
+        {"createdAt": at.isoformat(), "core": {"text": "A short long post, whole."}},
+        {"noteTweet": {"core": {"text": "Undated and whole."}}},
+    ])
+    assert [t.text for t in read_archive(tmp_path)] == ["A short long post, whole.", "Undated… https://t.co/y"]
+
+
+@pytest.mark.parametrize("layout, bad_file", [
+    ("folder", "data/tweets.js"), ("folder", "data/note-tweet.js"), ("zip", "data/tweets.js"),
+    ("zip", "data/note-tweet.js"), ("file", "data/tweets.js"),
+])
+def test_errors_name_the_file_and_the_archive(tmp_path, layout, bad_file):
+    folder = tmp_path / "archive"
+    shutil.copytree(ARCHIVE, folder)
+    (folder / "data" / "tweets-part1.js").unlink()
+    (folder / bad_file).write_bytes(b"window.YTD.x.part0 = [\xff]")
+    path = {"folder": folder, "zip": zip_folder(folder, tmp_path / "archive.zip"), "file": folder / bad_file}[layout]
+    name = bad_file if layout != "file" else "tweets.js"
+    with pytest.raises(DownloadError) as info:
+        read_archive(path)
+    assert str(info.value).startswith(f"{name} in {path} is not UTF-8")
+
+
+def test_entry_and_json_errors_name_the_file_and_the_archive(tmp_path):
+    write_archive_file(tmp_path, "tweets.js", "tweets", [{"tweet": {"id": "1"}}])
+    with pytest.raises(DownloadError, match=f"^entry 0 of data/tweets.js in {tmp_path} has no tweet text"):
+        read_archive(tmp_path)
+    (tmp_path / "data" / "note-tweet.js").write_text("window.YTD.note_tweet.part0 = [")
+    with pytest.raises(DownloadError) as info:
+        read_archive(tmp_path)
+    assert str(info.value).startswith(f"data/note-tweet.js in {tmp_path} is not valid JSON")
+    assert str(info.value).endswith("the file is damaged; download the archive again")
+
+
+def test_a_damaged_zip_says_so(tmp_path):
+    path = zip_folder(ARCHIVE, tmp_path / "archive.zip")
+    data = bytearray(path.read_bytes())
+    start = data.index(b"data/tweets.js") + len(b"data/tweets.js")  # the first entry's compressed bytes follow its name
+    data[start + 10:start + 20] = bytes(10)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DownloadError, match=f"^{path} is a damaged zip .*: download the archive again$"):
+        read_archive(path)
 
 
 def test_archive_files_with_a_byte_order_mark_are_read(tmp_path):
