@@ -256,6 +256,8 @@ def test_malformed_json_names_the_file_and_place(tmp_path, body, where):
 @pytest.mark.parametrize("content, match", [
     ('window.YTD.tweets.part0 = {"tweet": {}}', "does not hold a list of tweets"),
     ('window.YTD.tweets.part0 = [{"tweet": {"id": "1"}}]', "entry 0 of tweets.js .* has no tweet text"),
+    ('window.YTD.tweets.part0 = ["just text"]', "entry 0 of tweets.js .* has no tweet text"),
+    ('window.YTD.tweets.part0 = [{"tweet": "just text"}]', "entry 0 of tweets.js .* has no tweet text"),
     (b"\xff\xfe not utf-8", "not UTF-8"),
 ])
 def test_wrong_content_is_one_clear_error(tmp_path, content, match):
@@ -391,6 +393,15 @@ def test_api_waits_for_the_rate_limit_reset_then_goes_on(fake_x):
     pages = fake_x.received("GET", f"/2/users/{user_id}/tweets")
     assert len(pages) == 3  # the refused first page was asked again, then the second
     assert "pagination_token" not in pages[1].query and pages[2].query["pagination_token"] == ["64"]
+
+
+def test_api_waits_a_rate_limit_of_exactly_max_wait(fake_x):
+    fake_x.add_user("karpathy", timeline(5))
+    reset = int(time.time()) + 600
+    fake_x.enqueue("GET", "/2/users/:id/tweets", FakeX.rate_limited(reset=reset))
+    waits = []
+    assert len(fetch(fake_x, waits=waits, max_wait=60, clock=lambda: reset - 59)) == 5
+    assert waits == [60]
 
 
 def test_api_rate_limit_longer_than_max_wait_stops(fake_x):
