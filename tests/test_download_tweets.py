@@ -249,7 +249,7 @@ def test_malformed_json_names_the_file_and_place(tmp_path, body, where):
     with pytest.raises(DownloadError) as info:
         read_archive(tmp_path)
     message = str(info.value)
-    assert "data/tweets-part1.js" in message and "not valid JSON" in message and where in message
+    assert message.startswith(f"data/tweets-part1.js in {tmp_path} is not valid JSON") and where in message
     assert "\n" not in message
 
 
@@ -803,6 +803,12 @@ def test_an_archive_out_of_date_order_still_comes_out_newest_first(tmp_path):
     assert [t.text for t in read_archive(tmp_path)] == [
         "newest", "second newest", "middle", "second oldest", "oldest",
     ]
+
+
+def test_undated_tweets_come_in_the_order_of_the_parts(tmp_path):
+    write_archive_file(tmp_path, "tweets.js", "tweets", [{"tweet": {"full_text": "from the first part"}}])
+    write_archive_file(tmp_path, "tweets-part1.js", "tweets", [{"tweet": {"full_text": "from the second part"}}])
+    assert [t.text for t in read_archive(tmp_path)] == ["from the first part", "from the second part"]
 
 
 @pytest.mark.parametrize("note_after_seconds", [-2, -1, 0, 1, 2])
