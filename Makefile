@@ -68,13 +68,16 @@ serve-generation: $(VENV)/.ml ## serve the generation service on http://127.0.0.
 # MODULES and TESTS, and links to the code; it is a git repository of its own, so that tests asking
 # git what it ignores see the copied .gitignore, not the rule that ignores .mutation/. The ml and
 # browser tests are left out (slow, and not made to run in the process mutmut forks per mutant).
+# Each run starts from no mutants/: mutmut keeps a mutant's verdict until its function changes, so a
+# rerun after new tests would list the old survivors again, and another MODULES' results would stay.
 # Survivors again: `cd .mutation && mutmut results`; one in full: `mutmut show NAME`.
 .PHONY: mutation
 MUTATION_DIR := .mutation
-MUTATION_COPY := api db ml scripts migrations alembic.ini pytest.ini .gitignore
+MUTATION_COPY := api bench db ml scripts migrations alembic.ini pytest.ini .gitignore
 mutation: $(VENV)/.dev ## mutation-test MODULES="api/x.py ..." with their TESTS="tests/test_x.py ..."; lists the survivors
 	@test -n "$(MODULES)" -a -n "$(TESTS)" || { echo 'usage: make mutation MODULES="ml/filters.py" TESTS="tests/test_ml_candidates.py"' >&2; exit 2; }
 	git init -q $(MUTATION_DIR)
+	rm -rf $(MUTATION_DIR)/mutants
 	for path in tests $(MUTATION_COPY); do ln -sfn ../$$path $(MUTATION_DIR)/$$path; done
 	{ echo '[mutmut]'; \
 	  echo 'source_paths ='; for path in $(MODULES); do echo "    $$path"; done; \

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -153,7 +154,7 @@ def _archive_files(path: Path) -> _ArchiveFiles:
                     if not name.startswith("__MACOSX/")
                 }
                 return _sorted_files(path, readers)
-        except (zipfile.BadZipFile, OSError) as exc:
+        except (zipfile.BadZipFile, zlib.error, OSError) as exc:  # a damaged member fails in zlib
             raise DownloadError(f"{path} is a damaged zip ({exc}): download the archive again") from None
     if path.suffix.lower() == ".zip":
         raise DownloadError(f"{path} is not a zip file: download the archive again")

@@ -80,6 +80,12 @@ def test_add_one_tweet(client):
     assert body["created_at"].endswith("Z") or "+00:00" in body["created_at"]
 
 
+def test_add_answers_with_the_tweet_it_added_not_another(client):
+    client.post("/add_tweets/", json={"tweet": "first tweet"})
+    response = client.post("/add_tweets/", json={"tweet": "second tweet"})
+    assert response.status_code == 201 and response.json()["text"] == "second tweet"
+
+
 def test_add_pending_tweet(client):
     assert client.post("/add_tweets", json={"tweet": "review me", "status": "pending"}).json()["status"] == "pending"
 
@@ -202,6 +208,12 @@ def test_list_paginates_in_a_stable_order(client, five_tweets):
     assert [t["id"] for t in page["data"]] == five_tweets[2:4]
 
 
+def test_list_keeps_the_id_order_after_an_edit(client, five_tweets):
+    """Postgres writes an updated row anew at the end of the table: without ORDER BY it would come last."""
+    client.patch(f"/tweets/{five_tweets[0]}", json={"text": "edited first tweet"})
+    assert [t["id"] for t in client.get("/tweets/").json()["data"]] == five_tweets
+
+
 def test_list_filters_by_status_and_account(client, five_tweets):
     client.patch(f"/tweets/{five_tweets[0]}", json={"status": "rejected"})
     assert client.get("/tweets/", params={"status": "rejected"}).json()["count"] == 1
@@ -285,6 +297,60 @@ def test_race_between_uploads_is_a_conflict_and_stores_nothing(session_factory, 
         with pytest.raises(TweetConflict, match="send the file again"):
             ingest_texts(second, account=ACCOUNT, texts=["new text", "shared text"], status=TweetStatus.queued)
     assert stored_count(session_factory) == 1
+
+
+# ---- the store's bulk insert and counts ----------------------------------------------------
+
+def bulk_insert(session_factory, account: str, *texts: str, status=TweetStatus.queued) -> None:
+    from api.tweet_text import content_hash
+    from db import tweets as queries
+
+    with session_factory() as session:
+        queries.insert_tweets(session, account=account, texts_and_hashes=[(t, content_hash(t)) for t in texts],
+                              status=status)
+        session.commit()
+
+
+def test_bulk_inserts_go_to_the_back_of_their_accounts_queue(session_factory):
+    """Each account numbers its own queue from 1; a batch shares one time, as a row never updated does."""
+    bulk_insert(session_factory, ACCOUNT, "a1", "a2", "a3")
+    bulk_insert(session_factory, "another_bot", "b1", "b2")
+    bulk_insert(session_factory, ACCOUNT, "a4", "a5", status=TweetStatus.pending)
+    with session_factory() as session:
+        rows = session.execute(select(Tweet.account, Tweet.text, Tweet.position, Tweet.status, Tweet.dry_run,
+                                      Tweet.created_at, Tweet.updated_at).order_by(Tweet.id)).all()
+    assert [(r.account, r.text, r.position) for r in rows] == [
+        (ACCOUNT, "a1", 1), (ACCOUNT, "a2", 2), (ACCOUNT, "a3", 3),
+        ("another_bot", "b1", 1), ("another_bot", "b2", 2),
+        (ACCOUNT, "a4", 4), (ACCOUNT, "a5", 5),
+    ]
+    assert [r.status for r in rows] == [TweetStatus.queued] * 5 + [TweetStatus.pending] * 2
+    assert not any(r.dry_run for r in rows)
+    for batch in (rows[:3], rows[3:5], rows[5:]):
+        assert {(r.created_at, r.updated_at) for r in batch} == {(batch[0].created_at, batch[0].created_at)}
+
+
+def test_bulk_insert_on_postgres_is_one_copy_not_inserts(session_factory, engine, backend):
+    """The COPY path is the one the Postgres tests must exercise (and the fast one: bench_ingest)."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    bulk_insert(session_factory, ACCOUNT, "one", "two", "three")
+    inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT")]
+    assert len(inserts) == (0 if backend != "sqlite" else 1)
+    assert stored_count(session_factory) == 3
+
+
+def test_counts_by_status_name_every_status_for_the_account_only(session_factory):
+    from db import tweets as queries
+
+    bulk_insert(session_factory, ACCOUNT, "q1", "q2")
+    bulk_insert(session_factory, ACCOUNT, "p1", status=TweetStatus.pending)
+    bulk_insert(session_factory, "another_bot", "q3", "q4", "q5")
+    with session_factory() as session:
+        counts = queries.count_by_status(session, ACCOUNT)
+    assert counts == {status: {TweetStatus.queued: 2, TweetStatus.pending: 1}.get(status, 0) for status in TweetStatus}
 
 
 # ---- what the store refuses, and what it must not refuse ----------------------------------

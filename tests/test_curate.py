@@ -29,6 +29,10 @@ from api.curation_session import (
     SIGN_IN_MAX_FAILURES,
     SIGN_IN_WINDOW_SECONDS,
     SignInThrottle,
+    _b64,
+    _DEVICE_KEY_LABEL,
+    _unb64,
+    client_address,
     cookie_is_secure,
     decode_session,
     encode_session,
@@ -63,6 +67,11 @@ def sign_in(client: TestClient) -> str:
 
 def csrf_of(page: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def set_cookie_line(response, name: str) -> str:
+    """The Set-Cookie header of one cookie (a response sets several: the flags of one must not pass for another's)."""
+    return next(line for line in response.headers.get_list("set-cookie") if line.startswith(f"{name}="))
 
 
 @pytest.fixture
@@ -148,6 +157,44 @@ def test_sign_in_throttle_counts_wrong_tokens_per_address_within_the_window():
     assert throttle.retry_after("a") is None
 
 
+def test_sign_in_throttle_keeps_only_the_newest_failures_of_requests_that_raced_past_the_check():
+    """Two wrong tokens checked before either was recorded both count; the memory per source stays
+    `max_failures` times, and the lockout runs from the oldest of those kept."""
+    now = [0.0]
+    throttle = SignInThrottle(max_failures=3, window_seconds=60, clock=lambda: now[0])
+    for when in (0, 10, 20, 30):
+        now[0] = when
+        throttle.record_failure("a")
+    assert len(throttle._failures["a"]) == 3
+    assert throttle.retry_after("a") == 40  # until the failure at 10 is 60 s old
+
+
+def test_sign_in_throttle_rounds_the_wait_up_to_whole_seconds():
+    now = [0.0]
+    throttle = SignInThrottle(max_failures=1, window_seconds=60, clock=lambda: now[0])
+    throttle.record_failure("a")
+    now[0] = 59.5
+    assert throttle.retry_after("a") == 1
+    now[0] = 0.25
+    assert throttle.retry_after("a") == 60
+
+
+def test_a_request_without_a_client_address_counts_as_unknown():
+    request = Request({"type": "http", "scheme": "https", "server": None, "path": "/curate/sign-in",
+                       "query_string": b"", "headers": []})
+    assert client_address(request) == "unknown"
+
+
+def test_sign_in_throttle_logs_once_when_the_lockout_begins(caplog):
+    caplog.set_level(logging.WARNING, logger="api.curation_session")
+    throttle = SignInThrottle(max_failures=3, window_seconds=15 * 60, clock=lambda: 0.0)
+    for _ in range(3):
+        throttle.record_failure("203.0.113.7")
+    assert [record.getMessage() for record in caplog.records] == [
+        "curation sign-in: 3 wrong tokens from 203.0.113.7 within 15 minutes; its sign-ins are refused for a while"
+    ]
+
+
 @SQLITE_ONLY
 def test_sign_in_refuses_an_address_after_five_wrong_tokens(app, caplog):
     caplog.set_level(logging.WARNING)
@@ -207,7 +254,7 @@ def test_behind_one_proxy_address_guessing_locks_out_new_browsers_but_not_the_cu
 @SQLITE_ONLY
 def test_device_cookie_is_signed_httponly_strict_long_lived_and_keeps_its_id(stranger):
     first = stranger.post("/curate/sign-in", data={"token": TOKEN}, follow_redirects=False)
-    cookie = next(c for c in first.headers.get_list("set-cookie") if c.startswith(f"{DEVICE_COOKIE_NAME}="))
+    cookie = set_cookie_line(first, DEVICE_COOKIE_NAME)
     for flag in ("HttpOnly", "Secure", "SameSite=strict", "Path=/curate", f"Max-Age={DEVICE_MAX_AGE_SECONDS}"):
         assert flag in cookie
     assert TOKEN not in cookie
@@ -233,8 +280,7 @@ def test_a_right_token_clears_earlier_mistakes_and_an_empty_form_is_no_guess(str
 @SQLITE_ONLY
 def test_session_cookie_is_secure_httponly_strict_and_never_in_the_url(stranger):
     response = stranger.post("/curate/sign-in", data={"token": TOKEN}, follow_redirects=False)
-    cookie = response.headers["set-cookie"]
-    assert cookie.startswith(f"{COOKIE_NAME}=")
+    cookie = set_cookie_line(response, COOKIE_NAME)
     for flag in ("HttpOnly", "Secure", "SameSite=strict", "Path=/curate", f"Max-Age={SESSION_MAX_AGE_SECONDS}"):
         assert flag in cookie
     assert response.headers["location"] == "/curate"
@@ -276,6 +322,30 @@ def test_signed_sessions_reject_tampering_other_keys_and_age(settings):
     assert decode_session("garbage", key) is None
 
 
+def test_a_session_is_valid_from_the_second_it_is_issued_through_its_last_second(settings):
+    key = signing_key(settings)
+    session = new_session(now=1_000_000)
+    cookie = encode_session(session, key)
+    assert decode_session(cookie, key, now=1_000_000) == session
+    assert decode_session(cookie, key, now=1_000_000 + SESSION_MAX_AGE_SECONDS) == session
+    assert decode_session(cookie, key, now=1_000_000 - 1) is None
+
+
+def test_a_value_signed_for_device_cookies_is_no_session(settings):
+    """Each kind of cookie has its own key: one kind never passes for another."""
+    session = new_session(now=1_000_000)
+    cookie = encode_session(session, signing_key(settings, _DEVICE_KEY_LABEL))
+    assert decode_session(cookie, signing_key(settings), now=1_000_060) is None
+
+
+@pytest.mark.parametrize("data", [b"", b"a", b"ab", b"abc", b"\x00\x00\x17", b"\xfb\xff\xbf"])
+def test_cookie_base64_is_unpadded_and_round_trips(data):
+    """No '=' (a cookie value holding one gets quoted), and nothing but the padding is stripped ("AAAX" keeps its X)."""
+    text = _b64(data)
+    assert re.fullmatch(r"[A-Za-z0-9_-]*", text)
+    assert _unb64(text) == data
+
+
 # Every state-changing request, with the form it needs (ids are the first seeded tweets).
 ACTIONS = [
     ("/curate/approve", {"ids": "1"}),
@@ -315,7 +385,7 @@ def test_actions_without_a_session_are_401_and_change_nothing(app, session_facto
     with TestClient(app, base_url="https://testserver") as client:
         response = client.post(path, data={**form, "csrf_token": "anything"}, headers=headers)
     assert response.status_code == 401
-    assert "sign in" in response.json()["detail"]
+    assert response.json()["detail"] == "not signed in, or the session expired: sign in again at /curate/sign-in"
     assert snapshot(session_factory) == seeded
 
 
@@ -344,7 +414,9 @@ def test_actions_without_the_csrf_token_are_403_and_change_nothing(curator, sess
     data = dict(form) if csrf is None else {**form, "csrf_token": csrf}
     response = curator.post(path, data=data, headers=JSON)
     assert response.status_code == 403
-    assert ("missing" if csrf is None else "wrong") in response.json()["detail"]
+    assert response.json()["detail"] == (
+        f"{'missing' if csrf is None else 'wrong'} CSRF token: reload the curation page and try again (nothing was changed)"
+    )
     assert snapshot(session_factory) == seeded
     assert curator.get("/curate", follow_redirects=False).status_code == 200  # still signed in
 
@@ -367,10 +439,14 @@ def test_another_sessions_csrf_token_does_not_work(app, curator, session_factory
 
 @SQLITE_ONLY
 def test_sign_out_clears_the_cookie(curator):
+    """The deletion names the cookie's path (a browser replaces only the cookie of that name and path) and its flags."""
     response = curator.post("/curate/sign-out", data={"csrf_token": curator.csrf}, follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"] == "/curate/sign-in"
-    assert re.search(rf'{COOKIE_NAME}="?"?; .*Max-Age=0', response.headers["set-cookie"])
+    deletion = set_cookie_line(response, COOKIE_NAME)
+    assert re.match(rf'{COOKIE_NAME}="?"?; ', deletion)
+    for flag in ("Max-Age=0", "Path=/curate", "Secure", "HttpOnly", "SameSite=strict"):
+        assert flag in deletion
     assert curator.get("/curate", follow_redirects=False).headers["location"] == "/curate/sign-in"
 
 

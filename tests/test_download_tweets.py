@@ -18,10 +18,11 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import tweepy
 from tqdm import tqdm
 
 from api.config import XSettings
-from api.x_client import make_x_client
+from api.x_client import XError, XErrorKind, make_x_client
 import scripts.download_tweets as download_tweets
 from scripts.download_tweets import collect, main, parse_args
 from scripts.training_text import (
@@ -34,8 +35,14 @@ from scripts.training_text import (
     write_tweets_csv,
 )
 from scripts.tweet_sources import (
+    RATE_LIMIT_WAIT_WITHOUT_RESET,
     DownloadError,
     SourceTweet,
+    _api_tweet,
+    _archive_date,
+    _download_error,
+    _first_error,
+    _seconds_until,
     fetch_from_api,
     fetch_from_twint,
     read_archive,
@@ -291,7 +298,9 @@ def test_zip_without_tweets_file(tmp_path):
     path = tmp_path / "other.zip"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("data/account.js", "window.YTD.account.part0 = []")
-    with pytest.raises(DownloadError, match=r"has no tweets file \(data/tweets.js or data/tweet.js; before 2019, data/js/tweets/YYYY_MM.js or tweets.csv\)"):
+    with pytest.raises(DownloadError, match=r"has no tweets file \(data/tweets.js or data/tweet.js; before 2019, data/js/tweets/YYYY_MM.js "
+                                           r"or tweets.csv\): pass the zip from X's "
+                                           r"'Download an archive of your data', its extracted folder, or its data/tweets.js$"):
         read_archive(path)
 
 
@@ -306,13 +315,15 @@ def test_malformed_json_names_the_file_and_place(tmp_path, body, where):
     with pytest.raises(DownloadError) as info:
         read_archive(tmp_path)
     message = str(info.value)
-    assert "data/tweets-part1.js" in message and "not valid JSON" in message and where in message
+    assert message.startswith(f"data/tweets-part1.js in {tmp_path} is not valid JSON") and where in message
     assert "\n" not in message
 
 
 @pytest.mark.parametrize("content, match", [
     ('window.YTD.tweets.part0 = {"tweet": {}}', "does not hold a list of tweets"),
     ('window.YTD.tweets.part0 = [{"tweet": {"id": "1"}}]', "entry 0 of tweets.js .* has no tweet text"),
+    ('window.YTD.tweets.part0 = ["just text"]', "entry 0 of tweets.js .* has no tweet text"),
+    ('window.YTD.tweets.part0 = [{"tweet": "just text"}]', "entry 0 of tweets.js .* has no tweet text"),
     (b"\xff\xfe not utf-8", "not UTF-8"),
 ])
 def test_wrong_content_is_one_clear_error(tmp_path, content, match):
@@ -450,11 +461,21 @@ def test_api_waits_for_the_rate_limit_reset_then_goes_on(fake_x):
     assert "pagination_token" not in pages[1].query and pages[2].query["pagination_token"] == ["64"]
 
 
+def test_api_waits_a_rate_limit_of_exactly_max_wait(fake_x):
+    fake_x.add_user("karpathy", timeline(5))
+    reset = int(time.time()) + 600
+    fake_x.enqueue("GET", "/2/users/:id/tweets", FakeX.rate_limited(reset=reset))
+    waits = []
+    assert len(fetch(fake_x, waits=waits, max_wait=60, clock=lambda: reset - 59)) == 5
+    assert waits == [60]
+
+
 def test_api_rate_limit_longer_than_max_wait_stops(fake_x):
     fake_x.add_user("karpathy", timeline(150))
     fake_x.enqueue("GET", "/2/users/:id/tweets", FakeResponse(200, {"data": [], "meta": {"result_count": 0, "next_token": "64"}}),
                    FakeX.rate_limited(reset=int(time.time()) + 600))
-    with pytest.raises(DownloadError, match=r"rate limit resets in \d+ s, longer than --max_wait=60"):
+    with pytest.raises(DownloadError, match=r"rate limit resets in \d+ s, longer than --max_wait=60: "
+                                           r"run again later, or allow a longer wait$"):
         fetch(fake_x, max_wait=60)
 
 
@@ -483,8 +504,43 @@ def test_api_protected_account(fake_x):
         fetch(fake_x, "hidden")
     fake_x.enqueue("GET", "/2/users/:id/tweets", FakeResponse(200, {"errors": [{
         "detail": f"Sorry, you are not authorized to see the user with id: [{user_id}].", "title": "Authorization Error"}]}))
-    with pytest.raises(DownloadError, match=r"no tweets for @hidden \(Sorry, .*may be protected"):
+    with pytest.raises(DownloadError, match=r"no tweets for @hidden \(Sorry, .*: the account may be protected or suspended$"):
         fetch(fake_x, "hidden")
+
+
+def test_api_tweets_are_flagged_from_their_fields():
+    def tweet(**fields) -> tweepy.Tweet:
+        return _api_tweet(tweepy.Tweet({"id": "1", "text": "t", "edit_history_tweet_ids": ["1"], **fields}))
+
+    assert (tweet().is_retweet, tweet().is_reply) == (False, False)
+    assert tweet(referenced_tweets=[{"type": "quoted", "id": "2"}, {"type": "retweeted", "id": "3"}]).is_retweet
+    assert not tweet(referenced_tweets=[{"type": "quoted", "id": "2"}]).is_retweet
+    assert tweet(in_reply_to_user_id="22").is_reply
+
+
+def test_rate_limit_waits_last_until_a_second_after_the_reset():
+    def reset_in(seconds: float) -> datetime:
+        return datetime.fromtimestamp(1_000_000 + seconds, timezone.utc)
+
+    assert _seconds_until(reset_in(30), clock=lambda: 1_000_000) == 31
+    assert _seconds_until(reset_in(-30), clock=lambda: 1_000_000) == 1.0
+    assert _seconds_until(None, clock=lambda: 1_000_000) == RATE_LIMIT_WAIT_WITHOUT_RESET
+
+
+def test_xs_error_detail_is_taken_from_its_first_problem():
+    assert _first_error([{"title": "Forbidden", "message": "m"}]) == "Forbidden"
+    assert _first_error(["not a problem", {"message": "Gone"}]) == "Gone"
+    assert _first_error([{"detail": "", "title": ""}]) == "no detail"
+    assert _first_error(None) == _first_error([]) == "no detail"
+
+
+@pytest.mark.parametrize("kind, advice", [
+    (XErrorKind.not_sent, "check the network and TWITTER_API_BASE_URL"),
+    (XErrorKind.unknown_outcome, "try again later"),
+    (XErrorKind.refused, "see X's message"),
+])
+def test_download_errors_give_advice_by_kind(kind, advice):
+    assert str(_download_error(XError(kind, "X said no"), "karpathy")) == f"X said no: {advice}"
 
 
 def test_fake_x_serves_only_the_newest_3200(fake_x):
@@ -733,6 +789,7 @@ def fake_twint(found: list, error: Exception | None = None) -> types.ModuleType:
         Store_object = Hide_output = False
 
     def search(config):
+        module.searched_with = config
         if error is not None:
             raise error
         config.Store_object_tweets_list.extend(found)
@@ -748,18 +805,24 @@ def twint_tweet(text: str, reply_to: list[str] = (), retweet: bool = False):
 
 
 def test_twint_results_become_source_tweets(monkeypatch):
-    monkeypatch.setitem(sys.modules, "twint", fake_twint([
+    bare = types.SimpleNamespace(tweet="no flags at all", datetime=1_700_000_000_000)  # no retweet, no reply_to
+    module = fake_twint([
         twint_tweet("mine"), twint_tweet("an answer", reply_to=["friend"]),
-        twint_tweet("cc friend, see this", reply_to=["friend"]), twint_tweet("theirs", retweet=True),
-    ]))
+        twint_tweet("cc friend, see this", reply_to=["friend"]), twint_tweet("theirs", retweet=True), bare,
+    ])
+    monkeypatch.setitem(sys.modules, "twint", module)
     tweets = list(fetch_from_twint("karpathy", limit=40))
     assert [(t.text, t.is_reply, t.is_retweet) for t in tweets] == [
         ("mine", False, False), ("an answer", True, False), ("cc friend, see this", False, False), ("theirs", False, True),
+        ("no flags at all", False, False),
     ]
     assert tweets[0].created_at == datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc)
+    config = module.searched_with
+    assert (config.Username, config.Limit, config.Store_object, config.Hide_output) == ("karpathy", 40, True, True)
 
 
-@pytest.mark.parametrize("error, message", [(None, "twint returned no tweets"), (RuntimeError("blocked"), "twint failed")])
+@pytest.mark.parametrize("error, message", [(None, "twint returned no tweets"),
+                                            (RuntimeError("blocked"), "twint failed (RuntimeError)")])
 def test_twint_blocked_exits_non_zero_naming_the_other_sources(no_x_env, monkeypatch, capsys, error, message):
     monkeypatch.setitem(sys.modules, "twint", fake_twint([], error))
     assert main(["--username=karpathy", "--source=twint"]) == 1
@@ -808,6 +871,12 @@ def test_an_archive_out_of_date_order_still_comes_out_newest_first(tmp_path):
     ]
 
 
+def test_undated_tweets_come_in_the_order_of_the_parts(tmp_path):
+    write_archive_file(tmp_path, "tweets.js", "tweets", [{"tweet": {"full_text": "from the first part"}}])
+    write_archive_file(tmp_path, "tweets-part1.js", "tweets", [{"tweet": {"full_text": "from the second part"}}])
+    assert [t.text for t in read_archive(tmp_path)] == ["from the first part", "from the second part"]
+
+
 @pytest.mark.parametrize("note_after_seconds", [-2, -1, 0, 1, 2])
 def test_a_long_post_gets_the_note_written_within_two_seconds_of_it(tmp_path, note_after_seconds):
     tweeted_at = datetime(2024, 3, 1, 9, 30, 0, tzinfo=timezone.utc)
@@ -828,6 +897,76 @@ def test_a_note_written_three_seconds_away_belongs_to_another_post(tmp_path):
                        "core": {"text": "Short start of another long post"}}},
     ])
     assert [t.text for t in read_archive(tmp_path)] == ["Short start… https://t.co/x"]
+
+
+def test_archive_entries_flag_retweets_and_replies_in_every_spelling(tmp_path):
+    (tmp_path / "tweets.js").write_text("window.YTD.tweets.part0 = " + json.dumps([
+        {"tweet": {"text": "an old entry with text, not full_text"}},
+        {"tweet": {"full_text": "retweeted by status", "retweeted_status": {}}},
+        {"tweet": {"full_text": "a reply by str id", "in_reply_to_status_id_str": "5"}},
+        {"tweet": {"full_text": "a reply by number id", "in_reply_to_status_id": 5}},
+    ]) + ";\n")  # some archives end the assignment with a semicolon
+    assert [(t.text, t.is_retweet, t.is_reply) for t in read_archive(tmp_path / "tweets.js")] == [
+        ("an old entry with text, not full_text", False, False), ("retweeted by status", True, False),
+        ("a reply by str id", False, True), ("a reply by number id", False, True),
+    ]
+
+
+def test_archive_dates_without_a_zone_are_utc():
+    assert _archive_date("2024-03-01T09:30:00") == datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc)
+    assert _archive_date("2024-03-01T10:30:00+01:00") == datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc)
+
+
+def test_notes_in_every_shape_and_a_short_truncated_post(tmp_path):
+    """Notes with or without the noteTweet wrapper, odd entries skipped; a tweet cut to a few words plus "…" and its
+    link still finds its note; a tweet without a date takes none."""
+    at = datetime(2024, 3, 1, 9, 30, 0, tzinfo=timezone.utc)
+    write_archive_file(tmp_path, "tweets.js", "tweets", [
+        archive_entry("A short  long post… https://t.co/x", at), {"tweet": {"full_text": "Undated… https://t.co/y"}},
+    ])
+    write_archive_file(tmp_path, "note-tweet.js", "note_tweet", [
+        "not an entry", {"noteTweet": "not a note"}, {"noteTweet": {"createdAt": at.isoformat(), "core": {}}},
+        {"createdAt": at.isoformat(), "core": {"text": "A short long post, whole."}},
+        {"noteTweet": {"core": {"text": "Undated and whole."}}},
+    ])
+    assert [t.text for t in read_archive(tmp_path)] == ["A short long post, whole.", "Undated… https://t.co/y"]
+
+
+@pytest.mark.parametrize("layout, bad_file", [
+    ("folder", "data/tweets.js"), ("folder", "data/note-tweet.js"), ("zip", "data/tweets.js"),
+    ("zip", "data/note-tweet.js"), ("file", "data/tweets.js"),
+])
+def test_errors_name_the_file_and_the_archive(tmp_path, layout, bad_file):
+    folder = tmp_path / "archive"
+    shutil.copytree(ARCHIVE, folder)
+    (folder / "data" / "tweets-part1.js").unlink()
+    (folder / bad_file).write_bytes(b"window.YTD.x.part0 = [\xff]")
+    path = {"folder": folder, "zip": zip_folder(folder, tmp_path / "archive.zip"), "file": folder / bad_file}[layout]
+    name = bad_file if layout != "file" else "tweets.js"
+    with pytest.raises(DownloadError) as info:
+        read_archive(path)
+    assert str(info.value).startswith(f"{name} in {path} is not UTF-8")
+
+
+def test_entry_and_json_errors_name_the_file_and_the_archive(tmp_path):
+    write_archive_file(tmp_path, "tweets.js", "tweets", [{"tweet": {"id": "1"}}])
+    with pytest.raises(DownloadError, match=f"^entry 0 of data/tweets.js in {tmp_path} has no tweet text"):
+        read_archive(tmp_path)
+    (tmp_path / "data" / "note-tweet.js").write_text("window.YTD.note_tweet.part0 = [")
+    with pytest.raises(DownloadError) as info:
+        read_archive(tmp_path)
+    assert str(info.value).startswith(f"data/note-tweet.js in {tmp_path} is not valid JSON")
+    assert str(info.value).endswith("the file is damaged; download the archive again")
+
+
+def test_a_damaged_zip_says_so(tmp_path):
+    path = zip_folder(ARCHIVE, tmp_path / "archive.zip")
+    data = bytearray(path.read_bytes())
+    start = data.index(b"data/tweets.js") + len(b"data/tweets.js")  # the first entry's compressed bytes follow its name
+    data[start + 10:start + 20] = bytes(10)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DownloadError, match=f"^{path} is a damaged zip .*: download the archive again$"):
+        read_archive(path)
 
 
 def test_archive_files_with_a_byte_order_mark_are_read(tmp_path):
