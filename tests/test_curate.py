@@ -385,7 +385,9 @@ def test_actions_without_a_session_are_401_and_change_nothing(app, session_facto
     with TestClient(app, base_url="https://testserver") as client:
         response = client.post(path, data={**form, "csrf_token": "anything"}, headers=headers)
     assert response.status_code == 401
-    assert response.json()["detail"] == "not signed in, or the session expired: sign in again at /curate/sign-in"
+    assert response.json()["detail"] == (
+        "Nothing was changed: not signed in, or the session expired: sign in again at /curate/sign-in."
+    )
     assert snapshot(session_factory) == seeded
 
 
