@@ -16,7 +16,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
-COPY requirements.txt .
+COPY requirements-core.txt requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 
 # A fixed, unprivileged user; /data is the only place it may write (SQLite when no Postgres is set).
@@ -26,10 +26,11 @@ RUN groupadd --system --gid 10001 app \
 
 COPY alembic.ini .
 COPY migrations/ migrations/
+COPY core/ core/
 COPY db/ db/
 COPY api/ api/
 # Compiled once here, so a cold start (Cloud Run scales to zero) does not compile the service's modules.
-RUN python -m compileall -q api db migrations
+RUN python -m compileall -q core api db migrations
 
 USER 10001:10001
 EXPOSE 8080

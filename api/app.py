@@ -8,9 +8,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from api.config import Settings
+from core.config import Settings
 from api.curation_session import SignInThrottle
-from api.logs import configure_logging
+from core.logs import configure_logging
 from api.posting import log_posting_configuration
 from api.request_limits import RequestBodyLimits
 from api.request_errors import validation_error_response

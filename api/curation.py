@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api import tweets as store
-from api.config import Settings, TweetOrder
+from core.config import Settings, TweetOrder
 from api.posting import X_POST_ID, X_POST_ID_PATTERN
 from db import tweets as queries
 from db.models import Tweet, TweetStatus

@@ -43,7 +43,7 @@ from typing import Annotated
 from fastapi import Depends, Form, HTTPException, Request, Response, status
 from starlette.requests import HTTPConnection
 
-from api.config import Settings
+from core.config import Settings
 from api.deps import SettingsDep
 
 COOKIE_NAME = "curate_session"

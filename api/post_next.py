@@ -18,8 +18,8 @@ import argparse
 import logging
 import sys
 
-from api.config import ConfigError, Settings, load_settings
-from api.logs import configure_logging
+from core.config import ConfigError, Settings, load_settings
+from core.logs import configure_logging
 from api.posting import MAX_IDEMPOTENCY_KEY_LENGTH, PostOutcome, log_posting_configuration, post_next
 from db.engine import make_engine, make_session_factory
 

@@ -38,8 +38,8 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from api.config import Settings, TweetOrder
-from api.x_client import XError, XErrorKind, classify_x_error, make_x_client
+from core.config import Settings, TweetOrder
+from core.x_client import XError, XErrorKind, classify_x_error, make_x_client
 from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
 
 log = logging.getLogger(__name__)

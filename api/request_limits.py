@@ -34,7 +34,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.config import Settings
+from core.config import Settings
 from api.curation_session import current_session, not_signed_in, require_session
 from api.deps import require_token, token_refusal
 

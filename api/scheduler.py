@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from api.config import ConfigError, load_settings
-from api.logs import configure_logging
+from core.config import ConfigError, load_settings
+from core.logs import configure_logging
 
 log = logging.getLogger("api.scheduler")
 

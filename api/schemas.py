@@ -8,7 +8,7 @@ from fastapi import Path
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from api.posting import MAX_IDEMPOTENCY_KEY_LENGTH, X_POST_ID_PATTERN
-from api.tweet_text import control_character
+from core.tweet_text import control_character
 from db.models import Tweet, TweetStatus
 
 UploadStatus = Literal["queued", "pending"]

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.posting import record_confirmed
-from api.tweet_text import TweetRejected, content_hash, validate_tweet
+from core.tweet_text import TweetRejected, content_hash, validate_tweet
 from db import tweets as queries
 from db.models import Tweet, TweetStatus
 

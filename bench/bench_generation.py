@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from api.tweet_text import END_TOKEN, START_TOKEN, split_samples
+from core.tweet_text import END_TOKEN, START_TOKEN, split_samples
 from bench.tweet_checkpoint import RUN_NAME, ensure_tweet_checkpoint
 
 BATCH_SIZE = 10

@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from api.tweet_text import START_TOKEN
+from core.tweet_text import START_TOKEN
 
 RUN_NAME = "run1"
 SHAPE_124M = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from api.tweet_text import END_TOKEN, START_TOKEN
+from core.tweet_text import END_TOKEN, START_TOKEN
 from bench.serving import free_port
 from bench.tweet_checkpoint import RUN_NAME, ensure_tweet_checkpoint
 

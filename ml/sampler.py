@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from api.tweet_text import join_samples
+from core.tweet_text import join_samples
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from api.tweet_text import MARKERS, normalize_text
+from core.tweet_text import MARKERS, normalize_text
 from scripts.tweet_sources import SourceTweet
 
 CSV_HEADER = "tweets"

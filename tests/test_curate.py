@@ -20,7 +20,7 @@ from starlette.requests import Request
 
 from api import tweets as store
 from api.app import create_app
-from api.config import Settings
+from core.config import Settings
 from api.curation_session import (
     COOKIE_NAME,
     DEVICE_COOKIE_NAME,

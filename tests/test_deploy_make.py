@@ -448,7 +448,7 @@ def make_run_folder(root: Path) -> Path:
 
 
 def test_generator_context_holds_code_and_the_run_folder_only(tmp_path):
-    """Runs in the repository itself: the context takes the api/ and ml/ files git does not ignore."""
+    """Runs in the repository itself: the context takes the core/ and ml/ files git does not ignore."""
     run_folder = make_run_folder(tmp_path)
     context = tmp_path / "context"
     result = subprocess.run(
@@ -469,12 +469,13 @@ def test_generator_context_holds_code_and_the_run_folder_only(tmp_path):
     assert image_env == {"GENERATION_CHECKPOINT_DIR": "/app/checkpoint", "GENERATION_RUN_NAME": "${RUN_NAME}"}
     image_env["GENERATION_RUN_NAME"] = "tweets1"
     assert GenerationSettings(_env_file=None, **image_env).run_folder == Path("/app") / staged_run.relative_to(context)
-    assert (context / "requirements-ml.txt").is_file() and (context / "api" / "main.py").is_file()
+    assert (context / "requirements-ml.txt").is_file() and (context / "requirements-core.txt").is_file()
+    assert (context / "core" / "tweet_text.py").is_file() and not (context / "api").exists()
     tracked = set(subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "api", "ml"], cwd=REPO, capture_output=True, text=True,
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "core", "ml"], cwd=REPO, capture_output=True, text=True,
     ).stdout.split())
     staged = {str(path.relative_to(context)) for path in context.rglob("*") if path.is_file()}
-    code = {path for path in staged if path.startswith(("api/", "ml/"))}
+    code = {path for path in staged if path.startswith(("core/", "ml/"))}
     assert code == tracked
     assert not any(name.endswith((".env", ".db")) or "__pycache__" in name for name in staged)
 
@@ -804,7 +805,7 @@ def test_local_target_passes_a_value_as_one_literal_argument(workdir, tmp_path, 
     recorder.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
                         "open(os.environ['FAKE_LOG'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
     recorder.chmod(0o755)
-    for requirements in ("requirements.txt", "requirements-ml.txt", "requirements-scrape.txt"):
+    for requirements in ("requirements-core.txt", "requirements.txt", "requirements-ml.txt", "requirements-scrape.txt"):
         (workdir / requirements).touch()
         os.utime(workdir / requirements, (0, 0))
     for marker in (".api", ".ml", ".scrape"):

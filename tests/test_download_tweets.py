@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from tqdm import tqdm
 
-from api.config import XSettings
-from api.x_client import make_x_client
+from core.config import XSettings
+from core.x_client import make_x_client
 import scripts.download_tweets as download_tweets
 from scripts.download_tweets import collect, main, parse_args
 from scripts.training_text import (

@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 
 from api import curation
 from api import tweets as store
-from api.config import TweetOrder
+from core.config import TweetOrder
 from api.curation import Move
 from api.posting import QUEUE_BUSY_RETRY_SECONDS, PostOutcome, claim_next_tweet, post_next
 from db.models import Tweet, TweetStatus

@@ -22,9 +22,9 @@ from sqlalchemy import select
 
 from api import tweets as store
 from api.app import create_app
-from api.config import Settings, TweetOrder
+from core.config import Settings, TweetOrder
 from api.posting import PostOutcome, claim_next_tweet, post_next, sweep_stale_posts
-from api.x_client import make_x_client
+from core.x_client import make_x_client
 from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
 from tests.conftest import ACCOUNT, TOKEN, store_texts
 from tests.fake_x import ACCESS_SECRET, BEARER_TOKEN, CONSUMER_SECRET, DUPLICATE_DETAIL, FakeResponse, FakeX
@@ -336,7 +336,7 @@ def test_a_failure_while_reading_xs_answer_still_settles_the_tweet(
     def bug(*_args):
         raise OverflowError("a bug in reading the answer")
 
-    monkeypatch.setattr(f"api.x_client.{broken}", bug)
+    monkeypatch.setattr(f"core.x_client.{broken}", bug)
     result = post(session_factory, settings, key="k")
     assert result.outcome is outcome
     tweet = load(session_factory, tweet_id)

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from api.app import create_app
-from api.config import Settings
+from core.config import Settings
 from api.curation_session import COOKIE_NAME, encode_session, new_session, signing_key
 from api import request_limits
 from api.request_limits import (

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from api.tweet_text import END_TOKEN, join_samples
+from core.tweet_text import END_TOKEN, join_samples
 from ml import sampler as sampler_module
 from ml.sampler import CONTEXT_CACHE_ENTRIES, MAX_TRUNCATE_CHARS, SampleJob, SampleRequest, Sampler, SamplerError, Truncation
 from ml.tiny import write_tiny_run

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from api import scheduler
-from api.config import ConfigError
+from core.config import ConfigError
 from api.scheduler import (
     POSTED,
     QUEUE_EMPTY,

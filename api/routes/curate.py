@@ -45,7 +45,7 @@ from api.routes.tweets import store_curated_file
 from api.routing import SlashAgnosticRouter
 from api.schemas import IdempotencyKeyText, TweetIdPath, TweetIdValue
 from api.tweet_counter_rule import counter_rule_script
-from api.tweet_text import MAX_WEIGHTED_LENGTH, TweetRejected, weighted_length
+from core.tweet_text import MAX_WEIGHTED_LENGTH, TweetRejected, weighted_length
 from db.models import TweetStatus
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent

@@ -21,7 +21,7 @@ from api.schemas import (
     UploadResult,
     UploadStatus,
 )
-from api.tweet_text import CuratedFileError, TweetRejected, content_hash, parse_curated_file
+from core.tweet_text import CuratedFileError, TweetRejected, content_hash, parse_curated_file
 from db import tweets as queries
 from db.models import TweetStatus
 

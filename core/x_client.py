@@ -20,7 +20,7 @@ import requests
 import tweepy
 import urllib3.exceptions
 
-from api.config import X_CREDENTIAL_VARS, XSettings
+from core.config import X_CREDENTIAL_VARS, XSettings
 
 log = logging.getLogger(__name__)
 
