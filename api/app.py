@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from core.config import Settings
 from api.curation_session import SignInThrottle
 from core.logs import configure_logging
-from api.posting import log_posting_configuration
+from posting.job import log_posting_configuration
 from api.request_limits import RequestBodyLimits
 from api.request_errors import validation_error_response
 from api.routes import curate, health, posting, tweets

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api import tweets as store
 from core.config import Settings, TweetOrder
-from api.posting import X_POST_ID, X_POST_ID_PATTERN
+from posting.job import X_POST_ID, X_POST_ID_PATTERN
 from db import tweets as queries
 from db.models import Tweet, TweetStatus
 

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import Path
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from api.posting import MAX_IDEMPOTENCY_KEY_LENGTH, X_POST_ID_PATTERN
+from posting.job import MAX_IDEMPOTENCY_KEY_LENGTH, X_POST_ID_PATTERN
 from core.tweet_text import control_character
 from db.models import Tweet, TweetStatus
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.posting import record_confirmed
+from posting.job import record_confirmed
 from core.tweet_text import TweetRejected, content_hash, validate_tweet
 from db import tweets as queries
 from db.models import Tweet, TweetStatus

@@ -655,7 +655,7 @@ def test_history_shows_posts_with_links_and_problems_with_reasons(curator, sessi
 
 
 def make_unconfirmed(session_factory, text: str) -> int:
-    """A tweet whose posting call lost X's answer, as api.posting leaves it."""
+    """A tweet whose posting call lost X's answer, as posting.job leaves it."""
     tweet_id, = add(session_factory, text, status=TweetStatus.queued)
     with session_factory() as session:
         tweet = session.get(Tweet, tweet_id)

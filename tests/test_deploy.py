@@ -87,7 +87,7 @@ def test_compose_app_services_share_the_api_image_and_env_file(compose):
         assert services[name]["build"] == "."
         assert services[name]["image"] == services["api"]["image"]
         assert services[name]["env_file"] == ".env"
-    assert services["scheduler"]["command"] == ["python", "-m", "api.scheduler"]
+    assert services["scheduler"]["command"] == ["python", "-m", "posting.scheduler"]
     assert "command" not in services["api"]  # the image's CMD
     assert services["api"]["ports"] == ["127.0.0.1:${API_PORT:-8080}:8080"]
     assert "http://127.0.0.1:8080/health" in " ".join(services["api"]["healthcheck"]["test"])
@@ -205,10 +205,10 @@ def test_dockerfile_basics(dockerfile, module):
 
 def test_api_image_copies_only_what_the_service_needs():
     copied = {source for keyword, rest in instructions(REPO / "Dockerfile") if keyword == "COPY" for source in rest.split()[:-1]}
-    assert copied == {"requirements-core.txt", "requirements.txt", "alembic.ini", "migrations/", "core/", "db/", "api/"}
+    assert copied == {"requirements-core.txt", "requirements.txt", "alembic.ini", "migrations/", "core/", "db/", "api/", "posting/"}
     installs = [rest for keyword, rest in instructions(REPO / "Dockerfile") if keyword == "RUN" and "pip install" in rest]
     assert installs == ["pip install --no-cache-dir -r requirements.txt"]
-    assert ("RUN", "python -m compileall -q core api db migrations") in instructions(REPO / "Dockerfile")
+    assert ("RUN", "python -m compileall -q core api posting db migrations") in instructions(REPO / "Dockerfile")
 
 
 def test_generator_image_installs_tensorflow_and_bundles_one_run():
@@ -455,7 +455,7 @@ def test_api_starts_as_the_image_command_does(api_venv, image_app, image_databas
 def test_scheduler_runs_from_the_api_image(api_venv, image_app, tmp_path):
     environment = {**image_environment(api_venv, tmp_path), "SCHEDULE": "30 8 * * 1-5", "TIME_ZONE": "Europe/Paris"}
     result = subprocess.run(
-        ["python", "-m", "api.scheduler", "--show", "2"], cwd=image_app, env=environment, capture_output=True, text=True, timeout=60,
+        ["python", "-m", "posting.scheduler", "--show", "2"], cwd=image_app, env=environment, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 2
@@ -464,7 +464,7 @@ def test_scheduler_runs_from_the_api_image(api_venv, image_app, tmp_path):
 def test_importing_the_api_never_imports_tensorflow(tmp_path):
     """In the full virtualenv, where TensorFlow is installed, the API's modules still do not load it."""
     probe = (
-        "import sys, api.main, api.scheduler, api.post_next, db.engine; "
+        "import sys, api.main, posting.scheduler, posting.post_next, db.engine; "
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(HEAVY_MODULES)!r}))"
     )
     environment = {**os.environ, "SECRET_TOKEN": "image-test-token-0123456789", "ACCOUNT": "image_bot",

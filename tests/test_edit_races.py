@@ -18,7 +18,7 @@ from api import curation
 from api import tweets as store
 from core.config import TweetOrder
 from api.curation import Move
-from api.posting import QUEUE_BUSY_RETRY_SECONDS, PostOutcome, claim_next_tweet, post_next
+from posting.job import QUEUE_BUSY_RETRY_SECONDS, PostOutcome, claim_next_tweet, post_next
 from db.models import Tweet, TweetStatus
 from tests.conftest import ACCOUNT, store_texts
 

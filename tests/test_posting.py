@@ -23,7 +23,7 @@ from sqlalchemy import select
 from api import tweets as store
 from api.app import create_app
 from core.config import Settings, TweetOrder
-from api.posting import PostOutcome, claim_next_tweet, post_next, sweep_stale_posts
+from posting.job import PostOutcome, claim_next_tweet, post_next, sweep_stale_posts
 from core.x_client import make_x_client
 from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
 from tests.conftest import ACCOUNT, TOKEN, store_texts
@@ -584,7 +584,7 @@ def test_secrets_never_logged(client, session_factory, fake_x, caplog):
 
 def run_cli(tmp_path, env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "api.post_next", *args],
+        [sys.executable, "-m", "posting.post_next", *args],
         cwd=tmp_path,  # no stray .env
         env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **env},
         capture_output=True, text=True, timeout=60,

@@ -1,4 +1,4 @@
-"""The self-hosted scheduler (api.scheduler): cron parsing, fire times across DST, retries, on a fake clock."""
+"""The self-hosted scheduler (posting.scheduler): cron parsing, fire times across DST, retries, on a fake clock."""
 from __future__ import annotations
 
 import signal
@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from api import scheduler
+from posting import scheduler
 from core.config import ConfigError
-from api.scheduler import (
+from posting.scheduler import (
     POSTED,
     QUEUE_EMPTY,
     idempotency_key,
@@ -284,7 +284,7 @@ def posted_keys(sessions) -> list[str]:
 
 
 def test_post_with_cli_runs_the_posting_command_once_per_key(dry_run_store):
-    """The real `python -m api.post_next` in a child process, on SQLite with dry-run posting."""
+    """The real `python -m posting.post_next` in a child process, on SQLite with dry-run posting."""
     assert scheduler.post_with_cli("2026-11-22T09:00:00Z") == POSTED
     assert scheduler.post_with_cli("2026-11-22T09:00:00Z") == POSTED  # a retry: answered, not posted again
     assert scheduler.post_with_cli("2026-11-23T09:00:00Z") == POSTED
@@ -293,7 +293,7 @@ def test_post_with_cli_runs_the_posting_command_once_per_key(dry_run_store):
 
 
 def test_main_posts_with_the_scheduled_time_as_the_key(dry_run_store, monkeypatch):
-    """What docker compose's `scheduler` service runs (`python -m api.scheduler`), on a fake clock: SCHEDULE and
+    """What docker compose's `scheduler` service runs (`python -m posting.scheduler`), on a fake clock: SCHEDULE and
     TIME_ZONE from the settings, the real posting command, and the run's scheduled time stored as the tweet's key."""
     clock = FakeClock(at("2026-11-22T07:59:10"), stop_after_posts=1)
     loop = scheduler.run_forever

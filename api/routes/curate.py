@@ -1,6 +1,6 @@
 """The curation page at /curate: sign in, upload, review, queue, history and "post next now".
 
-Thin HTTP shell over api.curation, api.posting and the shared upload logic. Pages are
+Thin HTTP shell over api.curation, posting.job and the shared upload logic. Pages are
 rendered server-side with Jinja2 (autoescaping on: tweet text is untrusted); every form
 works without JavaScript (POST, then a 303 back to the page with a one-time message), and
 api/static/curate.js upgrades the review actions to in-place requests that ask for JSON.
@@ -38,7 +38,7 @@ from api.curation_session import (
     sign_in_attempt_source,
 )
 from api.deps import SessionDep, SettingsDep, token_matches
-from api.posting import PostOutcome, post_next
+from posting.job import PostOutcome, post_next
 from api.request_limits import UPLOAD_FORM_LIMITS, PageRoute
 from api.routes.posting import HTTP_STATUS as POSTING_HTTP_STATUS
 from api.routes.tweets import store_curated_file
@@ -434,7 +434,7 @@ def post_next_now(
     request: Request, settings: SettingsDep, curator: CuratorPostDep,
     idempotency_key: Annotated[IdempotencyKeyText, Form()] = "",
 ):
-    """The scheduler's code path (api.posting.post_next) with the key the page was rendered with:
+    """The scheduler's code path (posting.job.post_next) with the key the page was rendered with:
     a double click, or a resent form, posts once."""
     if not idempotency_key.startswith(POST_NEXT_KEY_PREFIX):
         return answer(

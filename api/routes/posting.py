@@ -7,7 +7,7 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import SettingsDep, require_token
-from api.posting import PostOutcome, PostResult, post_next
+from posting.job import PostOutcome, PostResult, post_next
 from api.routing import SlashAgnosticRouter
 from api.schemas import IdempotencyKeyText, TweetPublic
 

@@ -1,6 +1,6 @@
 """Command line: post the next curated tweet (cron or a scheduler container), the endpoint's code path.
 
-    python -m api.post_next [--idempotency-key KEY]
+    python -m posting.post_next [--idempotency-key KEY]
 
 Prints one line saying what happened and exits with:
   0 posted (or recorded as a dry run, or already posted by an earlier run with this key)
@@ -20,10 +20,10 @@ import sys
 
 from core.config import ConfigError, Settings, load_settings
 from core.logs import configure_logging
-from api.posting import MAX_IDEMPOTENCY_KEY_LENGTH, PostOutcome, log_posting_configuration, post_next
+from posting.job import MAX_IDEMPOTENCY_KEY_LENGTH, PostOutcome, log_posting_configuration, post_next
 from db.engine import make_engine, make_session_factory
 
-log = logging.getLogger("api.post_next")
+log = logging.getLogger("posting.post_next")
 
 EXIT_CODE = {
     PostOutcome.posted: 0,
@@ -49,7 +49,7 @@ def idempotency_key(value: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m api.post_next", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m posting.post_next", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--idempotency-key",
         type=idempotency_key,

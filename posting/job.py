@@ -1,6 +1,6 @@
 """Posting the next curated tweet to X exactly once: claim it, post it, record what X said.
 
-`post_next` is the one code path behind `POST /tweet_curated/`, `python -m api.post_next`
+`post_next` is the one code path behind `POST /tweet_curated/`, `python -m posting.post_next`
 and the curation page's "post next now" button. Each returns a `PostResult` that its
 caller turns into an HTTP answer, an exit code or a flash message.
 

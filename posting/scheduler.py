@@ -1,10 +1,10 @@
 """Self-hosted scheduler: posts the next curated tweet on the cron SCHEDULE, as Cloud Scheduler would.
 
-`python -m api.scheduler` sleeps until each fire time of SCHEDULE (in TIME_ZONE), then runs
-`python -m api.post_next --idempotency-key <scheduled time>`. The key is the scheduled time, not
+`python -m posting.scheduler` sleeps until each fire time of SCHEDULE (in TIME_ZONE), then runs
+`python -m posting.post_next --idempotency-key <scheduled time>`. The key is the scheduled time, not
 the clock at the call, so every retry of one run carries the same key and the posting code
 answers it with the first attempt's result instead of posting again.
-`python -m api.scheduler --show 5` prints the next five fire times and exits.
+`python -m posting.scheduler --show 5` prints the next five fire times and exits.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from croniter import croniter
 from core.config import ConfigError, load_settings
 from core.logs import configure_logging
 
-log = logging.getLogger("api.scheduler")
+log = logging.getLogger("posting.scheduler")
 
-# Exit codes of `python -m api.post_next` (see its docstring).
+# Exit codes of `python -m posting.post_next` (see its docstring).
 POSTED = 0
 QUEUE_EMPTY = 3
 # Worth another attempt with the same key: 4 = try again later (rate limit, X down, key in
@@ -161,7 +161,7 @@ def run_forever(
 
 def post_with_cli(key: str) -> int:
     """Run the posting command in a fresh process; its one-line report goes to our output."""
-    command = [sys.executable, "-m", "api.post_next", "--idempotency-key", key]
+    command = [sys.executable, "-m", "posting.post_next", "--idempotency-key", key]
     try:
         return subprocess.run(command, timeout=POST_TIMEOUT_SECONDS, check=False).returncode
     except subprocess.TimeoutExpired:
@@ -170,7 +170,7 @@ def post_with_cli(key: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m api.scheduler", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m posting.scheduler", description=__doc__.split("\n")[0])
     parser.add_argument("--show", type=int, metavar="N", help="print the next N fire times and exit")
     args = parser.parse_args(argv)
     try:
