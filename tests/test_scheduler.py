@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -290,6 +292,17 @@ def test_post_with_cli_runs_the_posting_command_once_per_key(dry_run_store):
     assert scheduler.post_with_cli("2026-11-23T09:00:00Z") == POSTED
     assert scheduler.post_with_cli("2026-11-24T09:00:00Z") == QUEUE_EMPTY
     assert posted_keys(dry_run_store) == ["2026-11-22T09:00:00Z", "2026-11-23T09:00:00Z"]
+
+
+def test_the_old_entry_points_still_run(dry_run_store):
+    """`python -m api.post_next` and `python -m api.scheduler` stay as aliases for existing cron lines."""
+    posted = subprocess.run([sys.executable, "-m", "api.post_next", "--idempotency-key", "old-cron-line"],
+                            capture_output=True, text=True, timeout=120)
+    assert posted.returncode == POSTED, posted.stdout + posted.stderr
+    assert posted_keys(dry_run_store) == ["old-cron-line"]
+    shown = subprocess.run([sys.executable, "-m", "api.scheduler", "--show", "2"], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert len(shown.stdout.splitlines()) == 2
 
 
 def test_main_posts_with_the_scheduled_time_as_the_key(dry_run_store, monkeypatch):
