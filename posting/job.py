@@ -25,7 +25,6 @@ How "exactly once" holds:
 """
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import re
@@ -41,6 +40,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from core.config import Settings, TweetOrder
 from core.x_client import XError, XErrorKind, classify_x_error, make_x_client
 from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
+from posting.outcomes import PostOutcome
 
 log = logging.getLogger(__name__)
 
@@ -50,36 +50,6 @@ QUEUE_BUSY_RETRY_SECONDS = 5  # a curator's change holds the queued tweets for m
 QUEUE_EMPTY_MESSAGE = "No more tweets left"  # the original's answer
 IDEMPOTENCY_LOCK_SPACE = 0x7477  # first key of Postgres advisory locks taken for idempotency keys
 EMPTY_QUEUE_RUN_DAYS = 30  # how long a key that found the queue empty is kept (retries come within hours)
-
-
-class PostOutcome(str, enum.Enum):
-    """What one posting call did. The HTTP status each maps to is in api/routes/posting.py.
-
-    posted          a tweet was posted (or recorded as a dry run); `tweet` says which
-    queue_empty     no queued tweet is left
-    in_flight       an earlier call with the same idempotency key is still posting
-    queue_busy      every queued tweet is locked by a curator's change at this moment; ask again
-    key_reused      the key belongs to a tweet an operator has since moved (e.g. closed an
-                    unconfirmed one); nothing posted
-    not_configured  X credentials are missing and TWITTER_DRY_RUN is off
-    rate_limited    X's rate limit or usage cap; tweet back in the queue; see retry_after
-    texts_refused   X refused MAX_REJECTED_PER_CALL texts in a row; they are `rejected`
-    x_credentials   X rejected the credentials or a permission; tweet back in the queue
-    x_failed        X failed (5xx), refused the request, or could not be reached; back in the queue
-    unconfirmed     X may or may not have posted the tweet; it is `unconfirmed`
-    """
-
-    posted = "posted"
-    queue_empty = "queue_empty"
-    in_flight = "in_flight"
-    queue_busy = "queue_busy"
-    key_reused = "key_reused"
-    not_configured = "not_configured"
-    rate_limited = "rate_limited"
-    texts_refused = "texts_refused"
-    x_credentials = "x_credentials"
-    x_failed = "x_failed"
-    unconfirmed = "unconfirmed"
 
 
 @dataclass

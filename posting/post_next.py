@@ -2,7 +2,7 @@
 
     python -m posting.post_next [--idempotency-key KEY]
 
-Prints one line saying what happened and exits with:
+Prints one line saying what happened and exits with the outcome's code (posting.outcomes.ExitCode):
   0 posted (or recorded as a dry run, or already posted by an earlier run with this key)
   3 the queue is empty
   2 configuration: bad settings, or X credentials missing without TWITTER_DRY_RUN
@@ -20,26 +20,12 @@ import sys
 
 from core.config import ConfigError, Settings, load_settings
 from core.logs import configure_logging
-from posting.job import MAX_IDEMPOTENCY_KEY_LENGTH, PostOutcome, log_posting_configuration, post_next
+from posting.job import MAX_IDEMPOTENCY_KEY_LENGTH, log_posting_configuration, post_next
+from posting.outcomes import ExitCode
 from db.engine import make_engine, make_session_factory
 
 log = logging.getLogger("posting.post_next")
 
-EXIT_CODE = {
-    PostOutcome.posted: 0,
-    PostOutcome.queue_empty: 3,
-    PostOutcome.not_configured: 2,
-    PostOutcome.rate_limited: 4,
-    PostOutcome.x_failed: 4,
-    PostOutcome.in_flight: 4,
-    PostOutcome.queue_busy: 4,
-    PostOutcome.x_credentials: 5,
-    PostOutcome.unconfirmed: 5,
-    PostOutcome.texts_refused: 5,
-    PostOutcome.key_reused: 5,
-}
-EXIT_CONFIG_ERROR = 2
-EXIT_UNEXPECTED = 1
 
 
 def idempotency_key(value: str) -> str:
@@ -66,7 +52,7 @@ def run(settings: Settings, key: str | None) -> int:
     except Exception:
         log.exception("posting failed unexpectedly")
         print("posting failed unexpectedly: see the log above")
-        return EXIT_UNEXPECTED
+        return ExitCode.unexpected
     finally:
         engine.dispose()
     line = result.message
@@ -75,7 +61,7 @@ def run(settings: Settings, key: str | None) -> int:
     if result.retry_after is not None:
         line = f"{line}; retry after {result.retry_after} s"
     print(line)
-    return EXIT_CODE[result.outcome]
+    return result.outcome.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
     except ConfigError as exc:
         print(f"Configuration error: {exc}")
-        return EXIT_CONFIG_ERROR
+        return ExitCode.configuration
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     log_posting_configuration(settings)
     return run(settings, args.idempotency_key)

@@ -23,15 +23,13 @@ from croniter import croniter
 
 from core.config import ConfigError, load_settings
 from core.logs import configure_logging
+from posting.outcomes import ExitCode
 
 log = logging.getLogger("posting.scheduler")
 
-# Exit codes of `python -m posting.post_next` (see its docstring).
-POSTED = 0
-QUEUE_EMPTY = 3
-# Worth another attempt with the same key: 4 = try again later (rate limit, X down, key in
-# flight), 1 = unexpected error. Not retried: 2 (configuration) and 5 (needs an operator).
-RETRYABLE = frozenset({1, 4})
+# The posting command's exit codes worth another attempt with the same key (any other code is final).
+RETRYABLE = frozenset(code for code in ExitCode if code.retryable)
+
 # Seconds between attempts of one run whose post failed (a retry never outlives the next run).
 RETRY_DELAYS = (30.0, 120.0, 600.0)
 # Longest single sleep: the clock is read again after each nap, so a clock that was set or a host
@@ -121,9 +119,9 @@ def run_once(
         if not wait_until(datetime.fromtimestamp(retry_at, timezone.utc), now=now, sleep=sleep):
             break
         code = post(key)
-    if code == POSTED:
+    if code == ExitCode.posted:
         log.info("run %s posted", key)
-    elif code == QUEUE_EMPTY:
+    elif code == ExitCode.queue_empty:
         log.warning("run %s: the queue is empty; approve more tweets", key)
     elif code in RETRYABLE:
         log.error("run %s failed (exit %s); the next run is the next scheduled time", key, code)
@@ -166,7 +164,7 @@ def post_with_cli(key: str) -> int:
         return subprocess.run(command, timeout=POST_TIMEOUT_SECONDS, check=False).returncode
     except subprocess.TimeoutExpired:
         log.error("run %s: the posting command took over %.0f s and was stopped", key, POST_TIMEOUT_SECONDS)
-        return 1
+        return ExitCode.unexpected
 
 
 def main(argv: Sequence[str] | None = None) -> int:

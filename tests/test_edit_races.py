@@ -18,7 +18,8 @@ from api import curation
 from api import tweets as store
 from core.config import TweetOrder
 from api.curation import Move
-from posting.job import QUEUE_BUSY_RETRY_SECONDS, PostOutcome, claim_next_tweet, post_next
+from posting.job import QUEUE_BUSY_RETRY_SECONDS, claim_next_tweet, post_next
+from posting.outcomes import PostOutcome
 from db.models import Tweet, TweetStatus
 from tests.conftest import ACCOUNT, store_texts
 

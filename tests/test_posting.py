@@ -23,7 +23,8 @@ from sqlalchemy import select
 from api import tweets as store
 from api.app import create_app
 from core.config import Settings, TweetOrder
-from posting.job import PostOutcome, claim_next_tweet, post_next, sweep_stale_posts
+from posting.job import claim_next_tweet, post_next, sweep_stale_posts
+from posting.outcomes import PostOutcome
 from core.x_client import make_x_client
 from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
 from tests.conftest import ACCOUNT, TOKEN, store_texts

@@ -11,10 +11,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from posting import scheduler
+from posting.outcomes import ExitCode
 from core.config import ConfigError
 from posting.scheduler import (
-    POSTED,
-    QUEUE_EMPTY,
     idempotency_key,
     next_fire_time,
     parse_schedule,
@@ -46,12 +45,12 @@ class FakeClock:
         return False
 
     def poster(self, codes=()):
-        """A post function recording (key, time) and answering the given exit codes, then POSTED."""
+        """A post function recording (key, time) and answering the given exit codes, then ExitCode.posted."""
         answers = list(codes)
 
         def post(key: str) -> int:
             self.posts.append((key, self.current))
-            return answers.pop(0) if answers else POSTED
+            return answers.pop(0) if answers else ExitCode.posted
 
         return post
 
@@ -156,7 +155,7 @@ def test_failed_run_is_retried_with_the_same_key():
     ]
 
 
-@pytest.mark.parametrize("code", [QUEUE_EMPTY, 2, 5], ids=["queue-empty", "configuration", "needs-operator"])
+@pytest.mark.parametrize("code", [ExitCode.queue_empty, 2, 5], ids=["queue-empty", "configuration", "needs-operator"])
 def test_final_answers_are_not_retried(code):
     clock = FakeClock(at("2026-11-22T08:59:00"), stop_after_posts=2)
     run_forever(parse_schedule("0 9 * * *", "Etc/UTC"), post=clock.poster([code]), now=clock.now, sleep=clock.sleep)
@@ -205,7 +204,7 @@ def test_runs_missed_while_retrying_are_skipped_not_bunched():
     def slow_post(key):
         clock.posts.append((key, clock.current))
         clock.current += timedelta(minutes=3)  # one post that outlives three fire times
-        return POSTED
+        return ExitCode.posted
 
     run_forever(every_minute, post=slow_post, now=clock.now, sleep=clock.sleep)
     assert clock.posts == [
@@ -287,10 +286,10 @@ def posted_keys(sessions) -> list[str]:
 
 def test_post_with_cli_runs_the_posting_command_once_per_key(dry_run_store):
     """The real `python -m posting.post_next` in a child process, on SQLite with dry-run posting."""
-    assert scheduler.post_with_cli("2026-11-22T09:00:00Z") == POSTED
-    assert scheduler.post_with_cli("2026-11-22T09:00:00Z") == POSTED  # a retry: answered, not posted again
-    assert scheduler.post_with_cli("2026-11-23T09:00:00Z") == POSTED
-    assert scheduler.post_with_cli("2026-11-24T09:00:00Z") == QUEUE_EMPTY
+    assert scheduler.post_with_cli("2026-11-22T09:00:00Z") == ExitCode.posted
+    assert scheduler.post_with_cli("2026-11-22T09:00:00Z") == ExitCode.posted  # a retry: answered, not posted again
+    assert scheduler.post_with_cli("2026-11-23T09:00:00Z") == ExitCode.posted
+    assert scheduler.post_with_cli("2026-11-24T09:00:00Z") == ExitCode.queue_empty
     assert posted_keys(dry_run_store) == ["2026-11-22T09:00:00Z", "2026-11-23T09:00:00Z"]
 
 
@@ -298,7 +297,7 @@ def test_the_old_entry_points_still_run(dry_run_store):
     """`python -m api.post_next` and `python -m api.scheduler` stay as aliases for existing cron lines."""
     posted = subprocess.run([sys.executable, "-m", "api.post_next", "--idempotency-key", "old-cron-line"],
                             capture_output=True, text=True, timeout=120)
-    assert posted.returncode == POSTED, posted.stdout + posted.stderr
+    assert posted.returncode == ExitCode.posted, posted.stdout + posted.stderr
     assert posted_keys(dry_run_store) == ["old-cron-line"]
     shown = subprocess.run([sys.executable, "-m", "api.scheduler", "--show", "2"], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
@@ -329,3 +328,14 @@ def test_main_posts_with_the_scheduled_time_as_the_key(dry_run_store, monkeypatc
     # 09:00 in Paris (TIME_ZONE) is 08:00 UTC
     assert clock.posts == [("2026-11-22T08:00:00Z", at("2026-11-22T08:00:00"))]
     assert posted_keys(dry_run_store) == ["2026-11-22T08:00:00Z"]
+
+
+def test_the_scheduler_retries_exactly_the_outcomes_worth_retrying():
+    """The scheduler sees only exit codes: each outcome's code must carry its retry-or-not to it."""
+    from posting.outcomes import PostOutcome
+
+    assert {outcome for outcome in PostOutcome if outcome.exit_code in scheduler.RETRYABLE} == {
+        PostOutcome.in_flight, PostOutcome.queue_busy, PostOutcome.rate_limited, PostOutcome.x_failed,
+    }
+    assert ExitCode.unexpected in scheduler.RETRYABLE
+    assert not any(outcome.retryable and outcome.needs_operator for outcome in PostOutcome)

@@ -38,9 +38,9 @@ from api.curation_session import (
     sign_in_attempt_source,
 )
 from api.deps import SessionDep, SettingsDep, token_matches
-from posting.job import PostOutcome, post_next
+from posting.job import post_next
+from posting.outcomes import PostOutcome
 from api.request_limits import UPLOAD_FORM_LIMITS, PageRoute
-from api.routes.posting import HTTP_STATUS as POSTING_HTTP_STATUS
 from api.routes.tweets import store_curated_file
 from api.routing import SlashAgnosticRouter
 from api.schemas import IdempotencyKeyText, TweetIdPath, TweetIdValue
@@ -451,7 +451,7 @@ def post_next_now(
     return answer(
         request, message,
         back_to="/curate/history" if posted else "/curate/queue",
-        status_code=POSTING_HTTP_STATUS[result.outcome],
+        status_code=result.outcome.http_status,
         outcome=result.outcome.value,
         tweet_id=result.tweet.id if result.tweet is not None else None,
     )

@@ -7,25 +7,13 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import SettingsDep, require_token
-from posting.job import PostOutcome, PostResult, post_next
+from posting.job import PostResult, post_next
+from posting.outcomes import PostOutcome
 from api.routing import SlashAgnosticRouter
 from api.schemas import IdempotencyKeyText, TweetPublic
 
 router = SlashAgnosticRouter(tags=["posting"], dependencies=[Depends(require_token)])
 
-HTTP_STATUS = {
-    PostOutcome.posted: 200,
-    PostOutcome.queue_empty: 404,
-    PostOutcome.in_flight: 409,
-    PostOutcome.queue_busy: 503,
-    PostOutcome.key_reused: 409,
-    PostOutcome.not_configured: 503,
-    PostOutcome.rate_limited: 503,
-    PostOutcome.texts_refused: 502,
-    PostOutcome.x_credentials: 502,
-    PostOutcome.x_failed: 502,
-    PostOutcome.unconfirmed: 502,
-}
 RESPONSES = {
     200: {"description": 'Posted: `{"response": "New tweet posted @ <url>", "tweet": {...}}` '
                          "(also the replay for an idempotency key already used)."},
@@ -52,7 +40,7 @@ def answer(result: PostResult) -> JSONResponse:
         body = {"detail": result.message}
     else:
         body = {"detail": result.message, "outcome": result.outcome.value, "tweet": tweet}
-    return JSONResponse(body, status_code=HTTP_STATUS[result.outcome], headers=headers)
+    return JSONResponse(body, status_code=result.outcome.http_status, headers=headers)
 
 
 @router.post("/tweet_curated/", responses=RESPONSES)
