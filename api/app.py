@@ -9,12 +9,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from core.config import Settings
-from api.curation_session import SignInThrottle
+from api.curate.session import SignInThrottle
 from core.logs import configure_logging
 from posting.job import log_posting_configuration
 from api.request_limits import RequestBodyLimits
 from api.request_errors import validation_error_response
-from api.routes import curate, health, posting, tweets
+from api.curate import routes as curate
+from api.routes import health, posting, tweets
 from db.engine import make_engine, make_session_factory
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 # Every function that compares a secret sent by a client (token, CSRF token, cookie signature) with ours.
 SECRET_COMPARISONS = [
     ("api/deps.py", "token_matches"),
-    ("api/curation_session.py", "CurationSession.csrf_matches"),
-    ("api/curation_session.py", "_verified"),
+    ("api/curate/session.py", "CurationSession.csrf_matches"),
+    ("api/curate/session.py", "_verified"),
     ("ml/service.py", "require_token"),
 ]
 

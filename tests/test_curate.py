@@ -21,7 +21,7 @@ from starlette.requests import Request
 from api import tweets as store
 from api.app import create_app
 from core.config import Settings
-from api.curation_session import (
+from api.curate.session import (
     COOKIE_NAME,
     DEVICE_COOKIE_NAME,
     DEVICE_MAX_AGE_SECONDS,
@@ -36,8 +36,8 @@ from api.curation_session import (
     signing_key,
 )
 from api.request_limits import PAGE_DISCARD_FACTOR, UPLOAD_FORM_OVERHEAD_BYTES
-from api.routes import curate as curate_routes
-from api.tweet_counter_rule import js_regex_source, nameprep_tables
+from api.curate import routes as curate_routes
+from api.curate.counter_rule import js_regex_source, nameprep_tables
 from db.models import Tweet, TweetStatus, utcnow
 from tests.conftest import ACCOUNT, TOKEN, store_texts
 

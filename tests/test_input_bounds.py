@@ -194,7 +194,7 @@ def test_curation_page_bulk_ids_outside_the_column_are_422(curator, session_fact
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_curation_page_bulk_actions_take_at_most_a_page_of_ids(curator, session_factory, tweet_id):
-    from api.curation import REVIEW_PAGE_SIZE
+    from api.curate.actions import REVIEW_PAGE_SIZE
 
     response = curator.post("/curate/approve", data={"ids": [tweet_id] * (REVIEW_PAGE_SIZE + 1), "csrf_token": curator.csrf})
     assert_refused(response, says="ids")

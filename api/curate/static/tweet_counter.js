@@ -1,6 +1,6 @@
 // X's weighted tweet length in the browser: the same computation as core/tweet_text.weighted_length
 // (twitter-text's parse_tweet), driven by window.TWEET_RULE, which the server builds from its own
-// weights, URL and emoji patterns (api/tweet_counter_rule.py). The server re-checks every save.
+// weights, URL and emoji patterns (api/curate/counter_rule.py). The server re-checks every save.
 "use strict";
 
 (function () {

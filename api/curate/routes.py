@@ -1,9 +1,9 @@
 """The curation page at /curate: sign in, upload, review, queue, history and "post next now".
 
-Thin HTTP shell over api.curation, posting.job and the shared upload logic. Pages are
+Thin HTTP shell over api.curate.actions, posting.job and the shared upload logic. Pages are
 rendered server-side with Jinja2 (autoescaping on: tweet text is untrusted); every form
 works without JavaScript (POST, then a 303 back to the page with a one-time message), and
-api/static/curate.js upgrades the review actions to in-place requests that ask for JSON.
+api/curate/static/curate.js upgrades the review actions to in-place requests that ask for JSON.
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from api import curation
+from api.curate import actions
 from api import tweets as store
-from api.curation_session import (
+from api.curate.session import (
     COOKIE_PATH,
     CuratorPostDep,
     OptionalCuratorDep,
@@ -44,11 +44,11 @@ from api.request_limits import UPLOAD_FORM_LIMITS, PageRoute
 from api.routes.tweets import store_curated_file
 from api.routing import SlashAgnosticRouter
 from api.schemas import IdempotencyKeyText, TweetIdPath, TweetIdValue
-from api.tweet_counter_rule import counter_rule_script
+from api.curate.counter_rule import counter_rule_script
 from core.tweet_text import MAX_WEIGHTED_LENGTH, TweetRejected, weighted_length
 from db.models import TweetStatus
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
 STATIC_DIR = PACKAGE_DIR / "static"
 STATIC_PATH = "/curate/static"
 FLASH_COOKIE = "curate_flash"
@@ -136,7 +136,7 @@ def render(
     **context,
 ) -> HTMLResponse:
     """A page with the common frame: counts, queue warning, CSRF token, one-time message."""
-    counts = curation.status_counts(session, settings.ACCOUNT) if session is not None else None
+    counts = actions.status_counts(session, settings.ACCOUNT) if session is not None else None
     had_flash = FLASH_COOKIE in request.cookies
     response = templates.TemplateResponse(
         request,
@@ -179,7 +179,7 @@ def answer(
     if wants_json(request):
         body = {"detail" if failed else "message": message, **data}
         if session is not None and settings is not None:
-            counts = curation.status_counts(session, settings.ACCOUNT)
+            counts = actions.status_counts(session, settings.ACCOUNT)
             body["counts"] = {status_.value: n for status_, n in counts.items()}
         return JSONResponse(body, status_code=status_code, headers={"Cache-Control": "no-store"})
     response = RedirectResponse(back_to, status.HTTP_303_SEE_OTHER, headers={"Cache-Control": "no-store"})
@@ -210,7 +210,7 @@ def _plural(n: int, word: str) -> str:
 
 def _bulk_action(request: Request, session, settings, action, ids: list[int], verb: str):
     """Run a bulk review action; the answer counts what changed and says why the rest was skipped."""
-    result: curation.BulkResult = action(session, settings.ACCOUNT, ids)
+    result: actions.BulkResult = action(session, settings.ACCOUNT, ids)
     session.commit()
     message = f"{verb} {_plural(len(result.changed), 'tweet')}."
     if result.skipped:
@@ -227,7 +227,7 @@ def _bulk_action(request: Request, session, settings, action, ids: list[int], ve
 def sign_in_page(request: Request, settings: SettingsDep, curator: OptionalCuratorDep):
     if curator is not None:
         return RedirectResponse("/curate", status.HTTP_303_SEE_OTHER)
-    return render(request, "curate/sign_in.html", settings=settings)
+    return render(request, "sign_in.html", settings=settings)
 
 
 @router.post("/curate/sign-in", response_class=HTMLResponse)
@@ -237,7 +237,7 @@ def sign_in(request: Request, settings: SettingsDep, throttle: SignInThrottleDep
     if wait is not None:
         minutes = math.ceil(wait / 60)
         response = render(
-            request, "curate/sign_in.html", settings=settings, status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            request, "sign_in.html", settings=settings, status_code=status.HTTP_429_TOO_MANY_REQUESTS,
             flash={"text": f"Too many wrong tokens from this {source_kind}: try again in {_plural(minutes, 'minute')}.",
                    "error": True},
         )
@@ -248,7 +248,7 @@ def sign_in(request: Request, settings: SettingsDep, throttle: SignInThrottleDep
             throttle.record_failure(source)
         problem = "Enter the service token (SECRET_TOKEN)." if not token else "That is not the service token."
         return render(
-            request, "curate/sign_in.html", settings=settings, status_code=status.HTTP_401_UNAUTHORIZED,
+            request, "sign_in.html", settings=settings, status_code=status.HTTP_401_UNAUTHORIZED,
             flash={"text": problem, "error": True},
         )
     throttle.forget(source)
@@ -272,8 +272,8 @@ def sign_out(request: Request, curator: CuratorPostDep):
 def review_page(request: Request, session: SessionDep, settings: SettingsDep, curator: OptionalCuratorDep):
     if curator is None:
         return to_sign_in()
-    listing = curation.pending(session, settings.ACCOUNT)
-    return render(request, "curate/review.html", settings=settings, session=session, curator=curator, listing=listing, upload=None)
+    listing = actions.pending(session, settings.ACCOUNT)
+    return render(request, "review.html", settings=settings, session=session, curator=curator, listing=listing, upload=None)
 
 
 @router.get("/curate/queue", response_class=HTMLResponse)
@@ -281,8 +281,8 @@ def queue_page(request: Request, session: SessionDep, settings: SettingsDep, cur
     if curator is None:
         return to_sign_in()
     return render(
-        request, "curate/queue.html", settings=settings, session=session, curator=curator,
-        queue=curation.queue(session, settings), moves=list(curation.Move),
+        request, "queue.html", settings=settings, session=session, curator=curator,
+        queue=actions.queue(session, settings), moves=list(actions.Move),
         post_next_key=POST_NEXT_KEY_PREFIX + secrets.token_urlsafe(16),
     )
 
@@ -292,14 +292,14 @@ def history_page(request: Request, session: SessionDep, settings: SettingsDep, c
     if curator is None:
         return to_sign_in()
     return render(
-        request, "curate/history.html", settings=settings, session=session, curator=curator,
-        history=curation.history(session, settings.ACCOUNT),
+        request, "history.html", settings=settings, session=session, curator=curator,
+        history=actions.history(session, settings.ACCOUNT),
     )
 
 
 @router.get("/curate/tweet-rule.js")
 def tweet_rule_script(request: Request):
-    """The server's tweet rule for the live counter (see api/tweet_counter_rule.py)."""
+    """The server's tweet rule for the live counter (see api/curate/counter_rule.py)."""
     body, version = counter_rule_script()
     etag = f'"{version}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
@@ -327,8 +327,8 @@ def upload(
     except HTTPException as exc:
         flash = {"text": f"Nothing was stored: {exc.detail}", "error": True}
         return render(
-            request, "curate/review.html", settings=settings, session=session, curator=curator,
-            listing=curation.pending(session, settings.ACCOUNT), upload=None,
+            request, "review.html", settings=settings, session=session, curator=curator,
+            listing=actions.pending(session, settings.ACCOUNT), upload=None,
             status_code=exc.status_code, flash=flash,
         )
     flash = {
@@ -337,8 +337,8 @@ def upload(
         "error": False,
     }
     return render(
-        request, "curate/review.html", settings=settings, session=session, curator=curator,
-        listing=curation.pending(session, settings.ACCOUNT), upload=result, flash=flash,
+        request, "review.html", settings=settings, session=session, curator=curator,
+        listing=actions.pending(session, settings.ACCOUNT), upload=result, flash=flash,
         status_code=status.HTTP_201_CREATED,
     )
 
@@ -352,17 +352,17 @@ def after_upload():
 @router.post("/curate/approve")
 def approve(
     request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
-    ids: Annotated[list[TweetIdValue], Form(max_length=curation.REVIEW_PAGE_SIZE)],
+    ids: Annotated[list[TweetIdValue], Form(max_length=actions.REVIEW_PAGE_SIZE)],
 ):
-    return _bulk_action(request, session, settings, curation.approve, ids, "Approved")
+    return _bulk_action(request, session, settings, actions.approve, ids, "Approved")
 
 
 @router.post("/curate/reject")
 def reject(
     request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
-    ids: Annotated[list[TweetIdValue], Form(max_length=curation.REVIEW_PAGE_SIZE)],
+    ids: Annotated[list[TweetIdValue], Form(max_length=actions.REVIEW_PAGE_SIZE)],
 ):
-    return _bulk_action(request, session, settings, curation.reject, ids, "Rejected")
+    return _bulk_action(request, session, settings, actions.reject, ids, "Rejected")
 
 
 def _tweet_action(request: Request, session, settings, action, tweet_id: int, done: str, back_to: str, **kwargs):
@@ -371,7 +371,7 @@ def _tweet_action(request: Request, session, settings, action, tweet_id: int, do
         action(session, settings.ACCOUNT, tweet_id, **kwargs)
     except store.TweetNotFound as exc:
         return answer(request, str(exc), back_to=back_to, status_code=status.HTTP_404_NOT_FOUND)
-    except (TweetRejected, curation.BadXLink) as exc:
+    except (TweetRejected, actions.BadXLink) as exc:
         session.rollback()
         return answer(request, f"Not saved: {exc}.", back_to=back_to, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
     except store.TweetConflict as exc:
@@ -387,7 +387,7 @@ def edit_and_approve(
     tweet_id: TweetIdPath, text: Annotated[str, Form()] = "",
 ):
     return _tweet_action(
-        request, session, settings, curation.edit_and_approve, tweet_id,
+        request, session, settings, actions.edit_and_approve, tweet_id,
         f"Tweet {tweet_id} edited and approved.", "/curate", text=text,
     )
 
@@ -395,7 +395,7 @@ def edit_and_approve(
 @router.post("/curate/tweets/{tweet_id}/requeue")
 def requeue(request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, tweet_id: TweetIdPath):
     return _tweet_action(
-        request, session, settings, curation.requeue, tweet_id, f"Tweet {tweet_id} is back in the queue.", "/curate/history"
+        request, session, settings, actions.requeue, tweet_id, f"Tweet {tweet_id} is back in the queue.", "/curate/history"
     )
 
 
@@ -405,7 +405,7 @@ def confirm_posted(
     tweet_id: TweetIdPath, x_link: Annotated[str, Form(max_length=500)] = "",
 ):
     return _tweet_action(
-        request, session, settings, curation.confirm_posted, tweet_id,
+        request, session, settings, actions.confirm_posted, tweet_id,
         f"Tweet {tweet_id} is recorded as posted.", "/curate/history", x_link=x_link,
     )
 
@@ -413,7 +413,7 @@ def confirm_posted(
 @router.post("/curate/tweets/{tweet_id}/unqueue")
 def unqueue(request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, tweet_id: TweetIdPath):
     return _tweet_action(
-        request, session, settings, curation.unqueue, tweet_id,
+        request, session, settings, actions.unqueue, tweet_id,
         f"Tweet {tweet_id} left the queue; it is back in the review list.", "/curate/queue",
     )
 
@@ -421,10 +421,10 @@ def unqueue(request: Request, session: SessionDep, settings: SettingsDep, curato
 @router.post("/curate/tweets/{tweet_id}/move")
 def move(
     request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
-    tweet_id: TweetIdPath, to: Annotated[curation.Move, Form()],
+    tweet_id: TweetIdPath, to: Annotated[actions.Move, Form()],
 ):
     return _tweet_action(
-        request, session, settings, curation.move_in_queue, tweet_id,
+        request, session, settings, actions.move_in_queue, tweet_id,
         f"Tweet {tweet_id} moved {to.value}.", f"/curate/queue#tweet-{tweet_id}", move=to,
     )
 

@@ -1,4 +1,4 @@
-"""The server's tweet-length rule as data for the curation page's live counter (api/static/tweet_counter.js).
+"""The server's tweet-length rule as data for the curation page's live counter (api/curate/static/tweet_counter.js).
 
 The browser counts with the very weights, URL and emoji patterns that `core.tweet_text`
 (through twitter-text-parser) uses, translated from Python's regex dialect to JavaScript's,

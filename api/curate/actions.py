@@ -1,6 +1,6 @@
 """What the curation page shows and does: the review list, the queue, the history and their actions.
 
-Plain functions on a Session for one account; api/routes/curate.py is the HTTP shell. Every
+Plain functions on a Session for one account; api/curate/routes.py is the HTTP shell. Every
 status change goes through `api.tweets.update_tweet` (the one place for transitions), on a
 tweet loaded with its row locked (see `api.tweets.get_tweet`); the caller commits.
 """
