@@ -15,6 +15,7 @@ from posting.job import log_posting_configuration
 from api.request_limits import RequestBodyLimits
 from api.request_errors import validation_error_response
 from api.curate import routes as curate
+from api.curate.rendering import STATIC_PATH as CURATE_STATIC_PATH, static_files as curate_static_files
 from api.routes import health, posting, tweets
 from db.engine import make_engine, make_session_factory
 
@@ -46,7 +47,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, configure_lo
     for router in routers:
         app.include_router(router)
     app.add_middleware(RequestBodyLimits, settings=settings, routes=[route for router in routers for route in router.routes])
-    app.mount(curate.STATIC_PATH, curate.static_files(), name="curate-static")
+    app.mount(CURATE_STATIC_PATH, curate_static_files(), name="curate-static")
     log_posting_configuration(settings)
     app.add_exception_handler(RequestValidationError, validation_error_response)
 

@@ -23,7 +23,7 @@ from api import request_limits
 from api.request_limits import (
     PAGE_DISCARD_FACTOR, SMALL_BODY_BYTES, UNAUTHENTICATED_DISCARD_BYTES, UPLOAD_FORM_OVERHEAD_BYTES,
 )
-from api.curate.routes import FLASH_COOKIE
+from api.curate.rendering import FLASH_COOKIE
 from bench.serving import serve_in_thread
 from db.models import Tweet
 from tests.conftest import TOKEN

@@ -1,37 +1,27 @@
 """The curation page at /curate: sign in, upload, review, queue, history and "post next now".
 
 Thin HTTP shell over api.curate.actions, posting.job and the shared upload logic. Pages are
-rendered server-side with Jinja2 (autoescaping on: tweet text is untrusted); every form
-works without JavaScript (POST, then a 303 back to the page with a one-time message), and
-api/curate/static/curate.js upgrades the review actions to in-place requests that ask for JSON.
+rendered server-side (api.curate.rendering); every form works without JavaScript (POST, then a
+303 back to the page with a one-time message), and api/curate/static/curate.js upgrades the
+review actions to in-place requests that ask for JSON.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import math
 import secrets
-from datetime import datetime
 from functools import cache
-from pathlib import Path
 from typing import Annotated
 
-import jinja2
 from fastapi import File, Form, HTTPException, Request, UploadFile, status
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api.curate import actions
 from api import tweets as store
 from api.curate.session import (
-    COOKIE_PATH,
     CuratorPostDep,
     OptionalCuratorDep,
     SignInThrottleDep,
     clear_session_cookie,
-    cookie_is_secure,
     new_session,
     set_device_cookie,
     set_session_cookie,
@@ -45,146 +35,11 @@ from api.routes.tweets import store_curated_file
 from api.routing import SlashAgnosticRouter
 from api.schemas import IdempotencyKeyText, TweetIdPath, TweetIdValue
 from api.curate.counter_rule import counter_rule_script
-from core.tweet_text import MAX_WEIGHTED_LENGTH, TweetRejected, weighted_length
+from api.curate.rendering import answer, render, set_flash, to_sign_in
+from core.tweet_text import TweetRejected
 from db.models import TweetStatus
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-STATIC_DIR = PACKAGE_DIR / "static"
-STATIC_PATH = "/curate/static"
-FLASH_COOKIE = "curate_flash"
 POST_NEXT_KEY_PREFIX = "curate-"
-# Pages carry CSRF tokens and tweet text: never cached, never framed, scripts only from us.
-PAGE_HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
-
-
-# ---- rendering ----
-
-@cache
-def static_version(name: str) -> str:
-    return hashlib.sha256((STATIC_DIR / name).read_bytes()).hexdigest()[:12]
-
-
-def static_url(name: str) -> str:
-    return f"{STATIC_PATH}/{name}?v={static_version(name)}"
-
-
-def static_files() -> StaticFiles:
-    return StaticFiles(directory=STATIC_DIR)
-
-
-def format_time(value: datetime | None) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _environment() -> jinja2.Environment:
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(PACKAGE_DIR / "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    environment.globals.update(static_url=static_url, max_length=MAX_WEIGHTED_LENGTH)
-    environment.filters.update(weighted_length=weighted_length, when=format_time)
-    return environment
-
-
-templates = Jinja2Templates(env=_environment())
-
-
-def wants_json(request: Request) -> bool:
-    return "application/json" in request.headers.get("accept", "")
-
-
-def set_flash(response: Response, request: Request, text: str, *, error: bool = False) -> None:
-    """A one-time message for the next page (a cookie, so no text from us ends up in a URL)."""
-    value = base64.urlsafe_b64encode(json.dumps({"text": text, "error": error}).encode()).decode()
-    response.set_cookie(
-        FLASH_COOKIE, value, max_age=60, path=COOKIE_PATH,
-        secure=cookie_is_secure(request), httponly=True, samesite="strict",
-    )
-
-
-def pop_flash(request: Request) -> dict | None:
-    raw = request.cookies.get(FLASH_COOKIE)
-    if not raw:
-        return None
-    try:
-        flash = json.loads(base64.urlsafe_b64decode(raw))
-        return {"text": str(flash["text"]), "error": bool(flash["error"])}
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def render(
-    request: Request,
-    name: str,
-    *,
-    settings,
-    session=None,
-    curator=None,
-    status_code: int = 200,
-    flash: dict | None = None,
-    **context,
-) -> HTMLResponse:
-    """A page with the common frame: counts, queue warning, CSRF token, one-time message."""
-    counts = actions.status_counts(session, settings.ACCOUNT) if session is not None else None
-    had_flash = FLASH_COOKIE in request.cookies
-    response = templates.TemplateResponse(
-        request,
-        name,
-        {
-            "account": settings.ACCOUNT,
-            "dry_run": settings.TWITTER_DRY_RUN,
-            "warning_threshold": settings.QUEUE_WARNING_THRESHOLD,
-            "max_upload_bytes": settings.MAX_UPLOAD_BYTES,
-            "counts": counts,
-            "csrf_token": curator.csrf_token if curator else None,
-            "flash": flash or pop_flash(request),
-            "Status": TweetStatus,
-            **context,
-        },
-        status_code=status_code,
-        headers=PAGE_HEADERS,
-    )
-    if had_flash:
-        response.delete_cookie(FLASH_COOKIE, path=COOKIE_PATH, secure=cookie_is_secure(request), httponly=True, samesite="strict")
-    return response
-
-
-def to_sign_in() -> RedirectResponse:
-    return RedirectResponse("/curate/sign-in", status.HTTP_303_SEE_OTHER, headers={"Cache-Control": "no-store"})
-
-
-def answer(
-    request: Request,
-    message: str,
-    *,
-    back_to: str,
-    status_code: int = 200,
-    session=None,
-    settings=None,
-    **data,
-) -> Response:
-    """JSON for the page's scripts; otherwise a 303 back to the page with `message` shown once."""
-    failed = status_code >= 400
-    if wants_json(request):
-        body = {"detail" if failed else "message": message, **data}
-        if session is not None and settings is not None:
-            counts = actions.status_counts(session, settings.ACCOUNT)
-            body["counts"] = {status_.value: n for status_, n in counts.items()}
-        return JSONResponse(body, status_code=status_code, headers={"Cache-Control": "no-store"})
-    response = RedirectResponse(back_to, status.HTTP_303_SEE_OTHER, headers={"Cache-Control": "no-store"})
-    set_flash(response, request, message, error=failed)
-    return response
 
 
 class CurationPageRoute(PageRoute):

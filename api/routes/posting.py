@@ -26,7 +26,7 @@ RESPONSES = {
 KeyHeader = Annotated[IdempotencyKeyText | None, Header()]
 
 
-def answer(result: PostResult) -> JSONResponse:
+def posting_response(result: PostResult) -> JSONResponse:
     """The HTTP form of a posting result."""
     tweet = TweetPublic.model_validate(result.tweet).model_dump(mode="json") if result.tweet is not None else None
     headers = {}
@@ -57,7 +57,7 @@ def tweet_curated(
         settings=settings,
         idempotency_key=idempotency_key or x_cloudscheduler_scheduletime,
     )
-    return answer(result)
+    return posting_response(result)
 
 
 router.add_api_route(
