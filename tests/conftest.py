@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 
-from api import tweets as store
+from db import store
 from api.app import create_app
 from core.config import Settings
 from db.engine import make_engine, make_session_factory, temporary_schema

@@ -274,8 +274,8 @@ def test_wrong_method_is_405(client):
 
 def test_race_between_uploads_is_a_conflict_and_stores_nothing(session_factory, monkeypatch):
     """Two uploads that both checked for duplicates before either committed: the second loses whole."""
-    from api.tweets import TweetConflict, ingest_texts
-    from db import tweets as queries
+    from db.store import TweetConflict, ingest_texts
+    from db import queries
 
     with session_factory() as first:
         ingest_texts(first, account=ACCOUNT, texts=["shared text"], status=TweetStatus.queued)
@@ -333,7 +333,7 @@ def test_saving_a_text_unchanged_or_recased_is_not_a_duplicate_of_itself(client,
 
 
 def test_a_text_another_account_stores_is_still_stored_for_this_one(client, session_factory):
-    from api.tweets import ingest_texts
+    from db.store import ingest_texts
 
     with session_factory() as session:
         ingest_texts(session, account="another_bot", texts=["shared text", "also theirs", "only theirs"],

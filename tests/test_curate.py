@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from starlette.requests import Request
 
-from api import tweets as store
+from db import store
 from api.app import create_app
 from core.config import Settings
 from api.curate.session import (

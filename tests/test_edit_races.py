@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select, text
 
 from api.curate import actions
-from api import tweets as store
+from db import store
 from core.config import TweetOrder
 from api.curate.actions import Move
 from posting.job import QUEUE_BUSY_RETRY_SECONDS, claim_next_tweet, post_next

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api import tweets as store
+from db import store
 from api.app import create_app
 from core.config import Settings, TweetOrder
 from posting.job import claim_next_tweet, post_next, sweep_stale_posts

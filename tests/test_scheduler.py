@@ -256,7 +256,7 @@ def test_bad_schedule_exits_2_naming_it(scheduler_env, capsys):
 @pytest.fixture
 def dry_run_store(scheduler_env, tmp_path):
     """A SQLite store (tables from the models) with two queued tweets, posting in dry run; yields its session factory."""
-    from api.tweets import ingest_texts
+    from db.store import ingest_texts
     from db.engine import make_engine, make_session_factory
     from db.models import Base, TweetStatus
 

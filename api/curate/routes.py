@@ -16,7 +16,7 @@ from fastapi import File, Form, HTTPException, Request, UploadFile, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api.curate import actions
-from api import tweets as store
+from db import store
 from api.curate.session import (
     CuratorPostDep,
     OptionalCuratorDep,

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import Depends, File, HTTPException, Query, Response, UploadFile, status
 
-from api import tweets as store
+from db import store
 from api.deps import SessionDep, SettingsDep, require_token
 from api.request_limits import UPLOAD_FORM_LIMITS
 from api.routing import SlashAgnosticRouter
@@ -22,7 +22,7 @@ from api.schemas import (
     UploadStatus,
 )
 from core.tweet_text import CuratedFileError, TweetRejected, content_hash, parse_curated_file
-from db import tweets as queries
+from db import queries
 from db.models import TweetStatus
 
 router = SlashAgnosticRouter(tags=["tweets"], dependencies=[Depends(require_token)])

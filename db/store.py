@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from posting.job import record_confirmed
 from core.tweet_text import TweetRejected, content_hash, validate_tweet
-from db import tweets as queries
+from db import queries
 from db.models import Tweet, TweetStatus
 
 # Which statuses a curator may move a tweet to, from which. `posting` is only ever set by
