@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
@@ -13,7 +12,7 @@ from api.curate.session import SignInThrottle
 from core.logs import configure_logging
 from posting.job import log_posting_configuration
 from api.request_limits import RequestBodyLimits
-from api.request_errors import validation_error_response
+from api.request_errors import register_error_answers
 from api.curate import routes as curate
 from api.curate.rendering import STATIC_PATH as CURATE_STATIC_PATH, static_files as curate_static_files
 from api.routes import health, posting, tweets
@@ -49,7 +48,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, configure_lo
     app.add_middleware(RequestBodyLimits, settings=settings, routes=[route for router in routers for route in router.routes])
     app.mount(CURATE_STATIC_PATH, curate_static_files(), name="curate-static")
     log_posting_configuration(settings)
-    app.add_exception_handler(RequestValidationError, validation_error_response)
+    register_error_answers(app)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -349,3 +349,13 @@ def test_a_text_another_account_stores_is_still_stored_for_this_one(client, sess
     edited = client.patch(f"/tweets/{ours['ours alone']}", json={"text": "ONLY theirs"})
     assert edited.status_code == 200, edited.text
     assert stored_count(session_factory) == 6
+
+
+def test_the_store_errors_are_answered_from_one_table(client, app):
+    """Every store error has its HTTP status in one place; a route raises it and the app answers."""
+    from api.request_errors import STORE_ERROR_STATUS
+    from db.store import TweetNotFound
+
+    assert set(STORE_ERROR_STATUS) <= set(app.exception_handlers)
+    response = client.get("/tweets/424242")
+    assert (response.status_code, response.json()) == (STORE_ERROR_STATUS[TweetNotFound], {"detail": "no tweet with id 424242"})

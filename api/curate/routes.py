@@ -31,15 +31,16 @@ from api.deps import SessionDep, SettingsDep, token_matches
 from posting.job import post_next
 from posting.outcomes import PostOutcome
 from api.request_limits import UPLOAD_FORM_LIMITS, PageRoute
-from api.routes.tweets import store_curated_file
+from api.request_errors import STORE_ERROR_STATUS, store_error_status
+from api.routes.tweets import upload_result
 from api.routing import SlashAgnosticRouter
 from api.schemas import IdempotencyKeyText, TweetIdPath, TweetIdValue
 from api.curate.counter_rule import counter_rule_script
 from api.curate.rendering import answer, render, set_flash, to_sign_in
-from core.tweet_text import TweetRejected
 from db.models import TweetStatus
 
 POST_NEXT_KEY_PREFIX = "curate-"
+STORE_ERRORS = tuple(STORE_ERROR_STATUS)
 
 
 class CurationPageRoute(PageRoute):
@@ -174,18 +175,20 @@ def upload(
     file: Annotated[UploadFile, File()],
 ):
     """Store a generated file as pending candidates; same parser, rules and summary as /add_tweets_file/."""
-    data = file.file.read(settings.MAX_UPLOAD_BYTES + 1)
+    filename = file.filename or ""
     try:
-        result = store_curated_file(
-            session, settings, data=data, filename=file.filename or "", status_=TweetStatus.pending
+        stored = store.store_curated_file(
+            session, account=settings.ACCOUNT, data=file.file.read(settings.MAX_UPLOAD_BYTES + 1), filename=filename,
+            status=TweetStatus.pending, max_bytes=settings.MAX_UPLOAD_BYTES,
         )
-    except HTTPException as exc:
-        flash = {"text": f"Nothing was stored: {exc.detail}", "error": True}
+    except STORE_ERRORS as exc:
+        flash = {"text": f"Nothing was stored: {exc}", "error": True}
         return render(
             request, "review.html", settings=settings, session=session, curator=curator,
             listing=actions.pending(session, settings.ACCOUNT), upload=None,
-            status_code=exc.status_code, flash=flash,
+            status_code=store_error_status(exc), flash=flash,
         )
+    result = upload_result(filename, stored)
     flash = {
         "text": f"{result.filename or 'File'}: {_plural(result.added, 'tweet')} added for review, "
                 f"{_plural(result.duplicates, 'duplicate')} skipped, {len(result.rejected)} rejected.",
@@ -221,17 +224,14 @@ def reject(
 
 
 def _tweet_action(request: Request, session, settings, action, tweet_id: int, done: str, back_to: str, **kwargs):
-    """Run a one-tweet action; map its refusals to 404/409/422 with nothing changed."""
+    """Run a one-tweet action; answer its refusals (the store's error table) with nothing changed."""
     try:
         action(session, settings.ACCOUNT, tweet_id, **kwargs)
     except store.TweetNotFound as exc:
-        return answer(request, str(exc), back_to=back_to, status_code=status.HTTP_404_NOT_FOUND)
-    except (TweetRejected, actions.BadXLink) as exc:
+        return answer(request, str(exc), back_to=back_to, status_code=store_error_status(exc))
+    except STORE_ERRORS as exc:
         session.rollback()
-        return answer(request, f"Not saved: {exc}.", back_to=back_to, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
-    except store.TweetConflict as exc:
-        session.rollback()
-        return answer(request, f"Not saved: {exc}.", back_to=back_to, status_code=status.HTTP_409_CONFLICT)
+        return answer(request, f"Not saved: {exc}.", back_to=back_to, status_code=store_error_status(exc))
     session.commit()
     return answer(request, done, back_to=back_to, session=session, settings=settings, changed=[tweet_id])
 
