@@ -6,7 +6,7 @@ import sys
 from core.config import ConfigError
 from ml.config import load_generation_settings
 from ml.sampler import SamplerError, resolve_run_folder
-from ml.service import create_app
+from ml.app import create_app
 
 try:
     settings = load_generation_settings()

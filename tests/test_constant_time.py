@@ -17,7 +17,7 @@ SECRET_COMPARISONS = [
     ("api/deps.py", "token_matches"),
     ("api/curate/session.py", "CurationSession.csrf_matches"),
     ("api/curate/session.py", "_verified"),
-    ("ml/service.py", "require_token"),
+    ("ml/app.py", "require_token"),
 ]
 
 

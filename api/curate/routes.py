@@ -33,7 +33,7 @@ from posting.outcomes import PostOutcome
 from api.request_limits import UPLOAD_FORM_LIMITS, PageRoute
 from api.request_errors import STORE_ERROR_STATUS, store_error_status
 from api.routes.tweets import upload_result
-from api.routing import SlashAgnosticRouter
+from api.routes import SlashAgnosticRouter
 from api.schemas import IdempotencyKeyText, TweetIdPath, TweetIdValue
 from api.curate.counter_rule import counter_rule_script
 from api.curate.rendering import answer, render, set_flash, to_sign_in

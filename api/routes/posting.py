@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from api.deps import SettingsDep, require_token
 from posting.job import PostResult, post_next
 from posting.outcomes import PostOutcome
-from api.routing import SlashAgnosticRouter
+from api.routes import SlashAgnosticRouter
 from api.schemas import IdempotencyKeyText, TweetPublic
 
 router = SlashAgnosticRouter(tags=["posting"], dependencies=[Depends(require_token)])

@@ -9,7 +9,7 @@ from fastapi import Depends, File, Query, Response, UploadFile, status
 
 from api.deps import SessionDep, SettingsDep, require_token
 from api.request_limits import UPLOAD_FORM_LIMITS
-from api.routing import SlashAgnosticRouter
+from api.routes import SlashAgnosticRouter
 from api.schemas import (
     OFFSET_MAX,
     AccountText,
