@@ -36,11 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core.tweet_text import join_samples
+from core.tweet_text import END_TOKEN, join_samples
 
 log = logging.getLogger(__name__)
 
-END_OF_TEXT = "<|endoftext|>"
 DEFAULT_BATCH_SIZE = 10
 CONTEXT_CACHE_ENTRIES = 8
 # gpt_2_simple's encoder keeps the tokens of every word it has seen; past this many it starts afresh.
@@ -591,7 +590,7 @@ class Sampler:
         self.batch_size = batch_size
         self.folder = folder
         self.checkpoint = checkpoint
-        self._end_token = encoder.encoder.get(END_OF_TEXT)
+        self._end_token = encoder.encoder.get(END_TOKEN)
         self._token_bytes = self._byte_table(encoder)
         self._prompt_tokens = _Recent(CONTEXT_CACHE_ENTRIES)  # prefix -> its tokens
         self._contexts = _Recent(CONTEXT_CACHE_ENTRIES)  # a prompt's tokens but the last -> _Context
@@ -786,7 +785,7 @@ class Sampler:
                 return tokens
         if self._end_token is None:
             raise SamplerError(
-                f"this vocabulary has no {END_OF_TEXT} token to start a sample from: give a prefix"
+                f"this vocabulary has no {END_TOKEN} token to start a sample from: give a prefix"
             )
         return [self._end_token]
 
