@@ -27,9 +27,9 @@ SAMPLE_CSV = REPO / "ml" / "sample_data" / "tweets_sample.csv"
 ACCOUNT = "demo_bot"
 RUN_NAME = "demo"
 START_TIMEOUT_SECONDS = 60
-# Few steps and short samples: the tiny model learns little in minutes, and only about 2 of 100
-# samples of 30 tokens end and pass the filters (measured: 22-26 of 1,000 at seeds 1-3). So it may
-# generate up to 500 for its 5 candidates: at that rate, none surviving is a 1-in-70,000 chance.
+# Few steps and short samples: the tiny model learns little in minutes, and few of its samples of
+# 30 tokens end and pass the filters (the rate is in the README's demo section). So it may generate
+# up to 500 for its 5 candidates, enough that none surviving is very unlikely.
 TRAINING_ARGS = ["--steps", "5", "--accumulate_gradients", "1", "--print_every", "1", "--sample_every", "1000"]
 GENERATION_ARGS = ["--nsamples", "5", "--length", "30", "--oversample_limit", "100", "--seed", "1"]
 

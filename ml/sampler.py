@@ -396,10 +396,10 @@ def _build_graph(tf, hparams) -> _Graph:
         the key axis in both; a part's batch may be 1, broadcast). `bias` is 0 where a key of the parts,
         in order, is visible, -1e10 elsewhere."""
         # q is scaled rather than the scores (the same numbers when the head size is a power of 4, as in every
-        # GPT-2). BatchMatMulV3 rather than tf.matmul's V2: oneDNN swaps V2 for its own kernel, which takes
-        # 50-70 us on these one-query shapes (a third of a tiny model's step); TensorFlow's V3 kernel takes
-        # ~5 us here, and is no slower on 124M's shapes (bench_generation_124m --length 300: 119-120 against
-        # 123-124 ms a step).
+        # GPT-2). BatchMatMulV3 rather than tf.matmul's V2: oneDNN swaps V2 for its own kernel, which is
+        # many times slower on these one-query shapes (a large share of a tiny model's step); TensorFlow's
+        # V3 kernel is not, and is no slower on 124M's shapes (figures: the README's speed section,
+        # bench_generation_124m).
         scaled_q = q * tf.math.rsqrt(tf.cast(head_size, tf.float32))
         scores = [tf.raw_ops.BatchMatMulV3(x=scaled_q, y=part, Tout=tf.float32, adj_y=True) for part in keys]
         w = gpt2.softmax(tf.concat(scores, axis=-1) + bias)  # one part: the concat is an identity
@@ -493,8 +493,8 @@ def _filter_logits(tf, logits, top_k, top_p):
     The threshold is, for a row with top_p > 0, the smallest logit of its nucleus (the likeliest
     tokens before their probabilities add up to top_p); else, with top_k > 0, its k-th largest
     logit; else none. The logits are ranked as far as a row needs: all of them (a sort, as
-    tf.sort does it) only when a row has top_p, else the largest top_k. Sorting 10 rows of GPT-2's
-    50,257 logits costs ~16 ms here; a 124M step without it 72-74 ms (bench_generation_124m).
+    tf.sort does it) only when a row has top_p, else the largest top_k. Sorting a batch of GPT-2's
+    whole vocabulary is a large share of a 124M step (figures: the README's speed section).
     """
     from gpt_2_simple.src import model as gpt2
 
@@ -531,7 +531,7 @@ def _session_callable(session, fetches: list, feeds: list):
     """Run `fetches` from positional numpy arrays for `feeds`, returning a list of arrays.
 
     Session.run (and make_callable with feeds, which calls it) converts and checks every feed in
-    Python on every call: ~2 ms, a third of a tiny model's step. TensorFlow's own
+    Python on every call, a large share of a tiny model's step. TensorFlow's own
     Session._make_callable_from_options (as Keras's v1 backend uses it) hands the arrays straight
     to the C++ session; the arrays must already have the placeholders' dtypes.
     """
