@@ -290,10 +290,10 @@ generator-context: ## stage ml/Dockerfile's build context in build/generator: co
 	git ls-files -z --cached --others --exclude-standard core ml | tar --null -T - -cf - | tar -xf - -C $(call path_arg,$(GENERATOR_CONTEXT))
 	cp -R $(call path_arg,$(CHECKPOINT_DIR)/$(RUN_NAME)) $(call path_arg,$(GENERATOR_CONTEXT)/checkpoint/$(RUN_NAME))
 
-docker-generator: ## build the generation image locally (tag $(GENERATOR_SERVICE_NAME):local), bundling CHECKPOINT_DIR/RUN_NAME
-	@$(call require,GENERATOR_SERVICE_NAME RUN_NAME)
+docker-generator: ## build the generation image locally (tag $(GENERATOR_SERVICE_NAME):local, else gpt2-tweet-bot-generator:local), bundling CHECKPOINT_DIR/RUN_NAME
+	@$(call require,RUN_NAME $(if $(GENERATOR_SERVICE_NAME),GENERATOR_SERVICE_NAME))
 	$(MAKE) --no-print-directory generator-context
-	docker build -t $(call q,$(GENERATOR_SERVICE_NAME):local) $(call path_arg,$(GENERATOR_CONTEXT))
+	docker build -t $(call q,$(or $(GENERATOR_SERVICE_NAME),gpt2-tweet-bot-generator):local) $(call path_arg,$(GENERATOR_CONTEXT))
 
 docker-cloud-build-generator: ## build the generation image with Cloud Build (bundles CHECKPOINT_DIR/RUN_NAME)
 	@$(call require,$(GENERATOR_VARS) RUN_NAME)

@@ -236,7 +236,7 @@ REQUIRED = {
     "scheduler-resume": ["PROJECT_ID", "REGION", "SCHEDULER_JOB_NAME"],
     "scheduler-run-now": ["PROJECT_ID", "REGION", "SCHEDULER_JOB_NAME"],
     "scheduler-delete": ["PROJECT_ID", "REGION", "SCHEDULER_JOB_NAME"],
-    "docker-generator": ["GENERATOR_SERVICE_NAME", "RUN_NAME"],
+    "docker-generator": ["RUN_NAME"],
     "docker-cloud-build-generator": ["PROJECT_ID", "REGION", "ARTIFACT_REPOSITORY", "GENERATOR_SERVICE_NAME", "RUN_NAME"],
     "docker-cloud-run-generator": ["PROJECT_ID", "REGION", "ARTIFACT_REPOSITORY", "GENERATOR_SERVICE_NAME",
                                    "RUN_SERVICE_ACCOUNT", "GENERATOR_MEMORY", "GENERATOR_CPU"],
@@ -557,7 +557,19 @@ def test_docker_generator_builds_the_staged_context(workdir, tmp_path):
     assert (context / "checkpoint" / "tweets1" / "hparams.json").is_file()
 
 
-@pytest.mark.parametrize("target", ["docker-generator", "docker-cloud-build-generator", "docker-cloud-run-generator"])
+def test_docker_generator_needs_no_service_name_for_a_local_build(workdir, tmp_path):
+    """The README's `make docker-generator RUN_NAME=run1` with no Cloud settings: a fixed local tag."""
+    run_folder = make_run_folder(tmp_path)
+    context = tmp_path / "context"
+    run = run_make(
+        workdir, "docker-generator", "DOCKER_INSTANCE_NAME=", f"CHECKPOINT_DIR={run_folder.parent}", "RUN_NAME=tweets1",
+        f"GENERATOR_CONTEXT={context}", f"ENV_FILE={workdir / '.env'}", cwd=REPO,
+    )
+    assert run.returncode == 0, run.output
+    assert run.commands == [["docker", "build", "-t", "gpt2-tweet-bot-generator:local", str(context)]]
+
+
+@pytest.mark.parametrize("target", ["docker-cloud-build-generator", "docker-cloud-run-generator"])
 def test_generator_name_comes_from_docker_instance_name(workdir, target):
     run = run_make(workdir, target, "DOCKER_INSTANCE_NAME=")
     assert run.returncode != 0
