@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 from fastapi import Path
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from posting.job import MAX_IDEMPOTENCY_KEY_LENGTH, X_POST_ID_PATTERN
+from core.x_client import X_POST_ID_PATTERN
+from posting.job import MAX_IDEMPOTENCY_KEY_LENGTH
 from core.tweet_text import control_character
 from db.models import Tweet, TweetStatus
 

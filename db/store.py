@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from posting.job import record_confirmed
+from db.post_queue import record_confirmed
 from core.tweet_text import CuratedFileError, TweetRejected, content_hash, parse_curated_file, validate_tweet
 from db import queries
 from db.models import Tweet, TweetStatus

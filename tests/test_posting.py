@@ -23,7 +23,8 @@ from sqlalchemy import select
 from db import store
 from api.app import create_app
 from core.config import Settings, TweetOrder
-from posting.job import claim_next_tweet, post_next, sweep_stale_posts
+from db.post_queue import claim_next_tweet, sweep_stale_posts
+from posting.job import post_next
 from posting.outcomes import PostOutcome
 from core.x_client import make_x_client
 from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow

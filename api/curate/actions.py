@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from db import store
 from core.config import Settings, TweetOrder
-from posting.job import X_POST_ID, X_POST_ID_PATTERN
+from core.x_client import X_POST_ID, X_POST_ID_PATTERN
 from db import queries
 from db.models import Tweet, TweetStatus
 
