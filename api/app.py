@@ -7,16 +7,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from core.config import Settings
-from api.curate.session import SignInThrottle
-from core.logs import configure_logging
-from posting.job import log_posting_configuration
-from api.request_limits import RequestBodyLimits
-from api.request_errors import register_error_answers
 from api.curate import routes as curate
 from api.curate.rendering import STATIC_PATH as CURATE_STATIC_PATH, static_files as curate_static_files
+from api.curate.session import SignInThrottle
+from api.request_errors import register_error_answers
+from api.request_limits import RequestBodyLimits
 from api.routes import health, posting, tweets
+from core.config import Settings
+from core.logs import configure_logging
 from db.engine import make_engine, make_session_factory
+from posting.job import log_posting_configuration
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
-from core.config import Settings
-from core.tweet_text import content_hash, join_samples
 from bench.made_up import made_up_words
 from bench.serving import serve_in_thread
+from core.config import Settings
+from core.tweet_text import content_hash, join_samples
 from db.engine import make_engine, make_session_factory, temporary_schema
 from db.models import Base, Tweet, TweetStatus, utcnow
 

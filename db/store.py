@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.post_queue import record_confirmed
 from core.tweet_text import CuratedFileError, TweetRejected, content_hash, parse_curated_file, validate_tweet
 from db import queries
 from db.models import Tweet, TweetStatus
+from db.post_queue import record_confirmed
 
 # Which statuses a curator may move a tweet to, from which. `posting` is only ever set by
 # the posting code; `posted` only by it, or by an operator confirming an unconfirmed tweet.

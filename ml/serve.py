@@ -4,9 +4,9 @@ from __future__ import annotations
 import sys
 
 from core.config import ConfigError
+from ml.app import create_app
 from ml.config import load_generation_settings
 from ml.sampler import SamplerError, resolve_run_folder
-from ml.app import create_app
 
 try:
     settings = load_generation_settings()

@@ -20,9 +20,9 @@ import sys
 
 from core.config import ConfigError, Settings, load_settings
 from core.logs import configure_logging
+from db.engine import make_engine, make_session_factory
 from posting.job import MAX_IDEMPOTENCY_KEY_LENGTH, log_posting_configuration, post_next
 from posting.outcomes import ExitCode
-from db.engine import make_engine, make_session_factory
 
 log = logging.getLogger("posting.post_next")
 

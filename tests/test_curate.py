@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from starlette.requests import Request
 
-from db import store
 from api.app import create_app
-from core.config import Settings
+from api.curate import routes as curate_routes
+from api.curate.counter_rule import js_regex_source, nameprep_tables
 from api.curate.session import (
     COOKIE_NAME,
     DEVICE_COOKIE_NAME,
@@ -36,8 +36,8 @@ from api.curate.session import (
     signing_key,
 )
 from api.request_limits import PAGE_DISCARD_FACTOR, UPLOAD_FORM_OVERHEAD_BYTES
-from api.curate import routes as curate_routes
-from api.curate.counter_rule import js_regex_source, nameprep_tables
+from core.config import Settings
+from db import store
 from db.models import Tweet, TweetStatus, utcnow
 from tests.conftest import ACCOUNT, TOKEN, store_texts
 

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from core.config import XSettings
 from core.x_client import make_x_client
-import scripts.download_tweets as download_tweets
 from scripts.download_tweets import collect, main, parse_args
+import scripts.download_tweets as download_tweets
 from scripts.training_text import (
     CleaningOptions,
     CleaningReport,

@@ -15,13 +15,13 @@ import pytest
 from sqlalchemy import select, text
 
 from api.curate import actions
-from db import store
-from core.config import TweetOrder
 from api.curate.actions import Move
+from core.config import TweetOrder
+from db import store
+from db.models import Tweet, TweetStatus
 from db.post_queue import claim_next_tweet
 from posting.job import QUEUE_BUSY_RETRY_SECONDS, post_next
 from posting.outcomes import PostOutcome
-from db.models import Tweet, TweetStatus
 from tests.conftest import ACCOUNT, store_texts
 
 ORIGINAL = "the text as queued"

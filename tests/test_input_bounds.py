@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from posting.job import MAX_IDEMPOTENCY_KEY_LENGTH
 from api.schemas import ERROR_MAX_LENGTH, ID_MAX, OFFSET_MAX, POSITION_MAX, POSITION_MIN
 from core.tweet_text import CuratedFileError, parse_curated_file
 from db.models import Tweet, TweetStatus
+from posting.job import MAX_IDEMPOTENCY_KEY_LENGTH
 from tests.conftest import store_texts
 from tests.test_curate import sign_in
 

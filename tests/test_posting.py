@@ -20,14 +20,14 @@ from pydantic import SecretStr
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from db import store
 from api.app import create_app
 from core.config import Settings, TweetOrder
+from core.x_client import make_x_client
+from db import store
+from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
 from db.post_queue import claim_next_tweet, sweep_stale_posts
 from posting.job import post_next
 from posting.outcomes import PostOutcome
-from core.x_client import make_x_client
-from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
 from tests.conftest import ACCOUNT, TOKEN, store_texts
 from tests.fake_x import ACCESS_SECRET, BEARER_TOKEN, CONSUMER_SECRET, DUPLICATE_DETAIL, FakeResponse, FakeX
 

@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from core.config import ConfigError
 from posting import scheduler
 from posting.outcomes import ExitCode
-from core.config import ConfigError
 from posting.scheduler import (
     idempotency_key,
     next_fire_time,

@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 
+from ml.app import create_app
 from ml.config import GenerationSettings
 from ml.sampler import Sampler
-from ml.app import create_app
 from ml.tiny import write_tiny_run
 
 pytestmark = pytest.mark.ml

@@ -14,10 +14,10 @@ from enum import Enum
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db import store
 from core.config import Settings, TweetOrder
 from core.x_client import X_POST_ID, X_POST_ID_PATTERN
 from db import queries
+from db import store
 from db.models import Tweet, TweetStatus
 
 REVIEW_PAGE_SIZE = 100

@@ -16,7 +16,8 @@ from fastapi import File, Form, HTTPException, Request, UploadFile, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api.curate import actions
-from db import store
+from api.curate.counter_rule import counter_rule_script
+from api.curate.rendering import answer, render, set_flash, to_sign_in
 from api.curate.session import (
     CuratorPostDep,
     OptionalCuratorDep,
@@ -28,16 +29,15 @@ from api.curate.session import (
     sign_in_attempt_source,
 )
 from api.deps import SessionDep, SettingsDep, token_matches
+from api.request_errors import STORE_ERROR_STATUS, store_error_status
+from api.request_limits import UPLOAD_FORM_LIMITS, PageRoute
+from api.routes import SlashAgnosticRouter
+from api.routes.tweets import upload_result
+from api.schemas import IdempotencyKeyText, TweetIdPath, TweetIdValue
+from db import store
+from db.models import TweetStatus
 from posting.job import post_next
 from posting.outcomes import PostOutcome
-from api.request_limits import UPLOAD_FORM_LIMITS, PageRoute
-from api.request_errors import STORE_ERROR_STATUS, store_error_status
-from api.routes.tweets import upload_result
-from api.routes import SlashAgnosticRouter
-from api.schemas import IdempotencyKeyText, TweetIdPath, TweetIdValue
-from api.curate.counter_rule import counter_rule_script
-from api.curate.rendering import answer, render, set_flash, to_sign_in
-from db.models import TweetStatus
 
 POST_NEXT_KEY_PREFIX = "curate-"
 STORE_ERRORS = tuple(STORE_ERROR_STATUS)

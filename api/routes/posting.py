@@ -7,10 +7,10 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import SettingsDep, require_token
-from posting.job import PostResult, post_next
-from posting.outcomes import PostOutcome
 from api.routes import SlashAgnosticRouter
 from api.schemas import IdempotencyKeyText, TweetPublic
+from posting.job import PostResult, post_next
+from posting.outcomes import PostOutcome
 
 router = SlashAgnosticRouter(tags=["posting"], dependencies=[Depends(require_token)])
 
