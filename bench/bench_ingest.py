@@ -1,6 +1,6 @@
 """Upload a 100,000-tweet curated file over HTTP and print tweets per second, per database.
 
-    .venv/bin/python -m bench.bench_ingest [--tweets 100000] [--postgres postgresql://postgres@127.0.0.1:5432/test]
+    .venv/bin/python -m bench.bench_ingest [--tweets 100000] [--postgres URL (default: TEST_POSTGRES_URL)]
 
 Each database starts empty (a temporary SQLite file; a fresh Postgres schema, dropped after).
 The baseline is the same rows inserted one statement per row, measured in the same run.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
 import tempfile
 import time
@@ -83,7 +84,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tweets", type=int, default=100_000)
     parser.add_argument("--baseline-tweets", type=int, default=10_000)
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument(
+        "--postgres", default=os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="the Postgres to measure on, as post_storm reads it (default: TEST_POSTGRES_URL, else the local test database)",
+    )
     args = parser.parse_args()
 
     tweets = make_tweets(args.tweets)
