@@ -2,7 +2,7 @@
 #   docker build -t tweet-bot .                    (make docker-compose / make docker-cloud-build)
 #   command: serve on $PORT (Cloud Run sets it; 8080 otherwise)
 #   alembic upgrade head                           (make cloud-migrate; the compose `migrate` service)
-#   python -m api.scheduler                        (the compose `scheduler` service)
+#   python -m posting.scheduler                    (the compose `scheduler` service)
 # Only requirements.txt is installed (no TensorFlow). No settings or secrets live in the image:
 # they come from the environment (Cloud Run, Secret Manager, docker compose's env_file).
 # BASE_IMAGE: any Debian-based Python 3.11+ image with python and pip on PATH (make image-test builds
@@ -19,7 +19,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
-COPY requirements.txt .
+COPY requirements-core.txt requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 
 # A fixed, unprivileged user; /data is the only place it may write (SQLite when no Postgres is set).
@@ -29,10 +29,12 @@ RUN groupadd --system --gid 10001 app \
 
 COPY alembic.ini .
 COPY migrations/ migrations/
+COPY core/ core/
 COPY db/ db/
 COPY api/ api/
+COPY posting/ posting/
 # Compiled once here, so a cold start (Cloud Run scales to zero) does not compile the service's modules.
-RUN python -m compileall -q api db migrations
+RUN python -m compileall -q core api posting db migrations
 
 USER 10001:10001
 EXPOSE 8080

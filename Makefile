@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.api: requirements.txt | $(BIN)/python
+$(VENV)/.api: requirements.txt requirements-core.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
 	touch $@
 
@@ -20,11 +20,11 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.api
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
-$(VENV)/.ml: requirements-ml.txt $(VENV)/.api
+$(VENV)/.ml: requirements-ml.txt requirements-core.txt $(VENV)/.api
 	$(BIN)/pip install -q -r requirements-ml.txt
 	touch $@
 
-$(VENV)/.scrape: requirements-scrape.txt $(VENV)/.api
+$(VENV)/.scrape: requirements-scrape.txt requirements-core.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-scrape.txt
 	touch $@
 
@@ -73,7 +73,7 @@ serve-generation: $(VENV)/.ml ## serve the generation service on http://127.0.0.
 # Survivors again: `cd .mutation && mutmut results`; one in full: `mutmut show NAME`.
 .PHONY: mutation
 MUTATION_DIR := .mutation
-MUTATION_COPY := api bench db ml scripts migrations alembic.ini pytest.ini .gitignore
+MUTATION_COPY := core api posting bench db ml scripts migrations alembic.ini pytest.ini .gitignore
 mutation: $(VENV)/.dev ## mutation-test MODULES="api/x.py ..." with their TESTS="tests/test_x.py ..."; lists the survivors
 	@test -n "$(MODULES)" -a -n "$(TESTS)" || { echo 'usage: make mutation MODULES="ml/filters.py" TESTS="tests/test_ml_candidates.py"' >&2; exit 2; }
 	git init -q $(MUTATION_DIR)

@@ -279,21 +279,21 @@ scheduler-delete: ## delete the Cloud Scheduler job
 
 # ---- the generation service (TensorFlow; its own image) ----
 # RUN_NAME's shape (one folder name) keeps it a plain word in the sed replacement below.
-generator-context: ## stage ml/Dockerfile's build context in build/generator: api/ and ml/ (what git does not ignore), the run CHECKPOINT_DIR/RUN_NAME
+generator-context: ## stage ml/Dockerfile's build context in build/generator: core/ and ml/ (what git does not ignore), the run CHECKPOINT_DIR/RUN_NAME
 	@$(call require,RUN_NAME CHECKPOINT_DIR GENERATOR_CONTEXT)
 	@run_folder=$(call q,$(CHECKPOINT_DIR)/$(RUN_NAME)); test -f $(call path_arg,$(CHECKPOINT_DIR)/$(RUN_NAME)/hparams.json) \
 	  || { echo "No run folder $$run_folder (hparams.json missing): train one (make train) or set CHECKPOINT_DIR and RUN_NAME." >&2; exit 1; }
 	rm -rf $(call path_arg,$(GENERATOR_CONTEXT))
 	mkdir -p $(call path_arg,$(GENERATOR_CONTEXT)/checkpoint)
 	sed 's/^ARG RUN_NAME=.*/ARG RUN_NAME=$(RUN_NAME)/' ml/Dockerfile > $(call q,$(GENERATOR_CONTEXT))/Dockerfile
-	cp requirements.txt requirements-ml.txt $(call path_arg,$(GENERATOR_CONTEXT))/
-	git ls-files -z --cached --others --exclude-standard api ml | tar --null -T - -cf - | tar -xf - -C $(call path_arg,$(GENERATOR_CONTEXT))
+	cp requirements-core.txt requirements-ml.txt $(call path_arg,$(GENERATOR_CONTEXT))/
+	git ls-files -z --cached --others --exclude-standard core ml | tar --null -T - -cf - | tar -xf - -C $(call path_arg,$(GENERATOR_CONTEXT))
 	cp -R $(call path_arg,$(CHECKPOINT_DIR)/$(RUN_NAME)) $(call path_arg,$(GENERATOR_CONTEXT)/checkpoint/$(RUN_NAME))
 
-docker-generator: ## build the generation image locally (tag $(GENERATOR_SERVICE_NAME):local), bundling CHECKPOINT_DIR/RUN_NAME
-	@$(call require,GENERATOR_SERVICE_NAME RUN_NAME)
+docker-generator: ## build the generation image locally (tag $(GENERATOR_SERVICE_NAME):local, else gpt2-tweet-bot-generator:local), bundling CHECKPOINT_DIR/RUN_NAME
+	@$(call require,RUN_NAME $(if $(GENERATOR_SERVICE_NAME),GENERATOR_SERVICE_NAME))
 	$(MAKE) --no-print-directory generator-context
-	docker build -t $(call q,$(GENERATOR_SERVICE_NAME):local) $(call path_arg,$(GENERATOR_CONTEXT))
+	docker build -t $(call q,$(or $(GENERATOR_SERVICE_NAME),gpt2-tweet-bot-generator):local) $(call path_arg,$(GENERATOR_CONTEXT))
 
 docker-cloud-build-generator: ## build the generation image with Cloud Build (bundles CHECKPOINT_DIR/RUN_NAME)
 	@$(call require,$(GENERATOR_VARS) RUN_NAME)

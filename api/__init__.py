@@ -1,1 +1,2 @@
-"""The curated tweet store service (FastAPI). Never imports TensorFlow."""
+"""The HTTP service only (FastAPI): app, deps, schemas, the error-to-HTTP table, the routes, and the
+curation page (api/curate/). The store is in db/, posting in posting/, shared rules in core/."""

@@ -4,18 +4,19 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from api.config import Settings
-from api.curation_session import SignInThrottle
-from api.logs import configure_logging
-from api.posting import log_posting_configuration
+from api.curate import routes as curate
+from api.curate.rendering import STATIC_PATH as CURATE_STATIC_PATH, static_files as curate_static_files
+from api.curate.session import SignInThrottle
+from api.request_errors import register_error_answers
 from api.request_limits import RequestBodyLimits
-from api.request_errors import validation_error_response
-from api.routes import curate, health, posting, tweets
+from api.routes import health, posting, tweets
+from core.config import Settings
+from core.logs import configure_logging
 from db.engine import make_engine, make_session_factory
+from posting.job import log_posting_configuration
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None, configure_lo
     for router in routers:
         app.include_router(router)
     app.add_middleware(RequestBodyLimits, settings=settings, routes=[route for router in routers for route in router.routes])
-    app.mount(curate.STATIC_PATH, curate.static_files(), name="curate-static")
+    app.mount(CURATE_STATIC_PATH, curate_static_files(), name="curate-static")
     log_posting_configuration(settings)
-    app.add_exception_handler(RequestValidationError, validation_error_response)
+    register_error_answers(app)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

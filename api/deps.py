@@ -9,7 +9,7 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
-from api.config import Settings
+from core.config import Settings
 
 token_header = APIKeyHeader(
     name="x-token",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from api.app import create_app
-from api.config import ConfigError, load_settings
+from core.config import ConfigError, load_settings
 
 try:
     settings = load_settings()

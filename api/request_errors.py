@@ -1,6 +1,12 @@
-"""The 422 answer to a request that fails validation, in FastAPI's shape but encodable whatever
-was sent: FastAPI's own echoes each wrong input whole, and fails on non-finite numbers (JSON's
-1e999, NaN), lone surrogates and inputs nested past the encoder's recursion limit."""
+"""How errors become HTTP answers.
+
+- The store's errors (db.store, core.tweet_text, the curation page's actions) map to a status in
+  one table, STORE_ERROR_STATUS: the app registers a handler for each, and the curation page
+  reads the same table when it answers a form.
+- The 422 answer to a request that fails validation, in FastAPI's shape but encodable whatever
+  was sent: FastAPI's own echoes each wrong input whole, and fails on non-finite numbers (JSON's
+  1e999, NaN), lone surrogates and inputs nested past the encoder's recursion limit.
+"""
 from __future__ import annotations
 
 import math
@@ -8,9 +14,24 @@ import re
 from collections.abc import Mapping
 from itertools import islice
 
-from fastapi import Request
+from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+
+from api.curate.actions import BadXLink
+from core.tweet_text import CuratedFileError, TweetRejected
+from db.store import NoValidTweet, TweetConflict, TweetNotFound, UploadTooLarge
+
+# Each error's str() is the answer's detail: it says what was wrong and what to do.
+STORE_ERROR_STATUS: dict[type[Exception], int] = {
+    TweetNotFound: status.HTTP_404_NOT_FOUND,
+    TweetConflict: status.HTTP_409_CONFLICT,
+    TweetRejected: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    BadXLink: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    NoValidTweet: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    CuratedFileError: status.HTTP_400_BAD_REQUEST,
+    UploadTooLarge: status.HTTP_413_CONTENT_TOO_LARGE,
+}
 
 ECHO_MAX_CHARS = 200
 ECHO_MAX_ITEMS = 20
@@ -66,3 +87,18 @@ def describe_errors(errors) -> list[dict]:
 
 async def validation_error_response(request: Request, exc: RequestValidationError) -> JSONResponse:
     return JSONResponse({"detail": describe_errors(exc.errors())}, status_code=422)
+
+
+def store_error_status(error: Exception) -> int:
+    """The HTTP status of one of STORE_ERROR_STATUS's errors."""
+    return next(code for kind, code in STORE_ERROR_STATUS.items() if isinstance(error, kind))
+
+
+async def store_error_response(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=store_error_status(error))
+
+
+def register_error_answers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, validation_error_response)
+    for kind in STORE_ERROR_STATUS:
+        app.add_exception_handler(kind, store_error_response)

@@ -34,9 +34,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.config import Settings
-from api.curation_session import current_session, not_signed_in, require_session
+from api.curate.session import current_session, not_signed_in, require_session
 from api.deps import require_token, token_refusal
+from core.config import Settings
 
 # JSON edits, the curation page's forms and the sign-in form: a bulk approval of a full
 # review page is a few KB.

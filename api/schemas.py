@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 from fastapi import Path
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from api.posting import MAX_IDEMPOTENCY_KEY_LENGTH, X_POST_ID_PATTERN
-from api.tweet_text import control_character
+from core.tweet_text import control_character
+from core.x_client import X_POST_ID_PATTERN
 from db.models import Tweet, TweetStatus
+from posting.job import MAX_IDEMPOTENCY_KEY_LENGTH
 
 UploadStatus = Literal["queued", "pending"]
 

@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from api.tweet_text import END_TOKEN, START_TOKEN, split_samples
 from bench.tweet_checkpoint import RUN_NAME, ensure_tweet_checkpoint
+from core.tweet_text import END_TOKEN, START_TOKEN, split_samples
 
 BATCH_SIZE = 10
 SETTINGS = dict(length=200, temperature=1.0, top_p=0.9, prefix=START_TOKEN, truncate=END_TOKEN,

@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from api.tweet_text import START_TOKEN
+from core.tweet_text import END_TOKEN, START_TOKEN
 
 RUN_NAME = "run1"
 SHAPE_124M = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
@@ -38,15 +38,15 @@ def ensure_random_124m(workdir: Path) -> Path:
     import tensorflow as tf
     from gpt_2_simple.src import model
 
-    from ml.tiny import END_OF_TEXT, byte_level_encoder
+    from ml.tiny import byte_level_encoder
 
     folder = workdir / "checkpoint" / RUN_NAME
     if (folder / "checkpoint").is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    encoder = {symbol: token for symbol, token in byte_level_encoder().items() if symbol != END_OF_TEXT}
+    encoder = {symbol: token for symbol, token in byte_level_encoder().items() if symbol != END_TOKEN}
     encoder.update({f"<token{n}>": n for n in range(256, SHAPE_124M["n_vocab"] - 1)})  # byte symbols only
-    encoder[END_OF_TEXT] = SHAPE_124M["n_vocab"] - 1
+    encoder[END_TOKEN] = SHAPE_124M["n_vocab"] - 1
     (folder / "hparams.json").write_text(json.dumps(SHAPE_124M))
     (folder / "encoder.json").write_text(json.dumps(encoder))
     (folder / "vocab.bpe").write_text("#version: 0.2\n")

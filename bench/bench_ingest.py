@@ -1,6 +1,6 @@
 """Upload a 100,000-tweet curated file over HTTP and print tweets per second, per database.
 
-    .venv/bin/python -m bench.bench_ingest [--tweets 100000] [--postgres postgresql://postgres@127.0.0.1:5432/test]
+    .venv/bin/python -m bench.bench_ingest [--tweets 100000] [--postgres URL (default: TEST_POSTGRES_URL)]
 
 Each database starts empty (a temporary SQLite file; a fresh Postgres schema, dropped after).
 The baseline is the same rows inserted one statement per row, measured in the same run.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
 import tempfile
 import time
@@ -18,10 +19,10 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
-from api.config import Settings
-from api.tweet_text import content_hash, join_samples
 from bench.made_up import made_up_words
 from bench.serving import serve_in_thread
+from core.config import Settings
+from core.tweet_text import content_hash, join_samples
 from db.engine import make_engine, make_session_factory, temporary_schema
 from db.models import Base, Tweet, TweetStatus, utcnow
 
@@ -83,7 +84,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tweets", type=int, default=100_000)
     parser.add_argument("--baseline-tweets", type=int, default=10_000)
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument(
+        "--postgres", default=os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="the Postgres to measure on, as post_storm reads it (default: TEST_POSTGRES_URL, else the local test database)",
+    )
     args = parser.parse_args()
 
     tweets = make_tweets(args.tweets)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from api.tweet_text import END_TOKEN, START_TOKEN
 from bench.serving import free_port
 from bench.tweet_checkpoint import RUN_NAME, ensure_tweet_checkpoint
+from core.tweet_text import END_TOKEN, START_TOKEN
 
 REPO = Path(__file__).resolve().parent.parent
 REQUEST = {"length": 200, "temperature": 1.0, "top_p": 0.9, "prefix": START_TOKEN, "truncate": END_TOKEN,

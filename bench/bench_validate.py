@@ -13,7 +13,7 @@ import argparse
 import time
 import tracemalloc
 
-from api.tweet_text import TweetRejected, validate_tweet
+from core.tweet_text import TweetRejected, validate_tweet
 
 ENTRIES = {  # kind of text: the entry of about `size` bytes of UTF-8
     "plain letters": lambda size: "a" * size,

@@ -28,8 +28,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
-from api.config import Settings
 from bench.serving import serve_in_thread
+from core.config import Settings
 from db.engine import make_session_factory, temporary_schema
 from db.models import Base, Tweet, TweetStatus, utcnow
 from tests.fake_x import FakeX

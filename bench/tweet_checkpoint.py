@@ -14,7 +14,7 @@ import random
 import time
 from pathlib import Path
 
-from api.tweet_text import END_TOKEN, START_TOKEN
+from core.tweet_text import END_TOKEN, START_TOKEN
 
 RUN_NAME = "tweets"
 READY_FILE = "READY"

@@ -8,7 +8,7 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from api.config import DatabaseSettings, load_settings
+from core.config import DatabaseSettings, load_settings
 from db.engine import make_engine
 from db.models import Base
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from api.tweet_text import END_TOKEN, START_TOKEN, join_samples
+from core.tweet_text import END_TOKEN, START_TOKEN, join_samples
 from ml.filters import CandidateFilter, CopyFound, CopyKind, DropReason
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from api.config import PLACEHOLDER_SECRETS, LogFormat, load_settings
+from core.config import PLACEHOLDER_SECRETS, LogFormat, load_settings
 
 MIN_TOKEN_LENGTH = 16
 
@@ -66,5 +66,5 @@ class GenerationSettings(BaseSettings):
 
 
 def load_generation_settings(**overrides) -> GenerationSettings:
-    """Read the settings, or raise api.config.ConfigError naming the first bad variable."""
+    """Read the settings, or raise core.config.ConfigError naming the first bad variable."""
     return load_settings(GenerationSettings, **overrides)

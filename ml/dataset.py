@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from api.tweet_text import END_TOKEN, START_TOKEN
+from core.tweet_text import END_TOKEN, START_TOKEN
 
 CSV_COLUMN = "tweets"
 GPT2_N_CTX = 1024  # every GPT-2 size (and the tiny model) has a 1024-token window

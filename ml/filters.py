@@ -7,7 +7,7 @@ Checks run in this order and a candidate is counted under the first reason that 
   produced that are not valid UTF-8: the tweet would carry a visible "�";
 - `unfinished`: still holds `<|startoftext|>` or `<|endoftext|>`, or the generator says it ran to
   `length` without reaching the end marker;
-- `tweet_rule`: fails the API's tweet rule (`api.tweet_text.validate_tweet`: weighted length over
+- `tweet_rule`: fails the API's tweet rule (`core.tweet_text.validate_tweet`: weighted length over
   280, characters X refuses...), the same code the store runs on upload;
 - `url`: holds a link as X counts links (twitter-text), when URLs are dropped (the default): GPT-2
   invents links, and X charges far more for posts with URLs;
@@ -29,7 +29,7 @@ from enum import Enum
 
 from twitter_text import extract_urls_with_indices
 
-from api.tweet_text import MARKERS, TweetRejected, content_hash, normalize_text, validate_tweet
+from core.tweet_text import MARKERS, TweetRejected, content_hash, normalize_text, validate_tweet
 
 # markovify's defaults (Text.test_sentence_output): a sentence is rejected when it shares with the
 # corpus a run of more than min(15, round(0.7 * its words)) words. Our thresholds may be stricter, never laxer.

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import sys
 
-from api.config import ConfigError
+from core.config import ConfigError
+from ml.app import create_app
 from ml.config import load_generation_settings
 from ml.sampler import SamplerError, resolve_run_folder
-from ml.service import create_app
 
 try:
     settings = load_generation_settings()

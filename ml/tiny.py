@@ -15,9 +15,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from core.tweet_text import END_TOKEN
+
 TINY_MODEL_NAME = "tiny"
 TINY_HPARAMS = {"n_vocab": 257, "n_ctx": 1024, "n_embd": 64, "n_head": 4, "n_layer": 2}
-END_OF_TEXT = "<|endoftext|>"
 MODEL_FILES = ("hparams.json", "encoder.json", "vocab.bpe")
 
 
@@ -27,7 +28,7 @@ def byte_level_encoder() -> dict[str, int]:
 
     symbols = bytes_to_unicode()
     encoder = {symbols[b]: b for b in range(256)}
-    encoder[END_OF_TEXT] = 256
+    encoder[END_TOKEN] = 256
     return encoder
 
 

@@ -24,8 +24,8 @@ from itertools import islice  # noqa: E402
 import tweepy  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from api.config import ConfigError, XSettings, load_settings  # noqa: E402
-from api.x_client import XCredentialsMissing, make_x_client  # noqa: E402
+from core.config import ConfigError, XSettings, load_settings  # noqa: E402
+from core.x_client import XCredentialsMissing, make_x_client  # noqa: E402
 from scripts.training_text import (  # noqa: E402
     CleaningOptions,
     CleaningReport,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from api.tweet_text import MARKERS, normalize_text
+from core.tweet_text import MARKERS, normalize_text
 from scripts.tweet_sources import SourceTweet
 
 CSV_HEADER = "tweets"
@@ -28,7 +28,9 @@ _HASHTAG = re.compile(r"(?<![\w&#])#\w+")
 _SPACE_RUN = re.compile(r"[ \t]+")
 
 
-class DropReason(str, Enum):
+class SkipReason(str, Enum):
+    """Why a source tweet is left out of the training text (ml.filters.DropReason is about generated candidates)."""
+
     retweet = "retweet"
     reply = "reply"
     starts_with_mention = "starts with @ (a reply in all but name)"
@@ -75,16 +77,16 @@ def clean_text(text: str, options: CleaningOptions) -> str:
     return "\n".join(_SPACE_RUN.sub(" ", line).strip() for line in text.split("\n")).strip()
 
 
-def _drop_reason(tweet: SourceTweet, options: CleaningOptions) -> DropReason | None:
+def _skip_reason(tweet: SourceTweet, options: CleaningOptions) -> SkipReason | None:
     if tweet.is_retweet:
-        return DropReason.retweet
+        return SkipReason.retweet
     if not options.include_replies:
         if tweet.is_reply:
-            return DropReason.reply
+            return SkipReason.reply
         if normalize_text(tweet.text).startswith("@"):
-            return DropReason.starts_with_mention
+            return SkipReason.starts_with_mention
     if any(marker in tweet.text for marker in MARKERS):
-        return DropReason.contains_marker
+        return SkipReason.contains_marker
     return None
 
 
@@ -95,14 +97,14 @@ def clean_tweets(
     seen: set[str] = set()
     for tweet in tweets:
         report.fetched += 1
-        reason = _drop_reason(tweet, options)
+        reason = _skip_reason(tweet, options)
         text = ""
         if reason is None:
             text = clean_text(tweet.text, options)
             if not text:
-                reason = DropReason.empty
+                reason = SkipReason.empty
             elif text in seen:
-                reason = DropReason.duplicate
+                reason = SkipReason.duplicate
         if reason is not None:
             report.dropped[reason] += 1
             continue

@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 import tweepy
 
-from api.x_client import XError, XErrorKind, classify_x_error
+from core.x_client import XError, XErrorKind, classify_x_error
 
 API_TWEET_CAP = 3200
 API_PAGE_SIZE = 100
@@ -317,7 +317,7 @@ def fetch_from_api(
     Parameters
     ----------
     client
-        A tweepy v2 client from `api.x_client.make_x_client`.
+        A tweepy v2 client from `core.x_client.make_x_client`.
     include_replies
         Keep replies; otherwise X is asked to exclude them.
     user_auth

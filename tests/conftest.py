@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 
-from api import tweets as store
 from api.app import create_app
-from api.config import Settings
+from core.config import Settings
+from db import store
 from db.engine import make_engine, make_session_factory, temporary_schema
 from db.models import Base, Tweet, TweetStatus
 from tests.fake_x import fake_x  # noqa: F401 (fixture: the fake X API server)

@@ -286,8 +286,8 @@ def test_wrong_method_is_405(client):
 
 def test_race_between_uploads_is_a_conflict_and_stores_nothing(session_factory, monkeypatch):
     """Two uploads that both checked for duplicates before either committed: the second loses whole."""
-    from api.tweets import TweetConflict, ingest_texts
-    from db import tweets as queries
+    from db.store import TweetConflict, ingest_texts
+    from db import queries
 
     with session_factory() as first:
         ingest_texts(first, account=ACCOUNT, texts=["shared text"], status=TweetStatus.queued)
@@ -302,8 +302,8 @@ def test_race_between_uploads_is_a_conflict_and_stores_nothing(session_factory, 
 # ---- the store's bulk insert and counts ----------------------------------------------------
 
 def bulk_insert(session_factory, account: str, *texts: str, status=TweetStatus.queued) -> None:
-    from api.tweet_text import content_hash
-    from db import tweets as queries
+    from core.tweet_text import content_hash
+    from db import queries
 
     with session_factory() as session:
         queries.insert_tweets(session, account=account, texts_and_hashes=[(t, content_hash(t)) for t in texts],
@@ -343,7 +343,7 @@ def test_bulk_insert_on_postgres_is_one_copy_not_inserts(session_factory, engine
 
 
 def test_counts_by_status_name_every_status_for_the_account_only(session_factory):
-    from db import tweets as queries
+    from db import queries
 
     bulk_insert(session_factory, ACCOUNT, "q1", "q2")
     bulk_insert(session_factory, ACCOUNT, "p1", status=TweetStatus.pending)
@@ -399,7 +399,7 @@ def test_saving_a_text_unchanged_or_recased_is_not_a_duplicate_of_itself(client,
 
 
 def test_a_text_another_account_stores_is_still_stored_for_this_one(client, session_factory):
-    from api.tweets import ingest_texts
+    from db.store import ingest_texts
 
     with session_factory() as session:
         ingest_texts(session, account="another_bot", texts=["shared text", "also theirs", "only theirs"],
@@ -415,3 +415,13 @@ def test_a_text_another_account_stores_is_still_stored_for_this_one(client, sess
     edited = client.patch(f"/tweets/{ours['ours alone']}", json={"text": "ONLY theirs"})
     assert edited.status_code == 200, edited.text
     assert stored_count(session_factory) == 6
+
+
+def test_the_store_errors_are_answered_from_one_table(client, app):
+    """Every store error has its HTTP status in one place; a route raises it and the app answers."""
+    from api.request_errors import STORE_ERROR_STATUS
+    from db.store import TweetNotFound
+
+    assert set(STORE_ERROR_STATUS) <= set(app.exception_handlers)
+    response = client.get("/tweets/424242")
+    assert (response.status_code, response.json()) == (STORE_ERROR_STATUS[TweetNotFound], {"detail": "no tweet with id 424242"})

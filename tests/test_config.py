@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from api.config import ConfigError, DatabaseSettings, Settings, load_settings
+from core.config import ConfigError, DatabaseSettings, Settings, load_settings
 from scripts.init_local_env import ensure_local_env
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 # Every function that compares a secret sent by a client (token, CSRF token, cookie signature) with ours.
 SECRET_COMPARISONS = [
     ("api/deps.py", "token_matches"),
-    ("api/curation_session.py", "CurationSession.csrf_matches"),
-    ("api/curation_session.py", "_verified"),
-    ("ml/service.py", "require_token"),
+    ("api/curate/session.py", "CurationSession.csrf_matches"),
+    ("api/curate/session.py", "_verified"),
+    ("ml/app.py", "require_token"),
 ]
 
 

@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from starlette.requests import Request
 
-from api import tweets as store
 from api.app import create_app
-from api.config import Settings
-from api.curation_session import (
+from api.curate import routes as curate_routes
+from api.curate.counter_rule import js_regex_source, nameprep_tables
+from api.curate.session import (
     COOKIE_NAME,
     DEVICE_COOKIE_NAME,
     DEVICE_MAX_AGE_SECONDS,
@@ -40,8 +40,8 @@ from api.curation_session import (
     signing_key,
 )
 from api.request_limits import PAGE_DISCARD_FACTOR, UPLOAD_FORM_OVERHEAD_BYTES
-from api.routes import curate as curate_routes
-from api.tweet_counter_rule import js_regex_source, nameprep_tables
+from core.config import Settings
+from db import store
 from db.models import Tweet, TweetStatus, utcnow
 from tests.conftest import ACCOUNT, TOKEN, store_texts
 
@@ -186,7 +186,7 @@ def test_a_request_without_a_client_address_counts_as_unknown():
 
 
 def test_sign_in_throttle_logs_once_when_the_lockout_begins(caplog):
-    caplog.set_level(logging.WARNING, logger="api.curation_session")
+    caplog.set_level(logging.WARNING, logger="api.curate.session")
     throttle = SignInThrottle(max_failures=3, window_seconds=15 * 60, clock=lambda: 0.0)
     for _ in range(3):
         throttle.record_failure("203.0.113.7")
@@ -733,7 +733,7 @@ def test_history_shows_posts_with_links_and_problems_with_reasons(curator, sessi
 
 
 def make_unconfirmed(session_factory, text: str) -> int:
-    """A tweet whose posting call lost X's answer, as api.posting leaves it."""
+    """A tweet whose posting call lost X's answer, as posting.job leaves it."""
     tweet_id, = add(session_factory, text, status=TweetStatus.queued)
     with session_factory() as session:
         tweet = session.get(Tweet, tweet_id)

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from api.curation import REVIEW_PAGE_SIZE
-from api.tweet_text import normalize_text, weighted_length
+from api.curate.actions import REVIEW_PAGE_SIZE
+from core.tweet_text import normalize_text, weighted_length
 from db.engine import make_engine, make_session_factory
 from db.models import Tweet, TweetStatus, utcnow
 from tests.conftest import TOKEN
@@ -452,7 +452,7 @@ COUNTER_CASES = [
 
 
 def test_counter_in_the_browser_agrees_with_the_server(browser, server):
-    """The live counter (api/static/tweet_counter.js) against api.tweet_text.weighted_length."""
+    """The live counter (api/curate/static/tweet_counter.js) against core.tweet_text.weighted_length."""
     generator = random.Random(8)
     cases = COUNTER_CASES + [
         "".join(generator.choice(COUNTER_PIECES) for _ in range(generator.randint(1, 12))) for _ in range(600)

@@ -29,7 +29,7 @@ import yaml
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from api.config import DatabaseSettings
+from core.config import DatabaseSettings
 from db.engine import make_engine
 from tests.conftest import postgres_url
 
@@ -87,7 +87,7 @@ def test_compose_app_services_share_the_api_image_and_env_file(compose):
         assert services[name]["build"] == "."
         assert services[name]["image"] == services["api"]["image"]
         assert services[name]["env_file"] == ".env"
-    assert services["scheduler"]["command"] == ["python", "-m", "api.scheduler"]
+    assert services["scheduler"]["command"] == ["python", "-m", "posting.scheduler"]
     assert "command" not in services["api"]  # the image's CMD
     assert services["api"]["ports"] == ["127.0.0.1:${API_PORT:-8080}:8080"]
     assert "http://127.0.0.1:8080/health" in " ".join(services["api"]["healthcheck"]["test"])
@@ -143,7 +143,7 @@ def test_compose_points_the_app_at_its_postgres_whatever_env_says(compose):
 def test_logs_are_plain_text_locally_and_json_lines_in_the_image(tmp_path, log_format):
     """The settings' LOG_FORMAT as the service applies it: text by default, `json` (set in the images) for Cloud Logging."""
     probe = (
-        "import logging; from api.config import load_settings; from api.logs import configure_logging; "
+        "import logging; from core.config import load_settings; from core.logs import configure_logging; "
         "settings = load_settings(); configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT); "
         "logging.getLogger('api.probe').warning('posted %s', 'tweet 7')"
     )
@@ -207,18 +207,18 @@ def test_dockerfile_basics(dockerfile, module):
 
 def test_api_image_copies_only_what_the_service_needs():
     copied = {source for keyword, rest in instructions(REPO / "Dockerfile") if keyword == "COPY" for source in rest.split()[:-1]}
-    assert copied == {"requirements.txt", "alembic.ini", "migrations/", "db/", "api/"}
+    assert copied == {"requirements-core.txt", "requirements.txt", "alembic.ini", "migrations/", "core/", "db/", "api/", "posting/"}
     installs = [rest for keyword, rest in instructions(REPO / "Dockerfile") if keyword == "RUN" and "pip install" in rest]
     assert installs == ["pip install --no-cache-dir -r requirements.txt"]
-    assert ("RUN", "python -m compileall -q api db migrations") in instructions(REPO / "Dockerfile")
+    assert ("RUN", "python -m compileall -q core api posting db migrations") in instructions(REPO / "Dockerfile")
 
 
 def test_generator_image_installs_tensorflow_and_bundles_one_run():
     steps = instructions(REPO / "ml" / "Dockerfile")
     installs = [rest for keyword, rest in steps if keyword == "RUN" and "pip install" in rest]
-    assert installs == ["pip install --no-cache-dir -r requirements.txt -r requirements-ml.txt"]
+    assert installs == ["pip install --no-cache-dir -r requirements-ml.txt"]
     copied = [rest for keyword, rest in steps if keyword == "COPY"]
-    assert copied == ["requirements.txt requirements-ml.txt ./", "checkpoint/ checkpoint/", "api/ api/", "ml/ ml/"]
+    assert copied == ["requirements-core.txt requirements-ml.txt ./", "checkpoint/ checkpoint/", "core/ core/", "ml/ ml/"]
     assert env_of(steps)["GENERATION_CHECKPOINT_DIR"] == "/app/checkpoint"
 
 
@@ -234,6 +234,26 @@ def requirement_names(path: Path) -> set[str]:
 def test_api_requirements_have_no_heavy_packages():
     assert not requirement_names(REPO / "requirements.txt") & HEAVY_PACKAGES
     assert {"tensorflow", "gpt-2-simple"} <= requirement_names(REPO / "requirements-ml.txt")
+
+
+API_ONLY_PACKAGES = {"sqlalchemy", "alembic", "pg8000", "psycopg2-binary", "python-multipart", "jinja2", "croniter"}
+
+
+def test_generator_requirements_have_no_api_only_package():
+    assert API_ONLY_PACKAGES <= requirement_names(REPO / "requirements.txt")
+    assert not requirement_names(REPO / "requirements-ml.txt") & API_ONLY_PACKAGES
+    assert not requirement_names(REPO / "requirements-core.txt") & (API_ONLY_PACKAGES | HEAVY_PACKAGES | {"fastapi"})
+
+
+def test_a_package_pinned_in_two_requirements_files_has_one_version():
+    pins: dict[str, set[str]] = {}
+    for path in REPO.glob("requirements*.txt"):
+        for line in path.read_text().splitlines():
+            line = line.split("#")[0].strip()
+            if "==" in line:
+                name, version = line.split("==")
+                pins.setdefault(name.lower(), set()).add(version)
+    assert {name: versions for name, versions in pins.items() if len(versions) > 1} == {}
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "ml/Dockerfile"])
@@ -298,9 +318,9 @@ def test_deploy_variables_are_documented():
 
 @pytest.fixture(scope="session")
 def api_venv() -> Path:
-    """`.venv-api/` with only requirements.txt installed; rebuilt when requirements.txt changes."""
+    """`.venv-api/` with only requirements.txt installed; rebuilt when it or requirements-core.txt changes."""
     venv = REPO / ".venv-api"
-    digest = hashlib.sha256((REPO / "requirements.txt").read_bytes()).hexdigest()
+    digest = hashlib.sha256(b"".join((REPO / name).read_bytes() for name in ("requirements.txt", "requirements-core.txt"))).hexdigest()
     stamp = venv / "requirements.sha256"
     with open(REPO / ".venv-api.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -437,7 +457,7 @@ def test_api_starts_as_the_image_command_does(api_venv, image_app, image_databas
 def test_scheduler_runs_from_the_api_image(api_venv, image_app, tmp_path):
     environment = {**image_environment(api_venv, tmp_path), "SCHEDULE": "30 8 * * 1-5", "TIME_ZONE": "Europe/Paris"}
     result = subprocess.run(
-        ["python", "-m", "api.scheduler", "--show", "2"], cwd=image_app, env=environment, capture_output=True, text=True, timeout=60,
+        ["python", "-m", "posting.scheduler", "--show", "2"], cwd=image_app, env=environment, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 2
@@ -446,11 +466,25 @@ def test_scheduler_runs_from_the_api_image(api_venv, image_app, tmp_path):
 def test_importing_the_api_never_imports_tensorflow(tmp_path):
     """In the full virtualenv, where TensorFlow is installed, the API's modules still do not load it."""
     probe = (
-        "import sys, api.main, api.scheduler, api.post_next, db.engine; "
+        "import sys, api.main, posting.scheduler, posting.post_next, db.engine; "
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(HEAVY_MODULES)!r}))"
     )
     environment = {**os.environ, "SECRET_TOKEN": "image-test-token-0123456789", "ACCOUNT": "image_bot",
                    "SQLITE_PATH": str(tmp_path / "t.db"), "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_generator_imports_nothing_the_api_owns(tmp_path):
+    """The generator image holds core/ and ml/ only: its entry points must not reach api/, db/, posting/."""
+    probe = (
+        "import sys, ml.model, ml.demo\n"
+        "try:\n    import ml.serve\nexcept SystemExit:\n    pass\n"
+        "owned = ('api', 'db', 'posting', 'sqlalchemy', 'alembic', 'jinja2', 'psycopg2', 'pg8000', 'croniter')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in owned))"
+    )
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

@@ -236,7 +236,7 @@ REQUIRED = {
     "scheduler-resume": ["PROJECT_ID", "REGION", "SCHEDULER_JOB_NAME"],
     "scheduler-run-now": ["PROJECT_ID", "REGION", "SCHEDULER_JOB_NAME"],
     "scheduler-delete": ["PROJECT_ID", "REGION", "SCHEDULER_JOB_NAME"],
-    "docker-generator": ["GENERATOR_SERVICE_NAME", "RUN_NAME"],
+    "docker-generator": ["RUN_NAME"],
     "docker-cloud-build-generator": ["PROJECT_ID", "REGION", "ARTIFACT_REPOSITORY", "GENERATOR_SERVICE_NAME", "RUN_NAME"],
     "docker-cloud-run-generator": ["PROJECT_ID", "REGION", "ARTIFACT_REPOSITORY", "GENERATOR_SERVICE_NAME",
                                    "RUN_SERVICE_ACCOUNT", "GENERATOR_MEMORY", "GENERATOR_CPU"],
@@ -448,7 +448,7 @@ def make_run_folder(root: Path) -> Path:
 
 
 def test_generator_context_holds_code_and_the_run_folder_only(tmp_path):
-    """Runs in the repository itself: the context takes the api/ and ml/ files git does not ignore."""
+    """Runs in the repository itself: the context takes the core/ and ml/ files git does not ignore."""
     run_folder = make_run_folder(tmp_path)
     context = tmp_path / "context"
     result = subprocess.run(
@@ -469,12 +469,13 @@ def test_generator_context_holds_code_and_the_run_folder_only(tmp_path):
     assert image_env == {"GENERATION_CHECKPOINT_DIR": "/app/checkpoint", "GENERATION_RUN_NAME": "${RUN_NAME}"}
     image_env["GENERATION_RUN_NAME"] = "tweets1"
     assert GenerationSettings(_env_file=None, **image_env).run_folder == Path("/app") / staged_run.relative_to(context)
-    assert (context / "requirements-ml.txt").is_file() and (context / "api" / "main.py").is_file()
+    assert (context / "requirements-ml.txt").is_file() and (context / "requirements-core.txt").is_file()
+    assert (context / "core" / "tweet_text.py").is_file() and not (context / "api").exists()
     tracked = set(subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "api", "ml"], cwd=REPO, capture_output=True, text=True,
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "core", "ml"], cwd=REPO, capture_output=True, text=True,
     ).stdout.split())
     staged = {str(path.relative_to(context)) for path in context.rglob("*") if path.is_file()}
-    code = {path for path in staged if path.startswith(("api/", "ml/"))}
+    code = {path for path in staged if path.startswith(("core/", "ml/"))}
     assert code == tracked
     assert not any(name.endswith((".env", ".db")) or "__pycache__" in name for name in staged)
 
@@ -556,7 +557,19 @@ def test_docker_generator_builds_the_staged_context(workdir, tmp_path):
     assert (context / "checkpoint" / "tweets1" / "hparams.json").is_file()
 
 
-@pytest.mark.parametrize("target", ["docker-generator", "docker-cloud-build-generator", "docker-cloud-run-generator"])
+def test_docker_generator_needs_no_service_name_for_a_local_build(workdir, tmp_path):
+    """The README's `make docker-generator RUN_NAME=run1` with no Cloud settings: a fixed local tag."""
+    run_folder = make_run_folder(tmp_path)
+    context = tmp_path / "context"
+    run = run_make(
+        workdir, "docker-generator", "DOCKER_INSTANCE_NAME=", f"CHECKPOINT_DIR={run_folder.parent}", "RUN_NAME=tweets1",
+        f"GENERATOR_CONTEXT={context}", f"ENV_FILE={workdir / '.env'}", cwd=REPO,
+    )
+    assert run.returncode == 0, run.output
+    assert run.commands == [["docker", "build", "-t", "gpt2-tweet-bot-generator:local", str(context)]]
+
+
+@pytest.mark.parametrize("target", ["docker-cloud-build-generator", "docker-cloud-run-generator"])
 def test_generator_name_comes_from_docker_instance_name(workdir, target):
     run = run_make(workdir, target, "DOCKER_INSTANCE_NAME=")
     assert run.returncode != 0
@@ -804,7 +817,7 @@ def test_local_target_passes_a_value_as_one_literal_argument(workdir, tmp_path, 
     recorder.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
                         "open(os.environ['FAKE_LOG'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
     recorder.chmod(0o755)
-    for requirements in ("requirements.txt", "requirements-ml.txt", "requirements-scrape.txt"):
+    for requirements in ("requirements-core.txt", "requirements.txt", "requirements-ml.txt", "requirements-scrape.txt"):
         (workdir / requirements).touch()
         os.utime(workdir / requirements, (0, 0))
     for marker in (".api", ".ml", ".scrape"):

@@ -21,14 +21,14 @@ import pytest
 import tweepy
 from tqdm import tqdm
 
-from api.config import XSettings
-from api.x_client import XError, XErrorKind, make_x_client
-import scripts.download_tweets as download_tweets
+from core.config import XSettings
+from core.x_client import XError, XErrorKind, make_x_client
 from scripts.download_tweets import collect, main, parse_args
+import scripts.download_tweets as download_tweets
 from scripts.training_text import (
     CleaningOptions,
     CleaningReport,
-    DropReason,
+    SkipReason,
     clean_text,
     clean_tweets,
     partial_path,
@@ -143,8 +143,8 @@ def test_clean_tweets_drops_by_reason_and_reports():
     assert kept == ["keep me", "Keep me", ".@b not a reply"]
     assert (report.fetched, report.kept) == (10, 3)
     assert report.dropped == {
-        DropReason.retweet: 1, DropReason.reply: 1, DropReason.starts_with_mention: 1, DropReason.empty: 1,
-        DropReason.duplicate: 2, DropReason.contains_marker: 1,
+        SkipReason.retweet: 1, SkipReason.reply: 1, SkipReason.starts_with_mention: 1, SkipReason.empty: 1,
+        SkipReason.duplicate: 2, SkipReason.contains_marker: 1,
     }
     assert report.summary().startswith("fetched 10, kept 3, dropped 7 (2 exact duplicate, ")
 
@@ -153,7 +153,7 @@ def test_clean_tweets_keeps_replies_when_included_but_never_retweets():
     tweets = [SourceTweet("@a an answer", is_reply=True), SourceTweet("@b old style"), SourceTweet("RT @c: x", is_retweet=True)]
     kept, report = cleaned(tweets, include_replies=True)
     assert kept == ["@a an answer", "@b old style"]
-    assert report.dropped == {DropReason.retweet: 1}
+    assert report.dropped == {SkipReason.retweet: 1}
     kept, _ = cleaned(tweets, include_replies=True, strip_usertags=True)
     assert kept == ["an answer", "old style"]
 

@@ -14,12 +14,14 @@ import time
 import pytest
 from sqlalchemy import select, text
 
-from api import curation
-from api import tweets as store
-from api.config import TweetOrder
-from api.curation import Move
-from api.posting import QUEUE_BUSY_RETRY_SECONDS, PostOutcome, claim_next_tweet, post_next
+from api.curate import actions
+from api.curate.actions import Move
+from core.config import TweetOrder
+from db import store
 from db.models import Tweet, TweetStatus
+from db.post_queue import claim_next_tweet
+from posting.job import QUEUE_BUSY_RETRY_SECONDS, post_next
+from posting.outcomes import PostOutcome
 from tests.conftest import ACCOUNT, store_texts
 
 ORIGINAL = "the text as queued"
@@ -36,15 +38,15 @@ def backend(backend):
 
 # Every curation action, with the status its tweet needs for the action to apply.
 CURATION_ACTIONS = {
-    "approve": (TweetStatus.pending, lambda session, tweet_id: curation.approve(session, ACCOUNT, [tweet_id])),
-    "reject": (TweetStatus.pending, lambda session, tweet_id: curation.reject(session, ACCOUNT, [tweet_id])),
+    "approve": (TweetStatus.pending, lambda session, tweet_id: actions.approve(session, ACCOUNT, [tweet_id])),
+    "reject": (TweetStatus.pending, lambda session, tweet_id: actions.reject(session, ACCOUNT, [tweet_id])),
     "edit and approve": (TweetStatus.pending,
-                         lambda session, tweet_id: curation.edit_and_approve(session, ACCOUNT, tweet_id, EDITED)),
-    "requeue": (TweetStatus.unconfirmed, lambda session, tweet_id: curation.requeue(session, ACCOUNT, tweet_id)),
+                         lambda session, tweet_id: actions.edit_and_approve(session, ACCOUNT, tweet_id, EDITED)),
+    "requeue": (TweetStatus.unconfirmed, lambda session, tweet_id: actions.requeue(session, ACCOUNT, tweet_id)),
     "confirm posted": (TweetStatus.unconfirmed,
-                       lambda session, tweet_id: curation.confirm_posted(session, ACCOUNT, tweet_id)),
-    "unqueue": (TweetStatus.queued, lambda session, tweet_id: curation.unqueue(session, ACCOUNT, tweet_id)),
-    "move": (TweetStatus.queued, lambda session, tweet_id: curation.move_in_queue(session, ACCOUNT, tweet_id, Move.bottom)),
+                       lambda session, tweet_id: actions.confirm_posted(session, ACCOUNT, tweet_id)),
+    "unqueue": (TweetStatus.queued, lambda session, tweet_id: actions.unqueue(session, ACCOUNT, tweet_id)),
+    "move": (TweetStatus.queued, lambda session, tweet_id: actions.move_in_queue(session, ACCOUNT, tweet_id, Move.bottom)),
 }
 
 
@@ -57,7 +59,7 @@ def run_action(action, session_factory, tweet_id: int) -> int:
         except store.TweetConflict:
             return 409
         session.commit()
-        return 409 if isinstance(result, curation.BulkResult) and not result.changed else 200
+        return 409 if isinstance(result, actions.BulkResult) and not result.changed else 200
 
 
 # Each change, and what the tweet looks like after it when it came first.
@@ -194,7 +196,7 @@ def test_two_moves_of_neighbours_at_once_both_succeed(session_factory, monkeypat
 
     def move(tweet_id, where):
         try:
-            answers[tweet_id] = run_action(lambda s, i: curation.move_in_queue(s, ACCOUNT, i, where), session_factory, tweet_id)
+            answers[tweet_id] = run_action(lambda s, i: actions.move_in_queue(s, ACCOUNT, i, where), session_factory, tweet_id)
         except Exception as exc:  # the deadlock victim's error, reported by the assertion below
             answers[tweet_id] = repr(exc)
 

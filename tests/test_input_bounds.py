@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api.posting import MAX_IDEMPOTENCY_KEY_LENGTH
 from api.schemas import ERROR_MAX_LENGTH, ID_MAX, OFFSET_MAX, POSITION_MAX, POSITION_MIN
-from api.tweet_text import CuratedFileError, parse_curated_file
+from core.tweet_text import CuratedFileError, parse_curated_file
 from db.models import Tweet, TweetStatus
+from posting.job import MAX_IDEMPOTENCY_KEY_LENGTH
 from tests.conftest import store_texts
 from tests.test_curate import sign_in
 
@@ -195,7 +195,7 @@ def test_curation_page_bulk_ids_outside_the_column_are_422(curator, session_fact
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_curation_page_bulk_actions_take_at_most_a_page_of_ids(curator, session_factory, tweet_id):
-    from api.curation import REVIEW_PAGE_SIZE
+    from api.curate.actions import REVIEW_PAGE_SIZE
 
     response = curator.post("/curate/approve", data={"ids": [tweet_id] * (REVIEW_PAGE_SIZE + 1), "csrf_token": curator.csrf})
     assert_refused(response, says="ids")

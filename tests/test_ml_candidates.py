@@ -19,8 +19,8 @@ import uvicorn
 from sqlalchemy import select
 
 from api.app import create_app
-from api.config import Settings
-from api.tweet_text import END_TOKEN, START_TOKEN, parse_curated_file, validate_tweet
+from core.config import Settings
+from core.tweet_text import END_TOKEN, START_TOKEN, parse_curated_file, validate_tweet
 from db.engine import make_engine, make_session_factory
 from db.models import Base, Tweet, TweetStatus
 from ml.base_model import MODEL_FOLDER_FILES, ensure_base_model
@@ -113,7 +113,7 @@ def test_generator_flag_marks_unfinished():
 
 
 def test_filters_use_the_api_tweet_rule():
-    # 140 CJK characters weigh 280: allowed by X; 141 are not. The count comes from api.tweet_text.
+    # 140 CJK characters weigh 280: allowed by X; 141 are not. The count comes from core.tweet_text.
     candidate_filter = make_filter()
     assert candidate_filter.offer("漢" * 140) is None
     assert candidate_filter.offer("字" * 141) is DropReason.tweet_rule

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from api.tweet_text import parse_curated_file, validate_tweet
+from core.tweet_text import parse_curated_file, validate_tweet
 from ml.dataset import encode, load_training_file
 from ml.model import main
 from ml.tiny import TINY_HPARAMS, byte_level_encoder, ensure_tiny_model, write_tiny_run

@@ -20,12 +20,14 @@ from pydantic import SecretStr
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api import tweets as store
 from api.app import create_app
-from api.config import Settings, TweetOrder
-from api.posting import PostOutcome, claim_next_tweet, post_next, sweep_stale_posts
-from api.x_client import make_x_client
+from core.config import Settings, TweetOrder
+from core.x_client import make_x_client
+from db import store
 from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
+from db.post_queue import claim_next_tweet, sweep_stale_posts
+from posting.job import post_next
+from posting.outcomes import PostOutcome
 from tests.conftest import ACCOUNT, TOKEN, store_texts
 from tests.fake_x import ACCESS_SECRET, BEARER_TOKEN, CONSUMER_SECRET, DUPLICATE_DETAIL, FakeResponse, FakeX
 
@@ -336,7 +338,7 @@ def test_a_failure_while_reading_xs_answer_still_settles_the_tweet(
     def bug(*_args):
         raise OverflowError("a bug in reading the answer")
 
-    monkeypatch.setattr(f"api.x_client.{broken}", bug)
+    monkeypatch.setattr(f"core.x_client.{broken}", bug)
     result = post(session_factory, settings, key="k")
     assert result.outcome is outcome
     tweet = load(session_factory, tweet_id)
@@ -584,7 +586,7 @@ def test_secrets_never_logged(client, session_factory, fake_x, caplog):
 
 def run_cli(tmp_path, env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "api.post_next", *args],
+        [sys.executable, "-m", "posting.post_next", *args],
         cwd=tmp_path,  # no stray .env
         env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **env},
         capture_output=True, text=True, timeout=60,

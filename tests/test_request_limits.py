@@ -16,15 +16,15 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import func, select
 
-from api.app import create_app
-from api.config import Settings
-from api.curation_session import COOKIE_NAME, encode_session, new_session, signing_key
 from api import request_limits
+from api.app import create_app
+from api.curate.rendering import FLASH_COOKIE
+from api.curate.session import COOKIE_NAME, encode_session, new_session, signing_key
 from api.request_limits import (
     PAGE_DISCARD_FACTOR, SMALL_BODY_BYTES, UNAUTHENTICATED_DISCARD_BYTES, UPLOAD_FORM_OVERHEAD_BYTES,
 )
-from api.routes.curate import FLASH_COOKIE
 from bench.serving import serve_in_thread
+from core.config import Settings
 from db.models import Tweet
 from tests.conftest import TOKEN
 

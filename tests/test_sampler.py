@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from api.tweet_text import END_TOKEN, join_samples
+from core.tweet_text import END_TOKEN, join_samples
 from ml import sampler as sampler_module
 from ml.sampler import CONTEXT_CACHE_ENTRIES, MAX_TRUNCATE_CHARS, SampleJob, SampleRequest, Sampler, SamplerError, Truncation
 from ml.tiny import write_tiny_run
@@ -194,14 +194,14 @@ def test_filter_keeps_what_gpt_2_simples_top_k_and_top_p_keep(rows):
     import tensorflow as tf
     from gpt_2_simple.src.sample import top_k_logits, top_p_logits
 
-    from ml.sampler import _filter_logits
+    from ml.graph import filter_logits
 
     logits = np.random.default_rng(0).normal(0, 3, (len(rows), 300)).astype(np.float32)
     graph = tf.Graph()
     with graph.as_default():
         top_k = tf.constant([k for k, _ in rows], tf.int32)
         top_p = tf.constant([p for _, p in rows], tf.float32)
-        ours = _filter_logits(tf, tf.constant(logits), top_k, top_p)
+        ours = filter_logits(tf, tf.constant(logits), top_k, top_p)
         # gpt_2_simple filters a whole batch with one top_p (if > 0), else one top_k.
         theirs = [top_p_logits(tf.constant(logits[i:i + 1]), p) if p > 0 else top_k_logits(tf.constant(logits[i:i + 1]), k)
                   for i, (k, p) in enumerate(rows)]
@@ -221,11 +221,11 @@ def test_top_p_keeps_only_the_nucleus_when_logits_are_large():
     """At a cold temperature logits pass 1000, which gpt_2_simple's nucleus filter takes for its own marker."""
     import tensorflow as tf
 
-    from ml.sampler import _filter_logits
+    from ml.graph import filter_logits
 
     logits = np.array([[5000.0, 4000.0, 3000.0]], np.float32)
     with tf.Graph().as_default(), tf.compat.v1.Session() as session:
-        kept = session.run(_filter_logits(tf, tf.constant(logits), tf.constant([0]), tf.constant([0.5])))
+        kept = session.run(filter_logits(tf, tf.constant(logits), tf.constant([0]), tf.constant([0.5])))
     assert (kept > -1e9).tolist() == [[True, False, False]]
 
 

@@ -1,18 +1,19 @@
-"""The self-hosted scheduler (api.scheduler): cron parsing, fire times across DST, retries, on a fake clock."""
+"""The self-hosted scheduler (posting.scheduler): cron parsing, fire times across DST, retries, on a fake clock."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from api import scheduler
-from api.config import ConfigError
-from api.scheduler import (
-    POSTED,
-    QUEUE_EMPTY,
+from core.config import ConfigError
+from posting import scheduler
+from posting.outcomes import ExitCode
+from posting.scheduler import (
     idempotency_key,
     next_fire_time,
     parse_schedule,
@@ -44,12 +45,12 @@ class FakeClock:
         return False
 
     def poster(self, codes=()):
-        """A post function recording (key, time) and answering the given exit codes, then POSTED."""
+        """A post function recording (key, time) and answering the given exit codes, then ExitCode.posted."""
         answers = list(codes)
 
         def post(key: str) -> int:
             self.posts.append((key, self.current))
-            return answers.pop(0) if answers else POSTED
+            return answers.pop(0) if answers else ExitCode.posted
 
         return post
 
@@ -154,7 +155,7 @@ def test_failed_run_is_retried_with_the_same_key():
     ]
 
 
-@pytest.mark.parametrize("code", [QUEUE_EMPTY, 2, 5], ids=["queue-empty", "configuration", "needs-operator"])
+@pytest.mark.parametrize("code", [ExitCode.queue_empty, 2, 5], ids=["queue-empty", "configuration", "needs-operator"])
 def test_final_answers_are_not_retried(code):
     clock = FakeClock(at("2026-11-22T08:59:00"), stop_after_posts=2)
     run_forever(parse_schedule("0 9 * * *", "Etc/UTC"), post=clock.poster([code]), now=clock.now, sleep=clock.sleep)
@@ -203,7 +204,7 @@ def test_runs_missed_while_retrying_are_skipped_not_bunched():
     def slow_post(key):
         clock.posts.append((key, clock.current))
         clock.current += timedelta(minutes=3)  # one post that outlives three fire times
-        return POSTED
+        return ExitCode.posted
 
     run_forever(every_minute, post=slow_post, now=clock.now, sleep=clock.sleep)
     assert clock.posts == [
@@ -255,7 +256,7 @@ def test_bad_schedule_exits_2_naming_it(scheduler_env, capsys):
 @pytest.fixture
 def dry_run_store(scheduler_env, tmp_path):
     """A SQLite store (tables from the models) with two queued tweets, posting in dry run; yields its session factory."""
-    from api.tweets import ingest_texts
+    from db.store import ingest_texts
     from db.engine import make_engine, make_session_factory
     from db.models import Base, TweetStatus
 
@@ -284,16 +285,27 @@ def posted_keys(sessions) -> list[str]:
 
 
 def test_post_with_cli_runs_the_posting_command_once_per_key(dry_run_store):
-    """The real `python -m api.post_next` in a child process, on SQLite with dry-run posting."""
-    assert scheduler.post_with_cli("2026-11-22T09:00:00Z") == POSTED
-    assert scheduler.post_with_cli("2026-11-22T09:00:00Z") == POSTED  # a retry: answered, not posted again
-    assert scheduler.post_with_cli("2026-11-23T09:00:00Z") == POSTED
-    assert scheduler.post_with_cli("2026-11-24T09:00:00Z") == QUEUE_EMPTY
+    """The real `python -m posting.post_next` in a child process, on SQLite with dry-run posting."""
+    assert scheduler.post_with_cli("2026-11-22T09:00:00Z") == ExitCode.posted
+    assert scheduler.post_with_cli("2026-11-22T09:00:00Z") == ExitCode.posted  # a retry: answered, not posted again
+    assert scheduler.post_with_cli("2026-11-23T09:00:00Z") == ExitCode.posted
+    assert scheduler.post_with_cli("2026-11-24T09:00:00Z") == ExitCode.queue_empty
     assert posted_keys(dry_run_store) == ["2026-11-22T09:00:00Z", "2026-11-23T09:00:00Z"]
 
 
+def test_the_old_entry_points_still_run(dry_run_store):
+    """`python -m api.post_next` and `python -m api.scheduler` stay as aliases for existing cron lines."""
+    posted = subprocess.run([sys.executable, "-m", "api.post_next", "--idempotency-key", "old-cron-line"],
+                            capture_output=True, text=True, timeout=120)
+    assert posted.returncode == ExitCode.posted, posted.stdout + posted.stderr
+    assert posted_keys(dry_run_store) == ["old-cron-line"]
+    shown = subprocess.run([sys.executable, "-m", "api.scheduler", "--show", "2"], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert len(shown.stdout.splitlines()) == 2
+
+
 def test_main_posts_with_the_scheduled_time_as_the_key(dry_run_store, monkeypatch):
-    """What docker compose's `scheduler` service runs (`python -m api.scheduler`), on a fake clock: SCHEDULE and
+    """What docker compose's `scheduler` service runs (`python -m posting.scheduler`), on a fake clock: SCHEDULE and
     TIME_ZONE from the settings, the real posting command, and the run's scheduled time stored as the tweet's key."""
     clock = FakeClock(at("2026-11-22T07:59:10"), stop_after_posts=1)
     loop = scheduler.run_forever
@@ -316,3 +328,14 @@ def test_main_posts_with_the_scheduled_time_as_the_key(dry_run_store, monkeypatc
     # 09:00 in Paris (TIME_ZONE) is 08:00 UTC
     assert clock.posts == [("2026-11-22T08:00:00Z", at("2026-11-22T08:00:00"))]
     assert posted_keys(dry_run_store) == ["2026-11-22T08:00:00Z"]
+
+
+def test_the_scheduler_retries_exactly_the_outcomes_worth_retrying():
+    """The scheduler sees only exit codes: each outcome's code must carry its retry-or-not to it."""
+    from posting.outcomes import PostOutcome
+
+    assert {outcome for outcome in PostOutcome if outcome.exit_code in scheduler.RETRYABLE} == {
+        PostOutcome.in_flight, PostOutcome.queue_busy, PostOutcome.rate_limited, PostOutcome.x_failed,
+    }
+    assert ExitCode.unexpected in scheduler.RETRYABLE
+    assert not any(outcome.retryable and outcome.needs_operator for outcome in PostOutcome)

@@ -1,4 +1,4 @@
-"""The generation service (ml.service) on the tiny model: GET, POST, HEAD, validation, token, CORS, concurrency."""
+"""The generation service (ml.app) on the tiny model: GET, POST, HEAD, validation, token, CORS, concurrency."""
 from __future__ import annotations
 
 import threading
@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 
+from ml.app import create_app
 from ml.config import GenerationSettings
 from ml.sampler import Sampler
-from ml.service import create_app
 from ml.tiny import write_tiny_run
 
 pytestmark = pytest.mark.ml

@@ -4,8 +4,8 @@ from hypothesis import given, settings, strategies as st
 from twitter_text import parse_tweet
 from twitter_text.extract_urls import max_url_length
 
-from api import tweet_text
-from api.tweet_text import (
+from core import tweet_text
+from core.tweet_text import (
     MAX_COMBINING_RUN,
     MAX_TWEET_CODE_POINTS,
     CuratedFileError,

@@ -9,7 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 
-from api import tweets as store
+from db import store
 from db.models import TweetStatus
 from tests.conftest import store_texts
 from tests.test_curate import sign_in

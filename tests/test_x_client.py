@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 import pytest
 import requests
 
-from api.config import Settings
-from api.x_client import XCredentialsMissing, XErrorKind, classify_x_error, make_x_client
+from core.config import Settings
+from core.x_client import XCredentialsMissing, XErrorKind, classify_x_error, make_x_client
 from tests.conftest import ACCOUNT, TOKEN
 from tests.fake_x import ACCESS_SECRET, BEARER_TOKEN, CONSUMER_SECRET, FakeResponse, FakeX
 
@@ -161,7 +161,7 @@ def test_classifying_never_raises(fake_x, monkeypatch, caplog, answer, broken, k
     def bug(*_args):
         raise OverflowError("a bug in reading the answer")
 
-    monkeypatch.setattr(f"api.x_client.{broken}", bug)
+    monkeypatch.setattr(f"core.x_client.{broken}", bug)
     error = classify_x_error(exc)
     assert error.kind is kind and error.retry_at is None
     assert "OverflowError: a bug in reading the answer" in caplog.text

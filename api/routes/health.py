@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.routing import SlashAgnosticRouter
+from api.routes import SlashAgnosticRouter
 from db.models import Tweet
 
 router = SlashAgnosticRouter(tags=["health"])

@@ -7,25 +7,13 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import SettingsDep, require_token
-from api.posting import PostOutcome, PostResult, post_next
-from api.routing import SlashAgnosticRouter
+from api.routes import SlashAgnosticRouter
 from api.schemas import IdempotencyKeyText, TweetPublic
+from posting.job import PostResult, post_next
+from posting.outcomes import PostOutcome
 
 router = SlashAgnosticRouter(tags=["posting"], dependencies=[Depends(require_token)])
 
-HTTP_STATUS = {
-    PostOutcome.posted: 200,
-    PostOutcome.queue_empty: 404,
-    PostOutcome.in_flight: 409,
-    PostOutcome.queue_busy: 503,
-    PostOutcome.key_reused: 409,
-    PostOutcome.not_configured: 503,
-    PostOutcome.rate_limited: 503,
-    PostOutcome.texts_refused: 502,
-    PostOutcome.x_credentials: 502,
-    PostOutcome.x_failed: 502,
-    PostOutcome.unconfirmed: 502,
-}
 RESPONSES = {
     200: {"description": 'Posted: `{"response": "New tweet posted @ <url>", "tweet": {...}}` '
                          "(also the replay for an idempotency key already used)."},
@@ -38,7 +26,7 @@ RESPONSES = {
 KeyHeader = Annotated[IdempotencyKeyText | None, Header()]
 
 
-def answer(result: PostResult) -> JSONResponse:
+def posting_response(result: PostResult) -> JSONResponse:
     """The HTTP form of a posting result."""
     tweet = TweetPublic.model_validate(result.tweet).model_dump(mode="json") if result.tweet is not None else None
     headers = {}
@@ -52,7 +40,7 @@ def answer(result: PostResult) -> JSONResponse:
         body = {"detail": result.message}
     else:
         body = {"detail": result.message, "outcome": result.outcome.value, "tweet": tweet}
-    return JSONResponse(body, status_code=HTTP_STATUS[result.outcome], headers=headers)
+    return JSONResponse(body, status_code=result.outcome.http_status, headers=headers)
 
 
 @router.post("/tweet_curated/", responses=RESPONSES)
@@ -69,7 +57,7 @@ def tweet_curated(
         settings=settings,
         idempotency_key=idempotency_key or x_cloudscheduler_scheduletime,
     )
-    return answer(result)
+    return posting_response(result)
 
 
 router.add_api_route(

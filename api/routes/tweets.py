@@ -1,14 +1,15 @@
-"""The tweet store's endpoints: list, read, edit, delete and add tweets (one or a curated file)."""
+"""The tweet store's endpoints: list, read, edit, delete and add tweets (one or a curated file).
+
+The store's errors become HTTP answers through api/request_errors.py's one table."""
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, File, HTTPException, Query, Response, UploadFile, status
+from fastapi import Depends, File, Query, Response, UploadFile, status
 
-from api import tweets as store
 from api.deps import SessionDep, SettingsDep, require_token
 from api.request_limits import UPLOAD_FORM_LIMITS
-from api.routing import SlashAgnosticRouter
+from api.routes import SlashAgnosticRouter
 from api.schemas import (
     OFFSET_MAX,
     AccountText,
@@ -21,18 +22,11 @@ from api.schemas import (
     UploadResult,
     UploadStatus,
 )
-from api.tweet_text import CuratedFileError, TweetRejected, content_hash, parse_curated_file
-from db import tweets as queries
+from core.tweet_text import TweetRejected, content_hash
+from db import queries, store
 from db.models import TweetStatus
 
 router = SlashAgnosticRouter(tags=["tweets"], dependencies=[Depends(require_token)])
-
-
-def _load(session, tweet_id: int, *, for_update: bool = False):
-    try:
-        return store.get_tweet(session, tweet_id, for_update=for_update)
-    except store.TweetNotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
 
 
 @router.get("/tweets/", response_model=TweetsPublic)
@@ -51,80 +45,34 @@ def list_tweets(
 
 @router.get("/tweets/{tweet_id}", response_model=TweetPublic)
 def read_tweet(session: SessionDep, tweet_id: TweetIdPath):
-    return _load(session, tweet_id)
+    return store.get_tweet(session, tweet_id)
 
 
 @router.patch("/tweets/{tweet_id}", response_model=TweetPublic)
 def update_tweet(session: SessionDep, tweet_id: TweetIdPath, changes: TweetUpdate):
-    tweet = _load(session, tweet_id, for_update=True)
-    try:
-        store.update_tweet(session, tweet, **changes.model_dump(exclude_unset=True))
-    except TweetRejected as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-    except store.TweetConflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    tweet = store.get_tweet(session, tweet_id, for_update=True)
+    store.update_tweet(session, tweet, **changes.model_dump(exclude_unset=True))
     session.commit()
     return tweet
 
 
 @router.delete("/tweets/{tweet_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_tweet(session: SessionDep, tweet_id: TweetIdPath):
-    tweet = _load(session, tweet_id, for_update=True)
-    try:
-        store.delete_tweet(session, tweet)
-    except store.TweetConflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    tweet = store.get_tweet(session, tweet_id, for_update=True)
+    store.delete_tweet(session, tweet)
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/add_tweets/", response_model=TweetPublic, status_code=status.HTTP_201_CREATED)
 def add_tweet(session: SessionDep, settings: SettingsDep, body: TweetCreate):
-    try:
-        result = store.ingest_texts(
-            session, account=settings.ACCOUNT, texts=[body.tweet], status=TweetStatus(body.status)
-        )
-    except store.TweetConflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    result = store.ingest_texts(session, account=settings.ACCOUNT, texts=[body.tweet], status=TweetStatus(body.status))
     if result.rejected:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, result.rejected[0][1])
+        raise TweetRejected(result.rejected[0][1])
     if result.duplicates:
-        raise HTTPException(status.HTTP_409_CONFLICT, "this tweet is already stored for the account")
+        raise store.TweetConflict("this tweet is already stored for the account")
     session.commit()
     return queries.get_by_hash(session, settings.ACCOUNT, content_hash(body.tweet))
-
-
-def store_curated_file(session, settings, *, data: bytes, filename: str, status_: TweetStatus) -> UploadResult:
-    """Parse, validate and store a whole file in one transaction, or raise HTTPException."""
-    if len(data) > settings.MAX_UPLOAD_BYTES:
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            f"file is over the {settings.MAX_UPLOAD_BYTES:,}-byte limit (MAX_UPLOAD_BYTES): split it and upload the parts",
-        )
-    try:
-        texts = parse_curated_file(data, filename)
-    except CuratedFileError as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
-    if not texts:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "file holds no tweets: samples must be separated by a line of 20 '='")
-    try:
-        result = store.ingest_texts(session, account=settings.ACCOUNT, texts=texts, status=status_)
-    except store.TweetConflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    if result.added == 0 and result.duplicates == 0:
-        session.rollback()
-        reasons = "; ".join(f"#{n}: {reason}" for n, reason in result.rejected[:3])
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"file holds no valid tweet ({len(result.rejected)} rejected: {reasons}); nothing was stored",
-        )
-    session.commit()
-    return UploadResult(
-        filename=filename,
-        added=result.added,
-        duplicates=result.duplicates,
-        rejected=[Rejection(index=n, reason=reason) for n, reason in result.rejected],
-    )
 
 
 @router.post("/add_tweets_file/", response_model=UploadResult, status_code=status.HTTP_201_CREATED, form_limits=UPLOAD_FORM_LIMITS)
@@ -134,5 +82,18 @@ def add_tweets_file(
     file: Annotated[UploadFile, File(description="gpt_2_simple output (samples separated by 20 '=') or a CSV with a tweets column.")],
     status_: Annotated[UploadStatus, Query(alias="status")] = "queued",
 ):
-    data = file.file.read(settings.MAX_UPLOAD_BYTES + 1)
-    return store_curated_file(session, settings, data=data, filename=file.filename or "", status_=TweetStatus(status_))
+    filename = file.filename or ""
+    result = store.store_curated_file(
+        session, account=settings.ACCOUNT, data=file.file.read(settings.MAX_UPLOAD_BYTES + 1), filename=filename,
+        status=TweetStatus(status_), max_bytes=settings.MAX_UPLOAD_BYTES,
+    )
+    return upload_result(filename, result)
+
+
+def upload_result(filename: str, result: store.IngestResult) -> UploadResult:
+    return UploadResult(
+        filename=filename,
+        added=result.added,
+        duplicates=result.duplicates,
+        rejected=[Rejection(index=n, reason=reason) for n, reason in result.rejected],
+    )

@@ -1,6 +1,6 @@
-// X's weighted tweet length in the browser: the same computation as api/tweet_text.weighted_length
+// X's weighted tweet length in the browser: the same computation as core/tweet_text.weighted_length
 // (twitter-text's parse_tweet), driven by window.TWEET_RULE, which the server builds from its own
-// weights, URL and emoji patterns (api/tweet_counter_rule.py). The server re-checks every save.
+// weights, URL and emoji patterns (api/curate/counter_rule.py). The server re-checks every save.
 "use strict";
 
 (function () {
@@ -12,11 +12,11 @@
   const invalidPrecedingPattern = compile(rule.patterns.invalidUrlWithoutProtocolPrecedingChars);
   const emojiPattern = compile(rule.patterns.emoji, "g");
   const invalidCharsPattern = compile(rule.patterns.invalidChars);
-  // Python's str.strip() whitespace (api.tweet_text.normalize_text), which differs from String.trim().
+  // Python's str.strip() whitespace (core.tweet_text.normalize_text), which differs from String.trim().
   const pythonSpace = "\\t\\n\\v\\f\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
   const outerSpace = new RegExp(`^[${pythonSpace}]+|[${pythonSpace}]+$`, "gu");
 
-  // api.tweet_text.normalize_text: NFC, \n line endings, trimmed.
+  // core.tweet_text.normalize_text: NFC, \n line endings, trimmed.
   function normalize(text) {
     return text.normalize("NFC").replace(/\r\n|\r/g, "\n").replace(outerSpace, "");
   }

@@ -1,8 +1,8 @@
 """What the curation page shows and does: the review list, the queue, the history and their actions.
 
-Plain functions on a Session for one account; api/routes/curate.py is the HTTP shell. Every
-status change goes through `api.tweets.update_tweet` (the one place for transitions), on a
-tweet loaded with its row locked (see `api.tweets.get_tweet`); the caller commits.
+Plain functions on a Session for one account; api/curate/routes.py is the HTTP shell. Every
+status change goes through `db.store.update_tweet` (the one place for transitions), on a
+tweet loaded with its row locked (see `db.store.get_tweet`); the caller commits.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from enum import Enum
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api import tweets as store
-from api.config import Settings, TweetOrder
-from api.posting import X_POST_ID, X_POST_ID_PATTERN
-from db import tweets as queries
+from core.config import Settings, TweetOrder
+from core.x_client import X_POST_ID, X_POST_ID_PATTERN
+from db import queries
+from db import store
 from db.models import Tweet, TweetStatus
 
 REVIEW_PAGE_SIZE = 100

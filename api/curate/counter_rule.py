@@ -1,6 +1,6 @@
-"""The server's tweet-length rule as data for the curation page's live counter (api/static/tweet_counter.js).
+"""The server's tweet-length rule as data for the curation page's live counter (api/curate/static/tweet_counter.js).
 
-The browser counts with the very weights, URL and emoji patterns that `api.tweet_text`
+The browser counts with the very weights, URL and emoji patterns that `core.tweet_text`
 (through twitter-text-parser) uses, translated from Python's regex dialect to JavaScript's,
 so the counter and the server agree; the server still validates every save.
 """
@@ -24,7 +24,7 @@ from twitter_text.regexp.invalid_url_without_protocol_preceding_chars import (
 from twitter_text.regexp.valid_ascii_domain import valid_ascii_domain
 from twitter_text.regexp.valid_tco_url import valid_tco_url
 
-from api.tweet_text import MARKERS, MAX_WEIGHTED_LENGTH, URL_WEIGHT
+from core.tweet_text import MARKERS, MAX_WEIGHTED_LENGTH, URL_WEIGHT
 
 # Characters that may (and in places must) stay escaped in a JavaScript `u`-flag regex.
 _JS_SYNTAX_CHARACTERS = set("^$\\.*+?()[]{}|/")
@@ -133,7 +133,7 @@ def _js_regex(compiled: re.Pattern) -> dict[str, str]:
 
 @cache
 def counter_rule() -> dict:
-    """Everything tweet_counter.js needs to compute `api.tweet_text.weighted_length`."""
+    """Everything tweet_counter.js needs to compute `core.tweet_text.weighted_length`."""
     weights = twitter_config["defaults"]
     return {
         "maxWeightedLength": MAX_WEIGHTED_LENGTH,

@@ -1,190 +1,46 @@
 """The curation page at /curate: sign in, upload, review, queue, history and "post next now".
 
-Thin HTTP shell over api.curation, api.posting and the shared upload logic. Pages are
-rendered server-side with Jinja2 (autoescaping on: tweet text is untrusted); every form
-works without JavaScript (POST, then a 303 back to the page with a one-time message), and
-api/static/curate.js upgrades the review actions to in-place requests that ask for JSON.
+Thin HTTP shell over api.curate.actions, posting.job and the shared upload logic. Pages are
+rendered server-side (api.curate.rendering); every form works without JavaScript (POST, then a
+303 back to the page with a one-time message), and api/curate/static/curate.js upgrades the
+review actions to in-place requests that ask for JSON.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import math
 import secrets
-from datetime import datetime
 from functools import cache
-from pathlib import Path
 from typing import Annotated
 
-import jinja2
 from fastapi import File, Form, HTTPException, Request, UploadFile, status
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from api import curation
-from api import tweets as store
-from api.curation_session import (
-    COOKIE_PATH,
+from api.curate import actions
+from api.curate.counter_rule import counter_rule_script
+from api.curate.rendering import answer, render, set_flash, to_sign_in
+from api.curate.session import (
     CuratorPostDep,
     OptionalCuratorDep,
     SignInThrottleDep,
     clear_session_cookie,
-    cookie_is_secure,
     new_session,
     set_device_cookie,
     set_session_cookie,
     sign_in_attempt_source,
 )
 from api.deps import SessionDep, SettingsDep, token_matches
-from api.posting import PostOutcome, post_next
+from api.request_errors import STORE_ERROR_STATUS, store_error_status
 from api.request_limits import UPLOAD_FORM_LIMITS, PageRoute
-from api.routes.posting import HTTP_STATUS as POSTING_HTTP_STATUS
-from api.routes.tweets import store_curated_file
-from api.routing import SlashAgnosticRouter
+from api.routes import SlashAgnosticRouter
+from api.routes.tweets import upload_result
 from api.schemas import IdempotencyKeyText, TweetIdPath, TweetIdValue
-from api.tweet_counter_rule import counter_rule_script
-from api.tweet_text import MAX_WEIGHTED_LENGTH, TweetRejected, weighted_length
+from db import store
 from db.models import TweetStatus
+from posting.job import post_next
+from posting.outcomes import PostOutcome
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
-STATIC_DIR = PACKAGE_DIR / "static"
-STATIC_PATH = "/curate/static"
-FLASH_COOKIE = "curate_flash"
 POST_NEXT_KEY_PREFIX = "curate-"
-# Pages carry CSRF tokens and tweet text: never cached, never framed, scripts only from us.
-PAGE_HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
-
-
-# ---- rendering ----
-
-@cache
-def static_version(name: str) -> str:
-    return hashlib.sha256((STATIC_DIR / name).read_bytes()).hexdigest()[:12]
-
-
-def static_url(name: str) -> str:
-    return f"{STATIC_PATH}/{name}?v={static_version(name)}"
-
-
-def static_files() -> StaticFiles:
-    return StaticFiles(directory=STATIC_DIR)
-
-
-def format_time(value: datetime | None) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _environment() -> jinja2.Environment:
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(PACKAGE_DIR / "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    environment.globals.update(static_url=static_url, max_length=MAX_WEIGHTED_LENGTH)
-    environment.filters.update(weighted_length=weighted_length, when=format_time)
-    return environment
-
-
-templates = Jinja2Templates(env=_environment())
-
-
-def wants_json(request: Request) -> bool:
-    return "application/json" in request.headers.get("accept", "")
-
-
-def set_flash(response: Response, request: Request, text: str, *, error: bool = False) -> None:
-    """A one-time message for the next page (a cookie, so no text from us ends up in a URL)."""
-    value = base64.urlsafe_b64encode(json.dumps({"text": text, "error": error}).encode()).decode()
-    response.set_cookie(
-        FLASH_COOKIE, value, max_age=60, path=COOKIE_PATH,
-        secure=cookie_is_secure(request), httponly=True, samesite="strict",
-    )
-
-
-def pop_flash(request: Request) -> dict | None:
-    raw = request.cookies.get(FLASH_COOKIE)
-    if not raw:
-        return None
-    try:
-        flash = json.loads(base64.urlsafe_b64decode(raw))
-        return {"text": str(flash["text"]), "error": bool(flash["error"])}
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def render(
-    request: Request,
-    name: str,
-    *,
-    settings,
-    session=None,
-    curator=None,
-    status_code: int = 200,
-    flash: dict | None = None,
-    **context,
-) -> HTMLResponse:
-    """A page with the common frame: counts, queue warning, CSRF token, one-time message."""
-    counts = curation.status_counts(session, settings.ACCOUNT) if session is not None else None
-    had_flash = FLASH_COOKIE in request.cookies
-    response = templates.TemplateResponse(
-        request,
-        name,
-        {
-            "account": settings.ACCOUNT,
-            "dry_run": settings.TWITTER_DRY_RUN,
-            "warning_threshold": settings.QUEUE_WARNING_THRESHOLD,
-            "max_upload_bytes": settings.MAX_UPLOAD_BYTES,
-            "counts": counts,
-            "csrf_token": curator.csrf_token if curator else None,
-            "flash": flash or pop_flash(request),
-            "Status": TweetStatus,
-            **context,
-        },
-        status_code=status_code,
-        headers=PAGE_HEADERS,
-    )
-    if had_flash:
-        response.delete_cookie(FLASH_COOKIE, path=COOKIE_PATH, secure=cookie_is_secure(request), httponly=True, samesite="strict")
-    return response
-
-
-def to_sign_in() -> RedirectResponse:
-    return RedirectResponse("/curate/sign-in", status.HTTP_303_SEE_OTHER, headers={"Cache-Control": "no-store"})
-
-
-def answer(
-    request: Request,
-    message: str,
-    *,
-    back_to: str,
-    status_code: int = 200,
-    session=None,
-    settings=None,
-    **data,
-) -> Response:
-    """JSON for the page's scripts; otherwise a 303 back to the page with `message` shown once."""
-    failed = status_code >= 400
-    if wants_json(request):
-        body = {"detail" if failed else "message": message, **data}
-        if session is not None and settings is not None:
-            counts = curation.status_counts(session, settings.ACCOUNT)
-            body["counts"] = {status_.value: n for status_, n in counts.items()}
-        return JSONResponse(body, status_code=status_code, headers={"Cache-Control": "no-store"})
-    response = RedirectResponse(back_to, status.HTTP_303_SEE_OTHER, headers={"Cache-Control": "no-store"})
-    set_flash(response, request, message, error=failed)
-    return response
+STORE_ERRORS = tuple(STORE_ERROR_STATUS)
 
 
 class CurationPageRoute(PageRoute):
@@ -210,7 +66,7 @@ def _plural(n: int, word: str) -> str:
 
 def _bulk_action(request: Request, session, settings, action, ids: list[int], verb: str):
     """Run a bulk review action; the answer counts what changed and says why the rest was skipped."""
-    result: curation.BulkResult = action(session, settings.ACCOUNT, ids)
+    result: actions.BulkResult = action(session, settings.ACCOUNT, ids)
     session.commit()
     message = f"{verb} {_plural(len(result.changed), 'tweet')}."
     if result.skipped:
@@ -227,7 +83,7 @@ def _bulk_action(request: Request, session, settings, action, ids: list[int], ve
 def sign_in_page(request: Request, settings: SettingsDep, curator: OptionalCuratorDep):
     if curator is not None:
         return RedirectResponse("/curate", status.HTTP_303_SEE_OTHER)
-    return render(request, "curate/sign_in.html", settings=settings)
+    return render(request, "sign_in.html", settings=settings)
 
 
 @router.post("/curate/sign-in", response_class=HTMLResponse)
@@ -237,7 +93,7 @@ def sign_in(request: Request, settings: SettingsDep, throttle: SignInThrottleDep
     if wait is not None:
         minutes = math.ceil(wait / 60)
         response = render(
-            request, "curate/sign_in.html", settings=settings, status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            request, "sign_in.html", settings=settings, status_code=status.HTTP_429_TOO_MANY_REQUESTS,
             flash={"text": f"Too many wrong tokens from this {source_kind}: try again in {_plural(minutes, 'minute')}.",
                    "error": True},
         )
@@ -248,7 +104,7 @@ def sign_in(request: Request, settings: SettingsDep, throttle: SignInThrottleDep
             throttle.record_failure(source)
         problem = "Enter the service token (SECRET_TOKEN)." if not token else "That is not the service token."
         return render(
-            request, "curate/sign_in.html", settings=settings, status_code=status.HTTP_401_UNAUTHORIZED,
+            request, "sign_in.html", settings=settings, status_code=status.HTTP_401_UNAUTHORIZED,
             flash={"text": problem, "error": True},
         )
     throttle.forget(source)
@@ -272,8 +128,8 @@ def sign_out(request: Request, curator: CuratorPostDep):
 def review_page(request: Request, session: SessionDep, settings: SettingsDep, curator: OptionalCuratorDep):
     if curator is None:
         return to_sign_in()
-    listing = curation.pending(session, settings.ACCOUNT)
-    return render(request, "curate/review.html", settings=settings, session=session, curator=curator, listing=listing, upload=None)
+    listing = actions.pending(session, settings.ACCOUNT)
+    return render(request, "review.html", settings=settings, session=session, curator=curator, listing=listing, upload=None)
 
 
 @router.get("/curate/queue", response_class=HTMLResponse)
@@ -281,8 +137,8 @@ def queue_page(request: Request, session: SessionDep, settings: SettingsDep, cur
     if curator is None:
         return to_sign_in()
     return render(
-        request, "curate/queue.html", settings=settings, session=session, curator=curator,
-        queue=curation.queue(session, settings), moves=list(curation.Move),
+        request, "queue.html", settings=settings, session=session, curator=curator,
+        queue=actions.queue(session, settings), moves=list(actions.Move),
         post_next_key=POST_NEXT_KEY_PREFIX + secrets.token_urlsafe(16),
     )
 
@@ -292,14 +148,14 @@ def history_page(request: Request, session: SessionDep, settings: SettingsDep, c
     if curator is None:
         return to_sign_in()
     return render(
-        request, "curate/history.html", settings=settings, session=session, curator=curator,
-        history=curation.history(session, settings.ACCOUNT),
+        request, "history.html", settings=settings, session=session, curator=curator,
+        history=actions.history(session, settings.ACCOUNT),
     )
 
 
 @router.get("/curate/tweet-rule.js")
 def tweet_rule_script(request: Request):
-    """The server's tweet rule for the live counter (see api/tweet_counter_rule.py)."""
+    """The server's tweet rule for the live counter (see api/curate/counter_rule.py)."""
     body, version = counter_rule_script()
     etag = f'"{version}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
@@ -319,26 +175,28 @@ def upload(
     file: Annotated[UploadFile, File()],
 ):
     """Store a generated file as pending candidates; same parser, rules and summary as /add_tweets_file/."""
-    data = file.file.read(settings.MAX_UPLOAD_BYTES + 1)
+    filename = file.filename or ""
     try:
-        result = store_curated_file(
-            session, settings, data=data, filename=file.filename or "", status_=TweetStatus.pending
+        stored = store.store_curated_file(
+            session, account=settings.ACCOUNT, data=file.file.read(settings.MAX_UPLOAD_BYTES + 1), filename=filename,
+            status=TweetStatus.pending, max_bytes=settings.MAX_UPLOAD_BYTES,
         )
-    except HTTPException as exc:
-        flash = {"text": f"Nothing was stored: {exc.detail}", "error": True}
+    except STORE_ERRORS as exc:
+        flash = {"text": f"Nothing was stored: {exc}", "error": True}
         return render(
-            request, "curate/review.html", settings=settings, session=session, curator=curator,
-            listing=curation.pending(session, settings.ACCOUNT), upload=None,
-            status_code=exc.status_code, flash=flash,
+            request, "review.html", settings=settings, session=session, curator=curator,
+            listing=actions.pending(session, settings.ACCOUNT), upload=None,
+            status_code=store_error_status(exc), flash=flash,
         )
+    result = upload_result(filename, stored)
     flash = {
         "text": f"{result.filename or 'File'}: {_plural(result.added, 'tweet')} added for review, "
                 f"{_plural(result.duplicates, 'duplicate')} skipped, {len(result.rejected)} rejected.",
         "error": False,
     }
     return render(
-        request, "curate/review.html", settings=settings, session=session, curator=curator,
-        listing=curation.pending(session, settings.ACCOUNT), upload=result, flash=flash,
+        request, "review.html", settings=settings, session=session, curator=curator,
+        listing=actions.pending(session, settings.ACCOUNT), upload=result, flash=flash,
         status_code=status.HTTP_201_CREATED,
     )
 
@@ -352,31 +210,28 @@ def after_upload():
 @router.post("/curate/approve")
 def approve(
     request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
-    ids: Annotated[list[TweetIdValue], Form(max_length=curation.REVIEW_PAGE_SIZE)],
+    ids: Annotated[list[TweetIdValue], Form(max_length=actions.REVIEW_PAGE_SIZE)],
 ):
-    return _bulk_action(request, session, settings, curation.approve, ids, "Approved")
+    return _bulk_action(request, session, settings, actions.approve, ids, "Approved")
 
 
 @router.post("/curate/reject")
 def reject(
     request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
-    ids: Annotated[list[TweetIdValue], Form(max_length=curation.REVIEW_PAGE_SIZE)],
+    ids: Annotated[list[TweetIdValue], Form(max_length=actions.REVIEW_PAGE_SIZE)],
 ):
-    return _bulk_action(request, session, settings, curation.reject, ids, "Rejected")
+    return _bulk_action(request, session, settings, actions.reject, ids, "Rejected")
 
 
 def _tweet_action(request: Request, session, settings, action, tweet_id: int, done: str, back_to: str, **kwargs):
-    """Run a one-tweet action; map its refusals to 404/409/422 with nothing changed."""
+    """Run a one-tweet action; answer its refusals (the store's error table) with nothing changed."""
     try:
         action(session, settings.ACCOUNT, tweet_id, **kwargs)
     except store.TweetNotFound as exc:
-        return answer(request, str(exc), back_to=back_to, status_code=status.HTTP_404_NOT_FOUND)
-    except (TweetRejected, curation.BadXLink) as exc:
+        return answer(request, str(exc), back_to=back_to, status_code=store_error_status(exc))
+    except STORE_ERRORS as exc:
         session.rollback()
-        return answer(request, f"Not saved: {exc}.", back_to=back_to, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
-    except store.TweetConflict as exc:
-        session.rollback()
-        return answer(request, f"Not saved: {exc}.", back_to=back_to, status_code=status.HTTP_409_CONFLICT)
+        return answer(request, f"Not saved: {exc}.", back_to=back_to, status_code=store_error_status(exc))
     session.commit()
     return answer(request, done, back_to=back_to, session=session, settings=settings, changed=[tweet_id])
 
@@ -387,7 +242,7 @@ def edit_and_approve(
     tweet_id: TweetIdPath, text: Annotated[str, Form()] = "",
 ):
     return _tweet_action(
-        request, session, settings, curation.edit_and_approve, tweet_id,
+        request, session, settings, actions.edit_and_approve, tweet_id,
         f"Tweet {tweet_id} edited and approved.", "/curate", text=text,
     )
 
@@ -395,7 +250,7 @@ def edit_and_approve(
 @router.post("/curate/tweets/{tweet_id}/requeue")
 def requeue(request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, tweet_id: TweetIdPath):
     return _tweet_action(
-        request, session, settings, curation.requeue, tweet_id, f"Tweet {tweet_id} is back in the queue.", "/curate/history"
+        request, session, settings, actions.requeue, tweet_id, f"Tweet {tweet_id} is back in the queue.", "/curate/history"
     )
 
 
@@ -405,7 +260,7 @@ def confirm_posted(
     tweet_id: TweetIdPath, x_link: Annotated[str, Form(max_length=500)] = "",
 ):
     return _tweet_action(
-        request, session, settings, curation.confirm_posted, tweet_id,
+        request, session, settings, actions.confirm_posted, tweet_id,
         f"Tweet {tweet_id} is recorded as posted.", "/curate/history", x_link=x_link,
     )
 
@@ -413,7 +268,7 @@ def confirm_posted(
 @router.post("/curate/tweets/{tweet_id}/unqueue")
 def unqueue(request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, tweet_id: TweetIdPath):
     return _tweet_action(
-        request, session, settings, curation.unqueue, tweet_id,
+        request, session, settings, actions.unqueue, tweet_id,
         f"Tweet {tweet_id} left the queue; it is back in the review list.", "/curate/queue",
     )
 
@@ -421,10 +276,10 @@ def unqueue(request: Request, session: SessionDep, settings: SettingsDep, curato
 @router.post("/curate/tweets/{tweet_id}/move")
 def move(
     request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
-    tweet_id: TweetIdPath, to: Annotated[curation.Move, Form()],
+    tweet_id: TweetIdPath, to: Annotated[actions.Move, Form()],
 ):
     return _tweet_action(
-        request, session, settings, curation.move_in_queue, tweet_id,
+        request, session, settings, actions.move_in_queue, tweet_id,
         f"Tweet {tweet_id} moved {to.value}.", f"/curate/queue#tweet-{tweet_id}", move=to,
     )
 
@@ -434,7 +289,7 @@ def post_next_now(
     request: Request, settings: SettingsDep, curator: CuratorPostDep,
     idempotency_key: Annotated[IdempotencyKeyText, Form()] = "",
 ):
-    """The scheduler's code path (api.posting.post_next) with the key the page was rendered with:
+    """The scheduler's code path (posting.job.post_next) with the key the page was rendered with:
     a double click, or a resent form, posts once."""
     if not idempotency_key.startswith(POST_NEXT_KEY_PREFIX):
         return answer(
@@ -451,7 +306,7 @@ def post_next_now(
     return answer(
         request, message,
         back_to="/curate/history" if posted else "/curate/queue",
-        status_code=POSTING_HTTP_STATUS[result.outcome],
+        status_code=result.outcome.http_status,
         outcome=result.outcome.value,
         tweet_id=result.tweet.id if result.tweet is not None else None,
     )

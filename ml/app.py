@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
-from api.logs import configure_logging
+from core.logs import configure_logging
 from ml.config import GenerationSettings
 from ml.sampler import (
     MAX_TEMPERATURE, MAX_TOP_K, MAX_TRUNCATE_CHARS, MIN_TEMPERATURE, MIN_TOP_P, Sampler, SampleJob, SampleRequest,

@@ -1,8 +1,9 @@
 """Posting the next curated tweet to X exactly once: claim it, post it, record what X said.
 
-`post_next` is the one code path behind `POST /tweet_curated/`, `python -m api.post_next`
+`post_next` is the one code path behind `POST /tweet_curated/`, `python -m posting.post_next`
 and the curation page's "post next now" button. Each returns a `PostResult` that its
-caller turns into an HTTP answer, an exit code or a flash message.
+caller turns into an HTTP answer, an exit code or a flash message (posting/outcomes.py). The
+database steps it takes are in db/post_queue.py.
 
 How "exactly once" holds:
 - A claim (queued -> posting, with claimed_at and the idempotency key) is one UPDATE whose
@@ -25,22 +26,32 @@ How "exactly once" holds:
 """
 from __future__ import annotations
 
-import enum
 import logging
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 
 import tweepy
-from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from api.config import Settings, TweetOrder
-from api.x_client import XError, XErrorKind, classify_x_error, make_x_client
-from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
+from core.config import Settings
+from core.x_client import X_POST_ID, XError, XErrorKind, classify_x_error, make_x_client, tweet_url
+from db.models import Tweet, TweetStatus, utcnow
+from db.post_queue import (
+    claim_next_tweet,
+    find_by_idempotency_key,
+    found_queue_empty,
+    lock_idempotency_key,
+    queued_tweet_exists,
+    record_posted,
+    record_rejected,
+    record_unconfirmed,
+    release_to_queue,
+    remember_empty_queue_run,
+    sweep_stale_posts,
+)
+from posting.outcomes import PostOutcome
 
 log = logging.getLogger(__name__)
 
@@ -48,38 +59,6 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 200  # the column's size
 RETRY_AFTER_UNKNOWN_SECONDS = 60  # when a 429 carries no reset time
 QUEUE_BUSY_RETRY_SECONDS = 5  # a curator's change holds the queued tweets for milliseconds
 QUEUE_EMPTY_MESSAGE = "No more tweets left"  # the original's answer
-IDEMPOTENCY_LOCK_SPACE = 0x7477  # first key of Postgres advisory locks taken for idempotency keys
-EMPTY_QUEUE_RUN_DAYS = 30  # how long a key that found the queue empty is kept (retries come within hours)
-
-
-class PostOutcome(str, enum.Enum):
-    """What one posting call did. The HTTP status each maps to is in api/routes/posting.py.
-
-    posted          a tweet was posted (or recorded as a dry run); `tweet` says which
-    queue_empty     no queued tweet is left
-    in_flight       an earlier call with the same idempotency key is still posting
-    queue_busy      every queued tweet is locked by a curator's change at this moment; ask again
-    key_reused      the key belongs to a tweet an operator has since moved (e.g. closed an
-                    unconfirmed one); nothing posted
-    not_configured  X credentials are missing and TWITTER_DRY_RUN is off
-    rate_limited    X's rate limit or usage cap; tweet back in the queue; see retry_after
-    texts_refused   X refused MAX_REJECTED_PER_CALL texts in a row; they are `rejected`
-    x_credentials   X rejected the credentials or a permission; tweet back in the queue
-    x_failed        X failed (5xx), refused the request, or could not be reached; back in the queue
-    unconfirmed     X may or may not have posted the tweet; it is `unconfirmed`
-    """
-
-    posted = "posted"
-    queue_empty = "queue_empty"
-    in_flight = "in_flight"
-    queue_busy = "queue_busy"
-    key_reused = "key_reused"
-    not_configured = "not_configured"
-    rate_limited = "rate_limited"
-    texts_refused = "texts_refused"
-    x_credentials = "x_credentials"
-    x_failed = "x_failed"
-    unconfirmed = "unconfirmed"
 
 
 @dataclass
@@ -90,167 +69,6 @@ class PostResult:
     retry_after: int | None = None  # seconds; rate_limited and queue_busy only
     replayed: bool = False  # the answer of an earlier call with the same idempotency key
     rejected: list[Tweet] = field(default_factory=list)  # tweets X refused during this call
-
-
-# ---- database steps (plain functions on a Session; the caller commits) ----
-
-def sweep_stale_posts(session: Session, *, account: str, lease_minutes: float) -> list[int]:
-    """Turn tweets left in `posting` longer than the lease into `unconfirmed`; their ids.
-
-    Their call died between claiming and recording (a crash, a killed container): X may
-    have posted them, so they are never re-posted automatically.
-    """
-    now = utcnow()
-    cutoff = now - timedelta(minutes=lease_minutes)
-    stale = session.scalars(
-        update(Tweet)
-        .where(Tweet.account == account, Tweet.status == TweetStatus.posting, Tweet.claimed_at < cutoff)
-        .values(
-            status=TweetStatus.unconfirmed,
-            updated_at=now,
-            error=f"the posting call stopped mid-post (no result after {lease_minutes:g} minutes); "
-                  f"X may have posted it: check https://x.com/{account} and set it to posted or queued",
-        )
-        .returning(Tweet.id)
-        .execution_options(synchronize_session=False)
-    ).all()
-    if stale:
-        log.warning("posting lease expired: tweets %s are now unconfirmed (check them on X)", list(stale))
-    return list(stale)
-
-
-def lock_idempotency_key(session: Session, *, account: str, key: str) -> None:
-    """Serialise the claim transactions of calls sharing a key, until the caller commits.
-
-    Without it, two Postgres calls with one key would each lock a different queued row and
-    the second would wait on the key's unique index, while a third call, finding those rows
-    locked, would skip them and wrongly report an empty queue. SQLite needs nothing: its
-    BEGIN IMMEDIATE already serialises every write transaction.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(CAST(:space AS integer), hashtext(CAST(:name AS text)))"),
-            {"space": IDEMPOTENCY_LOCK_SPACE, "name": f"{account}/{key}"},
-        )
-
-
-def find_by_idempotency_key(session: Session, *, account: str, key: str) -> Tweet | None:
-    return session.scalar(select(Tweet).where(Tweet.account == account, Tweet.idempotency_key == key))
-
-
-def found_queue_empty(session: Session, *, account: str, key: str) -> bool:
-    """Whether an earlier call with this key found no queued tweet."""
-    return session.scalar(
-        select(EmptyQueueRun.id).where(EmptyQueueRun.account == account, EmptyQueueRun.idempotency_key == key)
-    ) is not None
-
-
-def remember_empty_queue_run(session: Session, *, account: str, key: str) -> None:
-    """Store a key that found the queue empty, and forget the account's keys older than EMPTY_QUEUE_RUN_DAYS."""
-    session.execute(delete(EmptyQueueRun).where(
-        EmptyQueueRun.account == account,
-        EmptyQueueRun.created_at < utcnow() - timedelta(days=EMPTY_QUEUE_RUN_DAYS),
-    ))
-    session.add(EmptyQueueRun(account=account, idempotency_key=key))
-
-
-def queued_tweet_exists(session: Session, *, account: str) -> bool:
-    """Whether the account has a queued tweet, locked or not: a claim that skipped them all found
-    them locked by a curator's change, not an empty queue (which a key would then remember)."""
-    return session.scalar(
-        select(Tweet.id).where(Tweet.account == account, Tweet.status == TweetStatus.queued).limit(1)
-    ) is not None
-
-
-def claim_next_tweet(
-    session: Session, *, account: str, order: TweetOrder, idempotency_key: str | None = None
-) -> Tweet | None:
-    """Atomically move the next queued tweet to `posting` (with claimed_at and the key).
-
-    One UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING: on
-    Postgres concurrent claims skip each other's rows instead of waiting or sharing one; on
-    SQLite (no FOR UPDATE) the transaction's BEGIN IMMEDIATE lock does the same. Raises
-    IntegrityError when another tweet of the account already holds the key (post_next
-    looks the key up first, under lock_idempotency_key).
-    """
-    candidate = aliased(Tweet)
-    ordering = (func.random(),) if order is TweetOrder.random else (candidate.position, candidate.id)
-    next_id = (
-        select(candidate.id)
-        .where(candidate.account == account, candidate.status == TweetStatus.queued)
-        .order_by(*ordering)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    now = utcnow()
-    return session.scalar(
-        update(Tweet)
-        .where(Tweet.id == next_id)
-        .values(status=TweetStatus.posting, claimed_at=now, updated_at=now, idempotency_key=idempotency_key)
-        .returning(Tweet)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
-
-
-def record_posted(
-    session: Session, tweet: Tweet, *, x_tweet_id: str | None, dry_run: bool, posted_at: datetime | None = None
-) -> None:
-    """Posted (X's id and URL when known), at `posted_at` (default: now)."""
-    now = utcnow()
-    tweet.status = TweetStatus.posted
-    tweet.posted_at = posted_at or now
-    tweet.updated_at = now
-    tweet.x_tweet_id, tweet.dry_run = x_tweet_id, dry_run
-    tweet.x_url = tweet_url(tweet.account, x_tweet_id) if x_tweet_id is not None else None
-    tweet.error = None
-    session.flush()
-
-
-def record_confirmed(session: Session, tweet: Tweet, *, x_tweet_id: str | None) -> None:
-    """An operator found an unconfirmed tweet on X: posted, dated when its posting call claimed it."""
-    record_posted(session, tweet, x_tweet_id=x_tweet_id, dry_run=False, posted_at=tweet.claimed_at)
-
-
-def release_to_queue(session: Session, tweet: Tweet, *, reason: str) -> None:
-    """X did nothing with it: queued again, the key freed for a retry, the reason kept in `error`."""
-    tweet.status = TweetStatus.queued
-    tweet.claimed_at = None
-    tweet.idempotency_key = None
-    tweet.error = f"last attempt: {reason}"
-    tweet.updated_at = utcnow()
-    session.flush()
-
-
-def record_rejected(session: Session, tweet: Tweet, *, reason: str) -> None:
-    """X refused this text for good; the key moves on with the call to the next tweet."""
-    tweet.status = TweetStatus.rejected
-    tweet.claimed_at = None
-    tweet.idempotency_key = None
-    tweet.error = reason
-    tweet.updated_at = utcnow()
-    session.flush()
-
-
-def record_unconfirmed(session: Session, tweet: Tweet, *, reason: str) -> None:
-    """X may have posted it: kept out of the queue (with its key) until an operator decides."""
-    tweet.status = TweetStatus.unconfirmed
-    tweet.error = (
-        f"{reason}; X may have posted it: check https://x.com/{tweet.account} "
-        "and set it to posted or queued"
-    )
-    tweet.updated_at = utcnow()
-    session.flush()
-
-
-# ---- the posting call ----
-
-X_POST_ID_PATTERN = r"[0-9]{1,19}"  # X's post ids: 64-bit integers
-X_POST_ID = re.compile(X_POST_ID_PATTERN)
-
-
-def tweet_url(account: str, x_tweet_id: str) -> str:
-    return f"https://x.com/{account}/status/{x_tweet_id}"
 
 
 def posted_message(tweet: Tweet) -> str:

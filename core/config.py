@@ -115,7 +115,7 @@ class Settings(DatabaseSettings, XSettings):
     CLOUD_RUN_URL: str | None = None
     DB_INSTANCE: str | None = None
     # When to post: a five-field cron read by Cloud Scheduler (make add-scheduler) and by the
-    # self-hosted `python -m api.scheduler`, which checks it (api.scheduler.parse_schedule).
+    # self-hosted `python -m posting.scheduler`, which checks it (posting.scheduler.parse_schedule).
     SCHEDULE: str = "0 9 * * *"
     TIME_ZONE: str = "Etc/UTC"
 

@@ -5,7 +5,7 @@ import json
 import logging
 import sys
 
-from api.config import LogFormat
+from core.config import LogFormat
 
 
 class CloudLoggingFormatter(logging.Formatter):

@@ -2,7 +2,7 @@
 
 X counts a tweet's length with weights (URLs 23, CJK and emoji 2, the rest 1); we use
 twitter-text-parser, which implements X's rules, with a fast path for plain ASCII text
-(its emoji scan costs ~1 ms a tweet, too slow for 100,000-tweet uploads).
+(its emoji scan is too slow per tweet for large uploads; the figure is in the README's speed section).
 """
 from __future__ import annotations
 

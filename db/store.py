@@ -1,7 +1,7 @@
 """Curating the store: adding, editing, approving, rejecting and deleting tweets.
 
-Plain functions on a Session; routes and the curation page call them and map the
-exceptions below to HTTP answers.
+Plain functions on a Session; routes and the curation page call them, and map the exceptions
+below to HTTP answers through one table (api/request_errors.py).
 """
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.posting import record_confirmed
-from api.tweet_text import TweetRejected, content_hash, validate_tweet
-from db import tweets as queries
+from core.tweet_text import CuratedFileError, TweetRejected, content_hash, parse_curated_file, validate_tweet
+from db import queries
 from db.models import Tweet, TweetStatus
+from db.post_queue import record_confirmed
 
 # Which statuses a curator may move a tweet to, from which. `posting` is only ever set by
 # the posting code; `posted` only by it, or by an operator confirming an unconfirmed tweet.
@@ -35,6 +35,14 @@ class TweetNotFound(LookupError):
 
 class TweetConflict(Exception):
     """The change clashes with the tweet's state or another tweet; str(exc) says how."""
+
+
+class UploadTooLarge(ValueError):
+    """The uploaded file is over MAX_UPLOAD_BYTES; str(exc) says what to do."""
+
+
+class NoValidTweet(ValueError):
+    """Every text of the file was rejected; nothing was stored; str(exc) gives the first reasons."""
 
 
 @dataclass
@@ -67,6 +75,28 @@ def ingest_texts(session: Session, *, account: str, texts: list[str], status: Tw
             "another request stored some of these tweets at the same moment; "
             "send the file again (tweets already stored are skipped as duplicates)"
         ) from None
+    return result
+
+
+def store_curated_file(
+    session: Session, *, account: str, data: bytes, filename: str, status: TweetStatus, max_bytes: int
+) -> IngestResult:
+    """Parse, validate and store a whole file in one transaction, committed; or raise UploadTooLarge,
+    CuratedFileError, TweetConflict or NoValidTweet with nothing stored. `data` is read up to
+    max_bytes + 1, so that a file over the limit is told apart from one exactly at it."""
+    if len(data) > max_bytes:
+        raise UploadTooLarge(
+            f"file is over the {max_bytes:,}-byte limit (MAX_UPLOAD_BYTES): split it and upload the parts"
+        )
+    texts = parse_curated_file(data, filename)
+    if not texts:
+        raise CuratedFileError("file holds no tweets: samples must be separated by a line of 20 '='")
+    result = ingest_texts(session, account=account, texts=texts, status=status)
+    if result.added == 0 and result.duplicates == 0:
+        session.rollback()
+        reasons = "; ".join(f"#{n}: {reason}" for n, reason in result.rejected[:3])
+        raise NoValidTweet(f"file holds no valid tweet ({len(result.rejected)} rejected: {reasons}); nothing was stored")
+    session.commit()
     return result
 
 

@@ -20,7 +20,7 @@ import requests
 import tweepy
 import urllib3.exceptions
 
-from api.config import X_CREDENTIAL_VARS, XSettings
+from core.config import X_CREDENTIAL_VARS, XSettings
 
 log = logging.getLogger(__name__)
 
@@ -248,3 +248,11 @@ def _network_reason(exc: BaseException) -> str:
     if isinstance(reason, urllib3.exceptions.NewConnectionError) and ": " in text:
         text = text.split(": ", 1)[1]
     return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
+
+
+X_POST_ID_PATTERN = r"[0-9]{1,19}"  # X's post ids: 64-bit integers
+X_POST_ID = re.compile(X_POST_ID_PATTERN)
+
+
+def tweet_url(account: str, x_tweet_id: str) -> str:
+    return f"https://x.com/{account}/status/{x_tweet_id}"

@@ -43,8 +43,8 @@ from typing import Annotated
 from fastapi import Depends, Form, HTTPException, Request, Response, status
 from starlette.requests import HTTPConnection
 
-from api.config import Settings
 from api.deps import SettingsDep
+from core.config import Settings
 
 COOKIE_NAME = "curate_session"
 COOKIE_PATH = "/curate"

@@ -1,0 +1,174 @@
+"""The posting queue's database steps: plain functions on a Session; the caller commits.
+
+posting.job calls them around X: sweep expired claims, serialise and look up idempotency keys,
+claim the next queued tweet, and record what X answered. How they keep "exactly once" is told
+in posting/job.py's docstring.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.orm import Session, aliased
+
+from core.config import TweetOrder
+from core.x_client import tweet_url
+from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_LOCK_SPACE = 0x7477  # first key of Postgres advisory locks taken for idempotency keys
+EMPTY_QUEUE_RUN_DAYS = 30  # how long a key that found the queue empty is kept (retries come within hours)
+
+
+def sweep_stale_posts(session: Session, *, account: str, lease_minutes: float) -> list[int]:
+    """Turn tweets left in `posting` longer than the lease into `unconfirmed`; their ids.
+
+    Their call died between claiming and recording (a crash, a killed container): X may
+    have posted them, so they are never re-posted automatically.
+    """
+    now = utcnow()
+    cutoff = now - timedelta(minutes=lease_minutes)
+    stale = session.scalars(
+        update(Tweet)
+        .where(Tweet.account == account, Tweet.status == TweetStatus.posting, Tweet.claimed_at < cutoff)
+        .values(
+            status=TweetStatus.unconfirmed,
+            updated_at=now,
+            error=f"the posting call stopped mid-post (no result after {lease_minutes:g} minutes); "
+                  f"X may have posted it: check https://x.com/{account} and set it to posted or queued",
+        )
+        .returning(Tweet.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    if stale:
+        log.warning("posting lease expired: tweets %s are now unconfirmed (check them on X)", list(stale))
+    return list(stale)
+
+
+def lock_idempotency_key(session: Session, *, account: str, key: str) -> None:
+    """Serialise the claim transactions of calls sharing a key, until the caller commits.
+
+    Without it, two Postgres calls with one key would each lock a different queued row and
+    the second would wait on the key's unique index, while a third call, finding those rows
+    locked, would skip them and wrongly report an empty queue. SQLite needs nothing: its
+    BEGIN IMMEDIATE already serialises every write transaction.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(CAST(:space AS integer), hashtext(CAST(:name AS text)))"),
+            {"space": IDEMPOTENCY_LOCK_SPACE, "name": f"{account}/{key}"},
+        )
+
+
+def find_by_idempotency_key(session: Session, *, account: str, key: str) -> Tweet | None:
+    return session.scalar(select(Tweet).where(Tweet.account == account, Tweet.idempotency_key == key))
+
+
+def found_queue_empty(session: Session, *, account: str, key: str) -> bool:
+    """Whether an earlier call with this key found no queued tweet."""
+    return session.scalar(
+        select(EmptyQueueRun.id).where(EmptyQueueRun.account == account, EmptyQueueRun.idempotency_key == key)
+    ) is not None
+
+
+def remember_empty_queue_run(session: Session, *, account: str, key: str) -> None:
+    """Store a key that found the queue empty, and forget the account's keys older than EMPTY_QUEUE_RUN_DAYS."""
+    session.execute(delete(EmptyQueueRun).where(
+        EmptyQueueRun.account == account,
+        EmptyQueueRun.created_at < utcnow() - timedelta(days=EMPTY_QUEUE_RUN_DAYS),
+    ))
+    session.add(EmptyQueueRun(account=account, idempotency_key=key))
+
+
+def queued_tweet_exists(session: Session, *, account: str) -> bool:
+    """Whether the account has a queued tweet, locked or not: a claim that skipped them all found
+    them locked by a curator's change, not an empty queue (which a key would then remember)."""
+    return session.scalar(
+        select(Tweet.id).where(Tweet.account == account, Tweet.status == TweetStatus.queued).limit(1)
+    ) is not None
+
+
+def claim_next_tweet(
+    session: Session, *, account: str, order: TweetOrder, idempotency_key: str | None = None
+) -> Tweet | None:
+    """Atomically move the next queued tweet to `posting` (with claimed_at and the key).
+
+    One UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING: on
+    Postgres concurrent claims skip each other's rows instead of waiting or sharing one; on
+    SQLite (no FOR UPDATE) the transaction's BEGIN IMMEDIATE lock does the same. Raises
+    IntegrityError when another tweet of the account already holds the key (post_next
+    looks the key up first, under lock_idempotency_key).
+    """
+    candidate = aliased(Tweet)
+    ordering = (func.random(),) if order is TweetOrder.random else (candidate.position, candidate.id)
+    next_id = (
+        select(candidate.id)
+        .where(candidate.account == account, candidate.status == TweetStatus.queued)
+        .order_by(*ordering)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    now = utcnow()
+    return session.scalar(
+        update(Tweet)
+        .where(Tweet.id == next_id)
+        .values(status=TweetStatus.posting, claimed_at=now, updated_at=now, idempotency_key=idempotency_key)
+        .returning(Tweet)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+
+
+def record_posted(
+    session: Session, tweet: Tweet, *, x_tweet_id: str | None, dry_run: bool, posted_at: datetime | None = None
+) -> None:
+    """Posted (X's id and URL when known), at `posted_at` (default: now)."""
+    now = utcnow()
+    tweet.status = TweetStatus.posted
+    tweet.posted_at = posted_at or now
+    tweet.updated_at = now
+    tweet.x_tweet_id, tweet.dry_run = x_tweet_id, dry_run
+    tweet.x_url = tweet_url(tweet.account, x_tweet_id) if x_tweet_id is not None else None
+    tweet.error = None
+    session.flush()
+
+
+def record_confirmed(session: Session, tweet: Tweet, *, x_tweet_id: str | None) -> None:
+    """An operator found an unconfirmed tweet on X: posted, dated when its posting call claimed it."""
+    record_posted(session, tweet, x_tweet_id=x_tweet_id, dry_run=False, posted_at=tweet.claimed_at)
+
+
+def release_to_queue(session: Session, tweet: Tweet, *, reason: str) -> None:
+    """X did nothing with it: queued again, the key freed for a retry, the reason kept in `error`."""
+    tweet.status = TweetStatus.queued
+    tweet.claimed_at = None
+    tweet.idempotency_key = None
+    tweet.error = f"last attempt: {reason}"
+    tweet.updated_at = utcnow()
+    session.flush()
+
+
+def record_rejected(session: Session, tweet: Tweet, *, reason: str) -> None:
+    """X refused this text for good; the key moves on with the call to the next tweet."""
+    tweet.status = TweetStatus.rejected
+    tweet.claimed_at = None
+    tweet.idempotency_key = None
+    tweet.error = reason
+    tweet.updated_at = utcnow()
+    session.flush()
+
+
+def record_unconfirmed(session: Session, tweet: Tweet, *, reason: str) -> None:
+    """X may have posted it: kept out of the queue (with its key) until an operator decides."""
+    tweet.status = TweetStatus.unconfirmed
+    tweet.error = (
+        f"{reason}; X may have posted it: check https://x.com/{tweet.account} "
+        "and set it to posted or queued"
+    )
+    tweet.updated_at = utcnow()
+    session.flush()
+
+
+# ---- the posting call ----
