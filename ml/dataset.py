@@ -23,8 +23,12 @@ import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.tweet_text import END_TOKEN, START_TOKEN
+
+if TYPE_CHECKING:  # numpy is imported where arrays are made, so that checking input stays light
+    import numpy as np
 
 CSV_COLUMN = "tweets"
 GPT2_N_CTX = 1024  # every GPT-2 size (and the tiny model) has a 1024-token window

@@ -17,7 +17,6 @@ import pytest
 from sqlalchemy import func, select
 
 from api import request_limits
-from api.app import create_app
 from api.curate.rendering import FLASH_COOKIE
 from api.curate.session import COOKIE_NAME, encode_session, new_session, signing_key
 from api.request_limits import (

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import secrets
-from functools import cache
 from typing import Annotated
 
 from fastapi import File, Form, HTTPException, Request, UploadFile, status
