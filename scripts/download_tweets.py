@@ -22,7 +22,12 @@ from dataclasses import dataclass, field  # noqa: E402
 from itertools import islice  # noqa: E402
 
 import tweepy  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+
+try:
+    from tqdm import tqdm
+except ModuleNotFoundError:  # the API's requirements (make run-local) do not bring it
+    sys.exit("download_tweets.py needs requirements-scrape.txt: run `.venv/bin/pip install -r requirements-scrape.txt` "
+             "(or use `make download-tweets`, which installs it)")
 
 from core.config import ConfigError, XSettings, load_settings  # noqa: E402
 from core.x_client import XCredentialsMissing, make_x_client  # noqa: E402
