@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"steps to train (-1: until Ctrl-C) (default: {TRAINING.steps})")
     length.add_argument("--epochs", type=_epochs, default=None,
                         help="instead of --steps: passes over the training tokens (may be fractional)")
-    t.add_argument("--learning_rate", type=_positive_float, default=TRAINING.learning_rate)
+    t.add_argument("--learning_rate", type=_positive_float, default=TRAINING.learning_rate,
+                   help="Adam's learning rate (the peak of --lr_schedule)")
     t.add_argument("--batch_size", type=_positive_int, default=TRAINING.batch_size, help="1024-token windows per batch")
     t.add_argument("--accumulate_gradients", type=_positive_int, default=TRAINING.accumulate_gradients,
                    help="batches summed into one step")
@@ -205,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nsamples", type=_positive_int, default=GENERATION.nsamples, help="candidates wanted in the file")
     g.add_argument("--gen_batch_size", type=_positive_int, default=GENERATION.batch_size, help="samples made together")
     g.add_argument("--length", type=_positive_int, default=GENERATION.length, help="tokens per sample at most")
-    g.add_argument("--temperature", type=_temperature, default=GENERATION.temperature)
+    g.add_argument("--temperature", type=_temperature, default=GENERATION.temperature,
+                   help="divides the logits: lower is more predictable")
     g.add_argument("--top_k", type=_top_k, default=GENERATION.top_k, help="sample from the k likeliest tokens (0: off)")
     g.add_argument("--top_p", type=_probability, default=GENERATION.top_p, help="nucleus sampling (0: off; overrides top_k)")
     g.add_argument("--prefix", default=GENERATION.prefix, help="text samples start from ('' for none)")
@@ -213,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--include_prefix", action="store_true", help="keep the prefix in the samples")
     g.add_argument("--seed", type=int, default=None, help="same seed, same samples (also seeds training)")
     g.add_argument("--no_urls", dest="no_urls", action="store_true", default=True,
-                   help="drop candidates holding a URL (default)")
-    g.add_argument("--allow_urls", dest="no_urls", action="store_false", help="keep candidates holding a URL")
+                   help="drop candidates holding a URL (on unless --allow_urls)")
+    g.add_argument("--allow_urls", dest="no_urls", action="store_false", default=argparse.SUPPRESS,
+                   help="keep candidates holding a URL (off)")
     g.add_argument("--copy_max_words", type=_copy_max_words, default=COPIES.max_shared_words,
                    help="drop a candidate sharing a run of this many words with a training tweet")
     g.add_argument("--copy_max_ratio", type=_copy_max_ratio, default=COPIES.max_shared_ratio,

@@ -397,6 +397,17 @@ def test_sampling_flags_outside_the_samplers_bounds_are_refused_by_the_parser(fl
     assert message in capsys.readouterr().err
 
 
+def test_help_shows_each_flags_true_default():
+    """--help states the default of every flag, and the URL pair's as it is (drop unless --allow_urls)."""
+    help_text = " ".join(build_parser().format_help().split())
+    assert "--learning_rate LEARNING_RATE Adam's learning rate (the peak of --lr_schedule) (default: 0.0001)" in help_text
+    assert "--temperature TEMPERATURE divides the logits: lower is more predictable (default: 1.0)" in help_text
+    assert "--no_urls drop candidates holding a URL (on unless --allow_urls) (default: True)" in help_text
+    assert "--allow_urls keep candidates holding a URL (off) --" in help_text
+    assert build_parser().parse_args([]).no_urls is True
+    assert build_parser().parse_args(["--allow_urls"]).no_urls is False
+
+
 def test_generate_without_a_known_training_file_is_exit_2(tmp_path):
     (tmp_path / "ck" / "copied_run").mkdir(parents=True)
     (tmp_path / "ck" / "copied_run" / "checkpoint").write_text('model_checkpoint_path: "model-5"\n')
