@@ -32,6 +32,32 @@ def list_tweets(
     return list(page), total or 0
 
 
+def page_by_status(
+    session: Session, account: str, statuses: Sequence[TweetStatus], *, order_by: Sequence, limit: int,
+) -> tuple[list[Tweet], int]:
+    """A page of the account's tweets in these statuses, in `order_by` order, and how many match in all."""
+    query = select(Tweet).where(Tweet.account == account, Tweet.status.in_(list(statuses)))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    return list(session.scalars(query.order_by(*order_by).limit(limit))), total
+
+
+def lock_queue(session: Session, account: str) -> None:
+    """Lock the account's queued tweets, in id order, until the transaction ends (SELECT ... FOR
+    UPDATE on Postgres; on SQLite, BEGIN IMMEDIATE already holds the whole database)."""
+    session.execute(
+        select(Tweet.id).where(Tweet.account == account, Tweet.status == TweetStatus.queued)
+        .order_by(Tweet.id).with_for_update()
+    )
+
+
+def queue_line(session: Session, account: str) -> list[Tweet]:
+    """The account's queued tweets in posting order for TWEET_ORDER=oldest (position, then id)."""
+    return list(session.scalars(
+        select(Tweet).where(Tweet.account == account, Tweet.status == TweetStatus.queued)
+        .order_by(Tweet.position, Tweet.id)
+    ))
+
+
 def get_by_hash(session: Session, account: str, digest: str) -> Tweet | None:
     return session.scalar(select(Tweet).where(Tweet.account == account, Tweet.content_hash == digest))
 

@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.config import Settings, TweetOrder
@@ -65,13 +64,8 @@ class BulkResult:
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _listing(session: Session, query, order_by, limit: int) -> Listing:
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    return Listing(list(session.scalars(query.order_by(*order_by).limit(limit))), total)
-
-
-def _with_status(account: str, *statuses: TweetStatus):
-    return select(Tweet).where(Tweet.account == account, Tweet.status.in_(statuses))
+def _listing(session: Session, account: str, statuses: Iterable[TweetStatus], order_by, limit: int) -> Listing:
+    return Listing(*queries.page_by_status(session, account, list(statuses), order_by=order_by, limit=limit))
 
 
 def status_counts(session: Session, account: str) -> dict[TweetStatus, int]:
@@ -80,23 +74,20 @@ def status_counts(session: Session, account: str) -> dict[TweetStatus, int]:
 
 def pending(session: Session, account: str, *, limit: int = REVIEW_PAGE_SIZE) -> Listing:
     """Candidates waiting for review, in upload order."""
-    return _listing(session, _with_status(account, TweetStatus.pending), (Tweet.position, Tweet.id), limit)
+    return _listing(session, account, [TweetStatus.pending], (Tweet.position, Tweet.id), limit)
 
 
 def queue(session: Session, settings: Settings, *, limit: int = QUEUE_PAGE_SIZE) -> QueueView:
     """Approved tweets: in posting order for TWEET_ORDER=oldest, the pool (by id) for random."""
     ordering = (Tweet.position, Tweet.id) if settings.TWEET_ORDER is TweetOrder.oldest else (Tweet.id,)
-    listing = _listing(session, _with_status(settings.ACCOUNT, TweetStatus.queued), ordering, limit)
+    listing = _listing(session, settings.ACCOUNT, [TweetStatus.queued], ordering, limit)
     return QueueView(listing.tweets, listing.total, settings.TWEET_ORDER, settings.QUEUE_WARNING_THRESHOLD)
 
 
 def history(session: Session, account: str, *, limit: int = HISTORY_PAGE_SIZE) -> History:
     """Posted tweets (newest first), and the unconfirmed, failed and rejected ones (latest first)."""
-    posted = _listing(
-        session, _with_status(account, TweetStatus.posted),
-        (Tweet.posted_at.desc().nulls_last(), Tweet.id.desc()), limit,
-    )
-    problems = _listing(session, _with_status(account, *PROBLEM_STATUSES), (Tweet.updated_at.desc(), Tweet.id.desc()), limit)
+    posted = _listing(session, account, [TweetStatus.posted], (Tweet.posted_at.desc().nulls_last(), Tweet.id.desc()), limit)
+    problems = _listing(session, account, PROBLEM_STATUSES, (Tweet.updated_at.desc(), Tweet.id.desc()), limit)
     return History(posted, problems)
 
 
@@ -205,12 +196,11 @@ def move_in_queue(session: Session, account: str, tweet_id: int, move: Move) -> 
     order, because a move also writes its neighbours: two moves that each locked their own tweet
     first would wait for each other's.
     """
-    session.execute(select(Tweet.id).where(Tweet.account == account, Tweet.status == TweetStatus.queued)
-                    .order_by(Tweet.id).with_for_update())
+    queries.lock_queue(session, account)
     tweet = store.get_tweet(session, tweet_id, account=account, for_update=True)
     if tweet.status is not TweetStatus.queued:
         raise store.TweetConflict(f"tweet {tweet_id} is {tweet.status.value}, not in the queue: reload the page")
-    line = list(session.scalars(_with_status(account, TweetStatus.queued).order_by(Tweet.position, Tweet.id)))
+    line = queries.queue_line(session, account)
     index = line.index(tweet)
     if move is Move.top and index > 0:
         store.update_tweet(session, tweet, position=line[0].position - 1)
