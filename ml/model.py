@@ -65,11 +65,16 @@ GENERATE_CONFIG = "generate_config.json"
 log = logging.getLogger("ml.model")
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
-    return number
+def _in_range(convert, low, high, rule: str, *, above_low: bool = False):
+    """An argparse type: `convert` the text, then refuse a number outside low..high (nan too) with `rule`."""
+    def parse(value: str):
+        number = convert(value)
+        if not ((low < number) if above_low else (low <= number)) or not number <= high:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return number
+
+    parse.__name__ = convert.__name__  # argparse names it in "invalid int value: ..."
+    return parse
 
 
 def _steps(value: str) -> int:
@@ -79,76 +84,19 @@ def _steps(value: str) -> int:
     return number
 
 
-def _whole_number(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {value}")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0 or not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return number
-
-
-def _epochs(value: str) -> float:
-    number = float(value)
-    if not 0 < number <= MAX_EPOCHS:  # False for nan too
-        raise argparse.ArgumentTypeError(f"must be > 0 and at most {MAX_EPOCHS}, got {value}")
-    return number
-
-
-def _val_fraction(value: str) -> float:
-    number = float(value)
-    if not 0.0 <= number <= MAX_VAL_FRACTION:
-        raise argparse.ArgumentTypeError(f"must be between 0 (no held-out set) and {MAX_VAL_FRACTION}, got {value}")
-    return number
-
-
-def _temperature(value: str) -> float:
-    number = float(value)
-    if not MIN_TEMPERATURE <= number <= MAX_TEMPERATURE:  # False for nan too
-        raise argparse.ArgumentTypeError(f"must be between {MIN_TEMPERATURE} and {MAX_TEMPERATURE:g}, got {value}")
-    return number
-
-
-def _top_k(value: str) -> int:
-    number = int(value)
-    if not 0 <= number <= MAX_TOP_K:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0 (off) to {MAX_TOP_K}, got {value}")
-    return number
-
-
-def _probability(value: str) -> float:
-    number = float(value)
-    if not 0.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (0 turns it off), got {value}")
-    return number
-
-
-def _copy_max_words(value: str) -> int:
-    number = int(value)
-    if not 1 <= number <= MARKOVIFY_MAX_OVERLAP_TOTAL:
-        raise argparse.ArgumentTypeError(
-            f"must be a whole number from 1 to {MARKOVIFY_MAX_OVERLAP_TOTAL} (markovify's limit), got {value}")
-    return number
-
-
-def _copy_max_ratio(value: str) -> float:
-    number = float(value)
-    if not 0.0 < number <= MARKOVIFY_MAX_OVERLAP_RATIO:  # False for nan too
-        raise argparse.ArgumentTypeError(
-            f"must be above 0 and at most {MARKOVIFY_MAX_OVERLAP_RATIO} (markovify's limit), got {value}")
-    return number
-
-
-def _jaccard(value: str) -> float:
-    number = float(value)
-    if not 0.0 < number <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {value}")
-    return number
+_positive_int = _in_range(int, 1, math.inf, "a whole number >= 1")
+_whole_number = _in_range(int, 0, math.inf, "a whole number >= 0")
+_positive_float = _in_range(float, 0.0, sys.float_info.max, "> 0", above_low=True)
+_epochs = _in_range(float, 0.0, MAX_EPOCHS, f"> 0 and at most {MAX_EPOCHS}", above_low=True)
+_val_fraction = _in_range(float, 0.0, MAX_VAL_FRACTION, f"between 0 (no held-out set) and {MAX_VAL_FRACTION}")
+_temperature = _in_range(float, MIN_TEMPERATURE, MAX_TEMPERATURE, f"between {MIN_TEMPERATURE} and {MAX_TEMPERATURE:g}")
+_top_k = _in_range(int, 0, MAX_TOP_K, f"a whole number from 0 (off) to {MAX_TOP_K}")
+_probability = _in_range(float, 0.0, 1.0, "between 0 and 1 (0 turns it off)")
+_copy_max_words = _in_range(int, 1, MARKOVIFY_MAX_OVERLAP_TOTAL,
+                            f"a whole number from 1 to {MARKOVIFY_MAX_OVERLAP_TOTAL} (markovify's limit)")
+_copy_max_ratio = _in_range(float, 0.0, MARKOVIFY_MAX_OVERLAP_RATIO,
+                            f"above 0 and at most {MARKOVIFY_MAX_OVERLAP_RATIO} (markovify's limit)", above_low=True)
+_jaccard = _in_range(float, 0.0, 1.0, "above 0 and at most 1", above_low=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ when it is unset, unless REQUIRE_POSTGRES=1 (CI), where a missing URL fails them
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -104,3 +105,23 @@ def client(app) -> Iterator[TestClient]:
 def anon_client(app) -> Iterator[TestClient]:
     with TestClient(app) as test_client:
         yield test_client
+
+
+class LogLines(logging.Handler):
+    """Collects the messages of the `ml` loggers (fixtures of module scope cannot use caplog)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __enter__(self):
+        logger = logging.getLogger("ml")
+        logger.addHandler(self)
+        logger.setLevel(logging.INFO)
+        return self.lines
+
+    def __exit__(self, *exc):
+        logging.getLogger("ml").removeHandler(self)

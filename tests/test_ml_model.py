@@ -6,7 +6,6 @@ reused; tests that change a run work on a copy of it. Every graph is private or 
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 import signal
@@ -22,6 +21,7 @@ from ml.dataset import encode, load_training_file
 from ml.model import main
 from ml.tiny import TINY_HPARAMS, byte_level_encoder, ensure_tiny_model, write_tiny_run
 from ml.training import TrainingOptions, finetune, read_counter
+from tests.conftest import LogLines
 
 pytestmark = pytest.mark.ml
 
@@ -31,26 +31,6 @@ TRAINED_STEPS = 3
 SUMMARY = re.compile(
     r"generated (\d+), kept (\d+) of (\d+) wanted(?: \((\d+) more passed, not needed\))?, dropped (\d+)"
 )
-
-
-class LogLines(logging.Handler):
-    """Collects the messages of the `ml` loggers (fixtures of module scope cannot use caplog)."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-    def __enter__(self):
-        logger = logging.getLogger("ml")
-        logger.addHandler(self)
-        logger.setLevel(logging.INFO)
-        return self.lines
-
-    def __exit__(self, *exc):
-        logging.getLogger("ml").removeHandler(self)
 
 
 def paths_args(root: Path) -> list[str]:

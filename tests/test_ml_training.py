@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
 import re
 import subprocess
@@ -20,6 +19,7 @@ from ml.dataset import InputError, encode_split, load_training_file, split_held_
 from ml.model import build_parser, main, training_steps
 from ml.train_log import read_rows
 from ml.training import TRAINING_STATE, Schedule, TrainingOptions, finetune, read_counter, schedule_problem
+from tests.conftest import LogLines
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_CSV = REPO / "ml" / "sample_data" / "tweets_sample.csv"
@@ -35,24 +35,6 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
 
 def sample_tweets() -> list[str]:
     return load_training_file(SAMPLE_CSV).tweets
-
-
-class LogLines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-    def __enter__(self):
-        logger = logging.getLogger("ml")
-        logger.addHandler(self)
-        logger.setLevel(logging.INFO)
-        return self.lines
-
-    def __exit__(self, *exc):
-        logging.getLogger("ml").removeHandler(self)
 
 
 # ---- held-out split, by whole tweet ----
