@@ -20,9 +20,21 @@ def requirement_name(line: str) -> str:
     return re.split(r"[=<>!~\[; ]", line.strip())[0].lower().replace("_", "-")
 
 
+def listed_names(path: Path) -> list[str]:
+    """The names a requirements file lists, following its `-r other.txt` includes."""
+    names = []
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            names += listed_names(path.parent / line[3:].strip())
+        elif line:
+            names.append(requirement_name(line))
+    return names
+
+
 def listed_with_their_dependencies(path: Path) -> set[str]:
     """The names in a requirements file and, recursively, what the installed distributions say they require."""
-    pending = [requirement_name(line) for line in path.read_text().splitlines() if line.split("#")[0].strip()]
+    pending = listed_names(path)
     closure: set[str] = set()
     while pending:
         name = pending.pop()
@@ -44,12 +56,17 @@ import json, sys
 from importlib import metadata
 allowed, project = set(json.loads(sys.argv[1])), set(json.loads(sys.argv[2]))
 providers = metadata.packages_distributions()
+# setuptools' pkg_resources falls back on its own vendored copies (packaging, ...) where the image has none.
+import importlib.machinery, importlib.util, os
+vendored_dir = os.path.join(os.path.dirname(importlib.util.find_spec("setuptools").origin), "_vendor")
 
 class OnlyRequirements:
     def find_spec(self, name, path=None, target=None):
         top = name.partition(".")[0]
         if top in sys.stdlib_module_names or top in project:
             return None
+        if "setuptools" in allowed and os.path.exists(os.path.join(vendored_dir, top)):
+            return importlib.machinery.PathFinder.find_spec(name, path if "." in name else [vendored_dir])
         distributions = {d.lower().replace("_", "-") for d in providers.get(top, [])}
         if distributions and not distributions & allowed:
             raise ModuleNotFoundError(f"No module named {name!r}: {sorted(distributions)} not in requirements.txt", name=name)
