@@ -117,7 +117,7 @@ def upload_queue(port: int, count: int) -> None:
         result = json.loads(answer.read())
     finally:
         connection.close()
-    if answer.status != 200 or result.get("added") != count:
+    if answer.status != 201 or result.get("added") != count:
         raise RuntimeError(f"queueing the bench's tweets answered {answer.status}: {result}")
 
 
