@@ -53,7 +53,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None, configure_lo
     app.state.session_factory = make_session_factory(app.state.engine)
     app.state.sign_in_throttle = SignInThrottle()
 
-    routers = (health.router, tweets.router, posting.router, curate.router)
+    # FastAPI prepares a router's routes (their dependencies and parameter models) when a request
+    # first reaches it, trying routers in this order: posting comes right after health so that the
+    # first post after a start (Cloud Scheduler's call) prepares only its own routes.
+    routers = (health.router, posting.router, tweets.router, curate.router)
     for router in routers:
         app.include_router(router)
     app.add_middleware(RequestBodyLimits, settings=settings, routes=[route for router in routers for route in router.routes])

@@ -68,3 +68,10 @@ def test_a_start_before_the_migration_still_serves_and_reports_it(settings, empt
     with TestClient(app) as client:
         health = client.get("/health")
     assert health.status_code == 503 and "migrate" in health.text
+
+
+def test_posting_routes_come_right_after_health(app):
+    """FastAPI prepares a router's routes when a request first reaches it, in include order: with
+    posting right after health, the first post after a start prepares no other router's routes."""
+    paths = list(app.openapi()["paths"])
+    assert paths[:2] == ["/health", "/tweet_curated/"], paths[:4]
