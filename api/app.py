@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -16,7 +18,7 @@ from api.routes import health, posting, tweets
 from core.config import Settings
 from core.logs import configure_logging
 from db.engine import make_engine, make_session_factory
-from posting.job import log_posting_configuration
+from posting.job import log_posting_configuration, prepare_claim_statements
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,14 @@ The curated tweet store of a GPT-2 bot. Click **Authorize** and paste the servic
 `SECRET_TOKEN` (sent as the `x-token` header), then upload a curated file with
 `POST /add_tweets_file/` and list what was stored with `GET /tweets/`.
 """
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Before the first request: the posting path's one-time costs, so the first post after a
+    start (Cloud Run scales to zero) is as quick as the next ones."""
+    prepare_claim_statements(app.state.session_factory, app.state.settings)
+    yield
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None, configure_logs: bool = True) -> FastAPI:
@@ -36,13 +46,17 @@ def create_app(settings: Settings, *, engine: Engine | None = None, configure_lo
         description=DESCRIPTION,
         version="1.0.0",
         redirect_slashes=False,
+        lifespan=_lifespan,
     )
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.database_url)
     app.state.session_factory = make_session_factory(app.state.engine)
     app.state.sign_in_throttle = SignInThrottle()
 
-    routers = (health.router, tweets.router, posting.router, curate.router)
+    # FastAPI prepares a router's routes (their dependencies and parameter models) when a request
+    # first reaches it, trying routers in this order: posting comes right after health so that the
+    # first post after a start (Cloud Scheduler's call) prepares only its own routes.
+    routers = (health.router, posting.router, tweets.router, curate.router)
     for router in routers:
         app.include_router(router)
     app.add_middleware(RequestBodyLimits, settings=settings, routes=[route for router in routers for route in router.routes])

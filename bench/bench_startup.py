@@ -1,12 +1,16 @@
-"""Start-up time and memory of the API as its image starts it, against a bare FastAPI app (the floor).
+"""Start-up time and memory of the API as its image starts it, against a bare FastAPI app (the floor),
+and the first POST /tweet_curated/ after a start against a warm one.
 
-    .venv/bin/python -m bench.bench_startup [--runs 7] [--venv .venv-api]
+    .venv/bin/python -m bench.bench_startup [--runs 7] [--warm-posts 5] [--venv .venv-api]
 
 Both apps start the way the Dockerfile's command does (`sh -c "exec uvicorn MODULE --port $PORT"`,
-LOG_FORMAT=json, from the files the image copies), in the virtualenv given (default `.venv-api`,
-which tests/test_deploy.py builds from requirements.txt alone; `.venv` otherwise). Measured per run:
-the time from process start to the first 200 answer of GET /health, and the server's resident
-memory (VmRSS) right then. The API runs on a migrated SQLite file.
+LOG_FORMAT=json, from the files the image copies, compiled as its build compiles them), in the
+virtualenv given (default `.venv-api`, which tests/test_deploy.py builds from requirements.txt alone;
+`.venv` otherwise). Each run starts, in turn, the bare app, the API posting in dry run and the API
+posting to the fake X of tests/fake_x.py on loopback, and measures: the time from process start to
+the first 200 answer of GET /health, the server's resident memory (VmRSS) right then, and for the
+API the time of the first POST /tweet_curated/ sent right after that answer, then of `--warm-posts`
+more. The API runs on a migrated SQLite file holding enough queued tweets for every post.
 """
 from __future__ import annotations
 
@@ -21,9 +25,13 @@ import statistics
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from tests.fake_x import FakeX
+
 REPO = Path(__file__).resolve().parents[1]
+TOKEN = "bench-token-0123456789"
 BARE_APP = '''from fastapi import FastAPI
 
 app = FastAPI()
@@ -39,6 +47,12 @@ def image_command() -> str:
     """The shell command of the Dockerfile's CMD, bound to loopback for this machine."""
     cmd_line = [line for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")][-1]
     return json.loads(cmd_line[4:])[-1].replace("--host 0.0.0.0", "--host 127.0.0.1")
+
+
+def compiled_packages() -> list[str]:
+    """What the Dockerfile's `python -m compileall` line compiles at build time."""
+    line = next(line for line in (REPO / "Dockerfile").read_text().splitlines() if "compileall" in line)
+    return line.split("compileall", 1)[1].split()[1:]
 
 
 def stage_image_files(target: Path) -> None:
@@ -70,13 +84,62 @@ def health_ok(port: int) -> bool:
         connection.close()
 
 
+def post_next_ms(port: int) -> float:
+    """Milliseconds for one POST /tweet_curated/, which must post."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        started = time.perf_counter()
+        connection.request("POST", "/tweet_curated/", headers={"x-token": TOKEN})
+        answer = connection.getresponse()
+        body = answer.read()
+        elapsed = time.perf_counter() - started
+    finally:
+        connection.close()
+    if answer.status != 200:
+        raise RuntimeError(f"POST /tweet_curated/ answered {answer.status}: {body[:300]!r}")
+    return elapsed * 1000
+
+
+def upload_queue(port: int, count: int) -> None:
+    """Queue `count` distinct tweets through the API (in a start that is not measured)."""
+    samples = "".join(f"bench post {n} of the start-up bench, queued to be posted\n{'=' * 20}\n" for n in range(count))
+    boundary = "bench-boundary-3f9a"
+    form = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"queue.txt\"\r\n"
+        f"Content-Type: text/plain\r\n\r\n{samples}\r\n--{boundary}--\r\n"
+    ).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("POST", "/add_tweets_file/", body=form, headers={
+            "x-token": TOKEN, "Content-Type": f"multipart/form-data; boundary={boundary}",
+        })
+        answer = connection.getresponse()
+        result = json.loads(answer.read())
+    finally:
+        connection.close()
+    if answer.status != 201 or result.get("added") != count:
+        raise RuntimeError(f"queueing the bench's tweets answered {answer.status}: {result}")
+
+
 def rss_mib(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
 
-def start_once(command: str, module: str, cwd: Path, environment: dict[str, str]) -> tuple[float, float]:
-    """Seconds from process start to the first healthy answer, and the RSS in MiB then."""
+@dataclass
+class Start:
+    health_ms: float
+    rss_mib: float
+    first_post_ms: float | None = None
+    warm_post_ms: float | None = None  # median of the warm posts
+
+
+def start_once(
+    command: str, module: str, cwd: Path, environment: dict[str, str], *, warm_posts: int = 0,
+    before_stop=None,
+) -> Start:
+    """Start `module`; time the first healthy answer (RSS then), then with `warm_posts` a first
+    post and that many more; `before_stop(port)` runs last (to seed the queue)."""
     port = free_port()
     started = time.perf_counter()
     server = subprocess.Popen(
@@ -90,8 +153,13 @@ def start_once(command: str, module: str, cwd: Path, environment: dict[str, str]
             if time.perf_counter() - started > 60:
                 raise RuntimeError(f"{module} did not answer /health within 60 s")
             time.sleep(0.005)
-        elapsed = time.perf_counter() - started
-        return elapsed, rss_mib(server.pid)
+        result = Start((time.perf_counter() - started) * 1000, rss_mib(server.pid))
+        if warm_posts:
+            result.first_post_ms = post_next_ms(port)
+            result.warm_post_ms = statistics.median(post_next_ms(port) for _ in range(warm_posts))
+        if before_stop is not None:
+            before_stop(port)
+        return result
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -101,12 +169,19 @@ def start_once(command: str, module: str, cwd: Path, environment: dict[str, str]
             server.wait()
 
 
+def spread(values: list[float], digits: int = 0) -> str:
+    """Median (min-max)."""
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--warm-posts", type=int, default=5)
     parser.add_argument("--venv", type=Path, default=REPO / ".venv-api")
     args = parser.parse_args()
     venv = args.venv if (args.venv / "bin" / "uvicorn").exists() else REPO / ".venv"
+    fake_x = FakeX().start()
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -118,35 +193,54 @@ def main() -> None:
         environment = {
             "PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(scratch), "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1", "LOG_FORMAT": "json", "SQLITE_PATH": str(scratch / "tweets.db"),
-            "SECRET_TOKEN": "bench-token-0123456789", "ACCOUNT": "bench_bot",
+            "SECRET_TOKEN": TOKEN, "ACCOUNT": "bench_bot",
+        }
+        dry_run = {**environment, "TWITTER_DRY_RUN": "true"}
+        against_fake_x = {
+            **environment, "TWITTER_DRY_RUN": "false",
+            **{name: str(value) for name, value in fake_x.settings_values().items()},
         }
         # As the Dockerfile does: bytecode compiled at build time.
-        subprocess.run(["python", "-m", "compileall", "-q", "api", "db", "migrations"], cwd=api_dir, env=environment, check=True)
+        subprocess.run(["python", "-m", "compileall", "-q", *compiled_packages()], cwd=api_dir, env=environment, check=True)
         subprocess.run(["python", "-m", "compileall", "-q", "bare.py"], cwd=bare_dir, env=environment, check=True)
         subprocess.run(["alembic", "upgrade", "head"], cwd=api_dir, env=environment, check=True, capture_output=True)
         command = image_command()
-        # A first start of each fills the OS file cache and writes no bytecode (PYTHONDONTWRITEBYTECODE).
-        start_once(command, "api.main:app", api_dir, environment)
+        posts_per_start = 1 + args.warm_posts
+        queue = posts_per_start * 2 * (args.runs + 1)
+        # A first start of each fills the OS file cache (and queues the tweets to post); no bytecode is
+        # written (PYTHONDONTWRITEBYTECODE).
+        start_once(command, "api.main:app", api_dir, dry_run, before_stop=lambda port: upload_queue(port, queue))
         start_once(command, "bare:app", bare_dir, environment)
-        results = {"api.main:app": [], "bare:app": []}
+        start_once(command, "api.main:app", api_dir, against_fake_x, warm_posts=args.warm_posts)
+        apps = {"bare:app": (bare_dir, environment, 0), "api, dry run": (api_dir, dry_run, args.warm_posts),
+                "api, fake X": (api_dir, against_fake_x, args.warm_posts)}
+        results: dict[str, list[Start]] = {name: [] for name in apps}
         for _ in range(args.runs):
-            results["api.main:app"].append(start_once(command, "api.main:app", api_dir, environment))
-            results["bare:app"].append(start_once(command, "bare:app", bare_dir, environment))
+            for name, (cwd, env, warm_posts) in apps.items():
+                module = "bare:app" if name == "bare:app" else "api.main:app"
+                results[name].append(start_once(command, module, cwd, env, warm_posts=warm_posts))
+    fake_x.stop()
 
     print(f"virtualenv: {venv.relative_to(REPO) if venv.is_relative_to(REPO) else venv}; command: {command}")
-    print(f"{args.runs} runs each, alternating; figures are medians (min-max)\n")
-    print(f"{'app':<16}{'start to /health (ms)':>28}{'RSS at first answer (MiB)':>30}")
-    medians = {}
-    for module, runs in results.items():
-        times = [seconds * 1000 for seconds, _ in runs]
-        memory = [rss for _, rss in runs]
-        medians[module] = (statistics.median(times), statistics.median(memory))
+    print(f"{args.runs} runs, each starting the three in turn; figures are medians (min-max) over the runs;")
+    print("ratios are per run (against the bare app started in the same run, or the same start's warm posts)\n")
+    print(f"{'app':<16}{'start to /health (ms)':>26}{'x bare':>18}{'RSS then (MiB)':>24}{'x bare':>18}")
+    bare = results["bare:app"]
+    for name, starts in results.items():
+        time_ratios = [start.health_ms / base.health_ms for start, base in zip(starts, bare)]
+        memory_ratios = [start.rss_mib / base.rss_mib for start, base in zip(starts, bare)]
         print(
-            f"{module:<16}{medians[module][0]:>12.0f} ({min(times):.0f}-{max(times):.0f}){'':>5}"
-            f"{medians[module][1]:>15.1f} ({min(memory):.1f}-{max(memory):.1f})"
+            f"{name:<16}{spread([s.health_ms for s in starts]):>26}{spread(time_ratios, 2):>18}"
+            f"{spread([s.rss_mib for s in starts], 1):>24}{spread(memory_ratios, 2):>18}"
         )
-    api, bare = medians["api.main:app"], medians["bare:app"]
-    print(f"\nratio api/bare: start-up {api[0] / bare[0]:.2f}x, memory {api[1] / bare[1]:.2f}x")
+    print(f"\n{'first post':<16}{'first (ms)':>22}{f'warm, median of {args.warm_posts} (ms)':>32}{'first / warm':>20}")
+    for name in ("api, dry run", "api, fake X"):
+        starts = results[name]
+        print(
+            f"{name:<16}{spread([s.first_post_ms for s in starts], 1):>22}"
+            f"{spread([s.warm_post_ms for s in starts], 1):>32}"
+            f"{spread([s.first_post_ms / s.warm_post_ms for s in starts], 2):>20}"
+        )
 
 
 if __name__ == "__main__":

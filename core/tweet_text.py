@@ -3,6 +3,8 @@
 X counts a tweet's length with weights (URLs 23, CJK and emoji 2, the rest 1); we use
 twitter-text-parser, which implements X's rules, with a fast path for plain ASCII text
 (its emoji scan is too slow per tweet for large uploads; the figure is in the README's speed section).
+twitter-text is imported where a text first needs it, not with this module: its import builds
+its emoji and URL patterns, a cost the service's start and its posting path never need.
 """
 from __future__ import annotations
 
@@ -13,22 +15,21 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from twitter_text import extract_urls_with_indices, parse_tweet
-from twitter_text.extract_urls import max_url_length
-from twitter_text.has_invalid_characters import has_invalid_characters
-
 MAX_WEIGHTED_LENGTH = 280
 URL_WEIGHT = 23
+# twitter_text.extract_urls.max_url_length (the longest text counted as one link), copied so that
+# this module's bounds need no twitter-text import; tests/test_tweet_text.py pins the two equal.
+MAX_URL_LENGTH = 4096
 # No valid tweet holds more code points: links are its densest part (twitter-text counts 23 for
-# a link of at most max_url_length characters, and no link when longer), so no unit of weight
-# covers more than max_url_length / URL_WEIGHT of them. (It would also count 23 for a link padded
+# a link of at most MAX_URL_LENGTH characters, and no link when longer), so no unit of weight
+# covers more than MAX_URL_LENGTH / URL_WEIGHT of them. (It would also count 23 for a link padded
 # with any number of characters IDNA drops, such as soft hyphens: we refuse those.) Longer
 # entries are refused before the parse, whose URL and emoji scans are slow and memory-hungry.
-MAX_TWEET_CODE_POINTS = -(-MAX_WEIGHTED_LENGTH * max_url_length // URL_WEIGHT)
+MAX_TWEET_CODE_POINTS = -(-MAX_WEIGHTED_LENGTH * MAX_URL_LENGTH // URL_WEIGHT)
 # Nor a longer run of combining marks: each weighs 1 outside links, and a link holds at most
-# max_url_length characters. NFC reorders a run by insertion sort, in time growing with the
+# MAX_URL_LENGTH characters. NFC reorders a run by insertion sort, in time growing with the
 # square of its length, so longer runs are refused before it.
-MAX_COMBINING_RUN = max_url_length + MAX_WEIGHTED_LENGTH
+MAX_COMBINING_RUN = MAX_URL_LENGTH + MAX_WEIGHTED_LENGTH
 SAMPLE_DELIMITER = "=" * 20
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
@@ -47,6 +48,25 @@ class TweetRejected(ValueError):
 
 class CuratedFileError(ValueError):
     """The uploaded file cannot be read as a curated file; str(exc) says why and what to do."""
+
+
+# twitter-text's functions, imported on first call.
+def parse_tweet(text: str):
+    from twitter_text import parse_tweet
+
+    return parse_tweet(text)
+
+
+def extract_urls_with_indices(text: str) -> list[dict]:
+    from twitter_text import extract_urls_with_indices
+
+    return extract_urls_with_indices(text)
+
+
+def has_invalid_characters(text: str) -> bool:
+    from twitter_text.has_invalid_characters import has_invalid_characters
+
+    return has_invalid_characters(text)
 
 
 def normalize_text(text: str) -> str:

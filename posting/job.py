@@ -59,6 +59,7 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 200  # the column's size
 RETRY_AFTER_UNKNOWN_SECONDS = 60  # when a 429 carries no reset time
 QUEUE_BUSY_RETRY_SECONDS = 5  # a curator's change holds the queued tweets for milliseconds
 QUEUE_EMPTY_MESSAGE = "No more tweets left"  # the original's answer
+NO_ACCOUNT = ""  # no tweet has it: ACCOUNT is 1-15 characters (core.config)
 
 
 @dataclass
@@ -162,6 +163,23 @@ def post_next(
         rejected[-1],
         rejected=rejected,
     )
+
+
+def prepare_claim_statements(session_factory: sessionmaker[Session], settings: Settings) -> None:
+    """Run the claim's statements once, for an account no tweet has, and roll back.
+
+    SQLAlchemy compiles a statement on its first execution in a process; doing it at start
+    keeps that cost off the first posting call. Nothing matches, so nothing is changed or
+    locked; a database that is not ready yet (no table) is left for /health to report.
+    """
+    try:
+        with session_factory() as session:
+            sweep_stale_posts(session, account=NO_ACCOUNT, lease_minutes=settings.POSTING_LEASE_MINUTES)
+            claim_next_tweet(session, account=NO_ACCOUNT, order=settings.TWEET_ORDER)
+            queued_tweet_exists(session, account=NO_ACCOUNT)
+            session.rollback()
+    except SQLAlchemyError as exc:
+        log.info("posting statements not prepared at start (%s); the first posting call prepares them", type(exc).__name__)
 
 
 def _claim(session: Session, settings: Settings, key: str | None) -> Tweet | PostResult:

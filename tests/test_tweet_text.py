@@ -79,6 +79,11 @@ def test_limit_is_inclusive():
     assert validate_tweet("日" * 140) == "日" * 140
 
 
+def test_the_url_length_bound_is_twitter_texts():
+    """core.tweet_text copies it so that importing the rule does not import twitter-text."""
+    assert tweet_text.MAX_URL_LENGTH == max_url_length
+
+
 def test_longest_links_twitter_text_counts_fit_under_the_code_point_cap():
     """The densest tweets are links of twitter-text's longest (a longer one is not a link to it,
     and its protocol counts twice there)."""

@@ -2,7 +2,8 @@
 
 The browser counts with the very weights, URL and emoji patterns that `core.tweet_text`
 (through twitter-text-parser) uses, translated from Python's regex dialect to JavaScript's,
-so the counter and the server agree; the server still validates every save.
+so the counter and the server agree; the server still validates every save. Built on the page's
+first request for it (twitter-text is imported then), never at the service's start.
 """
 from __future__ import annotations
 
@@ -12,17 +13,6 @@ import re
 import stringprep
 import unicodedata
 from functools import cache
-
-from twitter_text.config import config as twitter_config
-from twitter_text.extract_urls import default_protocol, max_tco_slug_length, max_url_length
-from twitter_text.regexp.emoji import emoji
-from twitter_text.regexp.extract_url import extract_url
-from twitter_text.regexp.invalid_chars import invalid_chars
-from twitter_text.regexp.invalid_url_without_protocol_preceding_chars import (
-    invalid_url_without_protocol_preceding_chars,
-)
-from twitter_text.regexp.valid_ascii_domain import valid_ascii_domain
-from twitter_text.regexp.valid_tco_url import valid_tco_url
 
 from core.tweet_text import MARKERS, MAX_WEIGHTED_LENGTH, URL_WEIGHT
 
@@ -134,6 +124,17 @@ def _js_regex(compiled: re.Pattern) -> dict[str, str]:
 @cache
 def counter_rule() -> dict:
     """Everything tweet_counter.js needs to compute `core.tweet_text.weighted_length`."""
+    from twitter_text.config import config as twitter_config
+    from twitter_text.extract_urls import default_protocol, max_tco_slug_length, max_url_length
+    from twitter_text.regexp.emoji import emoji
+    from twitter_text.regexp.extract_url import extract_url
+    from twitter_text.regexp.invalid_chars import invalid_chars
+    from twitter_text.regexp.invalid_url_without_protocol_preceding_chars import (
+        invalid_url_without_protocol_preceding_chars,
+    )
+    from twitter_text.regexp.valid_ascii_domain import valid_ascii_domain
+    from twitter_text.regexp.valid_tco_url import valid_tco_url
+
     weights = twitter_config["defaults"]
     return {
         "maxWeightedLength": MAX_WEIGHTED_LENGTH,

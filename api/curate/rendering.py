@@ -1,5 +1,7 @@
 """How the curation page answers: Jinja2 pages (autoescaping on: tweet text is untrusted) with
-versioned static files, and the one-time message a plain form's 303 carries to the next page."""
+versioned static files, and the one-time message a plain form's 303 carries to the next page.
+Jinja2 and the templates load on the first page rendered, so a service that only posts never
+pays for them."""
 from __future__ import annotations
 
 import base64
@@ -8,17 +10,19 @@ import json
 from datetime import datetime
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jinja2
 from fastapi import Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 
 from api.curate import actions
 from api.curate.session import COOKIE_PATH, cookie_is_secure
 from core.tweet_text import MAX_WEIGHTED_LENGTH, weighted_length
 from db.models import TweetStatus
+
+if TYPE_CHECKING:
+    from fastapi.templating import Jinja2Templates
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 STATIC_DIR = PACKAGE_DIR / "static"
@@ -53,7 +57,12 @@ def format_time(value: datetime | None) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _environment() -> jinja2.Environment:
+@cache
+def templates() -> Jinja2Templates:
+    """The page templates, made on first use."""
+    import jinja2
+    from fastapi.templating import Jinja2Templates
+
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(PACKAGE_DIR / "templates"),
         autoescape=True,
@@ -63,10 +72,7 @@ def _environment() -> jinja2.Environment:
     )
     environment.globals.update(static_url=static_url, max_length=MAX_WEIGHTED_LENGTH)
     environment.filters.update(weighted_length=weighted_length, when=format_time)
-    return environment
-
-
-templates = Jinja2Templates(env=_environment())
+    return Jinja2Templates(env=environment)
 
 
 def wants_json(request: Request) -> bool:
@@ -107,7 +113,7 @@ def render(
     """A page with the common frame: counts, queue warning, CSRF token, one-time message."""
     counts = actions.status_counts(session, settings.ACCOUNT) if session is not None else None
     had_flash = FLASH_COOKIE in request.cookies
-    response = templates.TemplateResponse(
+    response = templates().TemplateResponse(
         request,
         name,
         {
