@@ -242,7 +242,7 @@ def test_text_too_short_to_hold_a_long_run_of_marks_skips_the_scan(monkeypatch):
 def test_a_run_of_marks_at_the_start_counts_from_its_first_mark():
     """A run of exactly MAX_COMBINING_RUN marks passes the guard, even with no base character."""
     with pytest.raises(TweetRejected, match="weighted characters, over X's limit"):
-        validate_tweet("\u0301" * MAX_COMBINING_RUN)
+        validate_tweet("\u0301" * MAX_COMBINING_RUN + "a")
 
 
 @pytest.mark.parametrize(
