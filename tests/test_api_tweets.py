@@ -473,7 +473,8 @@ def test_get_tweet_for_update_reads_the_row_as_it_is_now(session_factory, five_t
     from db.store import get_tweet
 
     with session_factory() as session:
-        assert get_tweet(session, five_tweets[0]).status is TweetStatus.queued
+        read_earlier = get_tweet(session, five_tweets[0])  # held: the session keeps it while referenced
+        assert read_earlier.status is TweetStatus.queued
         session.execute(update(Tweet).where(Tweet.id == five_tweets[0]).values(status=TweetStatus.posting)
                         .execution_options(synchronize_session=False))
         assert get_tweet(session, five_tweets[0], for_update=True).status is TweetStatus.posting
