@@ -190,6 +190,37 @@ def test_oversize_upload_stores_nothing(small_upload_limit, client, session_fact
     assert stored_count(session_factory) == 0
 
 
+def test_upload_exactly_at_the_limit_is_stored(small_upload_limit, client):
+    data = curated("a" * 78)
+    assert len(data) == 100
+    response = upload(client, data)
+    assert (response.status_code, response.json()["added"]) == (201, 1), response.text
+
+
+def test_upload_named_csv_is_read_as_csv_whatever_its_first_column(client):
+    body = upload(client, b"id,tweets\n1,hello\n2,world\n", filename="export.CSV").json()
+    assert body["added"] == 2
+    assert [t["text"] for t in client.get("/tweets/").json()["data"]] == ["hello", "world"]
+
+
+@pytest.mark.parametrize(
+    "data, detail",
+    [
+        (f"\n{DELIM}\n".encode(), "file holds no tweets: samples must be separated by a line of 20 '='"),
+        (
+            curated(*("x" * n for n in (281, 282, 283, 284))),
+            "file holds no valid tweet (4 rejected: #1: tweet is 281 weighted characters, over X's limit of 280; "
+            "#2: tweet is 282 weighted characters, over X's limit of 280; "
+            "#3: tweet is 283 weighted characters, over X's limit of 280); nothing was stored",
+        ),
+    ],
+    ids=["no tweets", "the first three reasons"],
+)
+def test_an_upload_with_nothing_to_store_says_why(client, session_factory, data, detail):
+    assert upload(client, data).json()["detail"] == detail
+    assert stored_count(session_factory) == 0
+
+
 def test_upload_without_file_is_422(client):
     assert client.post("/add_tweets_file/").status_code == 422
 
@@ -249,7 +280,7 @@ def test_status_transitions(client, five_tweets):
     assert requeued["status"] == "queued" and requeued["error"] is None
     for forbidden in ("posting", "posted", "failed"):
         response = client.patch(f"/tweets/{tweet_id}", json={"status": forbidden})
-        assert response.status_code == 409, forbidden
+        assert (response.status_code, response.json()["detail"]) == (409, f"cannot change a queued tweet to {forbidden}")
     assert client.patch(f"/tweets/{tweet_id}", json={"status": "bogus"}).status_code == 422
     assert client.patch(f"/tweets/{tweet_id}", json={"unknown": 1}).status_code == 422
 
@@ -258,7 +289,8 @@ def test_posted_tweet_cannot_be_edited(client, five_tweets, session_factory):
     with session_factory() as session:
         session.get(Tweet, five_tweets[0]).status = TweetStatus.posted
         session.commit()
-    assert client.patch(f"/tweets/{five_tweets[0]}", json={"text": "new"}).status_code == 409
+    response = client.patch(f"/tweets/{five_tweets[0]}", json={"text": "new"})
+    assert (response.status_code, response.json()["detail"]) == (409, "a posted tweet cannot be edited")
 
 
 def test_delete(client, five_tweets, session_factory):
@@ -294,8 +326,12 @@ def test_race_between_uploads_is_a_conflict_and_stores_nothing(session_factory, 
         first.commit()
     monkeypatch.setattr(queries, "existing_hashes", lambda session, account: set())
     with session_factory() as second:
-        with pytest.raises(TweetConflict, match="send the file again"):
+        with pytest.raises(TweetConflict) as caught:
             ingest_texts(second, account=ACCOUNT, texts=["new text", "shared text"], status=TweetStatus.queued)
+    assert str(caught.value) == (
+        "another request stored some of these tweets at the same moment; "
+        "send the file again (tweets already stored are skipped as duplicates)"
+    )
     assert stored_count(session_factory) == 1
 
 
@@ -382,7 +418,8 @@ def test_a_tweet_being_posted_cannot_be_deleted(client, five_tweets, session_fac
     """Deleting it would leave a post on X with no record, and the posting call a row to update that is gone."""
     set_posting(session_factory, five_tweets[0])
     response = client.delete(f"/tweets/{five_tweets[0]}")
-    assert response.status_code == 409 and "being posted" in response.json()["detail"]
+    assert response.status_code == 409
+    assert response.json()["detail"] == "this tweet is being posted right now; try again in a minute"
     assert client.get(f"/tweets/{five_tweets[0]}").json()["status"] == "posting"
     assert stored_count(session_factory) == 5
 
@@ -425,3 +462,60 @@ def test_the_store_errors_are_answered_from_one_table(client, app):
     assert set(STORE_ERROR_STATUS) <= set(app.exception_handlers)
     response = client.get("/tweets/424242")
     assert (response.status_code, response.json()) == (STORE_ERROR_STATUS[TweetNotFound], {"detail": "no tweet with id 424242"})
+
+
+# ---- the store's functions, below the routes ----------------------------------------------
+
+def test_get_tweet_for_update_reads_the_row_as_it_is_now(session_factory, five_tweets):
+    """The status check that guards a change must not run on what the session read earlier."""
+    from sqlalchemy import update
+
+    from db.store import get_tweet
+
+    with session_factory() as session:
+        read_earlier = get_tweet(session, five_tweets[0])  # held: the session keeps it while referenced
+        assert read_earlier.status is TweetStatus.queued
+        session.execute(update(Tweet).where(Tweet.id == five_tweets[0]).values(status=TweetStatus.posting)
+                        .execution_options(synchronize_session=False))
+        assert get_tweet(session, five_tweets[0], for_update=True).status is TweetStatus.posting
+
+
+def test_only_get_tweet_for_update_locks_the_row(session_factory, engine, backend, five_tweets):
+    """A read must not wait behind a posting call's lock; a change must hold one (SQLite has none to take)."""
+    from sqlalchemy import event
+
+    from db.store import get_tweet
+
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    with session_factory() as session:
+        get_tweet(session, five_tweets[0])
+        reads = len(statements)
+        get_tweet(session, five_tweets[1], for_update=True)
+    assert reads and not any("FOR UPDATE" in s for s in statements[:reads])
+    assert any("FOR UPDATE" in s for s in statements[reads:]) == (backend != "sqlite")
+
+
+def test_x_tweet_id_is_refused_unless_an_unconfirmed_tweet_is_set_to_posted(session_factory, five_tweets):
+    from db.store import TweetConflict, get_tweet, update_tweet
+
+    with session_factory() as session:
+        tweet = get_tweet(session, five_tweets[0], for_update=True)
+        tweet.status = TweetStatus.unconfirmed
+        session.flush()
+        with pytest.raises(TweetConflict) as caught:
+            update_tweet(session, tweet, x_tweet_id="1234567890")
+    assert str(caught.value) == "x_tweet_id is only recorded when setting an unconfirmed tweet to posted"
+
+
+def test_an_edit_to_a_text_stored_after_the_check_is_a_duplicate(session_factory, five_tweets, monkeypatch):
+    """Another transaction stored the text between the duplicate check and the write: the unique index answers."""
+    from db import queries
+    from db.store import DUPLICATE_TEXT, TweetConflict, get_tweet, update_tweet
+
+    monkeypatch.setattr(queries, "existing_hashes", lambda session, account: set())
+    with session_factory() as session:
+        tweet = get_tweet(session, five_tweets[0], for_update=True)
+        with pytest.raises(TweetConflict) as caught:
+            update_tweet(session, tweet, text="tweet number 1")
+    assert str(caught.value) == DUPLICATE_TEXT

@@ -209,3 +209,118 @@ UTF8_BOM = "\ufeff".encode()  # what spreadsheet programs put first in a "CSV UT
 )
 def test_a_leading_byte_order_mark_is_not_part_of_the_file(data, filename, expected):
     assert parse_curated_file(data, filename) == expected
+
+
+# ---- pinned by the mutation run (issue 15) ---------------------------------------------------
+
+def test_a_non_string_is_rejected_saying_so():
+    with pytest.raises(TweetRejected) as caught:
+        validate_tweet(12)
+    assert str(caught.value) == "tweet must be a string"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("  \n ", "tweet is empty"),
+        ("bad \ufffe char", "tweet contains characters X does not allow"),
+    ],
+)
+def test_rejection_messages_are_whole(text, message):
+    with pytest.raises(TweetRejected) as caught:
+        validate_tweet(text)
+    assert str(caught.value) == message
+
+
+def test_a_lone_carriage_return_is_a_line_break():
+    assert validate_tweet("one\rtwo\r\nthree") == "one\ntwo\nthree"
+
+
+def test_text_too_short_to_hold_a_long_run_of_marks_skips_the_scan(monkeypatch):
+    """The scan walks every character: only a text longer than MAX_COMBINING_RUN can need it."""
+    monkeypatch.setattr(tweet_text, "_longest_combining_run", lambda _text: pytest.fail("scanned"))
+    assert validate_tweet("café") == "café"
+    with pytest.raises(TweetRejected, match=f"tweet is {MAX_COMBINING_RUN} weighted characters"):
+        validate_tweet("é" * MAX_COMBINING_RUN)
+
+
+def test_a_run_of_marks_at_the_start_counts_from_its_first_mark():
+    """A run of exactly MAX_COMBINING_RUN marks passes the guard, even with no base character."""
+    with pytest.raises(TweetRejected, match="weighted characters, over X's limit"):
+        validate_tweet("\u0301" * MAX_COMBINING_RUN + "a")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("plain", None), ("nul \x00", "\x00"), ("c1 \x85 then \x07", "\x85"), ("tab\tand\nnewline", None)],
+)
+def test_control_character_names_the_first(text, expected):
+    assert tweet_text.control_character(text) == expected
+
+
+def test_content_hash_is_sha256_of_the_folded_single_spaced_text():
+    """Stored hashes depend on this key: changing it would let duplicates of old tweets in."""
+    import hashlib
+
+    assert content_hash("  Hello \n\t World ") == hashlib.sha256(b"hello world").hexdigest()
+
+
+def test_split_samples_keeps_line_breaks_inside_a_sample_and_reads_carriage_returns():
+    assert split_samples(f"one\r\nline\r\n{DELIM}\r\ntwo") == ["one\nline", "two"]
+    assert split_samples(f"one\rline\r{DELIM}\rtwo\r") == ["one\nline", "two"]
+
+
+def test_csv_with_carriage_return_line_endings():
+    """What older spreadsheet programs write ("CSV (Macintosh)")."""
+    assert parse_curated_file(b"tweets\rone\rtwo\r", "x.csv") == ["one", "two"]
+
+
+def test_csv_rows_shorter_than_the_header_have_no_tweet():
+    assert parse_curated_file(b"id,tweets\n1\n2,hi\n3,\n", "x.csv") == ["hi"]
+
+
+@pytest.mark.parametrize("data", [b"\xef\xbb\xbf", b"\xef\xbb\xbf\n"])
+def test_a_csv_holding_only_a_byte_order_mark_has_no_tweets_column(data):
+    with pytest.raises(CuratedFileError, match="CSV file has no 'tweets' column"):
+        parse_curated_file(data, "x.csv")
+
+
+def test_csv_error_on_the_header_names_line_one():
+    with pytest.raises(CuratedFileError, match="at line 1 "):
+        parse_curated_file(b'"tweets\n', "x.csv")
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"id,text\n1,a\n", "CSV file has no 'tweets' column: the first line must be a header naming it"),
+        (b"", "file is empty: upload a file of samples separated by a line of 20 '='"),
+        (
+            b'tweets\n"fine\n',
+            "CSV file cannot be read at line 2 (unexpected end of data): quote a cell holding commas, "
+            'quotes or line breaks in "..." with inner quotes doubled, and keep each cell one tweet',
+        ),
+    ],
+)
+def test_curated_file_messages_are_whole(data, message):
+    with pytest.raises(CuratedFileError) as caught:
+        parse_curated_file(data, "x.csv")
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (b'"tweets"\nhello\n', ["hello"]),  # a quoted header still says CSV
+        (f"tweets about cats\n{DELIM}\nmore\n".encode(), ["tweets about cats", "more"]),  # a line, not a header
+        (f"Xtweets\n{DELIM}\n".encode(), ["Xtweets"]),
+    ],
+)
+def test_csv_is_detected_by_the_whole_first_line(data, expected):
+    assert parse_curated_file(data, "upload") == expected
+
+
+def test_a_blank_line_before_the_tweets_header_is_an_error_not_a_tweet():
+    """Read as the curated format it would store "tweets\\nhello" as one tweet."""
+    with pytest.raises(CuratedFileError, match="the first line must be a header"):
+        parse_curated_file(b"\n\ntweets\nhello\n", "upload")
