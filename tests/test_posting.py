@@ -750,3 +750,12 @@ def test_an_unconfirmed_tweet_says_what_to_check(session_factory, settings, fake
     assert load(session_factory, tweet_id).error.endswith(
         f"; X may have posted it: check https://x.com/{ACCOUNT} and set it to posted or queued"
     )
+
+
+def test_a_claim_returns_the_claimed_state_even_to_a_session_that_loaded_the_tweet(session_factory):
+    (tweet_id,) = queue(session_factory, "already in the session")
+    with session_factory() as session:
+        assert session.get(Tweet, tweet_id).status is TweetStatus.queued
+        claimed = claim_next_tweet(session, account=ACCOUNT, order=TweetOrder.oldest, idempotency_key="k")
+        assert (claimed.id, claimed.status, claimed.idempotency_key) == (tweet_id, TweetStatus.posting, "k")
+        assert claimed.claimed_at is not None
