@@ -25,7 +25,7 @@ from core.config import Settings, TweetOrder
 from core.x_client import make_x_client
 from db import store
 from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
-from db.post_queue import claim_next_tweet, sweep_stale_posts
+from db.post_queue import claim_next_tweet, found_queue_empty, remember_empty_queue_run, sweep_stale_posts
 from posting.job import post_next
 from posting.outcomes import PostOutcome
 from tests.conftest import ACCOUNT, TOKEN, store_texts
@@ -682,3 +682,80 @@ def test_a_curator_cannot_requeue_or_delete_a_tweet_while_x_posts_it(client, ses
     assert (tweet.status, tweet.text, tweet.x_tweet_id) == (TweetStatus.posted, "posted once", "1790000000000000002")
     assert post(session_factory, settings).outcome is PostOutcome.queue_empty
     assert fake_x.post_attempts == []
+
+
+# ---- the queue's database steps at their edges ---------------------------------------------
+
+def test_the_sweep_leaves_posted_tweets_alone_however_old_their_claim(session_factory, settings, fake_x):
+    """A posted tweet keeps its claimed_at: only a tweet still `posting` can have lost its call."""
+    (posted_id,) = queue(session_factory, "posted long ago")
+    assert post(session_factory, settings).outcome is PostOutcome.posted
+    with session_factory() as session:
+        session.get(Tweet, posted_id).claimed_at = utcnow() - timedelta(days=2)
+        session.commit()
+    queue(session_factory, "next")
+    assert post(session_factory, settings).outcome is PostOutcome.posted
+    assert load(session_factory, posted_id).status is TweetStatus.posted
+
+
+def test_the_lease_ends_strictly_after_its_length(session_factory, monkeypatch):
+    """A claim exactly POSTING_LEASE_MINUTES old is still within its lease."""
+    now = utcnow()
+    monkeypatch.setattr("db.post_queue.utcnow", lambda: now)
+    at_limit_id, past_id = queue(session_factory, "at the limit", "past the limit")
+    with session_factory() as session:
+        for tweet_id, age in ((at_limit_id, timedelta(minutes=10)), (past_id, timedelta(minutes=10, microseconds=1))):
+            tweet = session.get(Tweet, tweet_id)
+            tweet.status, tweet.claimed_at = TweetStatus.posting, now - age
+        session.commit()
+        assert sweep_stale_posts(session, account=ACCOUNT, lease_minutes=10) == [past_id]
+        session.commit()
+
+
+def test_empty_queue_keys_are_kept_exactly_thirty_days(session_factory, monkeypatch):
+    now = utcnow()
+    monkeypatch.setattr("db.post_queue.utcnow", lambda: now)
+    with session_factory() as session:
+        session.add(EmptyQueueRun(account=ACCOUNT, idempotency_key="thirty days", created_at=now - timedelta(days=30)))
+        session.commit()
+        remember_empty_queue_run(session, account=ACCOUNT, key="new")
+        session.commit()
+        assert found_queue_empty(session, account=ACCOUNT, key="thirty days")
+
+
+def test_another_accounts_empty_queue_key_is_not_ours(session_factory, settings, fake_x):
+    with session_factory() as session:
+        session.add(EmptyQueueRun(account="another_bot", idempotency_key="k"))
+        session.commit()
+    queue(session_factory, "ours")
+    result = post(session_factory, settings, "k")
+    assert (result.outcome, result.replayed) == (PostOutcome.posted, False)
+
+
+def test_random_order_claims_any_queued_tweet(session_factory):
+    """Twenty claims (each rolled back) of ten tweets all taking the first would happen once in 10**20."""
+    queue(session_factory, *(f"shuffled {n}" for n in range(10)))
+    claimed = set()
+    with session_factory() as session:
+        for _ in range(20):
+            claimed.add(claim_next_tweet(session, account=ACCOUNT, order=TweetOrder.random).id)
+            session.rollback()
+    assert len(claimed) > 1
+
+
+def test_an_unconfirmed_tweet_says_what_to_check(session_factory, settings, fake_x):
+    (tweet_id,) = queue(session_factory, "lost on the way back")
+    fake_x.enqueue("POST", "/2/tweets", FakeX.dropped())
+    assert post(session_factory, settings).outcome is PostOutcome.unconfirmed
+    assert load(session_factory, tweet_id).error.endswith(
+        f"; X may have posted it: check https://x.com/{ACCOUNT} and set it to posted or queued"
+    )
+
+
+def test_a_claim_returns_the_claimed_state_even_to_a_session_that_loaded_the_tweet(session_factory):
+    (tweet_id,) = queue(session_factory, "already in the session")
+    with session_factory() as session:
+        assert session.get(Tweet, tweet_id).status is TweetStatus.queued
+        claimed = claim_next_tweet(session, account=ACCOUNT, order=TweetOrder.oldest, idempotency_key="k")
+        assert (claimed.id, claimed.status, claimed.idempotency_key) == (tweet_id, TweetStatus.posting, "k")
+        assert claimed.claimed_at is not None

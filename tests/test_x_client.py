@@ -8,9 +8,19 @@ from datetime import datetime, timezone
 
 import pytest
 import requests
+import tweepy
+import urllib3.exceptions
 
 from core.config import Settings
-from core.x_client import XCredentialsMissing, XErrorKind, classify_x_error, make_x_client
+from core.x_client import (
+    MAX_RATE_LIMIT_WAIT,
+    RebasedSession,
+    XCredentialsMissing,
+    XErrorKind,
+    classify_x_error,
+    make_x_client,
+    reset_time,
+)
 from tests.conftest import ACCOUNT, TOKEN
 from tests.fake_x import ACCESS_SECRET, BEARER_TOKEN, CONSUMER_SECRET, FakeResponse, FakeX
 
@@ -237,3 +247,152 @@ def test_rate_limit_retry_time_is_when_every_exhausted_limit_has_reset(fake_x, w
     error = classify_x_error(error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t")))
     assert error.kind is XErrorKind.rate_limited
     assert error.retry_at == datetime.fromtimestamp(now + retry_in, timezone.utc)
+
+
+def http_error(status_code: int, body: bytes = b"", *, reason: str = "", headers: dict[str, str] | None = None):
+    """What tweepy raises for an HTTP error answer, without a server: only its response is read."""
+    response = requests.Response()
+    response.status_code, response.reason, response._content = status_code, reason, body
+    response.headers.update(headers or {})
+    return tweepy.HTTPException(response)
+
+
+def test_missing_credentials_are_listed_on_the_exception(fake_x):
+    with pytest.raises(XCredentialsMissing) as info:
+        make_x_client(x_settings(fake_x, BEARER_TOKEN=None), app_only=True)
+    assert info.value.missing == ["BEARER_TOKEN"]
+    with pytest.raises(XCredentialsMissing) as info:
+        make_x_client(x_settings(fake_x, ACCESS_KEY=None))
+    assert info.value.missing == ["ACCESS_KEY"]
+
+
+def test_rebase_drops_the_base_urls_trailing_slash_only():
+    session = RebasedSession("http://127.0.0.1:9/API-X/", 1)
+    assert session.rebase("https://api.twitter.com/2/tweets?a=1") == "http://127.0.0.1:9/API-X/2/tweets?a=1"
+
+
+def test_rebased_session_passes_positional_arguments_on(fake_x):
+    fake_x.route("GET", "/2/probe", lambda r: FakeResponse(200, {"data": []}))
+    session = RebasedSession(fake_x.base_url, 2)
+    session.request("GET", "https://api.twitter.com/2/probe", {"q": "positional"})
+    (request,) = fake_x.received("GET", "/2/probe")
+    assert request.query["q"] == ["positional"]
+
+
+@pytest.mark.parametrize("app_only", [False, True], ids=["user", "app"])
+def test_a_429_raises_at_once_and_never_sleeps(fake_x, monkeypatch, app_only):
+    def sleep(seconds):
+        raise AssertionError(f"the client slept {seconds}s on a rate limit")
+
+    monkeypatch.setattr("tweepy.client.time.sleep", sleep)
+    fake_x.route("GET", "/2/users/by/username/:username", lambda r: FakeX.rate_limited())
+    client = make_x_client(x_settings(fake_x), app_only=app_only)
+    with pytest.raises(tweepy.TooManyRequests):
+        client.get_user(username="someone", user_auth=not app_only)
+
+
+def test_a_reset_exactly_at_the_longest_wait_is_kept(monkeypatch):
+    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+
+    class FrozenDatetime(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return now
+
+    monkeypatch.setattr("core.x_client.datetime", FrozenDatetime)
+    at_limit = int((now + MAX_RATE_LIMIT_WAIT).timestamp())
+    assert reset_time(str(at_limit)) == now + MAX_RATE_LIMIT_WAIT
+    assert reset_time(str(at_limit + 1)) is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "broken", "status_code", "message"),
+    [
+        (FakeX.rate_limited(), "_rate_limit_reset", 429, "X answered 429 (its details could not be read)"),
+        (FakeX.duplicate_content(), "_classify_http_answer", 403, "X answered 403 (its details could not be read)"),
+        (FakeX.dropped(), "_network_reason", None, "ConnectionError while talking to X (its details could not be read)"),
+    ],
+    ids=["429", "403", "dropped"],
+)
+def test_a_failure_to_read_the_details_still_says_what_x_answered(fake_x, monkeypatch, answer, broken, status_code, message):
+    fake_x.enqueue("POST", "/2/tweets", answer)
+    exc = error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t"))
+
+    def bug(*_args):
+        raise OverflowError("a bug in reading the answer")
+
+    monkeypatch.setattr(f"core.x_client.{broken}", bug)
+    error = classify_x_error(exc)
+    assert (error.status_code, error.message) == (status_code, message)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "message"),
+    [
+        (requests.ReadTimeout(urllib3.exceptions.ReadTimeoutError(None, "/2/tweets", "Read timed out.")),
+         XErrorKind.unknown_outcome, "X did not answer in time: ReadTimeoutError: None: Read timed out."),
+        (requests.ConnectionError(urllib3.exceptions.ProtocolError("Connection aborted.")),
+         XErrorKind.unknown_outcome, "the connection to X failed mid-request: ProtocolError: Connection aborted."),
+        (requests.ConnectionError(), XErrorKind.unknown_outcome, "the connection to X failed mid-request: ConnectionError"),
+        (ValueError("bad json"), XErrorKind.unknown_outcome, "unexpected ValueError while talking to X: bad json"),
+        # Only requests' ConnectionError says the connection was never made; a wrapped one may have sent.
+        (requests.RequestException(urllib3.exceptions.NewConnectionError(None, "refused")),
+         XErrorKind.unknown_outcome, "the connection to X failed mid-request: NewConnectionError: refused"),
+    ],
+    ids=["read-timeout", "aborted", "no-args", "unexpected", "wrapped-new-connection"],
+)
+def test_network_failures_say_what_happened(exc, kind, message):
+    error = classify_x_error(exc)
+    assert (error.kind, error.message, error.status_code) == (kind, message, None)
+
+
+def test_refused_connection_names_the_cause_without_the_pool(fake_x):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    client = make_x_client(x_settings(fake_x, TWITTER_API_BASE_URL=f"http://127.0.0.1:{closed_port}"))
+    error = classify_x_error(error_from(lambda: client.create_tweet(text="t")))
+    assert error.message == (
+        "could not connect to X: NewConnectionError: Failed to establish a new connection: [Errno 111] Connection refused"
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "message"),
+    [
+        (http_error(404, reason="Not Found"), "X answered 404: Not Found"),
+        (http_error(502), "X answered 502: no message"),
+        (http_error(400, b'{"errors": [{"message": "first"}, {"message": "second"}]}'), "X answered 400: first; second"),
+    ],
+    ids=["reason-only", "nothing", "two-messages"],
+)
+def test_http_answer_message_falls_back_to_the_reason(exc, message):
+    assert classify_x_error(exc).message == message
+
+
+def test_only_a_429_carries_a_retry_time():
+    reset = str(int(time.time()) + 600)
+    error = classify_x_error(http_error(503, headers={"x-rate-limit-remaining": "0", "x-rate-limit-reset": reset}))
+    assert (error.kind, error.retry_at) == (XErrorKind.server_error, None)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-rate-limit-remaining": "3", "x-user-limit-24hour-remaining": "5"},  # nothing says 0
+        {},  # no remaining counts at all
+    ],
+    ids=["none-exhausted", "no-remaining"],
+)
+def test_rate_limit_without_an_exhausted_limit_retries_at_the_window_reset(headers):
+    now = int(time.time())
+    headers = {**headers, "x-rate-limit-reset": str(now + 600), "x-user-limit-24hour-reset": str(now + 20_000)}
+    error = classify_x_error(http_error(429, headers=headers))
+    assert error.retry_at == datetime.fromtimestamp(now + 600, timezone.utc)
+
+
+def test_an_exhausted_daily_cap_counts_without_a_window_reset():
+    reset = int(time.time()) + 20_000
+    headers = {"x-user-limit-24hour-remaining": "0", "x-user-limit-24hour-reset": str(reset)}
+    error = classify_x_error(http_error(429, headers=headers))
+    assert error.retry_at == datetime.fromtimestamp(reset, timezone.utc)
