@@ -152,6 +152,18 @@ def test_an_unusable_daily_reset_falls_back_to_the_window(fake_x):
     assert error.retry_at == datetime.fromtimestamp(window_reset, timezone.utc)
 
 
+def classified_with_a_broken_reader(fake_x, monkeypatch, answer, broken: str):
+    """X answers `answer`; `core.x_client.<broken>`, a step of reading it, raises; what classify_x_error makes of it."""
+    fake_x.enqueue("POST", "/2/tweets", answer)
+    exc = error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t"))
+
+    def bug(*_args):
+        raise OverflowError("a bug in reading the answer")
+
+    monkeypatch.setattr(f"core.x_client.{broken}", bug)
+    return classify_x_error(exc)
+
+
 @pytest.mark.parametrize(
     ("answer", "broken", "kind"),
     [
@@ -165,14 +177,7 @@ def test_an_unusable_daily_reset_falls_back_to_the_window(fake_x):
 def test_classifying_never_raises(fake_x, monkeypatch, caplog, answer, broken, kind):
     """A bug in reading X's answer still gives the kind the answer implies: an HTTP error means
     X did not post (by its status code alone), anything else that it may have."""
-    fake_x.enqueue("POST", "/2/tweets", answer)
-    exc = error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t"))
-
-    def bug(*_args):
-        raise OverflowError("a bug in reading the answer")
-
-    monkeypatch.setattr(f"core.x_client.{broken}", bug)
-    error = classify_x_error(exc)
+    error = classified_with_a_broken_reader(fake_x, monkeypatch, answer, broken)
     assert error.kind is kind and error.retry_at is None
     assert "OverflowError: a bug in reading the answer" in caplog.text
 
@@ -315,14 +320,7 @@ def test_a_reset_exactly_at_the_longest_wait_is_kept(monkeypatch):
     ids=["429", "403", "dropped"],
 )
 def test_a_failure_to_read_the_details_still_says_what_x_answered(fake_x, monkeypatch, answer, broken, status_code, message):
-    fake_x.enqueue("POST", "/2/tweets", answer)
-    exc = error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t"))
-
-    def bug(*_args):
-        raise OverflowError("a bug in reading the answer")
-
-    monkeypatch.setattr(f"core.x_client.{broken}", bug)
-    error = classify_x_error(exc)
+    error = classified_with_a_broken_reader(fake_x, monkeypatch, answer, broken)
     assert (error.status_code, error.message) == (status_code, message)
 
 
