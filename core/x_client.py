@@ -2,17 +2,15 @@
 
 `make_x_client` gives a `tweepy.Client` whose every request goes to `TWITTER_API_BASE_URL`
 (tweepy hardcodes https://api.twitter.com) with `TWITTER_TIMEOUT_SECONDS`.
-`classify_x_error` maps whatever a tweepy call raised to one `XError` kind, the way
+`classify_x_error` maps whatever a tweepy call raised to one `DeliveryError` kind, the way
 tweepy's errors.py maps status codes to exceptions: callers decide what each kind means
 for their work, never by looking at status codes themselves. It never raises, whatever X
 answered: a caller must always be able to settle what it was doing.
 """
 from __future__ import annotations
 
-import enum
 import logging
 import re
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,6 +19,7 @@ import tweepy
 import urllib3.exceptions
 
 from core.config import X_CREDENTIAL_VARS, XSettings
+from core.delivery import DeliveryError, ErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -104,37 +103,6 @@ def make_x_client(settings: XSettings, *, app_only: bool = False) -> tweepy.Clie
     return client
 
 
-class XErrorKind(str, enum.Enum):
-    """What a failed X call means, whatever the call was.
-
-    rate_limited     429 (rate limit or usage cap): nothing done; retry after `retry_at`
-    text_refused     400, or 403 for duplicate content: X will never accept this text
-    credentials      401, or any other 403: the keys are wrong, revoked or lack a permission
-    server_error     5xx: X failed; nothing done as far as X says; retry later
-    refused          any other 4xx (e.g. 404 from a wrong TWITTER_API_BASE_URL): nothing done
-    not_sent         the connection was never made (refused, DNS, connect timeout):
-                     X cannot have received anything; safe to retry
-    unknown_outcome  the request may have reached X but no answer came back (read timeout,
-                     connection dropped, unreadable answer): X may or may not have acted
-    """
-
-    rate_limited = "rate_limited"
-    text_refused = "text_refused"
-    credentials = "credentials"
-    server_error = "server_error"
-    refused = "refused"
-    not_sent = "not_sent"
-    unknown_outcome = "unknown_outcome"
-
-
-@dataclass(frozen=True)
-class XError:
-    kind: XErrorKind
-    message: str  # one line, safe to log and to show: X's own words or the network failure
-    status_code: int | None = None
-    retry_at: datetime | None = None  # rate_limited only, when X's answer says
-
-
 # X's duplicate-content refusal: v2 says it in `detail`, v1.1 used error code 187.
 DUPLICATE_MARKER = "duplicate"
 DUPLICATE_CODE = 187
@@ -157,8 +125,8 @@ def reset_time(value: str | None) -> datetime | None:
     return when if when <= datetime.now(timezone.utc) + MAX_RATE_LIMIT_WAIT else None
 
 
-def classify_x_error(exc: BaseException) -> XError:
-    """Sort an exception raised by a tweepy call into one XErrorKind (see its docstring).
+def classify_x_error(exc: BaseException) -> DeliveryError:
+    """Sort an exception raised by a tweepy call into one ErrorKind (see its docstring).
 
     Never raises: when the details of the failure cannot be read (a bug on our side, or an
     answer beyond anything foreseen), the kind follows from whether X answered at all.
@@ -171,47 +139,47 @@ def classify_x_error(exc: BaseException) -> XError:
         return _classify_by_status_only(exc)
 
 
-def _classify_by_status_only(exc: BaseException) -> XError:
+def _classify_by_status_only(exc: BaseException) -> DeliveryError:
     """An HTTP error answer means X did not act (its status code gives the kind); otherwise X may have."""
     if isinstance(exc, tweepy.HTTPException):
         status_code = exc.response.status_code
-        return XError(_kind_of_status(status_code), f"X answered {status_code} (its details could not be read)", status_code)
-    return XError(XErrorKind.unknown_outcome, f"{type(exc).__name__} while talking to X (its details could not be read)")
+        return DeliveryError(_kind_of_status(status_code), f"X answered {status_code} (its details could not be read)", status_code)
+    return DeliveryError(ErrorKind.unknown_outcome, f"{type(exc).__name__} while talking to X (its details could not be read)")
 
 
-def _classify(exc: BaseException) -> XError:
+def _classify(exc: BaseException) -> DeliveryError:
     if isinstance(exc, tweepy.HTTPException):
         return _classify_http_answer(exc)
     if isinstance(exc, requests.ConnectTimeout) or _connection_never_made(exc):
-        return XError(XErrorKind.not_sent, f"could not connect to X: {_network_reason(exc)}")
+        return DeliveryError(ErrorKind.not_sent, f"could not connect to X: {_network_reason(exc)}")
     if isinstance(exc, requests.Timeout):
-        return XError(XErrorKind.unknown_outcome, f"X did not answer in time: {_network_reason(exc)}")
+        return DeliveryError(ErrorKind.unknown_outcome, f"X did not answer in time: {_network_reason(exc)}")
     if isinstance(exc, requests.RequestException):
-        return XError(XErrorKind.unknown_outcome, f"the connection to X failed mid-request: {_network_reason(exc)}")
-    return XError(XErrorKind.unknown_outcome, f"unexpected {type(exc).__name__} while talking to X: {exc}")
+        return DeliveryError(ErrorKind.unknown_outcome, f"the connection to X failed mid-request: {_network_reason(exc)}")
+    return DeliveryError(ErrorKind.unknown_outcome, f"unexpected {type(exc).__name__} while talking to X: {exc}")
 
 
-def _classify_http_answer(exc: tweepy.HTTPException) -> XError:
+def _classify_http_answer(exc: tweepy.HTTPException) -> DeliveryError:
     status_code = exc.response.status_code
     said = "; ".join(str(m) for m in exc.api_messages) or exc.response.reason or "no message"
     message = f"X answered {status_code}: {said}"
     duplicate = status_code == 403 and (DUPLICATE_CODE in exc.api_codes or DUPLICATE_MARKER in said.lower())
     kind = _kind_of_status(status_code, duplicate=duplicate)
-    retry_at = _rate_limit_reset(exc.response) if kind is XErrorKind.rate_limited else None
-    return XError(kind, message, status_code, retry_at)
+    retry_at = _rate_limit_reset(exc.response) if kind is ErrorKind.rate_limited else None
+    return DeliveryError(kind, message, status_code, retry_at)
 
 
-def _kind_of_status(status_code: int, *, duplicate: bool = False) -> XErrorKind:
+def _kind_of_status(status_code: int, *, duplicate: bool = False) -> ErrorKind:
     """The kind of an HTTP error answer; `duplicate`: a 403 that says the text is a duplicate."""
     if status_code == 429:
-        return XErrorKind.rate_limited
+        return ErrorKind.rate_limited
     if status_code == 400 or (status_code == 403 and duplicate):
-        return XErrorKind.text_refused
+        return ErrorKind.text_refused
     if status_code in (401, 403):
-        return XErrorKind.credentials
+        return ErrorKind.credentials
     if status_code >= 500:
-        return XErrorKind.server_error
-    return XErrorKind.refused
+        return ErrorKind.server_error
+    return ErrorKind.refused
 
 
 def _rate_limit_reset(response: requests.Response) -> datetime | None:

@@ -36,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
-from core.x_client import X_POST_ID, XError, XErrorKind, classify_x_error, make_x_client, tweet_url
+from core.x_client import X_POST_ID, DeliveryError, ErrorKind, classify_x_error, make_x_client, tweet_url
 from db.models import Tweet, TweetStatus, utcnow
 from db.post_queue import (
     claim_next_tweet,
@@ -281,14 +281,14 @@ def _settle(session: Session, tweet: Tweet, answer: str, record: Callable[[], No
     return lost
 
 
-def _record_failure(session: Session, tweet: Tweet, error: XError) -> PostResult | None:
+def _record_failure(session: Session, tweet: Tweet, error: DeliveryError) -> PostResult | None:
     """Settle the tweet as X's answer implies (rejected, unconfirmed, or back in the queue), then say why."""
     kind = error.kind
-    if kind is XErrorKind.text_refused:
+    if kind is ErrorKind.text_refused:
         if _settle(session, tweet, error.message, lambda: record_rejected(session, tweet, reason=error.message)) is None:
             log.warning("X refused the text of tweet %s (now rejected): %s", tweet.id, error.message)
         return None
-    if kind is XErrorKind.unknown_outcome:
+    if kind is ErrorKind.unknown_outcome:
         lost = _settle(session, tweet, error.message, lambda: record_unconfirmed(session, tweet, reason=error.message))
         if lost is None:
             log.error(unconfirmed_message(tweet))
@@ -300,12 +300,12 @@ def _record_failure(session: Session, tweet: Tweet, error: XError) -> PostResult
     return PostResult(outcome, lost or message, tweet, retry_after=retry_after)
 
 
-def _requeued_answer(tweet: Tweet, error: XError) -> tuple[PostOutcome, str, int | None]:
+def _requeued_answer(tweet: Tweet, error: DeliveryError) -> tuple[PostOutcome, str, int | None]:
     """The outcome, message and retry-after (seconds, rate limits only) for a tweet X did nothing with."""
     kind = error.kind
     back = f"tweet {tweet.id} is back in the queue"
     retry_after = None
-    if kind is XErrorKind.rate_limited:
+    if kind is ErrorKind.rate_limited:
         outcome = PostOutcome.rate_limited
         if error.retry_at is None:
             retry_after, until = RETRY_AFTER_UNKNOWN_SECONDS, "X did not say until when"
@@ -313,22 +313,22 @@ def _requeued_answer(tweet: Tweet, error: XError) -> tuple[PostOutcome, str, int
             retry_after = max(1, math.ceil((error.retry_at - utcnow()).total_seconds()))
             until = f"until {error.retry_at.isoformat(timespec='seconds')}"
         message = f"X's rate limit is reached ({until}); {back}"
-    elif kind is XErrorKind.credentials and error.status_code == 401:
+    elif kind is ErrorKind.credentials and error.status_code == 401:
         outcome = PostOutcome.x_credentials
         message = (
             "X rejected the credentials: check ACCESS_KEY, ACCESS_SECRET, CONSUMER_KEY and CONSUMER_SECRET "
             f"({error.message}); {back}"
         )
-    elif kind is XErrorKind.credentials:
+    elif kind is ErrorKind.credentials:
         outcome = PostOutcome.x_credentials
         message = (
             "X refused the account or app permission to post: give the app Read and Write permission in the "
             f"developer portal, then regenerate ACCESS_KEY and ACCESS_SECRET ({error.message}); {back}"
         )
-    elif kind is XErrorKind.not_sent:
+    elif kind is ErrorKind.not_sent:
         outcome = PostOutcome.x_failed
         message = f"could not reach X ({error.message}); {back}"
-    elif kind is XErrorKind.server_error:
+    elif kind is ErrorKind.server_error:
         outcome = PostOutcome.x_failed
         message = f"X failed ({error.message}); {back}"
     else:

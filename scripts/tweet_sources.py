@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 import tweepy
 
-from core.x_client import XError, XErrorKind, classify_x_error
+from core.x_client import DeliveryError, ErrorKind, classify_x_error
 
 API_TWEET_CAP = 3200
 API_PAGE_SIZE = 100
@@ -333,7 +333,7 @@ def fetch_from_api(
                 return request()
             except (tweepy.TweepyException, requests.RequestException) as exc:
                 error = classify_x_error(exc)
-                if error.kind is not XErrorKind.rate_limited:
+                if error.kind is not ErrorKind.rate_limited:
                     raise _download_error(error, username) from None
                 seconds = _seconds_until(error.retry_at, clock)
                 if seconds > max_wait:
@@ -385,7 +385,7 @@ def _first_error(errors: list) -> str:
     return "no detail"
 
 
-def _download_error(error: XError, username: str) -> DownloadError:
+def _download_error(error: DeliveryError, username: str) -> DownloadError:
     """What each of X's answers means for a download, and what the user should do."""
     if error.status_code == 401:
         advice = ("check BEARER_TOKEN, or CONSUMER_KEY, CONSUMER_SECRET, ACCESS_KEY and ACCESS_SECRET, "
@@ -394,9 +394,9 @@ def _download_error(error: XError, username: str) -> DownloadError:
         advice = f"@{username} may be protected or suspended, or your X API plan may not include reading timelines"
     elif error.status_code == 404:
         advice = f"X has no account @{username}: check the username (or TWITTER_API_BASE_URL)"
-    elif error.kind in (XErrorKind.server_error, XErrorKind.unknown_outcome):
+    elif error.kind in (ErrorKind.server_error, ErrorKind.unknown_outcome):
         advice = "try again later"
-    elif error.kind is XErrorKind.not_sent:
+    elif error.kind is ErrorKind.not_sent:
         advice = "check the network and TWITTER_API_BASE_URL"
     else:
         advice = "see X's message"

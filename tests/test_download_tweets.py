@@ -22,7 +22,7 @@ import tweepy
 from tqdm import tqdm
 
 from core.config import XSettings
-from core.x_client import XError, XErrorKind, make_x_client
+from core.x_client import DeliveryError, ErrorKind, make_x_client
 from scripts.download_tweets import collect, main, parse_args
 import scripts.download_tweets as download_tweets
 from scripts.training_text import (
@@ -535,12 +535,12 @@ def test_xs_error_detail_is_taken_from_its_first_problem():
 
 
 @pytest.mark.parametrize("kind, advice", [
-    (XErrorKind.not_sent, "check the network and TWITTER_API_BASE_URL"),
-    (XErrorKind.unknown_outcome, "try again later"),
-    (XErrorKind.refused, "see X's message"),
+    (ErrorKind.not_sent, "check the network and TWITTER_API_BASE_URL"),
+    (ErrorKind.unknown_outcome, "try again later"),
+    (ErrorKind.refused, "see X's message"),
 ])
 def test_download_errors_give_advice_by_kind(kind, advice):
-    assert str(_download_error(XError(kind, "X said no"), "karpathy")) == f"X said no: {advice}"
+    assert str(_download_error(DeliveryError(kind, "X said no"), "karpathy")) == f"X said no: {advice}"
 
 
 def test_fake_x_serves_only_the_newest_3200(fake_x):

@@ -16,7 +16,7 @@ from core.x_client import (
     MAX_RATE_LIMIT_WAIT,
     RebasedSession,
     XCredentialsMissing,
-    XErrorKind,
+    ErrorKind,
     classify_x_error,
     make_x_client,
     reset_time,
@@ -58,7 +58,7 @@ def test_signature_covers_query_parameters(fake_x):
 def test_wrong_secret_is_refused_by_the_fake(fake_x):
     client = make_x_client(x_settings(fake_x, ACCESS_SECRET="not-" + ACCESS_SECRET))
     error = classify_x_error(error_from(lambda: client.create_tweet(text="x")))
-    assert error.kind is XErrorKind.credentials and error.status_code == 401
+    assert error.kind is ErrorKind.credentials and error.status_code == 401
     assert fake_x.posted == []
 
 
@@ -70,7 +70,7 @@ def test_app_only_client_uses_the_bearer_token(fake_x):
     assert fake_x.requests[-1].auth == "bearer"
     # X refuses app-only auth on endpoints that act for a user.
     error = classify_x_error(error_from(lambda: client.create_tweet(text="x", user_auth=False)))
-    assert error.kind is XErrorKind.credentials and error.status_code == 403
+    assert error.kind is ErrorKind.credentials and error.status_code == 403
 
 
 def test_missing_credentials_are_named(fake_x):
@@ -90,13 +90,13 @@ def test_base_url_path_prefix_is_kept(fake_x):
 @pytest.mark.parametrize(
     ("answer", "kind", "status_code"),
     [
-        (FakeX.duplicate_content(), XErrorKind.text_refused, 403),
-        (FakeX.bad_request(), XErrorKind.text_refused, 400),
-        (FakeX.unauthorized(), XErrorKind.credentials, 401),
-        (FakeX.forbidden(), XErrorKind.credentials, 403),
-        (FakeX.server_error(500), XErrorKind.server_error, 500),
-        (FakeX.server_error(503), XErrorKind.server_error, 503),
-        (FakeResponse(404, {"title": "Not Found Error", "detail": "nope"}), XErrorKind.refused, 404),
+        (FakeX.duplicate_content(), ErrorKind.text_refused, 403),
+        (FakeX.bad_request(), ErrorKind.text_refused, 400),
+        (FakeX.unauthorized(), ErrorKind.credentials, 401),
+        (FakeX.forbidden(), ErrorKind.credentials, 403),
+        (FakeX.server_error(500), ErrorKind.server_error, 500),
+        (FakeX.server_error(503), ErrorKind.server_error, 503),
+        (FakeResponse(404, {"title": "Not Found Error", "detail": "nope"}), ErrorKind.refused, 404),
     ],
 )
 def test_answers_are_classified(fake_x, answer, kind, status_code):
@@ -110,7 +110,7 @@ def test_duplicate_refusal_carries_xs_message(fake_x):
     client = make_x_client(x_settings(fake_x))
     client.create_tweet(text="same")
     error = classify_x_error(error_from(lambda: client.create_tweet(text="same")))
-    assert error.kind is XErrorKind.text_refused
+    assert error.kind is ErrorKind.text_refused
     assert error.message == "X answered 403: You are not allowed to create a Tweet with duplicate content."
 
 
@@ -121,7 +121,7 @@ def test_rate_limit_reset_comes_from_the_exhausted_limit(fake_x):
     client = make_x_client(x_settings(fake_x))
     window = classify_x_error(error_from(lambda: client.create_tweet(text="t")))
     daily = classify_x_error(error_from(lambda: client.create_tweet(text="t")))
-    assert window.kind is daily.kind is XErrorKind.rate_limited
+    assert window.kind is daily.kind is ErrorKind.rate_limited
     assert window.retry_at == datetime.fromtimestamp(window_reset, timezone.utc)
     assert daily.retry_at == datetime.fromtimestamp(daily_reset, timezone.utc)
 
@@ -129,7 +129,7 @@ def test_rate_limit_reset_comes_from_the_exhausted_limit(fake_x):
 def test_rate_limit_without_headers_has_no_reset(fake_x):
     fake_x.enqueue("POST", "/2/tweets", FakeResponse(429, {"title": "Too Many Requests"}, {"x-rate-limit-reset": None}))
     error = classify_x_error(error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t")))
-    assert error.kind is XErrorKind.rate_limited and error.retry_at is None
+    assert error.kind is ErrorKind.rate_limited and error.retry_at is None
 
 
 @pytest.mark.parametrize(
@@ -140,7 +140,7 @@ def test_rate_limit_without_headers_has_no_reset(fake_x):
 def test_unusable_rate_limit_reset_is_unknown(fake_x, reset):
     fake_x.enqueue("POST", "/2/tweets", FakeX.rate_limited(reset))
     error = classify_x_error(error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t")))
-    assert (error.kind, error.status_code, error.retry_at) == (XErrorKind.rate_limited, 429, None)
+    assert (error.kind, error.status_code, error.retry_at) == (ErrorKind.rate_limited, 429, None)
 
 
 def test_an_unusable_daily_reset_falls_back_to_the_window(fake_x):
@@ -167,10 +167,10 @@ def classified_with_a_broken_reader(fake_x, monkeypatch, answer, broken: str):
 @pytest.mark.parametrize(
     ("answer", "broken", "kind"),
     [
-        (FakeX.rate_limited(), "_rate_limit_reset", XErrorKind.rate_limited),
-        (FakeX.duplicate_content(), "_classify_http_answer", XErrorKind.credentials),
-        (FakeX.server_error(503), "_classify_http_answer", XErrorKind.server_error),
-        (FakeX.dropped(), "_network_reason", XErrorKind.unknown_outcome),
+        (FakeX.rate_limited(), "_rate_limit_reset", ErrorKind.rate_limited),
+        (FakeX.duplicate_content(), "_classify_http_answer", ErrorKind.credentials),
+        (FakeX.server_error(503), "_classify_http_answer", ErrorKind.server_error),
+        (FakeX.dropped(), "_network_reason", ErrorKind.unknown_outcome),
     ],
     ids=["429", "403", "503", "dropped"],
 )
@@ -188,14 +188,14 @@ def test_timeout_after_sending_is_an_unknown_outcome(fake_x):
     started = time.monotonic()
     error = classify_x_error(error_from(lambda: client.create_tweet(text="t")))
     assert time.monotonic() - started < 5
-    assert error.kind is XErrorKind.unknown_outcome
+    assert error.kind is ErrorKind.unknown_outcome
     assert len(fake_x.post_attempts) == 1  # the request did reach X
 
 
 def test_dropped_connection_is_an_unknown_outcome(fake_x):
     fake_x.enqueue("POST", "/2/tweets", FakeX.dropped())
     error = classify_x_error(error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t")))
-    assert error.kind is XErrorKind.unknown_outcome
+    assert error.kind is ErrorKind.unknown_outcome
     assert len(fake_x.post_attempts) == 1  # sent once, never retried
 
 
@@ -205,15 +205,15 @@ def test_refused_connection_was_not_sent(fake_x):
         closed_port = probe.getsockname()[1]
     client = make_x_client(x_settings(fake_x, TWITTER_API_BASE_URL=f"http://127.0.0.1:{closed_port}"))
     error = classify_x_error(error_from(lambda: client.create_tweet(text="t")))
-    assert error.kind is XErrorKind.not_sent
+    assert error.kind is ErrorKind.not_sent
     assert "Connection refused" in error.message
 
 
 def test_connect_timeout_was_not_sent_but_read_timeout_may_have_been():
-    assert classify_x_error(requests.ConnectTimeout("connect timed out")).kind is XErrorKind.not_sent
-    assert classify_x_error(requests.ReadTimeout("read timed out")).kind is XErrorKind.unknown_outcome
-    assert classify_x_error(requests.exceptions.ChunkedEncodingError("cut")).kind is XErrorKind.unknown_outcome
-    assert classify_x_error(ValueError("bad json")).kind is XErrorKind.unknown_outcome
+    assert classify_x_error(requests.ConnectTimeout("connect timed out")).kind is ErrorKind.not_sent
+    assert classify_x_error(requests.ReadTimeout("read timed out")).kind is ErrorKind.unknown_outcome
+    assert classify_x_error(requests.exceptions.ChunkedEncodingError("cut")).kind is ErrorKind.unknown_outcome
+    assert classify_x_error(ValueError("bad json")).kind is ErrorKind.unknown_outcome
 
 
 def test_secrets_never_reach_the_logs(fake_x, caplog):
@@ -250,7 +250,7 @@ def test_rate_limit_retry_time_is_when_every_exhausted_limit_has_reset(fake_x, w
     now = int(time.time())
     fake_x.enqueue("POST", "/2/tweets", rate_limit_answer(now, window=window, daily=daily))
     error = classify_x_error(error_from(lambda: make_x_client(x_settings(fake_x)).create_tweet(text="t")))
-    assert error.kind is XErrorKind.rate_limited
+    assert error.kind is ErrorKind.rate_limited
     assert error.retry_at == datetime.fromtimestamp(now + retry_in, timezone.utc)
 
 
@@ -328,14 +328,14 @@ def test_a_failure_to_read_the_details_still_says_what_x_answered(fake_x, monkey
     ("exc", "kind", "message"),
     [
         (requests.ReadTimeout(urllib3.exceptions.ReadTimeoutError(None, "/2/tweets", "Read timed out.")),
-         XErrorKind.unknown_outcome, "X did not answer in time: ReadTimeoutError: None: Read timed out."),
+         ErrorKind.unknown_outcome, "X did not answer in time: ReadTimeoutError: None: Read timed out."),
         (requests.ConnectionError(urllib3.exceptions.ProtocolError("Connection aborted.")),
-         XErrorKind.unknown_outcome, "the connection to X failed mid-request: ProtocolError: Connection aborted."),
-        (requests.ConnectionError(), XErrorKind.unknown_outcome, "the connection to X failed mid-request: ConnectionError"),
-        (ValueError("bad json"), XErrorKind.unknown_outcome, "unexpected ValueError while talking to X: bad json"),
+         ErrorKind.unknown_outcome, "the connection to X failed mid-request: ProtocolError: Connection aborted."),
+        (requests.ConnectionError(), ErrorKind.unknown_outcome, "the connection to X failed mid-request: ConnectionError"),
+        (ValueError("bad json"), ErrorKind.unknown_outcome, "unexpected ValueError while talking to X: bad json"),
         # Only requests' ConnectionError says the connection was never made; a wrapped one may have sent.
         (requests.RequestException(urllib3.exceptions.NewConnectionError(None, "refused")),
-         XErrorKind.unknown_outcome, "the connection to X failed mid-request: NewConnectionError: refused"),
+         ErrorKind.unknown_outcome, "the connection to X failed mid-request: NewConnectionError: refused"),
     ],
     ids=["read-timeout", "aborted", "no-args", "unexpected", "wrapped-new-connection"],
 )
@@ -371,7 +371,7 @@ def test_http_answer_message_falls_back_to_the_reason(exc, message):
 def test_only_a_429_carries_a_retry_time():
     reset = str(int(time.time()) + 600)
     error = classify_x_error(http_error(503, headers={"x-rate-limit-remaining": "0", "x-rate-limit-reset": reset}))
-    assert (error.kind, error.retry_at) == (XErrorKind.server_error, None)
+    assert (error.kind, error.retry_at) == (ErrorKind.server_error, None)
 
 
 @pytest.mark.parametrize(
