@@ -36,7 +36,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
-from core.x_client import X_POST_ID, DeliveryError, ErrorKind, classify_x_error, make_x_client, tweet_url
+from core.delivery import DeliveryError, ErrorKind
+from core.x_client import X_POST_ID, classify_x_error, make_x_client, tweet_url
 from db.models import Tweet, TweetStatus, utcnow
 from db.post_queue import (
     claim_next_tweet,

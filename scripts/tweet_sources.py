@@ -23,7 +23,8 @@ from pathlib import Path
 import requests
 import tweepy
 
-from core.x_client import DeliveryError, ErrorKind, classify_x_error
+from core.delivery import DeliveryError, ErrorKind
+from core.x_client import classify_x_error
 
 API_TWEET_CAP = 3200
 API_PAGE_SIZE = 100

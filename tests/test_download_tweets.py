@@ -22,7 +22,8 @@ import tweepy
 from tqdm import tqdm
 
 from core.config import XSettings
-from core.x_client import DeliveryError, ErrorKind, make_x_client
+from core.delivery import DeliveryError, ErrorKind
+from core.x_client import make_x_client
 from scripts.download_tweets import collect, main, parse_args
 import scripts.download_tweets as download_tweets
 from scripts.training_text import (

@@ -12,11 +12,11 @@ import tweepy
 import urllib3.exceptions
 
 from core.config import Settings
+from core.delivery import ErrorKind
 from core.x_client import (
     MAX_RATE_LIMIT_WAIT,
     RebasedSession,
     XCredentialsMissing,
-    ErrorKind,
     classify_x_error,
     make_x_client,
     reset_time,
