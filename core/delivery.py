@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 
@@ -64,6 +64,13 @@ class Destination(Protocol):
     """One network account a bot posts to."""
 
     network: str  # "x", "mastodon" or "bluesky"
+    # How long after a delivery's first attempt the network still recognises its key, so that
+    # posting again after a lost answer cannot make a second post; None: never (X has no such key).
+    safe_retry_window: timedelta | None
+
+    def new_key(self, seed: str) -> str:
+        """The key of a new delivery, made once from `seed` (unique per run, tweet and destination)."""
+        ...
 
     def post(self, text: str, *, key: str) -> RemotePost:
         """Post `text` once, or raise DeliveryFailed.

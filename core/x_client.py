@@ -19,7 +19,7 @@ import tweepy
 import urllib3.exceptions
 
 from core.config import X_CREDENTIAL_VARS, XSettings
-from core.delivery import DeliveryError, ErrorKind
+from core.delivery import DeliveryError, DeliveryFailed, ErrorKind, RemotePost
 
 log = logging.getLogger(__name__)
 
@@ -224,3 +224,27 @@ X_POST_ID = re.compile(X_POST_ID_PATTERN)
 
 def tweet_url(account: str, x_tweet_id: str) -> str:
     return f"https://x.com/{account}/status/{x_tweet_id}"
+
+
+class XDestination:
+    """X as one of a bot's destinations (core.delivery.Destination), through a user-context client."""
+
+    network = "x"
+    safe_retry_window = None  # X takes no idempotency key: a post whose answer was lost is unconfirmed
+
+    def __init__(self, client: tweepy.Client, account: str):
+        self.client = client
+        self.account = account
+
+    def new_key(self, seed: str) -> str:
+        return seed  # sent nowhere: it only names the delivery's attempts in the database
+
+    def post(self, text: str, *, key: str) -> RemotePost:
+        try:
+            response = self.client.create_tweet(text=text, user_auth=True)
+            x_tweet_id = str(response.data["id"])
+            if not X_POST_ID.fullmatch(x_tweet_id):
+                raise ValueError(f"X answered with {x_tweet_id[:40]!r} as the new post's id, which is no post id")
+        except Exception as exc:  # every failure is sorted by classify_x_error, which never raises
+            raise DeliveryFailed(classify_x_error(exc)) from exc
+        return RemotePost(x_tweet_id, tweet_url(self.account, x_tweet_id))

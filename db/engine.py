@@ -24,6 +24,10 @@ def make_engine(url: str, **kwargs) -> Engine:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            # Deleting a tweet deletes its deliveries (ON DELETE CASCADE), as on Postgres. A migration
+            # that rebuilds `tweets` in batch mode must turn this off first, or the rebuild's DROP
+            # would delete every delivery.
+            cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
         @event.listens_for(engine, "begin")

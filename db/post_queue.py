@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from core.config import TweetOrder
+from core.delivery import RemotePost
 from core.x_client import tweet_url
-from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
+from db.models import Delivery, DeliveryStatus, EmptyQueueRun, Tweet, TweetStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,13 @@ def sweep_stale_posts(session: Session, *, account: str, lease_minutes: float) -
         .execution_options(synchronize_session=False)
     ).all()
     if stale:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.tweet_id.in_(stale), Delivery.status == DeliveryStatus.posting)
+            .values(status=DeliveryStatus.unconfirmed, updated_at=now,
+                    error="the posting call stopped mid-post: the network may have it; check it")
+            .execution_options(synchronize_session=False)
+        )
         log.warning("posting lease expired: tweets %s are now unconfirmed (check them on X)", list(stale))
     return list(stale)
 
@@ -93,7 +101,8 @@ def queued_tweet_exists(session: Session, *, account: str) -> bool:
 def claim_next_tweet(
     session: Session, *, account: str, order: TweetOrder, idempotency_key: str | None = None
 ) -> Tweet | None:
-    """Atomically move the next queued tweet to `posting` (with claimed_at and the key).
+    """Atomically move the next queued tweet to `posting` (with claimed_at and the key); one that
+    some destinations already have goes first.
 
     One UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING: on
     Postgres concurrent claims skip each other's rows instead of waiting or sharing one; on
@@ -103,10 +112,12 @@ def claim_next_tweet(
     """
     candidate = aliased(Tweet)
     ordering = (func.random(),) if order is TweetOrder.random else (candidate.position, candidate.id)
+    # A tweet already on some destinations goes first: the run completes it before starting another.
+    partly_posted = exists().where(Delivery.tweet_id == candidate.id, Delivery.status == DeliveryStatus.posted)
     next_id = (
         select(candidate.id)
         .where(candidate.account == account, candidate.status == TweetStatus.queued)
-        .order_by(*ordering)
+        .order_by(partly_posted.desc(), *ordering)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
@@ -124,7 +135,7 @@ def claim_next_tweet(
 def record_posted(
     session: Session, tweet: Tweet, *, x_tweet_id: str | None, dry_run: bool, posted_at: datetime | None = None
 ) -> None:
-    """Posted (X's id and URL when known), at `posted_at` (default: now)."""
+    """Posted everywhere it goes (X's id and URL when known), at `posted_at` (default: now)."""
     now = utcnow()
     tweet.status = TweetStatus.posted
     tweet.posted_at = posted_at or now
@@ -136,8 +147,26 @@ def record_posted(
 
 
 def record_confirmed(session: Session, tweet: Tweet, *, x_tweet_id: str | None) -> None:
-    """An operator found an unconfirmed tweet on X: posted, dated when its posting call claimed it."""
+    """An operator found an unconfirmed tweet where it was going: posted, dated when its posting call
+    claimed it; its unconfirmed deliveries too (X's with `x_tweet_id` when given)."""
+    for delivery in tweet.deliveries:
+        if delivery.status is DeliveryStatus.unconfirmed:
+            remote = None
+            if delivery.destination == "x" and x_tweet_id is not None:
+                remote = RemotePost(x_tweet_id, tweet_url(tweet.account, x_tweet_id))
+            record_delivered(session, delivery, remote, dry_run=False, posted_at=tweet.claimed_at)
     record_posted(session, tweet, x_tweet_id=x_tweet_id, dry_run=False, posted_at=tweet.claimed_at)
+
+
+def requeue_deliveries(session: Session, tweet: Tweet) -> None:
+    """A tweet going back to the queue goes back to every destination that does not have it; each
+    keeps its key, so that Mastodon (within the hour it remembers keys) and Bluesky answer a
+    repeated post with the one they already have."""
+    for delivery in tweet.deliveries:
+        if delivery.status is not DeliveryStatus.posted:
+            delivery.status = DeliveryStatus.queued
+            delivery.error = None
+    session.flush()
 
 
 def release_to_queue(session: Session, tweet: Tweet, *, reason: str) -> None:
@@ -172,3 +201,46 @@ def record_unconfirmed(session: Session, tweet: Tweet, *, reason: str) -> None:
 
 
 # ---- the posting call ----
+
+
+# ---- one tweet's deliveries ----
+
+def ensure_deliveries(session: Session, tweet: Tweet, destinations: tuple[str, ...]) -> list[Delivery]:
+    """The claimed tweet's delivery to each destination, in the bot's order; new ones are queued."""
+    have = {delivery.destination: delivery for delivery in tweet.deliveries}
+    for destination in destinations:
+        if destination not in have:
+            have[destination] = Delivery(tweet=tweet, destination=destination, status=DeliveryStatus.queued)
+            session.add(have[destination])
+    session.flush()
+    return [have[destination] for destination in destinations]
+
+
+def start_delivery(session: Session, delivery: Delivery, *, key: str) -> None:
+    """About to call the network: `posting`, with the key kept for every later attempt and the time
+    of the first attempt (how long the network may still recognise the key)."""
+    delivery.status = DeliveryStatus.posting
+    delivery.key = key
+    if delivery.claimed_at is None:
+        delivery.claimed_at = utcnow()
+    session.flush()
+
+
+def record_delivered(
+    session: Session, delivery: Delivery, remote: RemotePost | None, *, dry_run: bool, posted_at: datetime | None = None
+) -> None:
+    """The network has it (`remote`: its id and link, when known), or a dry run recorded it."""
+    delivery.status = DeliveryStatus.posted
+    delivery.remote_id = remote.id if remote is not None else None
+    delivery.url = remote.url if remote is not None else None
+    delivery.dry_run = dry_run
+    delivery.posted_at = posted_at or utcnow()
+    delivery.error = None
+    session.flush()
+
+
+def record_delivery_failed(session: Session, delivery: Delivery, status: DeliveryStatus, *, reason: str) -> None:
+    """Not posted there: `queued` (retry later, same key), `rejected` (never) or `unconfirmed` (maybe)."""
+    delivery.status = status
+    delivery.error = reason
+    session.flush()

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from core.tweet_text import CuratedFileError, TweetRejected, content_hash, parse_curated_file, validate_tweet
 from db import queries
 from db.models import Tweet, TweetStatus
-from db.post_queue import record_confirmed
+from db.post_queue import record_confirmed, requeue_deliveries
 
 # Which statuses a curator may move a tweet to, from which. `posting` is only ever set by
 # the posting code; `posted` only by it, or by an operator confirming an unconfirmed tweet.
@@ -168,6 +168,7 @@ def update_tweet(
         if status is TweetStatus.queued:
             tweet.error = None
             tweet.idempotency_key = None
+            requeue_deliveries(session, tweet)
         if status is TweetStatus.posted:
             record_confirmed(session, tweet, x_tweet_id=x_tweet_id)
         tweet.status = status

@@ -1,4 +1,5 @@
-"""Posting the next curated tweet to X exactly once: claim it, post it, record what X said.
+"""Posting the next curated tweet to each of its bot's destinations exactly once: claim it, post it
+to every destination that does not have it yet, record what each network said.
 
 `post_next` is the one code path behind `POST /tweet_curated/`, `python -m posting.post_next`
 and the curation page's "post next now" button. Each returns a `PostResult` that its
@@ -20,38 +21,49 @@ How "exactly once" holds:
 - X's answer is recorded under a lock on the tweet's row, and only while the tweet is still
   this call's claim (or left `unconfirmed` by a sweep since): a call slower than its lease
   never undoes what an operator or another call did with the tweet meanwhile.
-- A tweet becomes `posted` only once X accepted it. When X's answer is lost (timeout,
-  dropped connection) or the process dies mid-post, the tweet becomes `unconfirmed` and is
-  never re-posted automatically: an operator checks X and sets it to posted or queued.
+- A tweet becomes `posted` only once every destination accepted it (or refused its text for
+  good while another took it). Each destination's state is its own Delivery row, settled under
+  the same lock and claim check: a destination that already has the tweet is never posted to
+  again, and one whose network failed or rate-limited is tried again by a later run (the tweet
+  goes back to the queue, and is claimed before tweets no destination has yet).
+- When a network's answer is lost (timeout, dropped connection) or the process dies mid-post,
+  the delivery and the tweet become `unconfirmed` and are never re-posted automatically: an
+  operator checks and sets it to posted or queued. Except where the delivery's key makes a
+  repeat harmless (Bluesky's record key always, Mastodon's Idempotency-Key within the hour it is
+  kept): there the delivery stays queued with its key, and the next run's post finds the first.
 """
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import tweepy
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.config import Settings
-from core.delivery import DeliveryError, ErrorKind
-from core.x_client import X_POST_ID, classify_x_error, make_x_client, tweet_url
-from db.models import Tweet, TweetStatus, utcnow
+from core.config import BotSettings, Settings
+from core.delivery import DeliveryError, DeliveryFailed, Destination, ErrorKind, RemotePost
+from db.models import Delivery, DeliveryStatus, Tweet, TweetStatus, utcnow
 from db.post_queue import (
     claim_next_tweet,
+    ensure_deliveries,
     find_by_idempotency_key,
     found_queue_empty,
     lock_idempotency_key,
     queued_tweet_exists,
+    record_delivered,
+    record_delivery_failed,
     record_posted,
     record_rejected,
     record_unconfirmed,
     release_to_queue,
     remember_empty_queue_run,
+    start_delivery,
     sweep_stale_posts,
 )
+from posting.destinations import NETWORK_NAMES, make_destinations, missing_configuration, text_problem
 from posting.outcomes import PostOutcome
 
 log = logging.getLogger(__name__)
@@ -60,7 +72,9 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 200  # the column's size
 RETRY_AFTER_UNKNOWN_SECONDS = 60  # when a 429 carries no reset time
 QUEUE_BUSY_RETRY_SECONDS = 5  # a curator's change holds the queued tweets for milliseconds
 QUEUE_EMPTY_MESSAGE = "No more tweets left"  # the original's answer
-NO_ACCOUNT = ""  # no tweet has it: ACCOUNT is 1-15 characters (core.config)
+NO_ACCOUNT = ""  # no tweet has it: bot names are 1-15 characters (core.config)
+# Which failure speaks for a run when several destinations failed: the one that needs most.
+FAILURE_RANK = {PostOutcome.x_credentials: 0, PostOutcome.rate_limited: 1, PostOutcome.x_failed: 2}
 
 
 @dataclass
@@ -70,93 +84,103 @@ class PostResult:
     tweet: Tweet | None = None  # the tweet posted, or the one the failure is about
     retry_after: int | None = None  # seconds; rate_limited and queue_busy only
     replayed: bool = False  # the answer of an earlier call with the same idempotency key
-    rejected: list[Tweet] = field(default_factory=list)  # tweets X refused during this call
+    rejected: list[Tweet] = field(default_factory=list)  # tweets every destination refused during this call
 
 
 def posted_message(tweet: Tweet) -> str:
-    if tweet.dry_run:
-        return f"Dry run: tweet {tweet.id} recorded as posted; nothing was sent to X"
-    if tweet.x_url is None:  # confirmed by an operator without X's id
-        return f"Tweet {tweet.id} was posted (confirmed by an operator; X's id was not recorded)"
-    return f"New tweet posted @ {tweet.x_url}"
+    """What a posted tweet's answer says: X's link as always, and where else it went."""
+    deliveries = [d for d in tweet.deliveries if d.destination != "x"]
+    elsewhere = "".join(f"; {_delivery_line(d)}" for d in deliveries)
+    if tweet.dry_run and not any(d.status is DeliveryStatus.posted and not d.dry_run for d in tweet.deliveries):
+        return f"Dry run: tweet {tweet.id} recorded as posted; nothing was sent to X{elsewhere}"
+    if tweet.x_url is not None:
+        return f"New tweet posted @ {tweet.x_url}{elsewhere}"
+    x = next((d for d in tweet.deliveries if d.destination == "x"), None)
+    if x is None and deliveries:
+        return f"Tweet {tweet.id} posted: " + "; ".join(_delivery_line(d) for d in deliveries)
+    if x is not None and x.status is not DeliveryStatus.posted:
+        return f"Tweet {tweet.id} posted; {_delivery_line(x)}{elsewhere}"
+    return f"Tweet {tweet.id} was posted (confirmed by an operator; X's id was not recorded){elsewhere}"
+
+
+def _delivery_line(delivery: Delivery) -> str:
+    name = NETWORK_NAMES.get(delivery.destination, delivery.destination)
+    if delivery.status is DeliveryStatus.posted:
+        if delivery.dry_run:
+            return f"{name}: dry run, nothing sent"
+        return f"{name} @ {delivery.url}" if delivery.url else f"{name}: posted"
+    return f"{name}: {delivery.status.value} ({delivery.error})"
 
 
 def unconfirmed_message(tweet: Tweet) -> str:
     return f"tweet {tweet.id} is unconfirmed: {tweet.error}"
 
 
-def missing_configuration(settings: Settings) -> str | None:
-    """Why posting cannot work with these settings, or None when it can."""
-    if settings.TWITTER_DRY_RUN or not settings.missing_x_credentials:
-        return None
-    return (
-        f"posting to X is not configured: {', '.join(settings.missing_x_credentials)} "
-        "not set (see .env_reference), or set TWITTER_DRY_RUN=true"
-    )
-
-
 def log_posting_configuration(settings: Settings) -> None:
-    """Say once, at start, how posting will behave."""
-    problem = missing_configuration(settings)
-    if problem:
-        log.warning("%s; posting calls will answer 503", problem)
-    elif settings.TWITTER_DRY_RUN:
-        log.info("TWITTER_DRY_RUN is on: posts are recorded as dry runs and never sent to X")
+    """Say once, at start, how posting will behave for each bot."""
+    for bot in settings.bots.values():
+        problem = missing_configuration(bot)
+        if problem:
+            log.warning("bot %s: %s; its posting calls will answer 503", bot.name, problem)
+        dry = [NETWORK_NAMES[network] for network in bot.destinations if bot.dry_run(network)]
+        if dry:
+            log.info("bot %s: dry run on %s: posts there are recorded as dry runs and never sent", bot.name, ", ".join(dry))
 
 
 def post_next(
     *,
     session_factory: sessionmaker[Session],
     settings: Settings,
+    bot: str | None = None,
     idempotency_key: str | None = None,
     x_client: tweepy.Client | None = None,
+    destinations: Mapping[str, Destination] | None = None,
 ) -> PostResult:
-    """Post the next queued tweet of settings.ACCOUNT to X (or record a dry run).
+    """Post the next queued tweet of a bot to each of its destinations (or record dry runs).
 
     Parameters
     ----------
     session_factory
         Makes the sessions of the claim and result transactions.
     settings
-        ACCOUNT, TWEET_ORDER, TWITTER_DRY_RUN, POSTING_LEASE_MINUTES, MAX_REJECTED_PER_CALL
-        and the X settings (used when `x_client` is None).
+        The bots (settings.bots), POSTING_LEASE_MINUTES, MAX_REJECTED_PER_CALL and the networks'
+        addresses and timeouts (used when no client is given).
+    bot
+        The bot's name; None: settings.default_bot. Raises core.config.UnknownBot for another name.
     idempotency_key
         The same key on a later call answers with this call's result and posts nothing.
-    x_client
-        A tweepy Client to post with; default: `make_x_client(settings)`.
+    x_client, destinations
+        Clients to post with instead of the ones the settings make (tests): a tweepy Client for
+        X, or a Destination per network.
 
     Never sleeps and never retries a post; every failure is a `PostResult`. A database
-    error while recording a post X accepted is logged with X's id and re-raised (the tweet
-    stays `posting` and the next call's sweep makes it `unconfirmed`).
+    error while recording a post a network accepted is logged with its id and re-raised (the
+    tweet stays `posting` and the next call's sweep makes it `unconfirmed`).
     """
+    bot_settings = settings.bot(bot)
     if idempotency_key is not None:
         idempotency_key = idempotency_key.strip() or None
     if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         raise ValueError(f"idempotency key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters")
-    problem = missing_configuration(settings)
+    problem = missing_configuration(bot_settings)
     if problem:
         return PostResult(PostOutcome.not_configured, problem)
 
-    if x_client is None and not settings.TWITTER_DRY_RUN:
-        x_client = make_x_client(settings)  # before claiming: a failure here leaves the queue as it was
+    # Before claiming: a failure here leaves the queue as it was.
+    clients = dict(destinations or make_destinations(bot_settings, settings, session_factory, x_client=x_client))
     rejected: list[Tweet] = []
     with session_factory() as session:
         for _attempt in range(settings.MAX_REJECTED_PER_CALL):
-            claim = _claim(session, settings, idempotency_key)
+            claim = _claim(session, settings, bot_settings, idempotency_key)
             if isinstance(claim, PostResult):
                 claim.rejected = rejected
                 return claim
             tweet = claim
-            if settings.TWITTER_DRY_RUN:
-                log.info("dry run: tweet %s would be posted: %s", tweet.id, tweet.text)
-                record_posted(session, tweet, x_tweet_id=None, dry_run=True)
-                session.commit()
-                return PostResult(PostOutcome.posted, posted_message(tweet), tweet, rejected=rejected)
-            result = _post_claimed(session, x_client, tweet)
+            result = _deliver(session, bot_settings, clients, tweet, idempotency_key)
             if result is not None:
                 result.rejected = rejected
                 return result
-            rejected.append(tweet)  # X refused the text; the loop claims the next one
+            rejected.append(tweet)  # every destination refused the text; the loop claims the next one
     reasons = "; ".join(f"tweet {t.id}: {t.error}" for t in rejected)
     return PostResult(
         PostOutcome.texts_refused,
@@ -176,28 +200,29 @@ def prepare_claim_statements(session_factory: sessionmaker[Session], settings: S
     try:
         with session_factory() as session:
             sweep_stale_posts(session, account=NO_ACCOUNT, lease_minutes=settings.POSTING_LEASE_MINUTES)
-            claim_next_tweet(session, account=NO_ACCOUNT, order=settings.TWEET_ORDER)
+            claim_next_tweet(session, account=NO_ACCOUNT, order=settings.default_bot.TWEET_ORDER)
             queued_tweet_exists(session, account=NO_ACCOUNT)
             session.rollback()
     except SQLAlchemyError as exc:
         log.info("posting statements not prepared at start (%s); the first posting call prepares them", type(exc).__name__)
 
 
-def _claim(session: Session, settings: Settings, key: str | None) -> Tweet | PostResult:
+def _claim(session: Session, settings: Settings, bot: BotSettings, key: str | None) -> Tweet | PostResult:
     """Sweep stale leases, answer for a used key, or claim the next tweet; commits."""
-    account = settings.ACCOUNT
+    account = bot.name
     if key is not None:
         lock_idempotency_key(session, account=account, key=key)
     sweep_stale_posts(session, account=account, lease_minutes=settings.POSTING_LEASE_MINUTES)
     if key is not None:
         earlier = find_by_idempotency_key(session, account=account, key=key)
         if earlier is not None:
+            result = _replay(earlier, key)
             session.commit()
-            return _replay(earlier, key)
+            return result
         if found_queue_empty(session, account=account, key=key):
             session.commit()
             return PostResult(PostOutcome.queue_empty, QUEUE_EMPTY_MESSAGE, replayed=True)
-    tweet = claim_next_tweet(session, account=account, order=settings.TWEET_ORDER, idempotency_key=key)
+    tweet = claim_next_tweet(session, account=account, order=bot.TWEET_ORDER, idempotency_key=key)
     if tweet is None and queued_tweet_exists(session, account=account):
         session.commit()
         return PostResult(
@@ -234,35 +259,149 @@ def _replay(earlier: Tweet, key: str) -> PostResult:
     )
 
 
-def _post_claimed(session: Session, x_client: tweepy.Client, tweet: Tweet) -> PostResult | None:
-    """Send a claimed tweet to X and record the answer; None when X refused the text."""
+class _ClaimLost(Exception):
+    """The tweet was taken from this call while a network answered; `message` says what was not recorded."""
+
+    def __init__(self, message: str, outcome: PostOutcome):
+        super().__init__(message)
+        self.message, self.outcome = message, outcome
+
+
+def _deliver(
+    session: Session, bot: BotSettings, clients: Mapping[str, Destination], tweet: Tweet, run_key: str | None
+) -> PostResult | None:
+    """Post a claimed tweet to each destination that lacks it, then settle the tweet; None when
+    every destination refused the text (the tweet is then rejected)."""
+    deliveries = ensure_deliveries(session, tweet, bot.destinations)
+    session.commit()
+    failures: list[tuple[Delivery, DeliveryError]] = []
     try:
-        response = x_client.create_tweet(text=tweet.text, user_auth=True)
-        x_tweet_id = str(response.data["id"])
-        if not X_POST_ID.fullmatch(x_tweet_id):
-            raise ValueError(f"X answered with {x_tweet_id[:40]!r} as the new post's id, which is no post id")
-    except Exception as exc:  # every failure is sorted by classify_x_error, which never raises
-        return _record_failure(session, tweet, classify_x_error(exc))
-    url = tweet_url(tweet.account, x_tweet_id)
+        for delivery in deliveries:
+            if delivery.status is DeliveryStatus.queued:
+                error = _deliver_one(session, bot, clients, tweet, delivery, run_key)
+                if error is not None:
+                    failures.append((delivery, error))
+    except _ClaimLost as lost:
+        return PostResult(lost.outcome, lost.message, tweet)
     try:
-        lost = _settle(session, tweet, f"X posted it as {url}",
-                       lambda: record_posted(session, tweet, x_tweet_id=x_tweet_id, dry_run=False))
+        return _settle_tweet(session, tweet, deliveries, failures)
+    except _ClaimLost as lost:
+        return PostResult(lost.outcome, lost.message, tweet)
+
+
+def _deliver_one(
+    session: Session, bot: BotSettings, clients: Mapping[str, Destination], tweet: Tweet, delivery: Delivery,
+    run_key: str | None,
+) -> DeliveryError | None:
+    """Post the tweet to one destination and record the answer; the failure, if any."""
+    network, name = delivery.destination, NETWORK_NAMES[delivery.destination]
+    problem = text_problem(network, tweet.text, bot)
+    if problem is not None:
+        reason = f"not posted to {name}: {problem}"
+        _settle(session, tweet, reason, PostOutcome.texts_refused,
+                lambda: record_delivery_failed(session, delivery, DeliveryStatus.rejected, reason=reason), whose=name)
+        return None
+    if bot.dry_run(network):
+        log.info("dry run: tweet %s would be posted to %s: %s", tweet.id, name, tweet.text)
+        _settle(session, tweet, f"dry run on {name}", PostOutcome.posted,
+                lambda: record_delivered(session, delivery, None, dry_run=True), whose=name)
+        return None
+    client = clients[network]
+    seed = f"{bot.name}/{run_key or f'tweet {tweet.id} claimed {tweet.claimed_at.isoformat()}'}/{network}"
+    start_delivery(session, delivery, key=delivery.key or client.new_key(seed))
+    session.commit()
+    try:
+        remote = client.post(tweet.text, key=delivery.key)
+    except DeliveryFailed as failed:
+        return _record_failure(session, tweet, delivery, failed.error, client)
+    except Exception as exc:  # a bug in a client: the network may have acted
+        log.exception("posting tweet %s to %s failed unexpectedly", tweet.id, name)
+        error = DeliveryError(ErrorKind.unknown_outcome, f"unexpected {type(exc).__name__} while posting to {name}: {exc}")
+        return _record_failure(session, tweet, delivery, error, client)
+    _record_success(session, tweet, delivery, remote)
+    return None
+
+
+def _record_success(session: Session, tweet: Tweet, delivery: Delivery, remote: RemotePost) -> None:
+    name = NETWORK_NAMES[delivery.destination]
+    try:
+        _settle(session, tweet, f"{name} posted it as {remote.url}", PostOutcome.posted,
+                lambda: record_delivered(session, delivery, remote, dry_run=False), whose=name)
     except SQLAlchemyError:
         log.exception(
-            "X posted tweet %s as %s (%s) but recording it failed; it will become unconfirmed: set it to posted",
-            tweet.id, x_tweet_id, url,
+            "%s posted tweet %s as %s (%s) but recording it failed; it will become unconfirmed: set it to posted",
+            name, tweet.id, remote.id, remote.url,
         )
         raise
-    if lost is None:
-        log.info("posted tweet %s as %s", tweet.id, url)
-    return PostResult(PostOutcome.posted, lost or posted_message(tweet), tweet)
+    log.info("posted tweet %s to %s as %s", tweet.id, name, remote.url)
 
 
-def _settle(session: Session, tweet: Tweet, answer: str, record: Callable[[], None]) -> str | None:
-    """Lock the claimed tweet's row and `record` X's answer, unless the claim has since been
-    taken from this call; commits. None when recorded, else why not (also logged).
+def _record_failure(
+    session: Session, tweet: Tweet, delivery: Delivery, error: DeliveryError, client: Destination
+) -> DeliveryError:
+    """Settle one delivery as the network's answer implies: rejected, unconfirmed, or queued again."""
+    name = NETWORK_NAMES[delivery.destination]
+    if error.kind is ErrorKind.text_refused:
+        status, outcome = DeliveryStatus.rejected, PostOutcome.texts_refused
+    elif error.kind is ErrorKind.unknown_outcome and not _repeat_is_harmless(delivery, client):
+        status, outcome = DeliveryStatus.unconfirmed, PostOutcome.unconfirmed
+    else:
+        status, outcome = DeliveryStatus.queued, _requeued_answer(tweet, delivery.destination, error)[0]
+    reason = error.message if delivery.destination == "x" else f"{name}: {error.message}"
+    _settle(session, tweet, reason, outcome, lambda: record_delivery_failed(session, delivery, status, reason=reason),
+            whose=name)
+    if status is not DeliveryStatus.queued:  # a failure worth retrying is logged with the run's answer
+        log.warning("tweet %s on %s: %s (%s)", tweet.id, name, status.value, error.message)
+    return error
 
-    A call slower than POSTING_LEASE_MINUTES finds its tweet swept to `unconfirmed`: X's answer
+
+def _repeat_is_harmless(delivery: Delivery, client: Destination) -> bool:
+    """Whether posting this delivery again with its key cannot make a second post."""
+    window = client.safe_retry_window
+    return window is not None and delivery.claimed_at is not None and utcnow() - delivery.claimed_at < window
+
+
+def _settle_tweet(
+    session: Session, tweet: Tweet, deliveries: list[Delivery], failures: list[tuple[Delivery, DeliveryError]]
+) -> PostResult | None:
+    """The tweet's own state from its deliveries'; the run's answer (None: every destination refused it)."""
+    statuses = {delivery.status for delivery in deliveries}
+    if DeliveryStatus.unconfirmed in statuses:
+        reason = "; ".join(d.error for d in deliveries if d.status is DeliveryStatus.unconfirmed)
+        _settle(session, tweet, reason, PostOutcome.unconfirmed, lambda: record_unconfirmed(session, tweet, reason=reason))
+        log.error(unconfirmed_message(tweet))
+        return PostResult(PostOutcome.unconfirmed, unconfirmed_message(tweet), tweet)
+    if statuses <= {DeliveryStatus.posted, DeliveryStatus.rejected}:
+        if DeliveryStatus.posted not in statuses:
+            reason = "; ".join(d.error for d in deliveries)
+            _settle(session, tweet, reason, PostOutcome.texts_refused,
+                    lambda: record_rejected(session, tweet, reason=reason))
+            log.warning("every destination refused the text of tweet %s (now rejected): %s", tweet.id, reason)
+            return None
+        x = next((d for d in deliveries if d.destination == "x" and d.status is DeliveryStatus.posted), None)
+        dry_run = all(d.dry_run for d in deliveries if d.status is DeliveryStatus.posted)
+        _settle(session, tweet, "posted", PostOutcome.posted, lambda: record_posted(
+            session, tweet, x_tweet_id=x.remote_id if x is not None else None, dry_run=dry_run))
+        return PostResult(PostOutcome.posted, posted_message(tweet), tweet)
+    # Some destination failed in a way worth retrying: the tweet waits in the queue for it.
+    answers = [_requeued_answer(tweet, delivery.destination, error) for delivery, error in failures
+               if delivery.status is DeliveryStatus.queued]
+    outcome, message, retry_after = min(answers, key=lambda answer: FAILURE_RANK[answer[0]])
+    reason = "; ".join(d.error for d in deliveries if d.status is DeliveryStatus.queued and d.error)
+    _settle(session, tweet, reason, outcome, lambda: release_to_queue(session, tweet, reason=reason))
+    if any(d.status is DeliveryStatus.posted for d in deliveries):
+        message = f"{message} ({posted_message(tweet)}; the next run posts it where it is missing)"
+    log.warning(message)
+    return PostResult(outcome, message, tweet, retry_after=retry_after)
+
+
+def _settle(
+    session: Session, tweet: Tweet, answer: str, outcome: PostOutcome, record: Callable[[], None], *, whose: str = "X"
+) -> None:
+    """Lock the claimed tweet's row and `record` a network's answer, unless the claim has since been
+    taken from this call; commits. Raises _ClaimLost (logged) when it was.
+
+    A call slower than POSTING_LEASE_MINUTES finds its tweet swept to `unconfirmed`: the answer
     still settles it then. Once an operator or another call has acted on it (requeued, claimed
     again, closed, deleted), writing the answer would undo that (a tweet claimed again and set
     back to `queued` could be posted twice), so the answer is only logged.
@@ -274,46 +413,31 @@ def _settle(session: Session, tweet: Tweet, answer: str, record: Callable[[], No
     ):
         record()
         session.commit()
-        return None
+        return
     session.commit()
     now = "deleted" if current is None else current.status.value
-    lost = f"tweet {tweet.id} changed after its posting lease ended (it is now {now}): X's answer is not recorded: {answer}"
+    lost = f"tweet {tweet.id} changed after its posting lease ended (it is now {now}): {whose}'s answer is not recorded: {answer}"
     log.error(lost)
-    return lost
+    raise _ClaimLost(lost, outcome)
 
 
-def _record_failure(session: Session, tweet: Tweet, error: DeliveryError) -> PostResult | None:
-    """Settle the tweet as X's answer implies (rejected, unconfirmed, or back in the queue), then say why."""
-    kind = error.kind
-    if kind is ErrorKind.text_refused:
-        if _settle(session, tweet, error.message, lambda: record_rejected(session, tweet, reason=error.message)) is None:
-            log.warning("X refused the text of tweet %s (now rejected): %s", tweet.id, error.message)
-        return None
-    if kind is ErrorKind.unknown_outcome:
-        lost = _settle(session, tweet, error.message, lambda: record_unconfirmed(session, tweet, reason=error.message))
-        if lost is None:
-            log.error(unconfirmed_message(tweet))
-        return PostResult(PostOutcome.unconfirmed, lost or unconfirmed_message(tweet), tweet)
-    lost = _settle(session, tweet, error.message, lambda: release_to_queue(session, tweet, reason=error.message))
-    outcome, message, retry_after = _requeued_answer(tweet, error)
-    if lost is None:
-        log.warning(message)
-    return PostResult(outcome, lost or message, tweet, retry_after=retry_after)
-
-
-def _requeued_answer(tweet: Tweet, error: DeliveryError) -> tuple[PostOutcome, str, int | None]:
-    """The outcome, message and retry-after (seconds, rate limits only) for a tweet X did nothing with."""
-    kind = error.kind
+def _requeued_answer(tweet: Tweet, network: str, error: DeliveryError) -> tuple[PostOutcome, str, int | None]:
+    """The outcome, message and retry-after (seconds, rate limits only) for a delivery the network did
+    nothing with."""
+    kind, name = error.kind, NETWORK_NAMES[network]
     back = f"tweet {tweet.id} is back in the queue"
     retry_after = None
     if kind is ErrorKind.rate_limited:
         outcome = PostOutcome.rate_limited
         if error.retry_at is None:
-            retry_after, until = RETRY_AFTER_UNKNOWN_SECONDS, "X did not say until when"
+            retry_after, until = RETRY_AFTER_UNKNOWN_SECONDS, f"{name} did not say until when"
         else:
             retry_after = max(1, math.ceil((error.retry_at - utcnow()).total_seconds()))
             until = f"until {error.retry_at.isoformat(timespec='seconds')}"
-        message = f"X's rate limit is reached ({until}); {back}"
+        message = f"{name}'s rate limit is reached ({until}); {back}"
+    elif kind is ErrorKind.credentials and network != "x":
+        outcome = PostOutcome.x_credentials
+        message = f"{name} refused the bot's credentials ({error.message}); {back}"
     elif kind is ErrorKind.credentials and error.status_code == 401:
         outcome = PostOutcome.x_credentials
         message = (
@@ -328,11 +452,12 @@ def _requeued_answer(tweet: Tweet, error: DeliveryError) -> tuple[PostOutcome, s
         )
     elif kind is ErrorKind.not_sent:
         outcome = PostOutcome.x_failed
-        message = f"could not reach X ({error.message}); {back}"
-    elif kind is ErrorKind.server_error:
+        message = f"could not reach {name} ({error.message}); {back}"
+    elif kind in (ErrorKind.server_error, ErrorKind.unknown_outcome):
         outcome = PostOutcome.x_failed
-        message = f"X failed ({error.message}); {back}"
+        message = f"{name} failed ({error.message}); {back}"
     else:
         outcome = PostOutcome.x_failed
-        message = f"X refused the request ({error.message}): check TWITTER_API_BASE_URL; {back}"
+        base_url = "TWITTER_API_BASE_URL" if network == "x" else f"{network.upper()}'s address"
+        message = f"{name} refused the request ({error.message}): check {base_url}; {back}"
     return outcome, message, retry_after
