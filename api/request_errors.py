@@ -19,12 +19,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.curate.actions import BadXLink
+from core.config import UnknownBot
 from core.tweet_text import CuratedFileError, TweetRejected
 from db.store import NoValidTweet, TweetConflict, TweetNotFound, UploadTooLarge
 
 # Each error's str() is the answer's detail: it says what was wrong and what to do.
 STORE_ERROR_STATUS: dict[type[Exception], int] = {
     TweetNotFound: status.HTTP_404_NOT_FOUND,
+    UnknownBot: status.HTTP_404_NOT_FOUND,
     TweetConflict: status.HTTP_409_CONFLICT,
     TweetRejected: status.HTTP_422_UNPROCESSABLE_CONTENT,
     BadXLink: status.HTTP_422_UNPROCESSABLE_CONTENT,

@@ -4,12 +4,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import Path
+from fastapi import Path, Query
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from core.tweet_text import control_character
 from core.x_client import X_POST_ID_PATTERN
-from db.models import Tweet, TweetStatus
+from db.models import DeliveryStatus, Tweet, TweetStatus
 from posting.job import MAX_IDEMPOTENCY_KEY_LENGTH
 
 UploadStatus = Literal["queued", "pending"]
@@ -38,6 +38,10 @@ def storable_text(value):
 AccountText = Annotated[str, Field(max_length=ACCOUNT_MAX_LENGTH), BeforeValidator(storable_text)]
 ErrorText = Annotated[str, Field(max_length=ERROR_MAX_LENGTH), BeforeValidator(storable_text)]
 IdempotencyKeyText = Annotated[str, Field(max_length=MAX_IDEMPOTENCY_KEY_LENGTH), BeforeValidator(storable_text)]
+BotQuery = Annotated[
+    AccountText | None,
+    Query(description="The bot (one of BOTS); default: ACCOUNT, or the first of BOTS."),
+]
 TweetIdValue = Annotated[int, Field(ge=1, le=ID_MAX)]
 TweetIdPath = Annotated[int, Path(ge=1, le=ID_MAX, description="The tweet's id.")]
 
@@ -67,6 +71,20 @@ class TweetUpdate(BaseModel):
     )
 
 
+class DeliveryPublic(BaseModel):
+    """The tweet on one destination of its bot."""
+
+    model_config = ConfigDict(from_attributes=True)
+    destination: str = Field(description="x, mastodon or bluesky")
+    status: DeliveryStatus
+    remote_id: str | None = Field(description="The network's id of the post.")
+    url: str | None
+    error: str | None
+    dry_run: bool
+    posted_at: datetime | None
+    updated_at: datetime
+
+
 class TweetPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int
@@ -81,6 +99,7 @@ class TweetPublic(BaseModel):
     x_url: str | None
     error: str | None
     dry_run: bool
+    deliveries: list[DeliveryPublic] = Field(description="Where it went: one entry per destination tried.")
 
 
 class TweetsPublic(BaseModel):

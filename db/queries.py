@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from db.models import Tweet, TweetStatus, utcnow
 
@@ -28,7 +28,9 @@ def list_tweets(
     if statuses:
         query = query.where(Tweet.status.in_(list(statuses)))
     total = session.scalar(select(func.count()).select_from(query.subquery()))
-    page = session.scalars(query.order_by(Tweet.id).limit(limit).offset(offset)).all()
+    page = session.scalars(
+        query.order_by(Tweet.id).limit(limit).offset(offset).options(selectinload(Tweet.deliveries))
+    ).all()
     return list(page), total or 0
 
 

@@ -168,19 +168,29 @@ def post_next(
 
     # Before claiming: a failure here leaves the queue as it was.
     clients = dict(destinations or make_destinations(bot_settings, settings, session_factory, x_client=x_client))
-    rejected: list[Tweet] = []
     with session_factory() as session:
-        for _attempt in range(settings.MAX_REJECTED_PER_CALL):
-            claim = _claim(session, settings, bot_settings, idempotency_key)
-            if isinstance(claim, PostResult):
-                claim.rejected = rejected
-                return claim
-            tweet = claim
-            result = _deliver(session, bot_settings, clients, tweet, idempotency_key)
-            if result is not None:
-                result.rejected = rejected
-                return result
-            rejected.append(tweet)  # every destination refused the text; the loop claims the next one
+        result = _post_next_tweet(session, settings, bot_settings, clients, idempotency_key)
+        for tweet in [result.tweet, *result.rejected]:
+            if tweet is not None:
+                tweet.deliveries  # noqa: B018 (loaded while the session is open: callers read them after)
+        return result
+
+
+def _post_next_tweet(
+    session: Session, settings: Settings, bot: BotSettings, clients: Mapping[str, Destination], key: str | None
+) -> PostResult:
+    """Claim and deliver tweets until one is posted or fails, or MAX_REJECTED_PER_CALL were refused."""
+    rejected: list[Tweet] = []
+    for _attempt in range(settings.MAX_REJECTED_PER_CALL):
+        claim = _claim(session, settings, bot, key)
+        if isinstance(claim, PostResult):
+            claim.rejected = rejected
+            return claim
+        result = _deliver(session, bot, clients, claim, key)
+        if result is not None:
+            result.rejected = rejected
+            return result
+        rejected.append(claim)  # every destination refused the text; the loop claims the next one
     reasons = "; ".join(f"tweet {t.id}: {t.error}" for t in rejected)
     return PostResult(
         PostOutcome.texts_refused,

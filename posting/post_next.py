@@ -1,11 +1,11 @@
 """Command line: post the next curated tweet (cron or a scheduler container), the endpoint's code path.
 
-    python -m posting.post_next [--idempotency-key KEY]
+    python -m posting.post_next [--bot NAME] [--idempotency-key KEY]
 
 Prints one line saying what happened and exits with the outcome's code (posting.outcomes.ExitCode):
   0 posted (or recorded as a dry run, or already posted by an earlier run with this key)
   3 the queue is empty
-  2 configuration: bad settings, or X credentials missing without TWITTER_DRY_RUN
+  2 configuration: bad settings, no such bot, or a destination's credentials missing without its dry run
   4 try again later: X's rate limit, X failed or was unreachable, the same key is in flight, or a
     curator is changing the queued tweets at this moment
   5 needs an operator: X rejected the credentials, a tweet is unconfirmed, texts were refused,
@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 
-from core.config import ConfigError, Settings, load_settings
+from core.config import ConfigError, Settings, UnknownBot, load_settings
 from core.logs import configure_logging
 from db.engine import make_engine, make_session_factory
 from posting.job import MAX_IDEMPOTENCY_KEY_LENGTH, log_posting_configuration, post_next
@@ -36,6 +36,7 @@ def idempotency_key(value: str) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m posting.post_next", description=__doc__.split("\n")[0])
+    parser.add_argument("--bot", help="the bot to post for (one of BOTS); default: ACCOUNT, or the first of BOTS")
     parser.add_argument(
         "--idempotency-key",
         type=idempotency_key,
@@ -44,11 +45,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(settings: Settings, key: str | None) -> int:
+def run(settings: Settings, key: str | None, bot: str | None = None) -> int:
     """Post once with these settings; print the one-line outcome; return the exit code."""
+    try:
+        settings.bot(bot)
+    except UnknownBot as exc:
+        print(f"Configuration error: {exc}")
+        return ExitCode.configuration
     engine = make_engine(settings.database_url)
     try:
-        result = post_next(session_factory=make_session_factory(engine), settings=settings, idempotency_key=key)
+        result = post_next(session_factory=make_session_factory(engine), settings=settings, bot=bot, idempotency_key=key)
     except Exception:
         log.exception("posting failed unexpectedly")
         print("posting failed unexpectedly: see the log above")
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.configuration
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     log_posting_configuration(settings)
-    return run(settings, args.idempotency_key)
+    return run(settings, args.idempotency_key, args.bot)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import SettingsDep, require_token
 from api.routes import SlashAgnosticRouter
-from api.schemas import IdempotencyKeyText, TweetPublic
+from api.schemas import BotQuery, IdempotencyKeyText, TweetPublic
 from posting.job import PostResult, post_next
 from posting.outcomes import PostOutcome
 
@@ -17,9 +17,10 @@ router = SlashAgnosticRouter(tags=["posting"], dependencies=[Depends(require_tok
 RESPONSES = {
     200: {"description": 'Posted: `{"response": "New tweet posted @ <url>", "tweet": {...}}` '
                          "(also the replay for an idempotency key already used)."},
-    404: {"description": '`{"detail": "No more tweets left"}`'},
+    404: {"description": '`{"detail": "No more tweets left"}`, or no bot has that name.'},
     409: {"description": "A call with the same idempotency key is still posting (or its tweet was since moved)."},
-    502: {"description": "X refused the texts, the credentials, failed, or its answer was lost (tweet unconfirmed)."},
+    502: {"description": "A network refused the texts, the credentials, failed, or its answer was lost (tweet "
+                         "unconfirmed). Destinations that took the tweet keep it: a retry posts only where it is missing."},
     503: {"description": "X's rate limit, or the queued tweets are being changed on the curation page "
                          "(see Retry-After), or X credentials are not set."},
 }
@@ -49,12 +50,15 @@ def tweet_curated(
     settings: SettingsDep,
     x_cloudscheduler_scheduletime: KeyHeader = None,
     idempotency_key: KeyHeader = None,
+    bot: BotQuery = None,
 ):
-    """Post the next queued tweet to X. Retries carrying the same `Idempotency-Key` (or Cloud
-    Scheduler's `X-CloudScheduler-ScheduleTime`) answer with the first call's result."""
+    """Post the next queued tweet of a bot to each of its destinations (X, Mastodon, Bluesky).
+    Retries carrying the same `Idempotency-Key` (or Cloud Scheduler's `X-CloudScheduler-ScheduleTime`)
+    answer with the first call's result."""
     result = post_next(
         session_factory=request.app.state.session_factory,
         settings=settings,
+        bot=bot,
         idempotency_key=idempotency_key or x_cloudscheduler_scheduletime,
     )
     return posting_response(result)

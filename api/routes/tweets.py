@@ -13,6 +13,7 @@ from api.routes import SlashAgnosticRouter
 from api.schemas import (
     OFFSET_MAX,
     AccountText,
+    BotQuery,
     Rejection,
     TweetCreate,
     TweetIdPath,
@@ -65,14 +66,15 @@ def delete_tweet(session: SessionDep, tweet_id: TweetIdPath):
 
 
 @router.post("/add_tweets/", response_model=TweetPublic, status_code=status.HTTP_201_CREATED)
-def add_tweet(session: SessionDep, settings: SettingsDep, body: TweetCreate):
-    result = store.ingest_texts(session, account=settings.ACCOUNT, texts=[body.tweet], status=TweetStatus(body.status))
+def add_tweet(session: SessionDep, settings: SettingsDep, body: TweetCreate, bot: BotQuery = None):
+    account = settings.bot(bot).name
+    result = store.ingest_texts(session, account=account, texts=[body.tweet], status=TweetStatus(body.status))
     if result.rejected:
         raise TweetRejected(result.rejected[0][1])
     if result.duplicates:
         raise store.TweetConflict("this tweet is already stored for the account")
     session.commit()
-    return queries.get_by_hash(session, settings.ACCOUNT, content_hash(body.tweet))
+    return queries.get_by_hash(session, account, content_hash(body.tweet))
 
 
 @router.post("/add_tweets_file/", response_model=UploadResult, status_code=status.HTTP_201_CREATED, form_limits=UPLOAD_FORM_LIMITS)
@@ -81,10 +83,11 @@ def add_tweets_file(
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="gpt_2_simple output (samples separated by 20 '=') or a CSV with a tweets column.")],
     status_: Annotated[UploadStatus, Query(alias="status")] = "queued",
+    bot: BotQuery = None,
 ):
     filename = file.filename or ""
     result = store.store_curated_file(
-        session, account=settings.ACCOUNT, data=file.file.read(settings.MAX_UPLOAD_BYTES + 1), filename=filename,
+        session, account=settings.bot(bot).name, data=file.file.read(settings.MAX_UPLOAD_BYTES + 1), filename=filename,
         status=TweetStatus(status_), max_bytes=settings.MAX_UPLOAD_BYTES,
     )
     return upload_result(filename, result)

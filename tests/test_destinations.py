@@ -1,0 +1,220 @@
+"""Posting to several destinations: each delivery has its own state, and nothing is posted twice.
+
+The destinations here are in-process scripted clients: these tests pin the posting job's rules
+(what each answer does to a delivery and to the tweet). The network clients themselves are tested
+over real HTTP against the fake servers (tests/test_x_client.py, test_mastodon_client.py,
+test_bluesky_client.py).
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from core.config import ConfigError, Settings, UnknownBot
+from core.delivery import DeliveryError, DeliveryFailed, ErrorKind, RemotePost
+from db import store
+from db.models import Delivery, DeliveryStatus, Tweet, TweetStatus
+from posting.job import post_next
+from posting.outcomes import PostOutcome
+from tests.conftest import ACCOUNT, TOKEN, store_texts
+
+
+class ScriptedDestination:
+    """A destination whose answers a test scripts: a RemotePost, or a DeliveryError to raise."""
+
+    def __init__(self, network: str, *answers, safe_retry_window: timedelta | None = None):
+        self.network = network
+        self.safe_retry_window = safe_retry_window
+        self.answers = list(answers)
+        self.posts: list[tuple[str, str]] = []  # (text, key) of every attempt
+
+    def new_key(self, seed: str) -> str:
+        return f"key:{seed}"
+
+    def post(self, text: str, *, key: str) -> RemotePost:
+        self.posts.append((text, key))
+        answer = self.answers.pop(0) if self.answers else None
+        if isinstance(answer, DeliveryError):
+            raise DeliveryFailed(answer)
+        number = len(self.posts)
+        return RemotePost(f"{self.network}-{number}", f"https://{self.network}.example/{number}")
+
+
+def rate_limited() -> DeliveryError:
+    return DeliveryError(ErrorKind.rate_limited, "429 Too Many Requests", 429)
+
+
+def lost_answer() -> DeliveryError:
+    return DeliveryError(ErrorKind.unknown_outcome, "read timed out")
+
+
+@pytest.fixture
+def three(settings_values) -> Settings:
+    values = {**settings_values, "DESTINATIONS": "x,mastodon,bluesky",
+              "MASTODON_API_BASE_URL": "https://mastodon.example", "MASTODON_ACCESS_TOKEN": "m-token",
+              "BLUESKY_HANDLE": "bot.bsky.social", "BLUESKY_APP_PASSWORD": "app-pass-word",
+              "CONSUMER_KEY": "k", "CONSUMER_SECRET": "s", "ACCESS_KEY": "a", "ACCESS_SECRET": "t"}
+    return Settings(**values)
+
+
+def deliveries(session_factory, tweet_id: int) -> dict[str, Delivery]:
+    with session_factory() as session:
+        rows = session.scalars(select(Delivery).where(Delivery.tweet_id == tweet_id)).all()
+        return {row.destination: row for row in rows}
+
+
+def tweet(session_factory, tweet_id: int) -> Tweet:
+    with session_factory() as session:
+        return session.get(Tweet, tweet_id)
+
+
+def test_a_tweet_goes_to_every_destination_with_its_own_record(session_factory, three):
+    (tweet_id,) = store_texts(session_factory, "hello everywhere", status=TweetStatus.queued)
+    clients = {n: ScriptedDestination(n) for n in ("x", "mastodon", "bluesky")}
+    result = post_next(session_factory=session_factory, settings=three, destinations=clients)
+    assert result.outcome is PostOutcome.posted
+    rows = deliveries(session_factory, tweet_id)
+    assert {n: (d.status, d.remote_id, d.url) for n, d in rows.items()} == {
+        n: (DeliveryStatus.posted, f"{n}-1", f"https://{n}.example/1") for n in ("x", "mastodon", "bluesky")
+    }
+    assert tweet(session_factory, tweet_id).status is TweetStatus.posted
+    assert "https://mastodon.example/1" in result.message and "https://bluesky.example/1" in result.message
+    assert [len(c.posts) for c in clients.values()] == [1, 1, 1]
+
+
+def test_a_destination_that_failed_is_retried_later_and_the_others_are_not_posted_again(session_factory, three):
+    first, second = store_texts(session_factory, "first", "second", status=TweetStatus.queued)
+    clients = {"x": ScriptedDestination("x"), "mastodon": ScriptedDestination("mastodon", rate_limited()),
+               "bluesky": ScriptedDestination("bluesky")}
+    result = post_next(session_factory=session_factory, settings=three, destinations=clients)
+    assert result.outcome is PostOutcome.rate_limited and result.retry_after == 60
+    posted_id = result.tweet.id
+    rows = deliveries(session_factory, posted_id)
+    assert rows["mastodon"].status is DeliveryStatus.queued and rows["x"].status is DeliveryStatus.posted
+    assert tweet(session_factory, posted_id).status is TweetStatus.queued
+    mastodon_key = clients["mastodon"].posts[0][1]
+
+    # The next run completes this tweet before starting the other one, posting only to Mastodon,
+    # with the same key as the first attempt.
+    result = post_next(session_factory=session_factory, settings=three, destinations=clients)
+    assert result.outcome is PostOutcome.posted and result.tweet.id == posted_id
+    assert [len(c.posts) for c in clients.values()] == [1, 2, 1]
+    assert clients["mastodon"].posts[1][1] == mastodon_key
+    assert tweet(session_factory, posted_id).status is TweetStatus.posted
+    other = second if posted_id == first else first
+    assert tweet(session_factory, other).status is TweetStatus.queued
+
+
+def test_a_lost_answer_is_unconfirmed_where_a_repeat_could_post_twice(session_factory, three):
+    (tweet_id,) = store_texts(session_factory, "maybe posted", status=TweetStatus.queued)
+    clients = {"x": ScriptedDestination("x", lost_answer()), "mastodon": ScriptedDestination("mastodon"),
+               "bluesky": ScriptedDestination("bluesky")}
+    result = post_next(session_factory=session_factory, settings=three, destinations=clients)
+    assert result.outcome is PostOutcome.unconfirmed
+    rows = deliveries(session_factory, tweet_id)
+    assert rows["x"].status is DeliveryStatus.unconfirmed
+    assert rows["mastodon"].status is rows["bluesky"].status is DeliveryStatus.posted
+    assert tweet(session_factory, tweet_id).status is TweetStatus.unconfirmed
+    assert post_next(session_factory=session_factory, settings=three, destinations=clients).outcome is PostOutcome.queue_empty
+
+    # The operator finds it on X: every destination is then posted; nothing was sent again.
+    with session_factory() as session:
+        store.update_tweet(session, store.get_tweet(session, tweet_id, for_update=True),
+                           status=TweetStatus.posted, x_tweet_id="1790000000000000001")
+        session.commit()
+    rows = deliveries(session_factory, tweet_id)
+    assert (rows["x"].status, rows["x"].remote_id) == (DeliveryStatus.posted, "1790000000000000001")
+    assert [len(c.posts) for c in clients.values()] == [1, 1, 1]
+
+
+def test_a_lost_answer_is_retried_with_the_same_key_where_the_key_makes_a_repeat_harmless(session_factory, three):
+    (tweet_id,) = store_texts(session_factory, "keyed", status=TweetStatus.queued)
+    bluesky = ScriptedDestination("bluesky", lost_answer(), safe_retry_window=timedelta.max)
+    clients = {"x": ScriptedDestination("x"), "mastodon": ScriptedDestination("mastodon"), "bluesky": bluesky}
+    result = post_next(session_factory=session_factory, settings=three, destinations=clients)
+    assert result.outcome is PostOutcome.x_failed and "Bluesky" in result.message
+    assert deliveries(session_factory, tweet_id)["bluesky"].status is DeliveryStatus.queued
+    assert post_next(session_factory=session_factory, settings=three, destinations=clients).outcome is PostOutcome.posted
+    assert bluesky.posts[0][1] == bluesky.posts[1][1]
+    assert [len(c.posts) for c in clients.values()] == [1, 1, 2]
+
+
+def test_a_text_over_one_networks_rule_is_posted_only_where_it_is_valid(session_factory, three):
+    text = "é" * 250  # valid on X (weight 1 each) and Bluesky (250 graphemes); over a 100-character Mastodon
+    (tweet_id,) = store_texts(session_factory, text, status=TweetStatus.queued)
+    clients = {n: ScriptedDestination(n) for n in ("x", "mastodon", "bluesky")}
+    three = three.model_copy(update={"MASTODON_MAX_CHARACTERS": 100})
+    result = post_next(session_factory=session_factory, settings=three, destinations=clients)
+    assert result.outcome is PostOutcome.posted
+    rows = deliveries(session_factory, tweet_id)
+    assert rows["mastodon"].status is DeliveryStatus.rejected and "100" in rows["mastodon"].error
+    assert clients["mastodon"].posts == []
+    assert rows["x"].status is rows["bluesky"].status is DeliveryStatus.posted
+
+
+def test_dry_run_is_per_destination(session_factory, three):
+    (tweet_id,) = store_texts(session_factory, "half dry", status=TweetStatus.queued)
+    three = three.model_copy(update={"MASTODON_DRY_RUN": True})
+    clients = {n: ScriptedDestination(n) for n in ("x", "bluesky")}
+    assert post_next(session_factory=session_factory, settings=three, destinations=clients).outcome is PostOutcome.posted
+    rows = deliveries(session_factory, tweet_id)
+    assert (rows["mastodon"].status, rows["mastodon"].dry_run, rows["mastodon"].url) == (DeliveryStatus.posted, True, None)
+    assert rows["x"].dry_run is False and tweet(session_factory, tweet_id).dry_run is False
+
+
+def test_missing_credentials_name_the_bots_variables(monkeypatch, session_factory):
+    monkeypatch.setenv("BOTS", "alice,bob")
+    monkeypatch.setenv("BOT_ALICE_DESTINATIONS", "mastodon")
+    monkeypatch.setenv("BOT_ALICE_MASTODON_API_BASE_URL", "https://mastodon.example")
+    monkeypatch.setenv("BOT_BOB_TWITTER_DRY_RUN", "true")
+    settings = Settings(SECRET_TOKEN=TOKEN, _env_file=None)
+    result = post_next(session_factory=session_factory, settings=settings, bot="alice")
+    assert result.outcome is PostOutcome.not_configured
+    assert "BOT_ALICE_MASTODON_ACCESS_TOKEN" in result.message and "BOT_ALICE_MASTODON_DRY_RUN" in result.message
+    with pytest.raises(UnknownBot, match="alice, bob"):
+        post_next(session_factory=session_factory, settings=settings, bot="carol")
+
+
+def test_each_bot_posts_its_own_queue(monkeypatch, session_factory):
+    monkeypatch.setenv("BOTS", "alice,bob")
+    for name in ("ALICE", "BOB"):
+        monkeypatch.setenv(f"BOT_{name}_TWITTER_DRY_RUN", "true")
+    settings = Settings(SECRET_TOKEN=TOKEN, _env_file=None)
+    with session_factory() as session:
+        store.ingest_texts(session, account="alice", texts=["from alice"], status=TweetStatus.queued)
+        store.ingest_texts(session, account="bob", texts=["from bob"], status=TweetStatus.queued)
+        session.commit()
+    result = post_next(session_factory=session_factory, settings=settings, bot="bob")
+    assert (result.outcome, result.tweet.text) == (PostOutcome.posted, "from bob")
+    assert post_next(session_factory=session_factory, settings=settings, bot="bob").outcome is PostOutcome.queue_empty
+    assert post_next(session_factory=session_factory, settings=settings).tweet.text == "from alice"  # the first bot
+
+
+def test_a_bot_never_borrows_the_plain_credentials(monkeypatch):
+    monkeypatch.setenv("BOTS", "alice")
+    monkeypatch.setenv("CONSUMER_KEY", "the-single-bots-key")
+    settings = Settings(SECRET_TOKEN=TOKEN, _env_file=None)
+    assert settings.bot("alice").CONSUMER_KEY is None
+    assert settings.bot("alice").missing_credentials("x")[0] == "BOT_ALICE_CONSUMER_KEY"
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("BOTS", "alice,al ice", "BOTS is invalid"),
+    ("BOTS", "alice,ALICE", "names a bot twice"),
+    ("BOT_ALICE_DESTINATIONS", "x,myspace", "BOT_ALICE_DESTINATIONS is invalid"),
+    ("BOT_ALICE_BLUESKY_HANDLE", "not a handle", "BOT_ALICE_BLUESKY_HANDLE is invalid"),
+    ("BOT_ALICE_MASTODON_API_BASE_URL", "mastodon.example", "BOT_ALICE_MASTODON_API_BASE_URL is invalid"),
+])
+def test_bad_bot_settings_name_the_variable(monkeypatch, variable, value, message):
+    from core.config import load_settings
+
+    monkeypatch.setenv("BOTS", "alice")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(SECRET_TOKEN=TOKEN, _env_file=None)
+
+
+def test_the_single_bot_setup_is_unchanged(settings):
+    assert list(settings.bots) == [ACCOUNT] and settings.default_bot.destinations == ("x",)
