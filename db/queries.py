@@ -37,10 +37,12 @@ def list_tweets(
 def page_by_status(
     session: Session, account: str, statuses: Sequence[TweetStatus], *, order_by: Sequence, limit: int,
 ) -> tuple[list[Tweet], int]:
-    """A page of the account's tweets in these statuses, in `order_by` order, and how many match in all."""
+    """A page of the account's tweets in these statuses, in `order_by` order (with their deliveries, in
+    one more query), and how many match in all."""
     query = select(Tweet).where(Tweet.account == account, Tweet.status.in_(list(statuses)))
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    return list(session.scalars(query.order_by(*order_by).limit(limit))), total
+    page = query.order_by(*order_by).limit(limit).options(selectinload(Tweet.deliveries))
+    return list(session.scalars(page)), total
 
 
 def lock_queue(session: Session, account: str) -> None:

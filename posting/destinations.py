@@ -32,13 +32,18 @@ def text_problem(network: str, text: str, bot: BotSettings) -> str | None:
     return None
 
 
+def dry_run_variable(bot: BotSettings, network: str) -> str:
+    """The variable, as the operator sets it, that makes the bot's posts to `network` dry runs."""
+    return f"{bot.prefix}{'TWITTER' if network == 'x' else network.upper()}_DRY_RUN"
+
+
 def missing_configuration(bot: BotSettings) -> str | None:
     """Why this bot cannot post with its settings, or None when it can."""
     problems = []
     for network in bot.destinations:
         missing = [] if bot.dry_run(network) else bot.missing_credentials(network)
         if missing:
-            dry_run = f"{bot.prefix}{'TWITTER' if network == 'x' else network.upper()}_DRY_RUN"
+            dry_run = dry_run_variable(bot, network)
             problems.append(f"posting to {NETWORK_NAMES[network]} is not configured: {', '.join(missing)} "
                             f"not set (see .env_reference), or set {dry_run}=true")
     return "; ".join(problems) or None

@@ -1,6 +1,6 @@
 """What the curation page shows and does: the review list, the queue, the history and their actions.
 
-Plain functions on a Session for one account; api/curate/routes.py is the HTTP shell. Every
+Plain functions on a Session for one bot (its account); api/curate/routes.py is the HTTP shell. Every
 status change goes through `db.store.update_tweet` (the one place for transitions), on a
 tweet loaded with its row locked (see `db.store.get_tweet`); the caller commits.
 """
@@ -10,14 +10,16 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
-from core.config import Settings, TweetOrder
+from core.config import BotSettings, TweetOrder
 from core.x_client import X_POST_ID, X_POST_ID_PATTERN
 from db import queries
 from db import store
-from db.models import Tweet, TweetStatus
+from db.models import DeliveryStatus, Tweet, TweetStatus
+from posting.destinations import NETWORK_NAMES, text_problem
 
 REVIEW_PAGE_SIZE = 100
 QUEUE_PAGE_SIZE = 200
@@ -56,6 +58,33 @@ class History:
     problems: Listing
 
 
+@dataclass(frozen=True)
+class DestinationState:
+    """A tweet on one of its bot's destinations, as the page shows it."""
+
+    network: str
+    name: str  # the network's name as people write it (Bluesky)
+    status: DeliveryStatus | None  # None: no run has tried this destination yet
+    link: str | None = None  # the post, only when its URL is http(s)
+    dry_run: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TextProblem:
+    """Why a candidate's text cannot be posted to one destination of its bot."""
+
+    network: str
+    name: str
+    problem: str
+
+
+@dataclass
+class TextCheck:
+    problems: list[TextProblem] = field(default_factory=list)
+    valid_for: list[str] = field(default_factory=list)  # the networks' names
+
+
 @dataclass
 class BulkResult:
     """Which tweets an action changed, and why it left the others alone."""
@@ -77,11 +106,11 @@ def pending(session: Session, account: str, *, limit: int = REVIEW_PAGE_SIZE) ->
     return _listing(session, account, [TweetStatus.pending], (Tweet.position, Tweet.id), limit)
 
 
-def queue(session: Session, settings: Settings, *, limit: int = QUEUE_PAGE_SIZE) -> QueueView:
-    """Approved tweets: in posting order for TWEET_ORDER=oldest, the pool (by id) for random."""
-    ordering = (Tweet.position, Tweet.id) if settings.TWEET_ORDER is TweetOrder.oldest else (Tweet.id,)
-    listing = _listing(session, settings.ACCOUNT, [TweetStatus.queued], ordering, limit)
-    return QueueView(listing.tweets, listing.total, settings.TWEET_ORDER, settings.QUEUE_WARNING_THRESHOLD)
+def queue(session: Session, bot: BotSettings, warning_threshold: int, *, limit: int = QUEUE_PAGE_SIZE) -> QueueView:
+    """The bot's approved tweets: in posting order for TWEET_ORDER=oldest, the pool (by id) for random."""
+    ordering = (Tweet.position, Tweet.id) if bot.TWEET_ORDER is TweetOrder.oldest else (Tweet.id,)
+    listing = _listing(session, bot.name, [TweetStatus.queued], ordering, limit)
+    return QueueView(listing.tweets, listing.total, bot.TWEET_ORDER, warning_threshold)
 
 
 def history(session: Session, account: str, *, limit: int = HISTORY_PAGE_SIZE) -> History:
@@ -89,6 +118,49 @@ def history(session: Session, account: str, *, limit: int = HISTORY_PAGE_SIZE) -
     posted = _listing(session, account, [TweetStatus.posted], (Tweet.posted_at.desc().nulls_last(), Tweet.id.desc()), limit)
     problems = _listing(session, account, PROBLEM_STATUSES, (Tweet.updated_at.desc(), Tweet.id.desc()), limit)
     return History(posted, problems)
+
+
+def web_link(url: str | None) -> str | None:
+    """`url` when it is an http(s) address with a host: the only links the page makes from stored text."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return url if parts.scheme.lower() in ("http", "https") and parts.netloc else None
+
+
+def destination_states(tweet: Tweet, bot: BotSettings) -> list[DestinationState]:
+    """Where the tweet is on each of the bot's destinations (then on any other it was delivered to).
+
+    Read from `tweet.deliveries` (load them with the listing: see db.queries.page_by_status). A
+    tweet posted before deliveries were recorded has no X delivery: its own X record stands for it.
+    """
+    deliveries = {delivery.destination: delivery for delivery in tweet.deliveries}
+    networks = [*bot.destinations, *(network for network in deliveries if network not in bot.destinations)]
+    states = []
+    for network in networks:
+        name = NETWORK_NAMES.get(network, network)
+        delivery = deliveries.get(network)
+        if delivery is not None:
+            states.append(DestinationState(
+                network, name, delivery.status, web_link(delivery.url), delivery.dry_run, delivery.error))
+        elif network == "x" and tweet.status is TweetStatus.posted:
+            states.append(DestinationState(network, name, DeliveryStatus.posted, web_link(tweet.x_url), tweet.dry_run))
+        else:
+            states.append(DestinationState(network, name, None))
+    return states
+
+
+def text_check(text: str, bot: BotSettings) -> TextCheck:
+    """Each of the bot's destinations' rule on a candidate: a run posts it only where it is valid
+    (and rejects it when it is valid nowhere)."""
+    check = TextCheck()
+    for network in bot.destinations:
+        problem = text_problem(network, text, bot)
+        if problem is None:
+            check.valid_for.append(NETWORK_NAMES[network])
+        else:
+            check.problems.append(TextProblem(network, NETWORK_NAMES[network], problem))
+    return check
 
 
 def _pending_tweets(session: Session, account: str, ids: Iterable[int], result: BulkResult) -> list[Tweet]:

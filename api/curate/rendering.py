@@ -8,9 +8,10 @@ import base64
 import hashlib
 import json
 from datetime import datetime
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 from fastapi import Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -18,8 +19,10 @@ from fastapi.staticfiles import StaticFiles
 
 from api.curate import actions
 from api.curate.session import COOKIE_PATH, cookie_is_secure
+from core.config import BotSettings
 from core.tweet_text import MAX_WEIGHTED_LENGTH, weighted_length
-from db.models import TweetStatus
+from db.models import DeliveryStatus, TweetStatus
+from posting.destinations import NETWORK_NAMES, dry_run_variable
 
 if TYPE_CHECKING:
     from fastapi.templating import Jinja2Templates
@@ -99,32 +102,52 @@ def pop_flash(request: Request) -> dict | None:
         return None
 
 
+def bot_query(settings, bot: BotSettings) -> str:
+    """What the page's URLs carry to stay on `bot`: `?bot=NAME` when there are several bots, else nothing
+    (the one bot's page keeps today's URLs)."""
+    return "?" + urlencode({"bot": bot.name}) if len(settings.bots) > 1 else ""
+
+
+def dry_runs(bot: BotSettings) -> list[tuple[str, str]]:
+    """(network's name, variable) of each destination the bot only records posts for."""
+    return [(NETWORK_NAMES[network], dry_run_variable(bot, network)) for network in bot.destinations if bot.dry_run(network)]
+
+
 def render(
     request: Request,
     name: str,
     *,
     settings,
+    bot: BotSettings | None = None,
     session=None,
     curator=None,
     status_code: int = 200,
     flash: dict | None = None,
     **context,
 ) -> HTMLResponse:
-    """A page with the common frame: counts, queue warning, CSRF token, one-time message."""
-    counts = actions.status_counts(session, settings.ACCOUNT) if session is not None else None
+    """A page about one bot (None: the default one) with the common frame: bot picker, counts,
+    queue warning, CSRF token, one-time message."""
+    bot = bot or settings.default_bot
+    counts = actions.status_counts(session, bot.name) if session is not None else None
     had_flash = FLASH_COOKIE in request.cookies
     response = templates().TemplateResponse(
         request,
         name,
         {
-            "account": settings.ACCOUNT,
-            "dry_run": settings.TWITTER_DRY_RUN,
+            "account": bot.name,
+            "bots": list(settings.bots) if len(settings.bots) > 1 else [],
+            "bot_query": bot_query(settings, bot),
+            "dry_runs": dry_runs(bot),
+            "destination_names": [NETWORK_NAMES[network] for network in bot.destinations],
+            "destinations_of": partial(actions.destination_states, bot=bot),
+            "text_check_of": partial(actions.text_check, bot=bot),
             "warning_threshold": settings.QUEUE_WARNING_THRESHOLD,
             "max_upload_bytes": settings.MAX_UPLOAD_BYTES,
             "counts": counts,
             "csrf_token": curator.csrf_token if curator else None,
             "flash": flash or pop_flash(request),
             "Status": TweetStatus,
+            "Delivery": DeliveryStatus,
             **context,
         },
         status_code=status_code,
@@ -146,15 +169,16 @@ def answer(
     back_to: str,
     status_code: int = 200,
     session=None,
-    settings=None,
+    account: str | None = None,
     **data,
 ) -> Response:
-    """JSON for the page's scripts; otherwise a 303 back to the page with `message` shown once."""
+    """JSON for the page's scripts (with the account's new counts when given); otherwise a 303 back
+    to the page with `message` shown once."""
     failed = status_code >= 400
     if wants_json(request):
         body = {"detail" if failed else "message": message, **data}
-        if session is not None and settings is not None:
-            counts = actions.status_counts(session, settings.ACCOUNT)
+        if session is not None and account is not None:
+            counts = actions.status_counts(session, account)
             body["counts"] = {status_.value: n for status_, n in counts.items()}
         return JSONResponse(body, status_code=status_code, headers={"Cache-Control": "no-store"})
     response = RedirectResponse(back_to, status.HTTP_303_SEE_OTHER, headers={"Cache-Control": "no-store"})

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 import secrets
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import File, Form, HTTPException, Request, UploadFile, status
+from fastapi import Depends, File, Form, HTTPException, Query, Request, UploadFile, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api.curate import actions
 from api.curate.counter_rule import counter_rule_script
-from api.curate.rendering import answer, render, set_flash, to_sign_in
+from api.curate.rendering import answer, bot_query, render, set_flash, to_sign_in
 from api.curate.session import (
     CuratorPostDep,
     OptionalCuratorDep,
@@ -33,6 +34,7 @@ from api.request_limits import UPLOAD_FORM_LIMITS, PageRoute
 from api.routes import SlashAgnosticRouter
 from api.routes.tweets import upload_result
 from api.schemas import IdempotencyKeyText, TweetIdPath, TweetIdValue
+from core.config import BotSettings, UnknownBot
 from db import store
 from db.models import TweetStatus
 from posting.job import post_next
@@ -55,6 +57,32 @@ class CurationPageRoute(PageRoute):
             back_to="/curate/sign-in" if signed_out or signing_in else "/curate", status_code=refusal.status_code,
         )
 
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """A page or form naming a bot the service does not have is answered as the page answers a
+        refusal (a 404 for the script; the review list with the reason for a plain form), not with
+        the API's JSON."""
+        handle = super().get_route_handler()
+
+        async def handle_unknown_bot(request: Request) -> Response:
+            try:
+                return await handle(request)
+            except UnknownBot as exc:
+                return answer(request, str(exc), back_to="/curate", status_code=status.HTTP_404_NOT_FOUND)
+
+        return handle_unknown_bot
+
+
+def curated_bot(
+    settings: SettingsDep,
+    bot: Annotated[str | None, Query(description="The bot (one of BOTS); default: ACCOUNT, or the first of BOTS.")] = None,
+) -> BotSettings:
+    """The bot the page or form is about: every listing and action is scoped to its account.
+    Raises UnknownBot (see CurationPageRoute.get_route_handler)."""
+    return settings.bot(bot)
+
+
+BotDep = Annotated[BotSettings, Depends(curated_bot)]
+
 
 router = SlashAgnosticRouter(tags=["curation page"], include_in_schema=False, route_class=CurationPageRoute)
 
@@ -63,15 +91,15 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _bulk_action(request: Request, session, settings, action, ids: list[int], verb: str):
+def _bulk_action(request: Request, session, settings, bot: BotSettings, action, ids: list[int], verb: str):
     """Run a bulk review action; the answer counts what changed and says why the rest was skipped."""
-    result: actions.BulkResult = action(session, settings.ACCOUNT, ids)
+    result: actions.BulkResult = action(session, bot.name, ids)
     session.commit()
     message = f"{verb} {_plural(len(result.changed), 'tweet')}."
     if result.skipped:
         message += " Skipped: " + "; ".join(reason for _id, reason in result.skipped) + "."
     return answer(
-        request, message, back_to="/curate", session=session, settings=settings,
+        request, message, back_to="/curate" + bot_query(settings, bot), session=session, account=bot.name,
         changed=result.changed, skipped=[{"id": i, "reason": r} for i, r in result.skipped],
     )
 
@@ -124,31 +152,33 @@ def sign_out(request: Request, curator: CuratorPostDep):
 # ---- pages ----
 
 @router.get("/curate", response_class=HTMLResponse)
-def review_page(request: Request, session: SessionDep, settings: SettingsDep, curator: OptionalCuratorDep):
+def review_page(request: Request, session: SessionDep, settings: SettingsDep, bot: BotDep, curator: OptionalCuratorDep):
     if curator is None:
         return to_sign_in()
-    listing = actions.pending(session, settings.ACCOUNT)
-    return render(request, "review.html", settings=settings, session=session, curator=curator, listing=listing, upload=None)
+    listing = actions.pending(session, bot.name)
+    return render(
+        request, "review.html", settings=settings, bot=bot, session=session, curator=curator, listing=listing, upload=None
+    )
 
 
 @router.get("/curate/queue", response_class=HTMLResponse)
-def queue_page(request: Request, session: SessionDep, settings: SettingsDep, curator: OptionalCuratorDep):
+def queue_page(request: Request, session: SessionDep, settings: SettingsDep, bot: BotDep, curator: OptionalCuratorDep):
     if curator is None:
         return to_sign_in()
     return render(
-        request, "queue.html", settings=settings, session=session, curator=curator,
-        queue=actions.queue(session, settings), moves=list(actions.Move),
+        request, "queue.html", settings=settings, bot=bot, session=session, curator=curator,
+        queue=actions.queue(session, bot, settings.QUEUE_WARNING_THRESHOLD), moves=list(actions.Move),
         post_next_key=POST_NEXT_KEY_PREFIX + secrets.token_urlsafe(16),
     )
 
 
 @router.get("/curate/history", response_class=HTMLResponse)
-def history_page(request: Request, session: SessionDep, settings: SettingsDep, curator: OptionalCuratorDep):
+def history_page(request: Request, session: SessionDep, settings: SettingsDep, bot: BotDep, curator: OptionalCuratorDep):
     if curator is None:
         return to_sign_in()
     return render(
-        request, "history.html", settings=settings, session=session, curator=curator,
-        history=actions.history(session, settings.ACCOUNT),
+        request, "history.html", settings=settings, bot=bot, session=session, curator=curator,
+        history=actions.history(session, bot.name),
     )
 
 
@@ -171,20 +201,21 @@ def upload(
     session: SessionDep,
     settings: SettingsDep,
     curator: CuratorPostDep,
+    bot: BotDep,
     file: Annotated[UploadFile, File()],
 ):
-    """Store a generated file as pending candidates; same parser, rules and summary as /add_tweets_file/."""
+    """Store a generated file as the bot's pending candidates; same parser, rules and summary as /add_tweets_file/."""
     filename = file.filename or ""
     try:
         stored = store.store_curated_file(
-            session, account=settings.ACCOUNT, data=file.file.read(settings.MAX_UPLOAD_BYTES + 1), filename=filename,
+            session, account=bot.name, data=file.file.read(settings.MAX_UPLOAD_BYTES + 1), filename=filename,
             status=TweetStatus.pending, max_bytes=settings.MAX_UPLOAD_BYTES,
         )
     except STORE_ERRORS as exc:
         flash = {"text": f"Nothing was stored: {exc}", "error": True}
         return render(
-            request, "review.html", settings=settings, session=session, curator=curator,
-            listing=actions.pending(session, settings.ACCOUNT), upload=None,
+            request, "review.html", settings=settings, bot=bot, session=session, curator=curator,
+            listing=actions.pending(session, bot.name), upload=None,
             status_code=store_error_status(exc), flash=flash,
         )
     result = upload_result(filename, stored)
@@ -194,109 +225,116 @@ def upload(
         "error": False,
     }
     return render(
-        request, "review.html", settings=settings, session=session, curator=curator,
-        listing=actions.pending(session, settings.ACCOUNT), upload=result, flash=flash,
+        request, "review.html", settings=settings, bot=bot, session=session, curator=curator,
+        listing=actions.pending(session, bot.name), upload=result, flash=flash,
         status_code=status.HTTP_201_CREATED,
     )
 
 
 @router.get("/curate/upload")
-def after_upload():
+def after_upload(settings: SettingsDep, bot: BotDep):
     """The upload's result page reloaded or reached through history: back to the review list."""
-    return RedirectResponse("/curate", status.HTTP_303_SEE_OTHER)
+    return RedirectResponse("/curate" + bot_query(settings, bot), status.HTTP_303_SEE_OTHER)
 
 
 @router.post("/curate/approve")
 def approve(
-    request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
+    request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, bot: BotDep,
     ids: Annotated[list[TweetIdValue], Form(max_length=actions.REVIEW_PAGE_SIZE)],
 ):
-    return _bulk_action(request, session, settings, actions.approve, ids, "Approved")
+    return _bulk_action(request, session, settings, bot, actions.approve, ids, "Approved")
 
 
 @router.post("/curate/reject")
 def reject(
-    request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
+    request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, bot: BotDep,
     ids: Annotated[list[TweetIdValue], Form(max_length=actions.REVIEW_PAGE_SIZE)],
 ):
-    return _bulk_action(request, session, settings, actions.reject, ids, "Rejected")
+    return _bulk_action(request, session, settings, bot, actions.reject, ids, "Rejected")
 
 
-def _tweet_action(request: Request, session, settings, action, tweet_id: int, done: str, back_to: str, **kwargs):
-    """Run a one-tweet action; answer its refusals (the store's error table) with nothing changed."""
+def _tweet_action(
+    request: Request, session, settings, bot: BotSettings, action, tweet_id: int, done: str, back_to: str,
+    *, fragment: str = "", **kwargs,
+):
+    """Run a one-tweet action on the bot's tweet (another bot's is not found); answer its refusals (the
+    store's error table) with nothing changed, back to the page `back_to` (a path) of the same bot."""
+    back_to = back_to + bot_query(settings, bot) + fragment
     try:
-        action(session, settings.ACCOUNT, tweet_id, **kwargs)
+        action(session, bot.name, tweet_id, **kwargs)
     except store.TweetNotFound as exc:
         return answer(request, str(exc), back_to=back_to, status_code=store_error_status(exc))
     except STORE_ERRORS as exc:
         session.rollback()
         return answer(request, f"Not saved: {exc}.", back_to=back_to, status_code=store_error_status(exc))
     session.commit()
-    return answer(request, done, back_to=back_to, session=session, settings=settings, changed=[tweet_id])
+    return answer(request, done, back_to=back_to, session=session, account=bot.name, changed=[tweet_id])
 
 
 @router.post("/curate/tweets/{tweet_id}/edit")
 def edit_and_approve(
-    request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
+    request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, bot: BotDep,
     tweet_id: TweetIdPath, text: Annotated[str, Form()] = "",
 ):
     return _tweet_action(
-        request, session, settings, actions.edit_and_approve, tweet_id,
+        request, session, settings, bot, actions.edit_and_approve, tweet_id,
         f"Tweet {tweet_id} edited and approved.", "/curate", text=text,
     )
 
 
 @router.post("/curate/tweets/{tweet_id}/requeue")
-def requeue(request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, tweet_id: TweetIdPath):
+def requeue(request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, bot: BotDep, tweet_id: TweetIdPath):
     return _tweet_action(
-        request, session, settings, actions.requeue, tweet_id, f"Tweet {tweet_id} is back in the queue.", "/curate/history"
+        request, session, settings, bot, actions.requeue, tweet_id, f"Tweet {tweet_id} is back in the queue.", "/curate/history"
     )
 
 
 @router.post("/curate/tweets/{tweet_id}/confirm-posted")
 def confirm_posted(
-    request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
+    request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, bot: BotDep,
     tweet_id: TweetIdPath, x_link: Annotated[str, Form(max_length=500)] = "",
 ):
     return _tweet_action(
-        request, session, settings, actions.confirm_posted, tweet_id,
+        request, session, settings, bot, actions.confirm_posted, tweet_id,
         f"Tweet {tweet_id} is recorded as posted.", "/curate/history", x_link=x_link,
     )
 
 
 @router.post("/curate/tweets/{tweet_id}/unqueue")
-def unqueue(request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, tweet_id: TweetIdPath):
+def unqueue(request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, bot: BotDep, tweet_id: TweetIdPath):
     return _tweet_action(
-        request, session, settings, actions.unqueue, tweet_id,
+        request, session, settings, bot, actions.unqueue, tweet_id,
         f"Tweet {tweet_id} left the queue; it is back in the review list.", "/curate/queue",
     )
 
 
 @router.post("/curate/tweets/{tweet_id}/move")
 def move(
-    request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep,
+    request: Request, session: SessionDep, settings: SettingsDep, curator: CuratorPostDep, bot: BotDep,
     tweet_id: TweetIdPath, to: Annotated[actions.Move, Form()],
 ):
     return _tweet_action(
-        request, session, settings, actions.move_in_queue, tweet_id,
-        f"Tweet {tweet_id} moved {to.value}.", f"/curate/queue#tweet-{tweet_id}", move=to,
+        request, session, settings, bot, actions.move_in_queue, tweet_id,
+        f"Tweet {tweet_id} moved {to.value}.", "/curate/queue", fragment=f"#tweet-{tweet_id}", move=to,
     )
 
 
 @router.post("/curate/post-next")
 def post_next_now(
-    request: Request, settings: SettingsDep, curator: CuratorPostDep,
+    request: Request, settings: SettingsDep, curator: CuratorPostDep, bot: BotDep,
     idempotency_key: Annotated[IdempotencyKeyText, Form()] = "",
 ):
-    """The scheduler's code path (posting.job.post_next) with the key the page was rendered with:
-    a double click, or a resent form, posts once."""
+    """The scheduler's code path (posting.job.post_next) for the page's bot, with the key the page was
+    rendered with: a double click, or a resent form, posts once. The message lists each destination's result."""
+    query = bot_query(settings, bot)
     if not idempotency_key.startswith(POST_NEXT_KEY_PREFIX):
         return answer(
             request, "The button's key is missing: reload the queue page and press it again (nothing was posted).",
-            back_to="/curate/queue", status_code=status.HTTP_400_BAD_REQUEST,
+            back_to="/curate/queue" + query, status_code=status.HTTP_400_BAD_REQUEST,
         )
     result = post_next(
-        session_factory=request.app.state.session_factory, settings=settings, idempotency_key=idempotency_key
+        session_factory=request.app.state.session_factory, settings=settings, bot=bot.name,
+        idempotency_key=idempotency_key,
     )
     message = result.message
     if result.replayed and result.outcome is PostOutcome.posted:
@@ -304,7 +342,7 @@ def post_next_now(
     posted = result.outcome is PostOutcome.posted
     return answer(
         request, message,
-        back_to="/curate/history" if posted else "/curate/queue",
+        back_to=("/curate/history" if posted else "/curate/queue") + query,
         status_code=result.outcome.http_status,
         outcome=result.outcome.value,
         tweet_id=result.tweet.id if result.tweet is not None else None,

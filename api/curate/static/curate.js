@@ -13,7 +13,7 @@
   // The upload's result page answers a POST: reloading it would send the file again. Give it
   // the review list's address, so a reload (ours below, or the curator's) shows the list.
   if (window.location.pathname.replace(/\/$/, "") === "/curate/upload") {
-    window.history.replaceState(null, "", "/curate");
+    window.history.replaceState(null, "", "/curate" + window.location.search); // keeps ?bot=NAME
   }
 
   function showMessage(text, isError) {
@@ -182,7 +182,7 @@
   }
 
   function submitBulk(path) {
-    const button = bulkForm.querySelector(`button[formaction="${path}"]`);
+    const button = bulkForm.querySelector(`button[formaction^="${path}"]`); // the path, then ?bot=NAME if any
     if (button) bulkForm.requestSubmit(button);
   }
 
