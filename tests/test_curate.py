@@ -14,6 +14,7 @@ from datetime import timedelta
 from functools import partial
 
 import pytest
+import sqlalchemy.event
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from starlette.requests import Request
@@ -40,9 +41,10 @@ from api.curate.session import (
     signing_key,
 )
 from api.request_limits import PAGE_DISCARD_FACTOR, UPLOAD_FORM_OVERHEAD_BYTES
+from core import tweet_text
 from core.config import Settings
 from db import store
-from db.models import Tweet, TweetStatus, utcnow
+from db.models import Delivery, DeliveryStatus, Tweet, TweetStatus, utcnow
 from tests.conftest import ACCOUNT, TOKEN, store_texts
 
 DELIM = "=" * 20
@@ -876,3 +878,289 @@ def test_nameprep_tables_match_stringprep_on_the_basic_plane():
         assert covered(tables["randAL"], code_point) == stringprep.in_table_d1(char), hex(code_point)
         assert covered(tables["leftToRight"], code_point) == stringprep.in_table_d2(char), hex(code_point)
         assert covered(tables["mappedToNothing"], code_point) == stringprep.in_table_b1(char), hex(code_point)
+
+
+# ---- several bots and their destinations --------------------------------------------------
+
+def add_for(session_factory, account: str, *texts: str, status: TweetStatus = TweetStatus.pending) -> list[int]:
+    """Store texts as `account`'s tweets, in order; their ids."""
+    with session_factory() as session:
+        store.ingest_texts(session, account=account, texts=list(texts), status=status)
+        session.commit()
+        return list(session.scalars(select(Tweet.id).where(Tweet.account == account, Tweet.text.in_(texts)).order_by(Tweet.position)))
+
+
+@pytest.fixture
+def network_rules(monkeypatch):
+    """Mastodon's and Bluesky's text rules stood in by short ones (over 40 and 20 characters): the page
+    shows what each destination's rule says, whatever that rule is."""
+    def over(limit: int, name: str):
+        return lambda text, *_max: f"{len(text)} characters, over {name}'s {limit}" if len(text) > limit else None
+
+    monkeypatch.setattr(tweet_text, "mastodon_text_problem", over(40, "Mastodon"), raising=False)
+    monkeypatch.setattr(tweet_text, "bluesky_text_problem", over(20, "Bluesky"), raising=False)
+
+
+@pytest.fixture
+def two_bots_app(monkeypatch, settings_values, engine):
+    """alice posts to X and Mastodon, bob to X, Mastodon and Bluesky; every destination a dry run."""
+    monkeypatch.setenv("BOT_ALICE_DESTINATIONS", "x,mastodon")
+    monkeypatch.setenv("BOT_BOB_DESTINATIONS", "x,mastodon,bluesky")
+    for name in ("ALICE", "BOB"):
+        monkeypatch.setenv(f"BOT_{name}_TWEET_ORDER", "oldest")
+        for variable in ("TWITTER_DRY_RUN", "MASTODON_DRY_RUN", "BLUESKY_DRY_RUN"):
+            monkeypatch.setenv(f"BOT_{name}_{variable}", "true")
+    values = {key: value for key, value in settings_values.items() if key != "ACCOUNT"}
+    return create_app(Settings(**values, BOTS="alice,bob"), engine=engine, configure_logs=False)
+
+
+@pytest.fixture
+def two_bots(two_bots_app, network_rules):
+    with TestClient(two_bots_app, base_url="https://testserver") as test_client:
+        test_client.csrf = sign_in(test_client)
+        yield test_client
+
+
+def bot_links(page: str) -> list[tuple[str, bool]]:
+    """The bot picker's links: (href, is the current bot)."""
+    nav = re.search(r'<nav class="wrap bots" aria-label="Bots">(.*?)</nav>', page, re.S)
+    return [(href, bool(current)) for href, current in re.findall(r'<a href="([^"]+)" ?(aria-current="true")?>', nav.group(1))]
+
+
+def test_each_bots_page_lists_only_its_own_tweets_and_keeps_the_bot_in_every_url(two_bots, session_factory):
+    add_for(session_factory, "alice", "alice's candidate")
+    add_for(session_factory, "alice", "alice's queued tweet", status=TweetStatus.queued)
+    add_for(session_factory, "bob", "bob's candidate")
+    add_for(session_factory, "bob", "bob's queued tweet", status=TweetStatus.queued)
+
+    default, alice, bob = (two_bots.get(path).text for path in ("/curate", "/curate?bot=alice", "/curate?bot=bob"))
+    assert texts_on(default) == texts_on(alice) == ["alice's candidate"]  # no bot named: ACCOUNT, else the first of BOTS
+    assert texts_on(bob) == ["bob's candidate"]
+    assert texts_on(two_bots.get("/curate/queue?bot=bob").text) == ["bob's queued tweet"]
+    assert texts_on(two_bots.get("/curate/queue?bot=alice").text) == ["alice's queued tweet"]
+    assert bot_links(bob) == [("/curate?bot=alice", False), ("/curate?bot=bob", True)]
+    assert bot_links(two_bots.get("/curate/history?bot=bob").text) == [
+        ("/curate/history?bot=alice", False), ("/curate/history?bot=bob", True)]
+    assert "<title>Review · @bob</title>" in bob
+    # Every form and link of bob's page stays on bob.
+    targets = re.findall(r'(?:action|formaction|href)="(/curate[^"]*)"', bob)
+    assert targets and all(target.endswith("?bot=bob") or target.startswith("/curate/static/")
+                           or target in ("/curate/sign-out", "/curate/tweet-rule.js", "/curate?bot=alice")
+                           for target in targets), targets
+    assert re.search(r'<span class="badge" data-count="pending">1</span>', bob)
+
+
+@SQLITE_ONLY
+def test_the_one_bots_page_has_no_picker_and_todays_urls(curator, session_factory):
+    add(session_factory, "a candidate")
+    page = curator.get("/curate").text
+    assert 'aria-label="Bots"' not in page and "?bot=" not in page
+    assert 'action="/curate/approve"' in page
+    assert "Dry run (TWITTER_DRY_RUN=true): posts are recorded here and never sent to X." in page
+
+
+def test_an_action_on_another_bots_tweet_is_refused_and_changes_nothing(two_bots, session_factory):
+    alices_candidate, = add_for(session_factory, "alice", "alice's candidate")
+    alices_queued, = add_for(session_factory, "alice", "alice's queued tweet", status=TweetStatus.queued)
+    before = snapshot(session_factory)
+    form = {"csrf_token": two_bots.csrf}
+
+    response = two_bots.post("/curate/approve?bot=bob", data={**form, "ids": [alices_candidate]}, headers=JSON)
+    assert response.status_code == 200 and response.json()["changed"] == []
+    assert response.json()["skipped"] == [{"id": alices_candidate, "reason": f"no tweet with id {alices_candidate}"}]
+    for path, data in [
+        (f"/curate/tweets/{alices_candidate}/edit?bot=bob", {"text": "taken over"}),
+        (f"/curate/tweets/{alices_queued}/unqueue?bot=bob", {}),
+        (f"/curate/tweets/{alices_queued}/move?bot=bob", {"to": "top"}),
+        (f"/curate/tweets/{alices_queued}/requeue?bot=bob", {}),
+    ]:
+        response = two_bots.post(path, data={**form, **data}, headers=JSON)
+        assert response.status_code == 404, (path, response.text)
+    assert snapshot(session_factory) == before
+
+    # The same action on the right bot works, and a plain form goes back to that bot's page.
+    response = two_bots.post("/curate/approve?bot=alice", data={**form, "ids": [alices_candidate]}, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/curate?bot=alice"
+    assert status_of(session_factory, alices_candidate) is TweetStatus.queued
+    response = two_bots.post(f"/curate/tweets/{alices_queued}/move?bot=alice", data={**form, "to": "bottom"}, follow_redirects=False)
+    assert response.headers["location"] == f"/curate/queue?bot=alice#tweet-{alices_queued}"
+
+
+def test_an_upload_goes_to_the_pages_bot(two_bots, session_factory):
+    response = two_bots.post("/curate/upload?bot=bob", data={"csrf_token": two_bots.csrf},
+                             files={"file": ("generated.txt", curated("bob's upload"), "text/plain")})
+    assert response.status_code == 201, response.text
+    assert texts_on(response.text) == ["bob's upload"]
+    with session_factory() as session:
+        assert session.scalars(select(Tweet.account)).all() == ["bob"]
+
+
+@pytest.mark.parametrize("bot", ["carol", "<script>alert(1)</script>", "a" * 300, "\x00"])
+def test_an_unknown_bot_is_a_404_for_the_script_and_a_message_for_a_form(two_bots, session_factory, bot):
+    alices, = add_for(session_factory, "alice", "alice's candidate")
+    before = snapshot(session_factory)
+    response = two_bots.post("/curate/approve", params={"bot": bot}, data={"csrf_token": two_bots.csrf, "ids": [alices]}, headers=JSON)
+    assert response.status_code == 404
+    assert response.json()["detail"].startswith("no bot is named") and "the bots are alice, bob" in response.json()["detail"]
+    for method, path in [("GET", "/curate/queue"), ("POST", "/curate/post-next")]:
+        response = two_bots.request(method, path, params={"bot": bot}, data={"csrf_token": two_bots.csrf}, follow_redirects=False)
+        assert response.status_code == 303 and response.headers["location"] == "/curate"
+        page = two_bots.get("/curate").text
+        assert flash_on(page).startswith("no bot is named") and "<script>alert" not in page
+    assert snapshot(session_factory) == before
+
+
+def test_post_next_now_posts_the_pages_bot_and_says_what_each_destination_did(two_bots, session_factory):
+    alices, = add_for(session_factory, "alice", "alice's next tweet", status=TweetStatus.queued)
+    bobs, = add_for(session_factory, "bob", "bob's next tweet", status=TweetStatus.queued)
+    page = two_bots.get("/curate/queue?bot=bob").text
+    assert 'action="/curate/post-next?bot=bob"' in page and "Post next now as @bob" in page
+    assert "to X, Mastodon, Bluesky (dry run on X, Mastodon, Bluesky: recorded, not sent)" in page
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', page).group(1)
+    response = two_bots.post("/curate/post-next?bot=bob", data={"idempotency_key": key, "csrf_token": two_bots.csrf},
+                             follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/curate/history?bot=bob"
+    assert status_of(session_factory, bobs) is TweetStatus.posted
+    assert status_of(session_factory, alices) is TweetStatus.queued
+    history = two_bots.get("/curate/history?bot=bob").text
+    assert flash_on(history) == (f"Dry run: tweet {bobs} recorded as posted; nothing was sent to X; "
+                                 "Mastodon: dry run, nothing sent; Bluesky: dry run, nothing sent")
+    assert texts_on(history) == ["bob's next tweet"]
+    assert re.findall(r'data-network="(\w+)" data-status="(\w[\w-]*)"', history) == [
+            ("x", "posted"), ("mastodon", "posted"), ("bluesky", "posted")]
+    assert history.count('<span class="delivery delivery-dry-run">dry run</span>') == 3
+    assert texts_on(two_bots.get("/curate/history?bot=alice").text) == []
+
+
+def set_deliveries(session_factory, tweet_id: int, *, status: TweetStatus | None = None, **by_network: dict) -> None:
+    """Give a tweet (a status and) a delivery per network, with the given fields."""
+    with session_factory() as session:
+        tweet = session.get(Tweet, tweet_id)
+        if status is not None:
+            tweet.status = status
+            if status is TweetStatus.posted:
+                tweet.posted_at = utcnow()
+        for network, fields in by_network.items():
+            session.add(Delivery(tweet_id=tweet_id, destination=network, **fields))
+        session.commit()
+
+
+def destinations_on(page: str, tweet_id: int) -> list[tuple[str, str, str]]:
+    """A card's destinations: (network, state, the text shown, tags stripped and spaces squeezed)."""
+    card = re.search(rf'<li class="card" id="tweet-{tweet_id}".*?</li>\s*(?=<li class="card"|</ol>)', page, re.S).group(0)
+    return [
+        (network, state, " ".join(html.unescape(re.sub(r"<[^>]+>", " ", body)).split()))
+        for network, state, body in re.findall(r'<li class="destination" data-network="(\w+)" data-status="([\w-]+)">(.*?)</li>', card, re.S)
+    ]
+
+
+def test_queue_and_history_show_each_destinations_state_and_link_escaped(two_bots, session_factory):
+    partly, fresh = add_for(session_factory, "bob", "posted on X, Mastodon to retry", "not tried yet", status=TweetStatus.queued)
+    set_deliveries(
+        session_factory, partly,
+        x={"status": DeliveryStatus.posted, "remote_id": "1790000000000000001", "url": "https://x.com/bob/status/1790000000000000001"},
+        mastodon={"status": DeliveryStatus.queued, "error": f"Mastodon's rate limit is reached {HOSTILE[0]}"},
+    )
+    queue = two_bots.get("/curate/queue?bot=bob").text
+    assert destinations_on(queue, partly) == [
+        ("x", "posted", "X posted View on X"),
+        ("mastodon", "queued", f"Mastodon queued Mastodon's rate limit is reached {HOSTILE[0]}"),
+        ("bluesky", "not-posted", "Bluesky not posted yet"),
+    ]
+    assert destinations_on(queue, fresh) == [
+        ("x", "not-posted", "X not posted yet"), ("mastodon", "not-posted", "Mastodon not posted yet"),
+        ("bluesky", "not-posted", "Bluesky not posted yet"),
+    ]
+    assert 'href="https://x.com/bob/status/1790000000000000001"' in queue
+
+    posted, unsure = add_for(session_factory, "bob", "everywhere", "lost on Bluesky", status=TweetStatus.queued)
+    set_deliveries(
+        session_factory, posted, status=TweetStatus.posted,
+        x={"status": DeliveryStatus.posted, "dry_run": True},
+        mastodon={"status": DeliveryStatus.posted, "url": 'https://mastodon.example/@bob/1?a="><script>alert(1)</script>'},
+        bluesky={"status": DeliveryStatus.posted, "url": "javascript:alert(1)"},
+    )
+    set_deliveries(
+        session_factory, unsure, status=TweetStatus.unconfirmed,
+        x={"status": DeliveryStatus.posted, "url": "https://x.com/bob/status/2"},
+        bluesky={"status": DeliveryStatus.unconfirmed, "error": f"Bluesky did not answer in time {HOSTILE[1]}"},
+    )
+    history = two_bots.get("/curate/history?bot=bob").text
+    assert destinations_on(history, posted) == [
+        ("x", "posted", "X dry run Not sent to X (dry run)."),
+        ("mastodon", "posted", "Mastodon posted View on Mastodon"),
+        ("bluesky", "posted", "Bluesky posted Marked posted by hand; no link recorded."),  # never a javascript: link
+    ]
+    assert destinations_on(history, unsure) == [
+        ("x", "posted", "X posted View on X"),
+        ("mastodon", "not-posted", "Mastodon not posted yet"),
+        ("bluesky", "unconfirmed", f"Bluesky unconfirmed Bluesky did not answer in time {HOSTILE[1]}"),
+    ]
+    assert 'href="https://mastodon.example/@bob/1?a=&#34;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"' in history
+    assert "javascript:" not in history
+    for page in (queue, history):
+        assert "<script>alert" not in page and "<img src=x" not in page
+
+
+def test_a_candidate_valid_for_some_destinations_says_where_it_will_go(two_bots, session_factory):
+    short, medium = add_for(session_factory, "bob", "short enough", "between twenty and forty characters")
+    long_one, = add_for(session_factory, "bob", "queued: longer than forty characters, too long for Mastodon",
+                        status=TweetStatus.queued)
+    review = two_bots.get("/curate?bot=bob").text
+    assert "text-problems" not in card_html(review, short)
+    assert problems_on(card_html(review, medium)) == [
+        "Not valid for Bluesky: 35 characters, over Bluesky's 20",
+        "It will be posted only to X, Mastodon: edit it to post it everywhere.",
+    ]
+    queue = two_bots.get("/curate/queue?bot=bob").text
+    assert problems_on(card_html(queue, long_one)) == [
+        "Not valid for Mastodon: 59 characters, over Mastodon's 40",
+        "Not valid for Bluesky: 59 characters, over Bluesky's 20",
+        "It will be posted only to X.",
+    ]
+    # alice does not post to Bluesky: her page says nothing about Bluesky's rule.
+    alices, = add_for(session_factory, "alice", "between twenty and forty characters")
+    assert "text-problems" not in two_bots.get("/curate?bot=alice").text
+
+
+def card_html(page: str, tweet_id: int) -> str:
+    return re.search(rf'<li class="card" id="tweet-{tweet_id}".*?(?=<li class="card"|</ol>)', page, re.S).group(0)
+
+
+def problems_on(card: str) -> list[str]:
+    box = re.search(r'<div class="text-problems" role="note">(.*?)</div>', card, re.S)
+    return [] if box is None else [
+        " ".join(html.unescape(text).split()) for text in re.findall(r"<(?:li|p)[^>]*>(.*?)</(?:li|p)>", box.group(1), re.S)]
+
+
+@SQLITE_ONLY
+def test_a_text_over_a_destinations_rule_is_escaped_like_the_text(two_bots, session_factory, monkeypatch):
+    monkeypatch.setattr(tweet_text, "bluesky_text_problem", lambda text: f"refused: {text}", raising=False)
+    add_for(session_factory, "bob", HOSTILE[0], HOSTILE[1])
+    page = two_bots.get("/curate?bot=bob").text
+    assert "<script>" not in page and "<img" not in page
+    assert f"Not valid for Bluesky: refused: {HOSTILE[0]}" in [" ".join(t.split()) for t in problems_on(page)]
+
+
+def test_listings_load_deliveries_in_the_same_number_of_queries_for_any_number_of_tweets(two_bots, session_factory, engine):
+    statements: list[str] = []
+    sqlalchemy.event.listen(engine, "before_cursor_execute", lambda _c, _cur, statement, *_: statements.append(statement))
+
+    def queries_for(path: str) -> int:
+        statements.clear()
+        assert two_bots.get(path).status_code == 200
+        return len(statements)
+
+    def add_posted(n: int) -> None:
+        for tweet_id in add_for(session_factory, "bob", *(f"posted tweet {n}-{i}" for i in range(n)), status=TweetStatus.queued):
+            set_deliveries(session_factory, tweet_id, status=TweetStatus.posted,
+                           **{network: {"status": DeliveryStatus.posted, "dry_run": True} for network in ("x", "mastodon", "bluesky")})
+
+    add_posted(1)
+    add_for(session_factory, "bob", "queued 1", status=TweetStatus.queued)
+    few = {path: queries_for(path) for path in ("/curate/history?bot=bob", "/curate/queue?bot=bob", "/curate?bot=bob")}
+    add_posted(5)
+    add_for(session_factory, "bob", "queued 2", "queued 3", "queued 4", status=TweetStatus.queued)
+    many = {path: queries_for(path) for path in few}
+    assert many == few
+    assert len(texts_on(two_bots.get("/curate/history?bot=bob").text)) == 6
