@@ -218,3 +218,20 @@ def test_bad_bot_settings_name_the_variable(monkeypatch, variable, value, messag
 
 def test_the_single_bot_setup_is_unchanged(settings):
     assert list(settings.bots) == [ACCOUNT] and settings.default_bot.destinations == ("x",)
+
+
+def test_the_store_keeps_a_text_that_some_destination_of_the_bot_may_post(client, monkeypatch, settings_values, engine):
+    """Over X's 280 but within Mastodon's 500: stored for a bot that posts to Mastodon, refused
+    (naming each destination's reason) for one that posts to X alone."""
+    from api.app import create_app
+    from fastapi.testclient import TestClient
+
+    long_text = "a" * 400
+    assert client.post("/add_tweets/", json={"tweet": long_text}).status_code == 422  # the X-only bot
+    settings = Settings(**{**settings_values, "DESTINATIONS": "x,mastodon", "MASTODON_DRY_RUN": True})
+    with TestClient(create_app(settings, engine=engine, configure_logs=False), headers={"x-token": TOKEN}) as both:
+        answer = both.post("/add_tweets/", json={"tweet": long_text})
+        assert answer.status_code == 201, answer.text
+        too_long = both.post("/add_tweets/", json={"tweet": "b" * 600})
+        assert too_long.status_code == 422
+        assert "X:" in too_long.json()["detail"] and "Mastodon:" in too_long.json()["detail"]
