@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import tweepy
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import tweet_text
@@ -115,11 +116,17 @@ class DatabaseSessionStore:
                 NetworkSession.account == self.account, NetworkSession.network == self.network))
 
     def save(self, blob: str) -> None:
-        with self.session_factory() as session:
-            row = session.scalar(select(NetworkSession).where(
-                NetworkSession.account == self.account, NetworkSession.network == self.network).with_for_update())
-            if row is None:
-                session.add(NetworkSession(account=self.account, network=self.network, sealed=blob))
-            else:
-                row.sealed, row.updated_at = blob, utcnow()
-            session.commit()
+        for _attempt in range(2):  # a first save racing another run's first save inserts once, then updates
+            with self.session_factory() as session:
+                row = session.scalar(select(NetworkSession).where(
+                    NetworkSession.account == self.account, NetworkSession.network == self.network).with_for_update())
+                if row is None:
+                    session.add(NetworkSession(account=self.account, network=self.network, sealed=blob))
+                else:
+                    row.sealed, row.updated_at = blob, utcnow()
+                try:
+                    session.commit()
+                    return
+                except IntegrityError:
+                    session.rollback()
+        raise RuntimeError("could not save the network session")
