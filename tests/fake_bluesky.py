@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -167,6 +168,12 @@ class FakeBluesky(FakeX):
         if isinstance(response, Lands):
             return replace(route.handler(request), delay=response.delay, drop=response.drop)
         return response
+
+    def _serve(self, http: BaseHTTPRequestHandler) -> None:
+        # The answer goes out in two writes (headers, body): without NODELAY the second waits for
+        # the client's delayed ACK, 40 ms per request.
+        http.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super()._serve(http)
 
     def _send(self, http: BaseHTTPRequestHandler, response: FakeResponse) -> None:
         super()._send(http, replace(response, headers={**X_DEFAULT_HEADERS, **response.headers}))
