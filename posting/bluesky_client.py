@@ -28,6 +28,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
 from core.delivery import DeliveryError, DeliveryFailed, ErrorKind, RemotePost
+from core.tweet_text import bluesky_text_problem
 from core.x_client import reset_time
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ class BlueskyDestination:
         self.timeout = timeout
         self.langs = list(langs)
         self._app_password = app_password
-        self._vault = SessionVault(session_store, self.handle, app_password)
+        self._session_store = session_store
         self._secrets = {app_password}
 
     def __repr__(self) -> str:
@@ -228,25 +229,30 @@ class BlueskyDestination:
         Before the createRecord, a session is made ready (the stored one, refreshed if it expires
         within 15 minutes; else a new login) and mentions are resolved: a failure there sent no
         post, so it is never unknown_outcome. A createRecord the PDS refuses for an expired session
-        did nothing: it is sent once more after a refresh.
+        did nothing: it is sent once more after a refresh. A text Bluesky's rule refuses is
+        refused here, before any request. Each call keeps its own state: calls may run in threads.
         """
         if not TID.fullmatch(key):
             raise ValueError(f"record key {key!r} is not a TID: make it with new_key() and keep it for the delivery")
-        client = self._client()
+        problem = bluesky_text_problem(text)
+        if problem is not None:
+            raise DeliveryFailed(DeliveryError(ErrorKind.text_refused, problem))
+        vault = SessionVault(self._session_store, self.handle, self._app_password)
+        client = self._client(vault)
         try:
-            self._before_the_post(self._start_session, client)
+            self._before_the_post(self._start_session, client, vault)
             record = self._before_the_post(self._record, client, text)
-            return self._create_record(client, key, record)
+            return self._create_record(client, vault, key, record)
         finally:
             client.request.close()
 
     # ---- the steps of a post ----
-    def _client(self):
+    def _client(self, vault: SessionVault):
         from atproto_client import Client
         from atproto_client.request import Request
 
         client = Client(base_url=self.pds_url, request=Request(timeout=self.timeout))
-        client.on_session_change(self._session_changed)
+        client.on_session_change(lambda event, session: self._session_changed(vault, event, session))
         return client
 
     def _before_the_post(self, step, *args):
@@ -261,27 +267,27 @@ class BlueskyDestination:
                 error = replace(error, kind=ErrorKind.not_sent, message=f"{error.message} (before the post was sent)")
             raise DeliveryFailed(self._scrubbed(error)) from exc
 
-    def _start_session(self, client) -> None:
+    def _start_session(self, client, vault: SessionVault) -> None:
         from atproto_client.client.session import Session
 
-        self._vault.load()
+        vault.load()
         session = None
-        if self._vault.session:
+        if vault.session:
             try:
-                session = Session.decode(self._vault.session)
+                session = Session.decode(vault.session)
             except ValueError:
                 log.warning("the stored Bluesky session of %s is not a session string: logging in again", self.handle)
         if session is None:
-            self._create_session(client)
+            self._create_session(client, vault)
             return
         self._secrets |= {session.access_jwt, session.refresh_jwt}
-        client.login(session_string=self._vault.session, fetch_bsky_profile=False)
+        client.login(session_string=vault.session, fetch_bsky_profile=False)
         # atproto refreshes an access token that expires within 15 minutes before any call; done
         # here, a refresh token Bluesky no longer takes leads to a new login, not a failed post.
         if client._should_refresh_session():
-            self._renew_session(client)
+            self._renew_session(client, vault)
 
-    def _renew_session(self, client) -> None:
+    def _renew_session(self, client, vault: SessionVault) -> None:
         """Refresh the session; when Bluesky no longer takes its refresh token, log in again."""
         try:
             client._refresh_and_set_session()
@@ -291,24 +297,24 @@ class BlueskyDestination:
                 raise
             log.info("Bluesky refused to refresh the session of %s (%s): logging in again",
                      self.handle, classify_bluesky_error(exc).message)
-            self._create_session(client)
+            self._create_session(client, vault)
 
-    def _create_session(self, client) -> None:
-        refusal = self._vault.create_session_refusal()
+    def _create_session(self, client, vault: SessionVault) -> None:
+        refusal = vault.create_session_refusal()
         if refusal is not None:
             raise DeliveryFailed(refusal)
-        self._vault.count_create_session()
+        vault.count_create_session()
         client.login(self.handle, self._app_password, fetch_bsky_profile=False)
-        log.info("logged in to Bluesky as %s (%d logins in the last day)", self.handle, len(self._vault.create_session_times))
+        log.info("logged in to Bluesky as %s (%d logins in the last day)", self.handle, len(vault.create_session_times))
 
-    def _session_changed(self, event, session) -> None:
+    def _session_changed(self, vault: SessionVault, event, session) -> None:
         """atproto's callback on every new or refreshed session: seal and save it."""
         from atproto_client.client.session import SessionEvent
 
         self._secrets |= {session.access_jwt, session.refresh_jwt}
         if event in (SessionEvent.CREATE, SessionEvent.REFRESH):
-            self._vault.session = session.export()
-            self._vault.save()
+            vault.session = session.export()
+            vault.save()
 
     def _record(self, client, text: str) -> dict:
         record = {
@@ -323,7 +329,7 @@ class BlueskyDestination:
             record["langs"] = self.langs
         return record
 
-    def _create_record(self, client, key: str, record: dict) -> RemotePost:
+    def _create_record(self, client, vault: SessionVault, key: str, record: dict) -> RemotePost:
         from atproto_client import models
 
         data = models.ComAtprotoRepoCreateRecord.Data(
@@ -335,7 +341,7 @@ class BlueskyDestination:
             except Exception as exc:
                 if not _session_refused(exc):
                     raise
-                self._before_the_post(self._renew_session, client)
+                self._before_the_post(self._renew_session, client, vault)
                 created = client.com.atproto.repo.create_record(data)
         except DeliveryFailed:
             raise

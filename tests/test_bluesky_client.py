@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -117,19 +119,44 @@ def test_a_retry_after_a_lost_answer_is_recorded_as_posted_with_no_second_record
     assert len(fake_bluesky.received("GET", GET_RECORD)) == 1
 
 
+def logged_in_client(fake: FakeBluesky) -> Client:
+    client = Client(base_url=fake.base_url)
+    client.login(HANDLE, APP_PASSWORD, fetch_bsky_profile=False)
+    return client
+
+
+def post_record(text: str, rkey: str = "3n3os4ytibe6c"):
+    record = {"$type": "app.bsky.feed.post", "text": text, "createdAt": "2026-12-02T12:00:00.000Z"}
+    return models.ComAtprotoRepoCreateRecord.Data(repo=DID, collection="app.bsky.feed.post", rkey=rkey, record=record)
+
+
 def test_the_fake_refuses_an_existing_record_key_as_the_pds_does(fake_bluesky):
     """bluesky-social/atproto's PDS: its repo refuses a key it holds with a plain Error, which the
     XRPC server answers as a 500 without details (see tests/fake_bluesky.py)."""
-    client = Client(base_url=fake_bluesky.base_url)
-    client.login(HANDLE, APP_PASSWORD, fetch_bsky_profile=False)
-    record = {"$type": "app.bsky.feed.post", "text": "once", "createdAt": "2026-12-02T12:00:00.000Z"}
-    data = models.ComAtprotoRepoCreateRecord.Data(repo=DID, collection="app.bsky.feed.post", rkey="3n3os4ytibe6c", record=record)
-    client.com.atproto.repo.create_record(data)
+    client = logged_in_client(fake_bluesky)
+    client.com.atproto.repo.create_record(post_record("once"))
     with pytest.raises(atproto_errors.RequestException) as refused:
-        client.com.atproto.repo.create_record(data)
+        client.com.atproto.repo.create_record(post_record("once"))
     answer = refused.value.response
     assert answer.status_code == 500
     assert (answer.content.error, answer.content.message) == ("InternalServerError", "Internal Server Error")
+
+
+@pytest.mark.parametrize(
+    "text, rkey, message",
+    [
+        ("🇫🇷" * 301, "3n3os4ytibe6c",
+         "Invalid app.bsky.feed.post record: grapheme too big (maximum 300, got 301) at $.record.text"),
+        ("👨‍👩‍👧‍👦" * 121, "3n3os4ytibe6c",
+         "Invalid app.bsky.feed.post record: string too big (maximum 3000, got 3025) at $.record.text"),
+        ("fine", "delivery-1", "Invalid record key for app.bsky.feed.post: Invalid TID"),
+    ],
+)
+def test_the_fake_checks_posts_as_the_lexicon_does(fake_bluesky, text, rkey, message):
+    with pytest.raises(atproto_errors.BadRequestError) as refused:
+        logged_in_client(fake_bluesky).com.atproto.repo.create_record(post_record(text, rkey))
+    assert (refused.value.response.content.error, refused.value.response.content.message) == ("InvalidRequest", message)
+    assert fake_bluesky.records == {}
 
 
 def test_writing_a_key_again_finds_the_post_already_there(fake_bluesky):
@@ -211,13 +238,20 @@ def test_answers_are_classified(fake_bluesky, route, answer, kind, status_code):
     assert not fake_bluesky.records
 
 
-def test_a_text_over_300_graphemes_is_refused_for_its_text(fake_bluesky):
+def test_a_text_over_300_graphemes_is_refused_before_any_request(fake_bluesky):
     failure = failure_of(lambda: post_once(fake_bluesky, "🇫🇷" * 301))
+    assert failure.error.kind is ErrorKind.text_refused
+    assert failure.error.message == "301 graphemes over Bluesky's 300"
+    assert fake_bluesky.requests == []
+
+
+def test_a_record_the_pds_finds_invalid_is_refused_for_its_text(fake_bluesky):
+    """The PDS's own wording, should its count ever differ from ours."""
+    invalid = "Invalid app.bsky.feed.post record: grapheme too big (maximum 300, got 301) at $.record.text"
+    fake_bluesky.enqueue("POST", CREATE_RECORD, FakeResponse(400, {"error": "InvalidRequest", "message": invalid}))
+    failure = failure_of(lambda: post_once(fake_bluesky))
     assert failure.error.kind is ErrorKind.text_refused and failure.error.status_code == 400
-    assert failure.error.message == (
-        "Bluesky answered 400 InvalidRequest: Invalid app.bsky.feed.post record: "
-        "grapheme too big (maximum 300, got 301) at $.record.text"
-    )
+    assert failure.error.message == f"Bluesky answered 400 InvalidRequest: {invalid}"
 
 
 def test_bad_credentials_say_which_variables_to_check(fake_bluesky):
@@ -534,3 +568,25 @@ def test_a_mention_is_resolved_through_the_pds(fake_bluesky):
     (facet,) = fake_bluesky.records[posted.id]["value"]["facets"]
     assert facet["features"] == [{"$type": "app.bsky.richtext.facet#mention", "did": "did:plc:alice"}]
     assert [r.query["handle"] for r in fake_bluesky.received("GET", RESOLVE_HANDLE)] == [["alice.bsky.social"], ["ghost.bsky.social"]]
+
+
+class BarrierStore(MemorySessionStore):
+    """Holds every load until `parties` calls are loading at once."""
+
+    def __init__(self, parties: int):
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=10)
+
+    def load(self):
+        self.barrier.wait()
+        return super().load()
+
+
+def test_one_destination_posts_from_several_threads_at_once(fake_bluesky):
+    """Each call keeps its own session state: two calls in flight together both post."""
+    bluesky = destination(fake_bluesky, BarrierStore(2))
+    keys = [bluesky.new_key(f"delivery-{n}") for n in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        posted = list(pool.map(lambda n: bluesky.post(f"thread {n}", key=keys[n]), range(2)))
+    assert [p.id for p in posted] == keys
+    assert {fake_bluesky.records[k]["value"]["text"] for k in keys} == {"thread 0", "thread 1"}
