@@ -109,6 +109,9 @@ class SessionVault:
     The times are kept in clear: they are not secret, and a new app password must not forget the
     logins the old one made (Bluesky counts them per account). A session that does not open
     (another password, a tampered blob) is ignored; so are times that are not times.
+    HKDF suits an app password (Bluesky makes it: 16 random letters and digits, 80 bits); it
+    would not slow down guessing a person's own password, which BLUESKY_APP_PASSWORD must not be.
+    One vault per post() call: it holds that call's state.
     """
 
     def __init__(self, store: SessionStore, handle: str, app_password: str):
@@ -118,6 +121,7 @@ class SessionVault:
         self._fernet = None
         self.session: str | None = None
         self.create_session_times: list[float] = []
+        self.secrets = {app_password}  # and the tokens of every session seen: never in a message
 
     def _seal(self):
         if self._fernet is None:
@@ -186,6 +190,14 @@ class SessionVault:
                 )
         return None
 
+    def scrubbed(self, error: DeliveryError) -> DeliveryError:
+        """The error without any secret an answer might have echoed."""
+        message = error.message
+        for secret in self.secrets:
+            if secret:
+                message = message.replace(secret, "[secret]")
+        return replace(error, message=message)
+
     def count_create_session(self) -> None:
         """Count a createSession about to be sent, and save before sending it (a crash still counts it)."""
         self.create_session_times.append(time.time())
@@ -212,7 +224,6 @@ class BlueskyDestination:
         self.langs = list(langs)
         self._app_password = app_password
         self._session_store = session_store
-        self._secrets = {app_password}
 
     def __repr__(self) -> str:
         return f"BlueskyDestination({self.pds_url!r}, {self.handle!r})"
@@ -240,8 +251,8 @@ class BlueskyDestination:
         vault = SessionVault(self._session_store, self.handle, self._app_password)
         client = self._client(vault)
         try:
-            self._before_the_post(self._start_session, client, vault)
-            record = self._before_the_post(self._record, client, text)
+            self._before_the_post(vault, self._start_session, client, vault)
+            record = self._before_the_post(vault, self._record, client, text)
             return self._create_record(client, vault, key, record)
         finally:
             client.request.close()
@@ -255,7 +266,7 @@ class BlueskyDestination:
         client.on_session_change(lambda event, session: self._session_changed(vault, event, session))
         return client
 
-    def _before_the_post(self, step, *args):
+    def _before_the_post(self, vault: SessionVault, step, *args):
         """Run a step that comes before the createRecord: whatever went wrong, no post was sent."""
         try:
             return step(*args)
@@ -265,7 +276,7 @@ class BlueskyDestination:
             error = classify_bluesky_error(exc)
             if error.kind is ErrorKind.unknown_outcome:
                 error = replace(error, kind=ErrorKind.not_sent, message=f"{error.message} (before the post was sent)")
-            raise DeliveryFailed(self._scrubbed(error)) from exc
+            raise DeliveryFailed(vault.scrubbed(error)) from exc
 
     def _start_session(self, client, vault: SessionVault) -> None:
         from atproto_client.client.session import Session
@@ -280,7 +291,7 @@ class BlueskyDestination:
         if session is None:
             self._create_session(client, vault)
             return
-        self._secrets |= {session.access_jwt, session.refresh_jwt}
+        vault.secrets |= {session.access_jwt, session.refresh_jwt}
         client.login(session_string=vault.session, fetch_bsky_profile=False)
         # atproto refreshes an access token that expires within 15 minutes before any call; done
         # here, a refresh token Bluesky no longer takes leads to a new login, not a failed post.
@@ -311,7 +322,7 @@ class BlueskyDestination:
         """atproto's callback on every new or refreshed session: seal and save it."""
         from atproto_client.client.session import SessionEvent
 
-        self._secrets |= {session.access_jwt, session.refresh_jwt}
+        vault.secrets |= {session.access_jwt, session.refresh_jwt}
         if event in (SessionEvent.CREATE, SessionEvent.REFRESH):
             vault.session = session.export()
             vault.save()
@@ -341,7 +352,7 @@ class BlueskyDestination:
             except Exception as exc:
                 if not _session_refused(exc):
                     raise
-                self._before_the_post(self._renew_session, client, vault)
+                self._before_the_post(vault, self._renew_session, client, vault)
                 created = client.com.atproto.repo.create_record(data)
         except DeliveryFailed:
             raise
@@ -349,7 +360,7 @@ class BlueskyDestination:
             landed = self._landed_earlier(client, key, record["text"], exc)
             if landed is not None:
                 return landed
-            raise DeliveryFailed(self._scrubbed(classify_bluesky_error(exc))) from exc
+            raise DeliveryFailed(vault.scrubbed(classify_bluesky_error(exc))) from exc
         return self._remote_post(created.uri.rsplit("/", 1)[-1])
 
     def _landed_earlier(self, client, key: str, text: str, exc: BaseException) -> RemotePost | None:
@@ -382,14 +393,6 @@ class BlueskyDestination:
 
     def _remote_post(self, rkey: str) -> RemotePost:
         return RemotePost(id=rkey, url=f"https://bsky.app/profile/{self.handle}/post/{rkey}")
-
-    def _scrubbed(self, error: DeliveryError) -> DeliveryError:
-        """The error without any secret the answer might have echoed."""
-        message = error.message
-        for secret in self._secrets:
-            if secret:
-                message = message.replace(secret, "[secret]")
-        return replace(error, message=message)
 
 
 def _session_did(client) -> str:
