@@ -213,6 +213,9 @@ class BlueskyDestination:
     atproto then follows the session to the account's own PDS host)."""
 
     network = "bluesky"
+    # A repeat under the delivery's record key is refused as an existing record and read back
+    # (getRecord): it can never make a second post, however late it comes.
+    safe_retry_window = timedelta.max
 
     def __init__(
         self, pds_url: str, handle: str, app_password: str, timeout: float, session_store: SessionStore,
