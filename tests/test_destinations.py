@@ -218,3 +218,63 @@ def test_bad_bot_settings_name_the_variable(monkeypatch, variable, value, messag
 
 def test_the_single_bot_setup_is_unchanged(settings):
     assert list(settings.bots) == [ACCOUNT] and settings.default_bot.destinations == ("x",)
+
+
+def test_the_store_keeps_a_text_that_some_destination_of_the_bot_may_post(client, monkeypatch, settings_values, engine):
+    """Over X's 280 but within Mastodon's 500: stored for a bot that posts to Mastodon, refused
+    (naming each destination's reason) for one that posts to X alone."""
+    from api.app import create_app
+    from fastapi.testclient import TestClient
+
+    long_text = "a" * 400
+    assert client.post("/add_tweets/", json={"tweet": long_text}).status_code == 422  # the X-only bot
+    settings = Settings(**{**settings_values, "DESTINATIONS": "x,mastodon", "MASTODON_DRY_RUN": True})
+    with TestClient(create_app(settings, engine=engine, configure_logs=False), headers={"x-token": TOKEN}) as both:
+        answer = both.post("/add_tweets/", json={"tweet": long_text})
+        assert answer.status_code == 201, answer.text
+        too_long = both.post("/add_tweets/", json={"tweet": "b" * 600})
+        assert too_long.status_code == 422
+        assert "X:" in too_long.json()["detail"] and "Mastodon:" in too_long.json()["detail"]
+
+
+def test_the_database_session_store_keeps_one_blob_per_bot_and_network(session_factory):
+    from posting.destinations import DatabaseSessionStore
+
+    alice = DatabaseSessionStore(session_factory, account="alice", network="bluesky")
+    bob = DatabaseSessionStore(session_factory, account="bob", network="bluesky")
+    assert alice.load() is None
+    alice.save("sealed-1")
+    alice.save("sealed-2")
+    bob.save("sealed-bob")
+    assert (alice.load(), bob.load()) == ("sealed-2", "sealed-bob")
+
+
+def test_two_first_saves_at_once_keep_one_row(backend, session_factory, monkeypatch):
+    """The second insert meets the unique key and turns into an update (Postgres: SQLite runs one
+    write transaction at a time, so the race cannot happen there)."""
+    if backend == "sqlite":
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE)")
+    from db.models import NetworkSession
+    from posting.destinations import DatabaseSessionStore
+
+    store_a = DatabaseSessionStore(session_factory, account="alice", network="bluesky")
+    def first_looks_empty(session_self, statement, *args, **kwargs):
+        result = real_scalar(session_self, statement, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            # Another run saves between this run's look-up and its insert.
+            with session_factory() as other:
+                other.add(NetworkSession(account="alice", network="bluesky", sealed="theirs"))
+                other.commit()
+        return result
+
+    from sqlalchemy.orm import Session
+
+    calls: list[int] = []
+    real_scalar = Session.scalar
+    monkeypatch.setattr(Session, "scalar", first_looks_empty)
+    store_a.save("ours")
+    monkeypatch.undo()
+    with session_factory() as session:
+        assert session.query(NetworkSession).count() == 1
+    assert store_a.load() == "ours"
