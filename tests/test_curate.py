@@ -902,10 +902,15 @@ def network_rules(monkeypatch):
 
 
 @pytest.fixture
-def two_bots_app(monkeypatch, settings_values, engine):
-    """alice posts to X and Mastodon, bob to X, Mastodon and Bluesky; every destination a dry run."""
+def bob_destinations() -> str:
+    return "x,mastodon,bluesky"
+
+
+@pytest.fixture
+def two_bots_app(monkeypatch, settings_values, engine, bob_destinations):
+    """alice posts to X and Mastodon, bob to X, Mastodon and Bluesky (or `bob_destinations`); every destination a dry run."""
     monkeypatch.setenv("BOT_ALICE_DESTINATIONS", "x,mastodon")
-    monkeypatch.setenv("BOT_BOB_DESTINATIONS", "x,mastodon,bluesky")
+    monkeypatch.setenv("BOT_BOB_DESTINATIONS", bob_destinations)
     for name in ("ALICE", "BOB"):
         monkeypatch.setenv(f"BOT_{name}_TWEET_ORDER", "oldest")
         for variable in ("TWITTER_DRY_RUN", "MASTODON_DRY_RUN", "BLUESKY_DRY_RUN"):
@@ -1131,6 +1136,21 @@ def problems_on(card: str) -> list[str]:
     box = re.search(r'<div class="text-problems" role="note">(.*?)</div>', card, re.S)
     return [] if box is None else [
         " ".join(html.unescape(text).split()) for text in re.findall(r"<(?:li|p)[^>]*>(.*?)</(?:li|p)>", box.group(1), re.S)]
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("bob_destinations", ["x,bluesky"])
+def test_a_candidate_over_blueskys_own_rule_is_shown_on_review_and_queue(two_bots_app, session_factory):
+    """Bluesky's rule itself (core.tweet_text), not a stand-in: a link X counts as 23 counts whole there."""
+    long_link = "see https://example.com/" + "a" * 300
+    pending, = add_for(session_factory, "bob", long_link)
+    with TestClient(two_bots_app, base_url="https://testserver") as client:
+        csrf = sign_in(client)
+        expected = [f"Not valid for Bluesky: {len(long_link)} graphemes over Bluesky's 300",
+                    "It will be posted only to X: edit it to post it everywhere."]
+        assert problems_on(card_html(client.get("/curate?bot=bob").text, pending)) == expected
+        assert client.post("/curate/approve?bot=bob", data={"csrf_token": csrf, "ids": [pending]}).status_code == 200
+        assert problems_on(card_html(client.get("/curate/queue?bot=bob").text, pending)) == expected[:1] + ["It will be posted only to X."]
 
 
 @SQLITE_ONLY

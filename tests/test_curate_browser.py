@@ -13,17 +13,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from api.curate.actions import REVIEW_PAGE_SIZE
 from core.tweet_text import normalize_text, weighted_length
 from db.engine import make_engine, make_session_factory
-from db.models import Tweet, TweetStatus, utcnow
+from db.models import Delivery, DeliveryStatus, Tweet, TweetStatus, utcnow
 from tests.conftest import TOKEN
 
 pytestmark = pytest.mark.browser
@@ -83,44 +86,28 @@ class Server:
             return session.scalar(select(Tweet).where(Tweet.text == text))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`alembic upgrade head`, one earlier post seeded, then uvicorn serving api.main:app."""
-    workdir = tmp_path_factory.mktemp("curate-server")
+@contextmanager
+def serve(workdir: Path, settings_env: dict[str, str], seed: Callable[[Session], None]) -> Iterator[Server]:
+    """`alembic upgrade head`, `seed` run on the new database, then uvicorn serving api.main:app with these settings."""
     database = workdir / "tweets.db"
     env = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name not in ("ACCOUNT", "BOTS")},
         "SECRET_TOKEN": TOKEN,
-        "ACCOUNT": ACCOUNT,
         "SQLITE_PATH": str(database),
         "DATABASE_URL": "",
         "CONNECTION_NAME": "",
         "DB_HOST": "",
-        "TWITTER_DRY_RUN": "true",
-        "TWEET_ORDER": "oldest",
         "QUEUE_WARNING_THRESHOLD": "7",
         "LOG_LEVEL": "WARNING",
+        **settings_env,
     }
     subprocess.run(
         [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), "upgrade", "head"],
         cwd=ROOT, env=env, check=True, capture_output=True, timeout=120,
     )
     database_url = f"sqlite:///{database}"
-    seed = make_session_factory(make_engine(database_url))
-    with seed() as session:  # an earlier, real post, for the history's link to X, and unconfirmed ones
-        session.add(Tweet(
-            account=ACCOUNT, text="an earlier post that reached X", content_hash="seeded-post",
-            status=TweetStatus.posted, position=0, posted_at=utcnow(), x_tweet_id=SEEDED_X_ID,
-            x_url=f"https://x.com/{ACCOUNT}/status/{SEEDED_X_ID}",
-        ))
-        session.add_all(
-            Tweet(
-                account=ACCOUNT, text=text, content_hash=f"seeded-unconfirmed-{n}", status=TweetStatus.unconfirmed,
-                position=0, claimed_at=utcnow() - timedelta(hours=1), idempotency_key=f"2026-11-22T0{n}:00:00Z",
-                error=f"X did not answer in time; X may have posted it: check https://x.com/{ACCOUNT} and set it to posted or queued",
-            )
-            for n, text in enumerate(UNCONFIRMED)
-        )
+    with make_session_factory(make_engine(database_url))() as session:
+        seed(session)
         session.commit()
 
     port = _free_port()
@@ -149,6 +136,31 @@ def server(tmp_path_factory):
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def _seed_one_bot(session: Session) -> None:
+    """An earlier, real post, for the history's link to X, and unconfirmed ones."""
+    session.add(Tweet(
+        account=ACCOUNT, text="an earlier post that reached X", content_hash="seeded-post",
+        status=TweetStatus.posted, position=0, posted_at=utcnow(), x_tweet_id=SEEDED_X_ID,
+        x_url=f"https://x.com/{ACCOUNT}/status/{SEEDED_X_ID}",
+    ))
+    session.add_all(
+        Tweet(
+            account=ACCOUNT, text=text, content_hash=f"seeded-unconfirmed-{n}", status=TweetStatus.unconfirmed,
+            position=0, claimed_at=utcnow() - timedelta(hours=1), idempotency_key=f"2026-11-22T0{n}:00:00Z",
+            error=f"X did not answer in time; X may have posted it: check https://x.com/{ACCOUNT} and set it to posted or queued",
+        )
+        for n, text in enumerate(UNCONFIRMED)
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The one bot of today's setup (ACCOUNT), posting to X as dry runs."""
+    settings_env = {"ACCOUNT": ACCOUNT, "TWITTER_DRY_RUN": "true", "TWEET_ORDER": "oldest"}
+    with serve(tmp_path_factory.mktemp("curate-server"), settings_env, _seed_one_bot) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -520,3 +532,127 @@ def test_without_javascript_an_upload_over_the_limit_comes_back_to_the_page_with
     assert page.locator("#flash.flash-error").is_visible()
     assert f"{limit:,} bytes (MAX_UPLOAD_BYTES): split the file" in flash_text(page)
     assert server.count(TweetStatus.pending) == pending
+
+
+# ---- several bots, several destinations ----
+
+BOB_EARLIER = "bob's earlier post, on X and Bluesky"
+BOB_PARTLY = "bob's tweet already on X, Bluesky still to post"
+BOB_TOO_LONG = "bob's tweet with a long link: https://example.com/" + "a" * 300
+ALICE_NEXT = "alice's next tweet"
+BLUESKY_POST = "https://bsky.app/profile/bob.bsky.social/post/3kseeded22a"
+RATE_LIMITED = "Bluesky's rate limit is reached (until 2026-11-22 09:05 UTC); the tweet is back in the queue"
+
+
+def _seed_two_bots(session: Session) -> None:
+    """bob: an earlier post on both destinations, a tweet X has and Bluesky still lacks, one too long
+    for Bluesky; alice: one queued tweet."""
+    earlier = Tweet(account="bob", text=BOB_EARLIER, content_hash="bob-earlier", status=TweetStatus.posted, position=0,
+                    posted_at=utcnow() - timedelta(days=1), x_tweet_id=SEEDED_X_ID, x_url=f"https://x.com/bob/status/{SEEDED_X_ID}")
+    partly = Tweet(account="bob", text=BOB_PARTLY, content_hash="bob-partly", status=TweetStatus.queued, position=1,
+                   error=f"last attempt: {RATE_LIMITED}")
+    session.add_all([
+        earlier, partly,
+        Tweet(account="bob", text=BOB_TOO_LONG, content_hash="bob-too-long", status=TweetStatus.queued, position=2),
+        Tweet(account="alice", text=ALICE_NEXT, content_hash="alice-next", status=TweetStatus.queued, position=0),
+    ])
+    session.flush()
+    session.add_all([
+        Delivery(tweet_id=earlier.id, destination="x", status=DeliveryStatus.posted, remote_id=SEEDED_X_ID,
+                 url=earlier.x_url, posted_at=earlier.posted_at),
+        Delivery(tweet_id=earlier.id, destination="bluesky", status=DeliveryStatus.posted, remote_id="at://seeded",
+                 url=BLUESKY_POST, posted_at=earlier.posted_at),
+        Delivery(tweet_id=partly.id, destination="x", status=DeliveryStatus.posted, remote_id=FOUND_X_ID,
+                 url=f"https://x.com/bob/status/{FOUND_X_ID}", posted_at=utcnow()),
+        Delivery(tweet_id=partly.id, destination="bluesky", status=DeliveryStatus.queued, key="seeded-key", error=RATE_LIMITED),
+    ])
+
+
+@pytest.fixture(scope="module")
+def two_bot_server(tmp_path_factory):
+    """BOTS=alice,bob: alice posts to X, bob to X and Bluesky; every destination a dry run."""
+    settings_env = {
+        "BOTS": "alice,bob",
+        "BOT_ALICE_DESTINATIONS": "x", "BOT_ALICE_TWITTER_DRY_RUN": "true", "BOT_ALICE_TWEET_ORDER": "oldest",
+        "BOT_BOB_DESTINATIONS": "x,bluesky", "BOT_BOB_TWITTER_DRY_RUN": "true", "BOT_BOB_BLUESKY_DRY_RUN": "true",
+        "BOT_BOB_TWEET_ORDER": "oldest",
+    }
+    with serve(tmp_path_factory.mktemp("curate-two-bots"), settings_env, _seed_two_bots) as running:
+        yield running
+
+
+def destination(card, network: str):
+    return card.locator(f'.destination[data-network="{network}"]')
+
+
+def shown(locator) -> str:
+    """What a part of the page says, spaces squeezed, in lower case (labels are shown in capitals)."""
+    return " ".join(locator.inner_text().split()).lower()
+
+
+def test_two_bots_each_destinations_state_and_link_and_post_next_per_bot(browser, two_bot_server, screenshots):
+    server = two_bot_server
+    page = new_page(browser, server, viewport={"width": 1100, "height": 1000})
+    sign_in(page)  # one sign-in for every bot
+
+    # No bot named: the first of BOTS. The picker names both; alice's queue has only alice's tweet.
+    page.get_by_role("navigation", name="Sections").get_by_role("link", name="Queue").click()
+    page.wait_for_url("**/curate/queue?bot=alice")
+    bots = page.get_by_role("navigation", name="Bots")
+    assert bots.get_by_role("link").all_inner_texts() == ["@alice", "@bob"]
+    assert bots.locator('[aria-current="true"]').inner_text() == "@alice"
+    assert page.locator(".queue-list .tweet-text").all_inner_texts() == [ALICE_NEXT]
+    alices_card = page.locator(".queue-list .card")
+    assert shown(destination(alices_card, "x")) == "x not posted yet"
+    assert destination(alices_card, "bluesky").count() == 0
+
+    # bob's queue: each destination's state, the link where it is posted, and the text too long for Bluesky.
+    bots.get_by_role("link", name="@bob").click()
+    page.wait_for_url("**/curate/queue?bot=bob")
+    assert page.locator(".queue-list .tweet-text").all_inner_texts() == [BOB_PARTLY, BOB_TOO_LONG]
+    partly = page.locator(".queue-list .card").nth(0)
+    assert destination(partly, "x").get_by_role("link", name="View on X").get_attribute("href") == f"https://x.com/bob/status/{FOUND_X_ID}"
+    assert destination(partly, "bluesky").get_attribute("data-status") == "queued"
+    assert RATE_LIMITED in destination(partly, "bluesky").inner_text()
+    too_long = page.locator(".queue-list .card").nth(1)
+    graphemes = len(BOB_TOO_LONG)
+    assert too_long.locator(".text-problem").inner_text() == f"Not valid for Bluesky: {graphemes} graphemes over Bluesky's 300"
+    assert "It will be posted only to X." in too_long.locator(".text-problems").inner_text()
+    page.screenshot(path=str(screenshots / "curate-two-bots-queue.png"), full_page=True)
+
+    # Post next now as bob: bob's tweet X already has goes to Bluesky only; alice's stays queued.
+    page.get_by_role("button", name="Post next now as @bob").click()
+    page.wait_for_url("**/curate/history?bot=bob")
+    assert "Bluesky: dry run, nothing sent" in flash_text(page)
+    assert server.tweet(BOB_PARTLY).status is TweetStatus.posted
+    assert server.tweet(ALICE_NEXT).status is TweetStatus.queued
+
+    # bob's history: per destination, the link to each post, the dry run marked as such.
+    posted = page.locator(".posted-list .card")
+    assert posted.locator(".tweet-text").all_inner_texts() == [BOB_PARTLY, BOB_EARLIER]
+    assert destination(posted.nth(0), "x").get_by_role("link", name="View on X").get_attribute("href") == f"https://x.com/bob/status/{FOUND_X_ID}"
+    assert destination(posted.nth(0), "bluesky").locator(".delivery-dry-run").inner_text().lower() == "dry run"
+    assert destination(posted.nth(1), "bluesky").get_by_role("link", name="View on Bluesky").get_attribute("href") == BLUESKY_POST
+    assert destination(posted.nth(1), "x").get_by_role("link", name="View on X").get_attribute("href") == f"https://x.com/bob/status/{SEEDED_X_ID}"
+    page.screenshot(path=str(screenshots / "curate-two-bots-history.png"), full_page=True)
+
+    # The picker keeps the section: alice's history has none of bob's posts; her own post next now.
+    page.get_by_role("navigation", name="Bots").get_by_role("link", name="@alice").click()
+    page.wait_for_url("**/curate/history?bot=alice")
+    assert page.locator(".posted-list .card").count() == 0
+    page.get_by_role("navigation", name="Sections").get_by_role("link", name="Queue").click()
+    page.wait_for_url("**/curate/queue?bot=alice")
+    page.get_by_role("button", name="Post next now as @alice").click()
+    page.wait_for_url("**/curate/history?bot=alice")
+    alices = server.tweet(ALICE_NEXT)
+    assert alices.status is TweetStatus.posted
+    assert flash_text(page) == f"Dry run: tweet {alices.id} recorded as posted; nothing was sent to X"
+    assert shown(destination(page.locator(".posted-list .card"), "x")) == "x dry run not sent to x (dry run)."
+    assert server.tweet(BOB_TOO_LONG).status is TweetStatus.queued
+
+    # A bot the service does not have: back to the review list, saying so.
+    page.goto("/curate/queue?bot=carol")
+    page.wait_for_url("**/curate")
+    assert flash_text(page) == "no bot is named 'carol': the bots are alice, bob"
+    assert page.errors == []
+    page.context.close()
