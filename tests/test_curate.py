@@ -1000,6 +1000,21 @@ def test_an_upload_goes_to_the_pages_bot(two_bots, session_factory):
         assert session.scalars(select(Tweet.account)).all() == ["bob"]
 
 
+@SQLITE_ONLY
+def test_an_upload_over_the_body_limit_goes_back_to_the_same_bots_review_list(settings_values, engine, monkeypatch):
+    monkeypatch.setenv("BOT_BOB_TWITTER_DRY_RUN", "true")
+    values = {key: value for key, value in settings_values.items() if key != "ACCOUNT"}
+    small = create_app(Settings(**values, BOTS="alice,bob", MAX_UPLOAD_BYTES=50), engine=engine, configure_logs=False)
+    data = curated("y" * 100) * (PAGE_DISCARD_FACTOR * UPLOAD_FORM_OVERHEAD_BYTES // 100)
+    with TestClient(small, base_url="https://testserver") as client:
+        csrf = sign_in(client)
+        response = client.post(
+            "/curate/upload?bot=bob", data={"csrf_token": csrf}, files={"file": ("gen.txt", data)}, follow_redirects=False
+        )
+        assert response.status_code == 303 and response.headers["location"] == "/curate?bot=bob"
+        assert "50 bytes (MAX_UPLOAD_BYTES)" in flash_on(client.get(response.headers["location"]).text)
+
+
 @pytest.mark.parametrize("bot", ["carol", "<script>alert(1)</script>", "a" * 300, "\x00"])
 def test_an_unknown_bot_is_a_404_for_the_script_and_a_message_for_a_form(two_bots, session_factory, bot):
     alices, = add_for(session_factory, "alice", "alice's candidate")

@@ -11,8 +11,9 @@ import math
 import secrets
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import Depends, File, Form, HTTPException, Query, Request, UploadFile, status
+from fastapi import Depends, File, Form, HTTPException, Request, UploadFile, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api.curate import actions
@@ -52,9 +53,10 @@ class CurationPageRoute(PageRoute):
         form or back to the review list, with the reason shown there once."""
         signed_out = refusal.status_code == status.HTTP_401_UNAUTHORIZED
         signing_in = request.url.path.rstrip("/") == "/curate/sign-in"
+        same_bot = "?" + urlencode({"bot": request.query_params["bot"]}) if "bot" in request.query_params else ""
         return answer(
             request, f"Nothing was changed: {refusal.detail}.",
-            back_to="/curate/sign-in" if signed_out or signing_in else "/curate", status_code=refusal.status_code,
+            back_to="/curate/sign-in" if signed_out or signing_in else "/curate" + same_bot, status_code=refusal.status_code,
         )
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -72,12 +74,10 @@ class CurationPageRoute(PageRoute):
         return handle_unknown_bot
 
 
-def curated_bot(
-    settings: SettingsDep,
-    bot: Annotated[str | None, Query(description="The bot (one of BOTS); default: ACCOUNT, or the first of BOTS.")] = None,
-) -> BotSettings:
-    """The bot the page or form is about: every listing and action is scoped to its account.
-    Raises UnknownBot (see CurationPageRoute.get_route_handler)."""
+def curated_bot(settings: SettingsDep, bot: str | None = None) -> BotSettings:
+    """The bot the page or form is about (`?bot=NAME`; none: the default bot): every listing and
+    action is scoped to its account. Any text is taken: a name no bot has raises UnknownBot (see
+    CurationPageRoute.get_route_handler), never the API's 422."""
     return settings.bot(bot)
 
 
