@@ -1121,6 +1121,15 @@ def test_queue_and_history_show_each_destinations_state_and_link_escaped(two_bot
     for page in (queue, history):
         assert "<script>alert" not in page and "<img src=x" not in page
 
+    # Unconfirmed on Bluesky only: checked there, without X's link field; marked posted, Bluesky has it.
+    unsure_card = card_html(history, unsure)
+    assert "Found it on Bluesky?" in unsure_card and 'name="x_link"' not in unsure_card
+    assert "Check @bob on X" not in unsure_card
+    assert 'data-confirm="Bluesky may already have posted tweet' in unsure_card
+    response = two_bots.post(f"/curate/tweets/{unsure}/confirm-posted?bot=bob", data={"csrf_token": two_bots.csrf}, follow_redirects=False)
+    assert response.headers["location"] == "/curate/history?bot=bob"
+    assert destinations_on(two_bots.get("/curate/history?bot=bob").text, unsure)[2][:2] == ("bluesky", "posted")
+
 
 def test_a_candidate_valid_for_some_destinations_says_where_it_will_go(two_bots, session_factory):
     short, medium = add_for(session_factory, "bob", "short enough", "between twenty and forty characters")

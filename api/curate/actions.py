@@ -150,6 +150,15 @@ def destination_states(tweet: Tweet, bot: BotSettings) -> list[DestinationState]
     return states
 
 
+def unsure_destinations(tweet: Tweet, bot: BotSettings) -> list[DestinationState]:
+    """Where an unconfirmed tweet may or may not be: its unconfirmed deliveries; when it has none (its
+    call stopped before posting anywhere, or it is from before deliveries were recorded), every
+    destination that does not have it."""
+    states = destination_states(tweet, bot)
+    unsure = [state for state in states if state.status is DeliveryStatus.unconfirmed]
+    return unsure or [state for state in states if state.status is not DeliveryStatus.posted]
+
+
 def text_check(text: str, bot: BotSettings) -> TextCheck:
     """Each of the bot's destinations' rule on a candidate: a run posts it only where it is valid
     (and rejects it when it is valid nowhere)."""

@@ -141,6 +141,7 @@ def render(
             "destination_names": [NETWORK_NAMES[network] for network in bot.destinations],
             "destinations_of": partial(actions.destination_states, bot=bot),
             "text_check_of": partial(actions.text_check, bot=bot),
+            "unsure_of": partial(actions.unsure_destinations, bot=bot),
             "warning_threshold": settings.QUEUE_WARNING_THRESHOLD,
             "max_upload_bytes": settings.MAX_UPLOAD_BYTES,
             "counts": counts,
