@@ -198,8 +198,9 @@ def _classify(exc: BaseException, answer: MastodonAnswer | None) -> DeliveryErro
     if isinstance(exc, MastodonAPIError) and status_code is not None and status_code >= 400:
         return _classify_http_answer(exc, status_code)
     if isinstance(exc, MastodonAPIError):  # a success (or redirect) whose body could not be read
-        return DeliveryError(ErrorKind.unknown_outcome, f"Mastodon answered {status_code} but its answer could not "
-                             "be read: the status may have been created", status_code)
+        answered = "Mastodon answered" + (f" {status_code}" if status_code else "")
+        return DeliveryError(ErrorKind.unknown_outcome, f"{answered} but its answer could not be read: "
+                             "the status may have been created", status_code)
     if isinstance(exc, MastodonNetworkError):
         return _classify_network_failure(exc.__cause__ or exc.__context__ or exc)
     return DeliveryError(ErrorKind.unknown_outcome, f"unexpected {type(exc).__name__} while talking to Mastodon: {exc}")

@@ -76,6 +76,13 @@ class FakeMastodon(FakeX):
         for path in (INSTANCE_PATH, INSTANCE_PATH + "/"):  # Mastodon.py asks with the slash, Rails serves both
             self.route("GET", path, self._instance)
 
+    def start(self) -> FakeMastodon:
+        super().start()
+        # FakeX's handler writes an answer's headers and body apart: with Nagle's algorithm the body
+        # waits for the client's delayed ACK (40 ms on Linux) on a kept-alive connection.
+        self._server.RequestHandlerClass.disable_nagle_algorithm = True
+        return self
+
     def settings_values(self, timeout: float = 5.0) -> dict:
         """Settings overrides that point a Mastodon destination at this server with a valid token."""
         return {"MASTODON_API_BASE_URL": self.base_url, "MASTODON_ACCESS_TOKEN": ACCESS_TOKEN,

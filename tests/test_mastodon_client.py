@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 from mastodon import Mastodon
-from mastodon.errors import MastodonNetworkError, MastodonRatelimitError
+from mastodon.errors import MastodonAPIError, MastodonNetworkError, MastodonRatelimitError
 
 from core.delivery import DeliveryFailed, ErrorKind, RemotePost
 from posting.mastodon_client import (
@@ -360,6 +360,12 @@ def test_a_rate_limit_error_is_a_429_unless_the_answer_says_otherwise():
     assert classify_mastodon_error(MastodonRatelimitError("Hit rate limit.")).kind is ErrorKind.rate_limited
     landed = classify_mastodon_error(MastodonRatelimitError("Rate limit time calculations failed"), MastodonAnswer(200, None))
     assert landed.kind is ErrorKind.unknown_outcome
+
+
+def test_an_unreadable_success_without_its_answer_still_reads_well():
+    error = classify_mastodon_error(MastodonAPIError("Could not parse response as JSON", "Exception was: ..."))
+    assert (error.kind, error.status_code) == (ErrorKind.unknown_outcome, None)
+    assert error.message == "Mastodon answered but its answer could not be read: the status may have been created"
 
 
 def test_importing_the_client_leaves_mastodon_py_for_the_first_destination(tmp_path):
