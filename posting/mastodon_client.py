@@ -35,6 +35,7 @@ MAX_RATE_LIMIT_WAIT = timedelta(days=1)
 # Mastodon's status ids are decimal snowflakes; other servers speaking its API use alphanumeric ones.
 STATUS_ID = re.compile(r"[0-9A-Za-z]{1,64}")
 MAX_LINK_LENGTH = 2048
+MAX_SAID_LENGTH = 300  # of an instance's own error message, quoted in ours
 # requests refuses these before connecting: the base URL is no address.
 _UNUSABLE_ADDRESS = (
     requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema,
@@ -217,7 +218,7 @@ def _status_of(exc: BaseException, answer: MastodonAnswer | None) -> int | None:
 
 def _classify_http_answer(exc: BaseException, status_code: int) -> DeliveryError:
     _, _, reason, instance_said = (*exc.args, None, None, None, None)[:4]
-    said = instance_said or reason or "no message"
+    said = " ".join(str(instance_said or reason or "no message").split())[:MAX_SAID_LENGTH]  # one line, short
     kind = _kind_of_status(status_code)
     hint = CREDENTIALS_HINT if kind is ErrorKind.credentials else ADDRESS_HINT if status_code == 404 else None
     message = f"Mastodon answered {status_code}: {said}" + (f" ({hint})" if hint else "")

@@ -25,6 +25,7 @@ from posting.mastodon_client import (
     ADDRESS_HINT,
     CREDENTIALS_HINT,
     MAX_RATE_LIMIT_WAIT,
+    MAX_SAID_LENGTH,
     MastodonAnswer,
     MastodonDestination,
     classify_mastodon_error,
@@ -155,6 +156,12 @@ def test_credential_and_address_failures_say_what_to_check(fake_mastodon):
     assert missing.message == f"Mastodon answered 404: Record not found ({ADDRESS_HINT})"
     assert "MASTODON_API_BASE_URL" in ADDRESS_HINT
     assert fake_mastodon.posted == []
+
+
+def test_the_instances_words_are_quoted_on_one_short_line(fake_mastodon):
+    fake_mastodon.enqueue("POST", STATUSES_PATH, FakeResponse(503, {"error": "down\n\tfor  maintenance " + "x" * 1000}))
+    error = failure(lambda: destination(fake_mastodon).post("t", key="k")).error
+    assert error.message == "Mastodon answered 503: down for maintenance " + "x" * (MAX_SAID_LENGTH - 21)
 
 
 def test_a_text_over_the_instances_limit_is_refused_as_text(fake_mastodon):
