@@ -5,9 +5,6 @@ twitter-text-parser, which implements X's rules, with a fast path for plain ASCI
 (its emoji scan is too slow per tweet for large uploads; the figure is in the README's speed section).
 twitter-text is imported where a text first needs it, not with this module: its import builds
 its emoji and URL patterns, a cost the service's start and its posting path never need.
-
-Mastodon counts differently (`mastodon_text_problem`): user-perceived characters, every link 23,
-a remote mention as its local part; the limit is the instance's `max_characters` (500 by default).
 """
 from __future__ import annotations
 
@@ -74,6 +71,13 @@ def has_invalid_characters(text: str) -> bool:
     return has_invalid_characters(text)
 
 
+def grapheme_count(text: str) -> int:
+    """How many grapheme clusters `text` holds (regex is imported on first call, like twitter-text)."""
+    import regex
+
+    return sum(1 for _ in regex.finditer(r"\X", text))
+
+
 def normalize_text(text: str) -> str:
     """NFC-normalise, use \\n line endings and trim: the form we store and post."""
     text = unicodedata.normalize("NFC", text)
@@ -128,8 +132,9 @@ def validate_tweet(text: str) -> str:
 # Mastodon's StatusLengthValidator (app/validators/status_length_validator.rb, Mastodon 4.x):
 # it counts `text.each_grapheme_cluster.size` (user-perceived characters, Unicode's extended
 # grapheme clusters, not code points: a family emoji or an accented letter typed as two code points
-# is 1) of the text in which every link found by twitter-text's extractor (only links written with
-# http:// or https://) is replaced by 23 characters and every mention @user@domain by @user.
+# is 1; Ruby and the regex module's \X both follow Unicode's UAX #29) of the text in which every
+# link found by twitter-text's extractor (only links written with http:// or https://) is replaced
+# by 23 characters and every mention @user@domain by @user.
 MASTODON_MAX_CHARACTERS = 500  # an instance's configuration.statuses.max_characters unless its admin changed it
 MASTODON_URL_LENGTH = 23  # StatusLengthValidator::URL_PLACEHOLDER_CHARS, whatever the instance's limit
 # Account::MENTION_RE, where Ruby's [[:word:]] is read as Python's \w (which leaves out combining marks).
@@ -141,15 +146,6 @@ MASTODON_LATIN_ACCENTS = (  # a regular expression's class body
     r"\u0268\u026F\u0272\u0289\u028B\u02BB\u0300-\u036F\u1E00-\u1EFF"
 )
 _MASTODON_MENTION_END = re.compile(f"[@\uFF20{MASTODON_LATIN_ACCENTS}]|://")
-
-
-def grapheme_count(text: str) -> int:
-    """User-perceived characters (Unicode extended grapheme clusters), as Mastodon and Bluesky count."""
-    if text.isascii():
-        return len(text) - text.count("\r\n")  # in ASCII only CR LF makes one cluster of two characters
-    import regex  # its \X follows Unicode's grapheme cluster rules (the re module has none)
-
-    return sum(1 for _ in regex.finditer(r"\X", text))
 
 
 def mastodon_countable_text(text: str) -> str:
@@ -178,7 +174,7 @@ def mastodon_countable_text(text: str) -> str:
 
 
 def mastodon_length(text: str) -> int:
-    """Mastodon's count of a status text (see MASTODON_URL_LENGTH's comment)."""
+    """Mastodon's count of a status text (see the comment above MASTODON_MAX_CHARACTERS)."""
     return grapheme_count(mastodon_countable_text(text))
 
 

@@ -12,7 +12,6 @@ from core.tweet_text import (
     CuratedFileError,
     TweetRejected,
     content_hash,
-    grapheme_count,
     join_samples,
     mastodon_length,
     mastodon_text_problem,
@@ -382,11 +381,3 @@ def test_the_latin_accents_copy_matches_twitter_text():
     from twitter_text.regexp.latin_accent_chars import latin_accent_chars
 
     assert MASTODON_LATIN_ACCENTS == latin_accent_chars.pattern
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
-def test_the_ascii_grapheme_count_agrees_with_the_unicode_rules(text):
-    import regex
-
-    assert grapheme_count(text) == len(regex.findall(r"\X", text))
