@@ -278,3 +278,61 @@ def test_two_first_saves_at_once_keep_one_row(backend, session_factory, monkeypa
     with session_factory() as session:
         assert session.query(NetworkSession).count() == 1
     assert store_a.load() == "ours"
+
+
+# ---- the real clients over HTTP, through the settings, as the service runs them ----
+
+@pytest.fixture
+def everywhere(settings_values, fake_x, fake_mastodon, fake_bluesky) -> Settings:
+    from tests.fake_bluesky import APP_PASSWORD, HANDLE
+
+    return Settings(**{
+        **settings_values, **fake_x.settings_values(), **fake_mastodon.settings_values(),
+        "DESTINATIONS": "x,mastodon,bluesky", "BLUESKY_PDS_URL": fake_bluesky.base_url,
+        "BLUESKY_HANDLE": HANDLE, "BLUESKY_APP_PASSWORD": APP_PASSWORD, "BLUESKY_TIMEOUT_SECONDS": 5,
+    })
+
+
+def test_the_service_posts_to_x_mastodon_and_bluesky_over_http(everywhere, engine, session_factory,
+                                                               fake_x, fake_mastodon, fake_bluesky):
+    from api.app import create_app
+    from fastapi.testclient import TestClient
+    from db.models import NetworkSession
+
+    store_texts(session_factory, "one for every network", "and another", status=TweetStatus.queued)
+    with TestClient(create_app(everywhere, engine=engine, configure_logs=False), headers={"x-token": TOKEN}) as client:
+        first = client.post("/tweet_curated/", headers={"Idempotency-Key": "run-1"})
+        assert first.status_code == 200, first.text
+        assert client.post("/tweet_curated/", headers={"Idempotency-Key": "run-1"}).headers["Idempotent-Replayed"] == "true"
+        assert client.post("/tweet_curated/", headers={"Idempotency-Key": "run-2"}).status_code == 200
+        assert client.post("/tweet_curated/", headers={"Idempotency-Key": "run-3"}).status_code == 404
+    body = first.json()
+    assert {d["destination"]: d["status"] for d in body["tweet"]["deliveries"]} == dict.fromkeys(
+        ("x", "mastodon", "bluesky"), "posted")
+    bluesky_url = next(d["url"] for d in body["tweet"]["deliveries"] if d["destination"] == "bluesky")
+    assert bluesky_url.startswith("https://bsky.app/profile/") and bluesky_url in body["response"]
+    assert sorted(p["text"] for p in fake_x.posted) == sorted(p["text"] for p in fake_mastodon.posted)
+    assert sorted(r["value"]["text"] for r in fake_bluesky.records.values()) == sorted(p["text"] for p in fake_x.posted)
+    assert len(fake_x.posted) == 2 and fake_bluesky.create_session_calls == 1  # the session is kept across runs
+    with session_factory() as session:
+        (kept,) = session.query(NetworkSession).all()
+        assert kept.account == ACCOUNT and not any(token in kept.sealed for token in fake_bluesky.issued_tokens())
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_the_command_line_posts_for_the_bot_it_names(tmp_path, engine, session_factory):
+    from tests.test_posting import run_cli
+
+    with session_factory() as session:
+        store.ingest_texts(session, account="alice", texts=["alice's"], status=TweetStatus.queued)
+        store.ingest_texts(session, account="bob", texts=["bob's"], status=TweetStatus.queued)
+        session.commit()
+    env = {"DATABASE_URL": engine.url.render_as_string(hide_password=False), "SECRET_TOKEN": TOKEN,
+           "BOTS": "alice,bob", "BOT_ALICE_TWITTER_DRY_RUN": "true", "BOT_BOB_TWITTER_DRY_RUN": "true"}
+    bob = run_cli(tmp_path, env, "--bot", "bob")
+    assert bob.returncode == 0 and bob.stdout.startswith("Dry run: tweet"), bob.stdout + bob.stderr
+    assert run_cli(tmp_path, env, "--bot", "bob").returncode == 3
+    unknown = run_cli(tmp_path, env, "--bot", "carol")
+    assert unknown.returncode == 2 and "no bot is named 'carol'" in unknown.stdout
+    with session_factory() as session:
+        assert {t.account: t.status for t in session.query(Tweet)} == {"alice": TweetStatus.queued, "bob": TweetStatus.posted}
