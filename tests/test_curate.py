@@ -902,15 +902,10 @@ def network_rules(monkeypatch):
 
 
 @pytest.fixture
-def bob_destinations() -> str:
-    return "x,mastodon,bluesky"
-
-
-@pytest.fixture
-def two_bots_app(monkeypatch, settings_values, engine, bob_destinations):
-    """alice posts to X and Mastodon, bob to X, Mastodon and Bluesky (or `bob_destinations`); every destination a dry run."""
+def two_bots_app(monkeypatch, settings_values, engine):
+    """alice posts to X and Mastodon, bob to X, Mastodon and Bluesky; every destination a dry run."""
     monkeypatch.setenv("BOT_ALICE_DESTINATIONS", "x,mastodon")
-    monkeypatch.setenv("BOT_BOB_DESTINATIONS", bob_destinations)
+    monkeypatch.setenv("BOT_BOB_DESTINATIONS", "x,mastodon,bluesky")
     for name in ("ALICE", "BOB"):
         monkeypatch.setenv(f"BOT_{name}_TWEET_ORDER", "oldest")
         for variable in ("TWITTER_DRY_RUN", "MASTODON_DRY_RUN", "BLUESKY_DRY_RUN"):
@@ -1036,6 +1031,8 @@ def test_post_next_now_posts_the_pages_bot_and_says_what_each_destination_did(tw
     page = two_bots.get("/curate/queue?bot=bob").text
     assert 'action="/curate/post-next?bot=bob"' in page and "Post next now as @bob" in page
     assert "to X, Mastodon, Bluesky (dry run on X, Mastodon, Bluesky: recorded, not sent)" in page
+    assert ("Dry run (BOT_BOB_TWITTER_DRY_RUN=true, BOT_BOB_MASTODON_DRY_RUN=true, BOT_BOB_BLUESKY_DRY_RUN=true): "
+            "posts are recorded here and never sent to X, Mastodon or Bluesky.") in page
     key = re.search(r'name="idempotency_key" value="([^"]+)"', page).group(1)
     response = two_bots.post("/curate/post-next?bot=bob", data={"idempotency_key": key, "csrf_token": two_bots.csrf},
                              follow_redirects=False)
@@ -1163,18 +1160,27 @@ def problems_on(card: str) -> list[str]:
 
 
 @SQLITE_ONLY
-@pytest.mark.parametrize("bob_destinations", ["x,bluesky"])
-def test_a_candidate_over_blueskys_own_rule_is_shown_on_review_and_queue(two_bots_app, session_factory):
-    """Bluesky's rule itself (core.tweet_text), not a stand-in: a link X counts as 23 counts whole there."""
-    long_link = "see https://example.com/" + "a" * 300
-    pending, = add_for(session_factory, "bob", long_link)
-    with TestClient(two_bots_app, base_url="https://testserver") as client:
+def test_candidates_over_mastodons_or_blueskys_own_rule_say_where_they_will_go(settings_values, engine, session_factory, monkeypatch):
+    """The networks' own rules (core.tweet_text), no stand-ins: a link counts 23 on X and Mastodon, whole on Bluesky."""
+    monkeypatch.setenv("BOT_BOB_DESTINATIONS", "x,mastodon,bluesky")
+    monkeypatch.setenv("BOT_BOB_MASTODON_MAX_CHARACTERS", "100")
+    values = {key: value for key, value in settings_values.items() if key != "ACCOUNT"}
+    app = create_app(Settings(**values, BOTS="alice,bob"), engine=engine, configure_logs=False)
+    long_link, wordy = "see https://example.com/" + "a" * 300, "w" * 150
+    link_id, wordy_id = add_for(session_factory, "bob", long_link, wordy)
+    with TestClient(app, base_url="https://testserver") as client:
         csrf = sign_in(client)
-        expected = [f"Not valid for Bluesky: {len(long_link)} graphemes over Bluesky's 300",
-                    "It will be posted only to X: edit it to post it everywhere."]
-        assert problems_on(card_html(client.get("/curate?bot=bob").text, pending)) == expected
-        assert client.post("/curate/approve?bot=bob", data={"csrf_token": csrf, "ids": [pending]}).status_code == 200
-        assert problems_on(card_html(client.get("/curate/queue?bot=bob").text, pending)) == expected[:1] + ["It will be posted only to X."]
+        review = client.get("/curate?bot=bob").text
+        assert problems_on(card_html(review, link_id)) == [
+            f"Not valid for Bluesky: {len(long_link)} graphemes over Bluesky's 300",
+            "It will be posted only to X, Mastodon: edit it to post it everywhere.",
+        ]
+        assert problems_on(card_html(review, wordy_id)) == [
+            "Not valid for Mastodon: 150 characters, 50 over Mastodon's 100",
+            "It will be posted only to X, Bluesky: edit it to post it everywhere.",
+        ]
+        assert client.post("/curate/approve?bot=bob", data={"csrf_token": csrf, "ids": [link_id]}).status_code == 200
+        assert problems_on(card_html(client.get("/curate/queue?bot=bob").text, link_id))[-1] == "It will be posted only to X, Mastodon."
 
 
 @SQLITE_ONLY

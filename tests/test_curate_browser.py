@@ -536,17 +536,18 @@ def test_without_javascript_an_upload_over_the_limit_comes_back_to_the_page_with
 
 # ---- several bots, several destinations ----
 
-BOB_EARLIER = "bob's earlier post, on X and Bluesky"
-BOB_PARTLY = "bob's tweet already on X, Bluesky still to post"
+BOB_EARLIER = "bob's earlier post, on X, Mastodon and Bluesky"
+BOB_PARTLY = "bob's tweet already on X, Mastodon and Bluesky still to post"
 BOB_TOO_LONG = "bob's tweet with a long link: https://example.com/" + "a" * 300
 ALICE_NEXT = "alice's next tweet"
 BLUESKY_POST = "https://bsky.app/profile/bob.bsky.social/post/3kseeded22a"
+MASTODON_POST = "https://mastodon.example/@bob/113500000000000001"
 RATE_LIMITED = "Bluesky's rate limit is reached (until 2026-11-22 09:05 UTC); the tweet is back in the queue"
 
 
 def _seed_two_bots(session: Session) -> None:
-    """bob: an earlier post on both destinations, a tweet X has and Bluesky still lacks, one too long
-    for Bluesky; alice: one queued tweet."""
+    """bob: an earlier post on his three destinations, a tweet X has and the others still lack, one too
+    long for Bluesky; alice: one queued tweet."""
     earlier = Tweet(account="bob", text=BOB_EARLIER, content_hash="bob-earlier", status=TweetStatus.posted, position=0,
                     posted_at=utcnow() - timedelta(days=1), x_tweet_id=SEEDED_X_ID, x_url=f"https://x.com/bob/status/{SEEDED_X_ID}")
     partly = Tweet(account="bob", text=BOB_PARTLY, content_hash="bob-partly", status=TweetStatus.queued, position=1,
@@ -560,6 +561,8 @@ def _seed_two_bots(session: Session) -> None:
     session.add_all([
         Delivery(tweet_id=earlier.id, destination="x", status=DeliveryStatus.posted, remote_id=SEEDED_X_ID,
                  url=earlier.x_url, posted_at=earlier.posted_at),
+        Delivery(tweet_id=earlier.id, destination="mastodon", status=DeliveryStatus.posted, remote_id="113500000000000001",
+                 url=MASTODON_POST, posted_at=earlier.posted_at),
         Delivery(tweet_id=earlier.id, destination="bluesky", status=DeliveryStatus.posted, remote_id="at://seeded",
                  url=BLUESKY_POST, posted_at=earlier.posted_at),
         Delivery(tweet_id=partly.id, destination="x", status=DeliveryStatus.posted, remote_id=FOUND_X_ID,
@@ -570,11 +573,12 @@ def _seed_two_bots(session: Session) -> None:
 
 @pytest.fixture(scope="module")
 def two_bot_server(tmp_path_factory):
-    """BOTS=alice,bob: alice posts to X, bob to X and Bluesky; every destination a dry run."""
+    """BOTS=alice,bob: alice posts to X, bob to X, Mastodon and Bluesky; every destination a dry run."""
     settings_env = {
         "BOTS": "alice,bob",
         "BOT_ALICE_DESTINATIONS": "x", "BOT_ALICE_TWITTER_DRY_RUN": "true", "BOT_ALICE_TWEET_ORDER": "oldest",
-        "BOT_BOB_DESTINATIONS": "x,bluesky", "BOT_BOB_TWITTER_DRY_RUN": "true", "BOT_BOB_BLUESKY_DRY_RUN": "true",
+        "BOT_BOB_DESTINATIONS": "x,mastodon,bluesky", "BOT_BOB_TWITTER_DRY_RUN": "true", "BOT_BOB_MASTODON_DRY_RUN": "true",
+        "BOT_BOB_BLUESKY_DRY_RUN": "true",
         "BOT_BOB_TWEET_ORDER": "oldest",
     }
     with serve(tmp_path_factory.mktemp("curate-two-bots"), settings_env, _seed_two_bots) as running:
@@ -614,16 +618,18 @@ def test_two_bots_each_destinations_state_and_link_and_post_next_per_bot(browser
     assert destination(partly, "x").get_by_role("link", name="View on X").get_attribute("href") == f"https://x.com/bob/status/{FOUND_X_ID}"
     assert destination(partly, "bluesky").get_attribute("data-status") == "queued"
     assert RATE_LIMITED in destination(partly, "bluesky").inner_text()
+    assert shown(destination(partly, "mastodon")) == "mastodon not posted yet"
     too_long = page.locator(".queue-list .card").nth(1)
     graphemes = len(BOB_TOO_LONG)
     assert too_long.locator(".text-problem").inner_text() == f"Not valid for Bluesky: {graphemes} graphemes over Bluesky's 300"
-    assert "It will be posted only to X." in too_long.locator(".text-problems").inner_text()
+    assert "It will be posted only to X, Mastodon." in too_long.locator(".text-problems").inner_text()
     page.screenshot(path=str(screenshots / "curate-two-bots-queue.png"), full_page=True)
 
-    # Post next now as bob: bob's tweet X already has goes to Bluesky only; alice's stays queued.
+    # Post next now as bob: bob's tweet X already has goes to Mastodon and Bluesky only; alice's stays queued.
     page.get_by_role("button", name="Post next now as @bob").click()
     page.wait_for_url("**/curate/history?bot=bob")
-    assert "Bluesky: dry run, nothing sent" in flash_text(page)
+    assert flash_text(page) == (f"New tweet posted @ https://x.com/bob/status/{FOUND_X_ID}; "
+                                "Bluesky: dry run, nothing sent; Mastodon: dry run, nothing sent")  # deliveries in the order they were made
     assert server.tweet(BOB_PARTLY).status is TweetStatus.posted
     assert server.tweet(ALICE_NEXT).status is TweetStatus.queued
 
@@ -631,7 +637,9 @@ def test_two_bots_each_destinations_state_and_link_and_post_next_per_bot(browser
     posted = page.locator(".posted-list .card")
     assert posted.locator(".tweet-text").all_inner_texts() == [BOB_PARTLY, BOB_EARLIER]
     assert destination(posted.nth(0), "x").get_by_role("link", name="View on X").get_attribute("href") == f"https://x.com/bob/status/{FOUND_X_ID}"
+    assert destination(posted.nth(0), "mastodon").locator(".delivery-dry-run").inner_text().lower() == "dry run"
     assert destination(posted.nth(0), "bluesky").locator(".delivery-dry-run").inner_text().lower() == "dry run"
+    assert destination(posted.nth(1), "mastodon").get_by_role("link", name="View on Mastodon").get_attribute("href") == MASTODON_POST
     assert destination(posted.nth(1), "bluesky").get_by_role("link", name="View on Bluesky").get_attribute("href") == BLUESKY_POST
     assert destination(posted.nth(1), "x").get_by_role("link", name="View on X").get_attribute("href") == f"https://x.com/bob/status/{SEEDED_X_ID}"
     page.screenshot(path=str(screenshots / "curate-two-bots-history.png"), full_page=True)
