@@ -892,13 +892,13 @@ def add_for(session_factory, account: str, *texts: str, status: TweetStatus = Tw
 
 @pytest.fixture
 def network_rules(monkeypatch):
-    """Mastodon's and Bluesky's text rules stood in by short ones (over 40 and 20 characters): the page
-    shows what each destination's rule says, whatever that rule is."""
+    """Mastodon's and Bluesky's text rules stood in by short ones (over 40 and 20 characters), to show a
+    text over two destinations' rules with short texts: the page shows what each rule says."""
     def over(limit: int, name: str):
         return lambda text, *_max: f"{len(text)} characters, over {name}'s {limit}" if len(text) > limit else None
 
-    monkeypatch.setattr(tweet_text, "mastodon_text_problem", over(40, "Mastodon"), raising=False)
-    monkeypatch.setattr(tweet_text, "bluesky_text_problem", over(20, "Bluesky"), raising=False)
+    monkeypatch.setattr(tweet_text, "mastodon_text_problem", over(40, "Mastodon"))
+    monkeypatch.setattr(tweet_text, "bluesky_text_problem", over(20, "Bluesky"))
 
 
 @pytest.fixture
@@ -915,7 +915,7 @@ def two_bots_app(monkeypatch, settings_values, engine):
 
 
 @pytest.fixture
-def two_bots(two_bots_app, network_rules):
+def two_bots(two_bots_app):
     with TestClient(two_bots_app, base_url="https://testserver") as test_client:
         test_client.csrf = sign_in(test_client)
         yield test_client
@@ -1128,7 +1128,7 @@ def test_queue_and_history_show_each_destinations_state_and_link_escaped(two_bot
     assert destinations_on(two_bots.get("/curate/history?bot=bob").text, unsure)[2][:2] == ("bluesky", "posted")
 
 
-def test_a_candidate_valid_for_some_destinations_says_where_it_will_go(two_bots, session_factory):
+def test_a_candidate_valid_for_some_destinations_says_where_it_will_go(two_bots, session_factory, network_rules):
     short, medium = add_for(session_factory, "bob", "short enough", "between twenty and forty characters")
     long_one, = add_for(session_factory, "bob", "queued: longer than forty characters, too long for Mastodon",
                         status=TweetStatus.queued)
@@ -1185,7 +1185,7 @@ def test_candidates_over_mastodons_or_blueskys_own_rule_say_where_they_will_go(s
 
 @SQLITE_ONLY
 def test_a_text_over_a_destinations_rule_is_escaped_like_the_text(two_bots, session_factory, monkeypatch):
-    monkeypatch.setattr(tweet_text, "bluesky_text_problem", lambda text: f"refused: {text}", raising=False)
+    monkeypatch.setattr(tweet_text, "bluesky_text_problem", lambda text: f"refused: {text}")
     add_for(session_factory, "bob", HOSTILE[0], HOSTILE[1])
     page = two_bots.get("/curate?bot=bob").text
     assert "<script>" not in page and "<img" not in page
