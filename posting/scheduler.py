@@ -2,9 +2,10 @@
 
 `python -m posting.scheduler` sleeps until each fire time of SCHEDULE (in TIME_ZONE), then runs
 `python -m posting.post_next [--bot <name>] --idempotency-key <scheduled time>` (--bot with several
-bots). The key is the scheduled time, not the clock at the call, so every retry of one run carries the same key and the posting code
-answers it with the first attempt's result instead of posting again. Keys are per bot (per account),
-so bots firing at the same minute share a key without sharing a run.
+bots). The key is the scheduled time, not the clock at the call, so every retry of one run carries
+the same key and the posting code answers it with the first attempt's result instead of posting
+again. Keys are per bot (per account), so bots firing at the same minute share a key without
+sharing a run.
 With several bots (BOTS), each runs its own SCHEDULE and TIME_ZONE (BOT_<NAME>_SCHEDULE...) in a
 thread of its own: one bot's retries never delay another's runs.
 `python -m posting.scheduler --show 5` prints each bot's next five fire times and exits.
