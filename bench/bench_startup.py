@@ -1,16 +1,20 @@
 """Start-up time and memory of the API as its image starts it, against a bare FastAPI app (the floor),
 and the first POST /tweet_curated/ after a start against a warm one.
 
-    .venv/bin/python -m bench.bench_startup [--runs 7] [--warm-posts 5] [--venv .venv-api]
+    .venv/bin/python -m bench.bench_startup [--runs 7] [--warm-posts 5] [--venv .venv-api] [--app-dir DIR]
 
 Both apps start the way the Dockerfile's command does (`sh -c "exec uvicorn MODULE --port $PORT"`,
 LOG_FORMAT=json, from the files the image copies, compiled as its build compiles them), in the
 virtualenv given (default `.venv-api`, which tests/test_deploy.py builds from requirements.txt alone;
-`.venv` otherwise). Each run starts, in turn, the bare app, the API posting in dry run and the API
-posting to the fake X of tests/fake_x.py on loopback, and measures: the time from process start to
-the first 200 answer of GET /health, the server's resident memory (VmRSS) right then, and for the
-API the time of the first POST /tweet_curated/ sent right after that answer, then of `--warm-posts`
-more. The API runs on a migrated SQLite file holding enough queued tweets for every post.
+`.venv` otherwise). With `--app-dir` the API's files are taken as they are from that folder instead:
+inside the API image (`IMAGE_TEST_PARTS=startup make image-test`), its /app as its build compiled it,
+with the image's Python (`--venv` naming the prefix whose bin/ holds its uvicorn).
+
+Each run starts, in turn, the bare app, the API posting in dry run and the API posting to the fake X
+of tests/fake_x.py on loopback, and measures: the time from process start to the first 200 answer of
+GET /health, the server's resident memory (VmRSS) right then, and for the API the time of the first
+POST /tweet_curated/ sent right after that answer, then of `--warm-posts` more. The API runs on a
+migrated SQLite file holding enough queued tweets for every post.
 """
 from __future__ import annotations
 
@@ -179,16 +183,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--warm-posts", type=int, default=5)
     parser.add_argument("--venv", type=Path, default=REPO / ".venv-api")
+    parser.add_argument("--app-dir", type=Path, help="the API's files as an image holds them (its /app), used as they are")
     args = parser.parse_args()
     venv = args.venv if (args.venv / "bin" / "uvicorn").exists() else REPO / ".venv"
     fake_x = FakeX().start()
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        api_dir, bare_dir = scratch / "app", scratch / "bare"
-        api_dir.mkdir()
+        api_dir, bare_dir = args.app_dir or scratch / "app", scratch / "bare"
         bare_dir.mkdir()
-        stage_image_files(api_dir)
         (bare_dir / "bare.py").write_text(BARE_APP)
         environment = {
             "PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(scratch), "PYTHONUNBUFFERED": "1",
@@ -200,8 +203,11 @@ def main() -> None:
             **environment, "TWITTER_DRY_RUN": "false",
             **{name: str(value) for name, value in fake_x.settings_values().items()},
         }
-        # As the Dockerfile does: bytecode compiled at build time.
-        subprocess.run(["python", "-m", "compileall", "-q", *compiled_packages()], cwd=api_dir, env=environment, check=True)
+        if args.app_dir is None:
+            # As the Dockerfile does: bytecode compiled at build time.
+            api_dir.mkdir()
+            stage_image_files(api_dir)
+            subprocess.run(["python", "-m", "compileall", "-q", *compiled_packages()], cwd=api_dir, env=environment, check=True)
         subprocess.run(["python", "-m", "compileall", "-q", "bare.py"], cwd=bare_dir, env=environment, check=True)
         subprocess.run(["alembic", "upgrade", "head"], cwd=api_dir, env=environment, check=True, capture_output=True)
         command = image_command()
@@ -222,6 +228,8 @@ def main() -> None:
     fake_x.stop()
 
     print(f"virtualenv: {venv.relative_to(REPO) if venv.is_relative_to(REPO) else venv}; command: {command}")
+    if args.app_dir is not None:
+        print(f"the API's files: {args.app_dir}, as they are")
     print(f"{args.runs} runs, each starting the three in turn; figures are medians (min-max) over the runs;")
     print("ratios are per run (against the bare app started in the same run, or the same start's warm posts)\n")
     print(f"{'app':<16}{'start to /health (ms)':>26}{'x bare':>18}{'RSS then (MiB)':>24}{'x bare':>18}")

@@ -19,7 +19,7 @@ from core.config import Settings
 from db import store
 from db.engine import make_engine, make_session_factory, temporary_schema
 from db.models import Base, Tweet, TweetStatus
-from tests.fake_x import fake_x  # noqa: F401 (fixture: the fake X API server)
+from tests.fake_x import FakeX
 
 TOKEN = "test-token-0123456789abcdef"
 ACCOUNT = "test_bot"
@@ -59,6 +59,14 @@ def empty_engine(backend, tmp_path) -> Iterator[Engine]:
 def engine(empty_engine) -> Engine:
     Base.metadata.create_all(empty_engine)
     return empty_engine
+
+
+@pytest.fixture
+def fake_x() -> Iterator[FakeX]:
+    """A running fake X API; point Settings at it with `settings_values.update(fake_x.settings_values())`."""
+    server = FakeX().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
