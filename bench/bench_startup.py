@@ -2,13 +2,16 @@
 and the first POST /tweet_curated/ after a start against a warm one.
 
     .venv/bin/python -m bench.bench_startup [--runs 7] [--warm-posts 5] [--venv .venv-api] [--app-dir DIR]
+        [--baseline CHECKOUT]
 
 Both apps start the way the Dockerfile's command does (`sh -c "exec uvicorn MODULE --port $PORT"`,
 LOG_FORMAT=json, from the files the image copies, compiled as its build compiles them), in the
 virtualenv given (default `.venv-api`, which tests/test_deploy.py builds from requirements.txt alone;
 `.venv` otherwise). With `--app-dir` the API's files are taken as they are from that folder instead:
 inside the API image (`IMAGE_TEST_PARTS=startup make image-test`), its /app as its build compiled it,
-with the image's Python (`--venv` naming the prefix whose bin/ holds its uvicorn).
+with the image's Python (`--venv` naming the prefix whose bin/ holds its uvicorn). `--baseline` starts
+another checkout's API too, in the same runs (a change's before and after, on a machine whose load varies):
+    git worktree add /tmp/before HEAD~1 && .venv/bin/python -m bench.bench_startup --baseline /tmp/before
 
 Each run starts, in turn, the bare app, the API posting in dry run and the API posting to the fake X
 of tests/fake_x.py on loopback, and measures: the time from process start to the first 200 answer of
@@ -53,22 +56,25 @@ def image_command() -> str:
     return json.loads(cmd_line[4:])[-1].replace("--host 0.0.0.0", "--host 127.0.0.1")
 
 
-def compiled_packages() -> list[str]:
+def compiled_packages(checkout: Path) -> list[str]:
     """What the Dockerfile's `python -m compileall` line compiles at build time."""
-    line = next(line for line in (REPO / "Dockerfile").read_text().splitlines() if "compileall" in line)
+    line = next(line for line in (checkout / "Dockerfile").read_text().splitlines() if "compileall" in line)
     return line.split("compileall", 1)[1].split()[1:]
 
 
-def stage_image_files(target: Path) -> None:
-    """Copy what the Dockerfile COPYs into `target`, as /app in the image."""
-    for line in (REPO / "Dockerfile").read_text().splitlines():
+def stage_image_files(checkout: Path, target: Path, environment: dict[str, str]) -> None:
+    """Copy what the checkout's Dockerfile COPYs into `target`, as /app in the image, and compile it
+    as the build does."""
+    target.mkdir()
+    for line in (checkout / "Dockerfile").read_text().splitlines():
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
-                origin = REPO / source
+                origin = checkout / source
                 if origin.is_dir():
                     shutil.copytree(origin, target / source, ignore=shutil.ignore_patterns("__pycache__"))
                 else:
                     shutil.copy(origin, target / source)
+    subprocess.run(["python", "-m", "compileall", "-q", *compiled_packages(checkout)], cwd=target, env=environment, check=True)
 
 
 def free_port() -> int:
@@ -184,6 +190,7 @@ def main() -> None:
     parser.add_argument("--warm-posts", type=int, default=5)
     parser.add_argument("--venv", type=Path, default=REPO / ".venv-api")
     parser.add_argument("--app-dir", type=Path, help="the API's files as an image holds them (its /app), used as they are")
+    parser.add_argument("--baseline", type=Path, help="another checkout (e.g. a git worktree of the commit before a change) started in the same runs")
     args = parser.parse_args()
     venv = args.venv if (args.venv / "bin" / "uvicorn").exists() else REPO / ".venv"
     fake_x = FakeX().start()
@@ -204,22 +211,25 @@ def main() -> None:
             **{name: str(value) for name, value in fake_x.settings_values().items()},
         }
         if args.app_dir is None:
-            # As the Dockerfile does: bytecode compiled at build time.
-            api_dir.mkdir()
-            stage_image_files(api_dir)
-            subprocess.run(["python", "-m", "compileall", "-q", *compiled_packages()], cwd=api_dir, env=environment, check=True)
+            stage_image_files(REPO, api_dir, environment)
         subprocess.run(["python", "-m", "compileall", "-q", "bare.py"], cwd=bare_dir, env=environment, check=True)
         subprocess.run(["alembic", "upgrade", "head"], cwd=api_dir, env=environment, check=True, capture_output=True)
         command = image_command()
-        posts_per_start = 1 + args.warm_posts
-        queue = posts_per_start * 2 * (args.runs + 1)
-        # A first start of each fills the OS file cache (and queues the tweets to post); no bytecode is
-        # written (PYTHONDONTWRITEBYTECODE).
+        apps = {"bare:app": (bare_dir, environment, 0)}
+        checkouts = {"api": api_dir}
+        if args.baseline is not None:
+            checkouts = {"before": scratch / "before", **checkouts}
+            stage_image_files(args.baseline, checkouts["before"], environment)
+        for label, app_dir in checkouts.items():
+            apps[f"{label}, dry run"] = (app_dir, dry_run, args.warm_posts)
+            apps[f"{label}, fake X"] = (app_dir, against_fake_x, args.warm_posts)
+        posting_apps = [name for name in apps if name != "bare:app"]
+        queue = (1 + args.warm_posts) * len(posting_apps) * (args.runs + 1)
+        # A first start of each fills the OS file cache (the first also queues the tweets to post); no
+        # bytecode is written (PYTHONDONTWRITEBYTECODE).
         start_once(command, "api.main:app", api_dir, dry_run, before_stop=lambda port: upload_queue(port, queue))
-        start_once(command, "bare:app", bare_dir, environment)
-        start_once(command, "api.main:app", api_dir, against_fake_x, warm_posts=args.warm_posts)
-        apps = {"bare:app": (bare_dir, environment, 0), "api, dry run": (api_dir, dry_run, args.warm_posts),
-                "api, fake X": (api_dir, against_fake_x, args.warm_posts)}
+        for name, (cwd, env, warm_posts) in apps.items():
+            start_once(command, "bare:app" if name == "bare:app" else "api.main:app", cwd, env, warm_posts=warm_posts)
         results: dict[str, list[Start]] = {name: [] for name in apps}
         for _ in range(args.runs):
             for name, (cwd, env, warm_posts) in apps.items():
@@ -230,7 +240,9 @@ def main() -> None:
     print(f"virtualenv: {venv.relative_to(REPO) if venv.is_relative_to(REPO) else venv}; command: {command}")
     if args.app_dir is not None:
         print(f"the API's files: {args.app_dir}, as they are")
-    print(f"{args.runs} runs, each starting the three in turn; figures are medians (min-max) over the runs;")
+    if args.baseline is not None:
+        print(f"before: {args.baseline}")
+    print(f"{args.runs} runs, each starting the {len(apps)} in turn; figures are medians (min-max) over the runs;")
     print("ratios are per run (against the bare app started in the same run, or the same start's warm posts)\n")
     print(f"{'app':<16}{'start to /health (ms)':>26}{'x bare':>18}{'RSS then (MiB)':>24}{'x bare':>18}")
     bare = results["bare:app"]
@@ -242,7 +254,7 @@ def main() -> None:
             f"{spread([s.rss_mib for s in starts], 1):>24}{spread(memory_ratios, 2):>18}"
         )
     print(f"\n{'first post':<16}{'first (ms)':>22}{f'warm, median of {args.warm_posts} (ms)':>32}{'first / warm':>20}")
-    for name in ("api, dry run", "api, fake X"):
+    for name in posting_apps:
         starts = results[name]
         print(
             f"{name:<16}{spread([s.first_post_ms for s in starts], 1):>22}"
