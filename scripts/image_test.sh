@@ -10,7 +10,8 @@
 #   generator ml/Dockerfile with a bundled tiny run (needs .venv with the ML requirements to make the run)
 #             answers a generation request.
 #   startup   (only when named) bench/bench_startup.py inside the API image: its /app and its Python against
-#             a bare FastAPI app in the same container; prints the figures, asserts none.
+#             a bare FastAPI app in the same container; prints the figures, asserts none. IMAGE_TEST_BENCH_RUNS
+#             (default 7); IMAGE_TEST_BENCH_BASELINE=<another checkout> starts that one's API too (before/after).
 # IMAGE_TEST_PARTS picks some of them (default: all but startup, in that order).
 #
 # IMAGE_TEST_ENGINE=podman (default; installed with Debian's packages when missing, as root) or docker.
@@ -455,9 +456,13 @@ test_startup() {
     fi
     step "the start-up bench inside the API image (this checkout's bench/ mounted read-only; ${IMAGE_TEST_BENCH_RUNS:-7} runs)"
     # The bench and the fake X come from this checkout; the app, its packages and Python from the image.
-    if ! "$ENGINE" run --rm --network none --name "$PREFIX-startup" -v "$REPO:/bench:ro" -w /bench "$API_TAG" \
-        sh -c 'exec python -m bench.bench_startup --app-dir /app --runs "$0" --venv "$(dirname "$(dirname "$(command -v uvicorn)")")"' \
-        "${IMAGE_TEST_BENCH_RUNS:-7}" 2>&1 | tee "$LOGS/startup"; then
+    local baseline=()
+    if [ -n "${IMAGE_TEST_BENCH_BASELINE:-}" ]; then
+        baseline=(-v "$(realpath "$IMAGE_TEST_BENCH_BASELINE"):/baseline:ro")
+    fi
+    if ! "$ENGINE" run --rm --network none --name "$PREFIX-startup" -v "$REPO:/bench:ro" "${baseline[@]}" -w /bench "$API_TAG" \
+        sh -c 'exec python -m bench.bench_startup --app-dir /app --runs "$0" --venv "$(dirname "$(dirname "$(command -v uvicorn)")")" \
+            ${1:+--baseline "$1"}' "${IMAGE_TEST_BENCH_RUNS:-7}" "${IMAGE_TEST_BENCH_BASELINE:+/baseline}" 2>&1 | tee "$LOGS/startup"; then
         fail "the bench failed (log: $LOGS/startup)"
     fi
 }
