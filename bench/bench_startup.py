@@ -13,11 +13,12 @@ with the image's Python (`--venv` naming the prefix whose bin/ holds its uvicorn
 another checkout's API too, in the same runs (a change's before and after, on a machine whose load varies):
     git worktree add /tmp/before HEAD~1 && .venv/bin/python -m bench.bench_startup --baseline /tmp/before
 
-Each run starts, in turn, the bare app, the API posting in dry run and the API posting to the fake X
-of tests/fake_x.py on loopback, and measures: the time from process start to the first 200 answer of
-GET /health, the server's resident memory (VmRSS) right then, and for the API the time of the first
-POST /tweet_curated/ sent right after that answer, then of `--warm-posts` more. The API runs on a
-migrated SQLite file holding enough queued tweets for every post.
+Each run starts, in turn, the bare app, the API posting in dry run and the API posting to the fake X of
+tests/fake_x.py on loopback, and measures: the time from process start to the first 200 answer of GET
+/health, the server's resident memory (VmRSS) and CPU time right then, and for the API the time (wall-
+clock and the server's CPU) of the first POST /tweet_curated/ sent right after that answer, then of
+`--warm-posts` more. The API runs on a migrated SQLite file holding enough queued tweets for every
+post.
 """
 from __future__ import annotations
 
@@ -136,12 +137,27 @@ def rss_mib(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
 
+def cpu_ms(pid: int) -> float:
+    """The CPU time the server's threads have run so far (nanosecond counters of the kernel's
+    schedstat): unlike a wall-clock time, hardly changed by what else the machine runs."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except FileNotFoundError:
+            pass  # a thread that just ended
+    return total / 1e6
+
+
 @dataclass
 class Start:
     health_ms: float
     rss_mib: float
+    health_cpu_ms: float
     first_post_ms: float | None = None
     warm_post_ms: float | None = None  # median of the warm posts
+    first_post_cpu_ms: float | None = None
+    warm_post_cpu_ms: float | None = None  # median of the warm posts
 
 
 def start_once(
@@ -163,10 +179,19 @@ def start_once(
             if time.perf_counter() - started > 60:
                 raise RuntimeError(f"{module} did not answer /health within 60 s")
             time.sleep(0.005)
-        result = Start((time.perf_counter() - started) * 1000, rss_mib(server.pid))
+        result = Start((time.perf_counter() - started) * 1000, rss_mib(server.pid), cpu_ms(server.pid))
+
+        def post_timed() -> tuple[float, float]:
+            """Wall-clock and server CPU milliseconds of one post."""
+            cpu_before = cpu_ms(server.pid)
+            elapsed = post_next_ms(port)
+            return elapsed, cpu_ms(server.pid) - cpu_before
+
         if warm_posts:
-            result.first_post_ms = post_next_ms(port)
-            result.warm_post_ms = statistics.median(post_next_ms(port) for _ in range(warm_posts))
+            result.first_post_ms, result.first_post_cpu_ms = post_timed()
+            warm = [post_timed() for _ in range(warm_posts)]
+            result.warm_post_ms = statistics.median(elapsed for elapsed, _ in warm)
+            result.warm_post_cpu_ms = statistics.median(cpu for _, cpu in warm)
         if before_stop is not None:
             before_stop(port)
         return result
@@ -261,6 +286,17 @@ def main() -> None:
             f"{spread([s.warm_post_ms for s in starts], 1):>32}"
             f"{spread([s.first_post_ms / s.warm_post_ms for s in starts], 2):>20}"
         )
+    print("\nThe server's CPU time (all its threads), which the machine's other load hardly changes:")
+    print(f"{'app':<16}{'CPU to /health (ms)':>26}{'x bare':>18}{'first post (ms)':>22}{'warm (ms)':>18}{'first / warm':>20}")
+    for name, starts in results.items():
+        line = f"{name:<16}{spread([s.health_cpu_ms for s in starts]):>26}"
+        line += f"{spread([start.health_cpu_ms / base.health_cpu_ms for start, base in zip(starts, bare)], 2):>18}"
+        if name in posting_apps:
+            line += (
+                f"{spread([s.first_post_cpu_ms for s in starts], 1):>22}{spread([s.warm_post_cpu_ms for s in starts], 1):>18}"
+                f"{spread([s.first_post_cpu_ms / s.warm_post_cpu_ms for s in starts], 2):>20}"
+            )
+        print(line)
 
 
 if __name__ == "__main__":
