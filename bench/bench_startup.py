@@ -15,9 +15,9 @@ another checkout's API too, in the same runs (a change's before and after, on a 
 
 Each run starts, in turn, the bare app, the API posting in dry run and the API posting to the fake X of
 tests/fake_x.py on loopback, and measures: the time from process start to the first 200 answer of GET
-/health, the server's resident memory (VmRSS) and CPU time right then, and for the API the time (wall-
-clock and the server's CPU) of the first POST /tweet_curated/ sent right after that answer, then of
-`--warm-posts` more. The API runs on a migrated SQLite file holding enough queued tweets for every
+/health, the server's resident memory (VmRSS) and CPU time right then, and for the API the time
+(wall-clock and the server's CPU) of the first POST /tweet_curated/ sent right after that answer, then
+of `--warm-posts` more. The API runs on a migrated SQLite file holding enough queued tweets for every
 post.
 """
 from __future__ import annotations
