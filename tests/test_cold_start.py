@@ -4,19 +4,23 @@ first post after a start does not pay for imports), but not what only the curati
 templates): those load on the first request that needs them (api/app.py's deferred routes); nor
 Mastodon.py or atproto, which the first Mastodon or Bluesky destination imports."""
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import fastapi.routing
+import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.engine.interfaces import CacheStats
 
 from api.app import create_app
 from api.request_limits import SMALL_BODY_BYTES
-from core.config import Settings
+from core.config import Settings, TweetOrder
 from db.models import Tweet, TweetStatus, utcnow
 from posting.job import prepare_claim_statements
 from tests.conftest import TOKEN, store_texts
@@ -125,12 +129,38 @@ def test_preparing_the_claim_at_start_changes_nothing(session_factory, settings)
         assert session.scalar(select(func.count()).select_from(Tweet)) == 2
 
 
-def test_a_start_before_the_migration_still_serves_and_reports_it(settings, empty_engine):
-    """No table yet: preparing the claim is skipped, and /health says what is missing."""
+def test_a_start_before_the_migration_still_serves_and_reports_it(settings, empty_engine, caplog):
+    """No table yet: preparing the claim is skipped (and said so), and /health says what is missing."""
+    caplog.set_level(logging.INFO, logger="posting.job")
     app = create_app(settings, engine=empty_engine, configure_logs=False)
     with TestClient(app) as client:
         health = client.get("/health")
     assert health.status_code == 503 and "migrate" in health.text
+    skipped = [r.getMessage() for r in caplog.records if r.name == "posting.job" and r.levelno == logging.INFO]
+    assert len(skipped) == 1 and re.fullmatch(
+        r"posting statements not prepared at start \((OperationalError|ProgrammingError)\); "
+        r"the first posting call prepares them", skipped[0]), skipped
+
+
+@pytest.mark.parametrize("order", list(TweetOrder))
+def test_the_first_posting_call_after_a_start_compiles_no_claim_statement(settings, engine, order):
+    """What the start prepares is what the call runs: the sweep, the claim and the queue check of
+    an empty queue are all found in the engine's statement cache (same account-independent SQL,
+    same TWEET_ORDER)."""
+    app = create_app(settings.model_copy(update={"TWEET_ORDER": order, "TWITTER_DRY_RUN": True}), engine=engine, configure_logs=False)
+    compiled = []
+
+    def note(conn, cursor, statement, parameters, context, executemany):
+        if context.compiled is not None:
+            compiled.append((context.cache_hit, statement.split()[0]))
+
+    with TestClient(app, headers={"x-token": TOKEN}) as client:
+        event.listen(engine, "before_cursor_execute", note)
+        try:
+            assert client.post("/tweet_curated/").status_code == 404
+        finally:
+            event.remove(engine, "before_cursor_execute", note)
+    assert compiled == [(CacheStats.CACHE_HIT, "UPDATE"), (CacheStats.CACHE_HIT, "UPDATE"), (CacheStats.CACHE_HIT, "SELECT")]
 
 
 def test_posting_routes_come_right_after_health(app):

@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import select, text
 
 from api.curate import actions
 from api.curate.actions import Move
-from core.config import TweetOrder
+from core.config import Settings, TweetOrder
 from db import store
 from db.models import Tweet, TweetStatus
-from db.post_queue import claim_next_tweet
+from db.post_queue import claim_next_tweet, sweep_stale_posts
 from posting.job import QUEUE_BUSY_RETRY_SECONDS, post_next
 from posting.outcomes import PostOutcome
 from tests.conftest import ACCOUNT, store_texts
 
 ORIGINAL = "the text as queued"
 EDITED = "the text as edited"
+X_CREDENTIALS = ("CONSUMER_KEY", "CONSUMER_SECRET", "ACCESS_KEY", "ACCESS_SECRET")
 WAIT_SECONDS = 20  # bound on waiting for a state; reached only when the test fails
 
 
@@ -224,5 +226,39 @@ def test_a_run_while_a_curator_holds_the_only_queued_tweet_is_retried_not_rememb
         store.get_tweet(curator, tweet_id, for_update=True)
         busy = post_next(session_factory=session_factory, settings=settings, idempotency_key="run-1")
     assert (busy.outcome, busy.retry_after) == (PostOutcome.queue_busy, QUEUE_BUSY_RETRY_SECONDS)
+    assert busy.message.startswith("the queued tweets are being changed on the curation page")
+    assert busy.message.endswith("ask again in a few seconds")
     retried = post_next(session_factory=session_factory, settings=settings, idempotency_key="run-1")
     assert retried.outcome is PostOutcome.posted and retried.tweet.id == tweet_id
+
+
+class RequeuedByACuratorWhileXAnswers:
+    """Stands in for tweepy.Client: while X answers, the lease ends (another call's sweep makes the
+    tweet unconfirmed) and a curator's requeue of it starts in `curator`'s transaction, uncommitted."""
+
+    def __init__(self, session_factory, curator, tweet_id: int):
+        self.session_factory, self.curator, self.tweet_id = session_factory, curator, tweet_id
+
+    def create_tweet(self, *, text, user_auth):
+        with self.session_factory() as session:
+            sweep_stale_posts(session, account=ACCOUNT, lease_minutes=0)
+            session.commit()
+        actions.requeue(self.curator, ACCOUNT, self.tweet_id)
+        return SimpleNamespace(data={"id": "1790000000000000003"})
+
+
+def test_xs_answer_waits_for_a_curators_change_in_progress_and_then_leaves_it(session_factory, settings_values):
+    """Recording X's answer locks the tweet's row first: it waits for the curator's requeue, sees it,
+    and records nothing. Had it not locked, it would have read `unconfirmed`, then its update would
+    have waited and overwritten the requeue with `posted`."""
+    settings = Settings(**settings_values, **dict.fromkeys(X_CREDENTIALS, "set"))  # X itself is the stand-in
+    (tweet_id,) = store_texts(session_factory, ORIGINAL, status=TweetStatus.queued)
+    with session_factory() as curator:
+        x_client = RequeuedByACuratorWhileXAnswers(session_factory, curator, tweet_id)
+        result = run_while_held(
+            curator, session_factory,
+            lambda: post_next(session_factory=session_factory, settings=settings, x_client=x_client),
+            "recording X's answer",
+        )
+    assert "(it is now queued): X's answer is not recorded" in result.message
+    assert state(session_factory, tweet_id) == (ORIGINAL, TweetStatus.queued)

@@ -151,7 +151,7 @@ def test_oldest_order_follows_position_then_id(session_factory, settings):
 
 def test_random_order_posts_every_tweet_once(session_factory, settings, fake_x):
     queue(session_factory, *(f"random {n}" for n in range(6)))
-    outcomes = [post(session_factory, settings, TWEET_ORDER="random").outcome for _ in range(7)]
+    outcomes = [post(session_factory, settings, TWEET_ORDER=TweetOrder.random).outcome for _ in range(7)]
     assert outcomes == [PostOutcome.posted] * 6 + [PostOutcome.queue_empty]
     assert sorted(p["text"] for p in fake_x.posted) == [f"random {n}" for n in range(6)]
 
@@ -265,7 +265,7 @@ def test_long_idempotency_key_is_refused(client, session_factory, fake_x):
 def test_fifty_concurrent_calls_over_thirty_tweets(session_factory, settings, fake_x):
     texts = [f"storm tweet {n}" for n in range(30)]
     queue(session_factory, *texts)
-    settings = settings.model_copy(update={"TWEET_ORDER": "random"})
+    settings = settings.model_copy(update={"TWEET_ORDER": TweetOrder.random})
     barrier = threading.Barrier(50)
 
     def call(n: int) -> PostOutcome:
