@@ -57,16 +57,25 @@ def parse_tweet(text: str):
     return parse_tweet(text)
 
 
-def extract_urls_with_indices(text: str) -> list[dict]:
+def extract_urls_with_indices(text: str, *, without_protocol: bool = True) -> list[dict]:
+    """Links in `text` as X finds them; `without_protocol=False` keeps only those written with
+    http:// or https:// (what Mastodon's extractor is told to do)."""
     from twitter_text import extract_urls_with_indices
 
-    return extract_urls_with_indices(text)
+    return extract_urls_with_indices(text, extract_urls_without_protocol=without_protocol)
 
 
 def has_invalid_characters(text: str) -> bool:
     from twitter_text.has_invalid_characters import has_invalid_characters
 
     return has_invalid_characters(text)
+
+
+def grapheme_count(text: str) -> int:
+    """How many grapheme clusters `text` holds (regex is imported on first call, like twitter-text)."""
+    import regex
+
+    return sum(1 for _ in regex.finditer(r"\X", text))
 
 
 def normalize_text(text: str) -> str:
@@ -118,6 +127,65 @@ def validate_tweet(text: str) -> str:
     if not text.isascii() and has_invalid_characters(text):
         raise TweetRejected("tweet contains characters X does not allow")
     return text
+
+
+# Mastodon's StatusLengthValidator (app/validators/status_length_validator.rb, Mastodon 4.x):
+# it counts `text.each_grapheme_cluster.size` (user-perceived characters, Unicode's extended
+# grapheme clusters, not code points: a family emoji or an accented letter typed as two code points
+# is 1; Ruby and the regex module's \X both follow Unicode's UAX #29) of the text in which every
+# link found by twitter-text's extractor (only links written with http:// or https://) is replaced
+# by 23 characters and every mention @user@domain by @user.
+MASTODON_MAX_CHARACTERS = 500  # an instance's configuration.statuses.max_characters unless its admin changed it
+MASTODON_URL_LENGTH = 23  # StatusLengthValidator::URL_PLACEHOLDER_CHARS, whatever the instance's limit
+# Account::MENTION_RE, where Ruby's [[:word:]] is read as Python's \w (which leaves out combining marks).
+_MASTODON_MENTION = re.compile(r"(?<![=/\w])@(([a-z0-9_]+(?:[a-z0-9_.-]+[a-z0-9_]+)?)(?:@[\w.-]+\w+)?)", re.IGNORECASE)
+# twitter-text's end_mention_match: a match followed by one of these is no mention (its Latin accents
+# are twitter_text.regexp.latin_accent_chars, copied: tests/test_tweet_text.py pins the two equal).
+MASTODON_LATIN_ACCENTS = (  # a regular expression's class body
+    r"\xC0-\xD6\xD8-\xF6\xF8-\xFF\u0100-\u024F\u0253\u0254\u0256\u0257\u0259\u025B\u0263"
+    r"\u0268\u026F\u0272\u0289\u028B\u02BB\u0300-\u036F\u1E00-\u1EFF"
+)
+_MASTODON_MENTION_END = re.compile(f"[@\uFF20{MASTODON_LATIN_ACCENTS}]|://")
+
+
+def mastodon_countable_text(text: str) -> str:
+    """`text` as Mastodon measures it: links replaced by 23 characters, @user@domain by @user.
+
+    Overlapping finds keep the earliest, as twitter-text's remove_overlapping_entities does."""
+    found: list[tuple[int, int, str]] = []
+    if "://" in text:
+        found += [
+            (*url["indices"], "x" * MASTODON_URL_LENGTH)
+            for url in extract_urls_with_indices(text, without_protocol=False)
+        ]
+    if "@" in text:
+        found += [
+            (mention.start(), mention.end(), "@" + mention.group(1).split("@")[0])
+            for mention in _MASTODON_MENTION.finditer(text)
+            if not _MASTODON_MENTION_END.match(text, mention.end())
+        ]
+    pieces, position = [], 0
+    for start, end, replacement in sorted(found):
+        if start >= position:
+            pieces += [text[position:start], replacement]
+            position = end
+    pieces.append(text[position:])
+    return "".join(pieces)
+
+
+def mastodon_length(text: str) -> int:
+    """Mastodon's count of a status text (see the comment above MASTODON_MAX_CHARACTERS)."""
+    return grapheme_count(mastodon_countable_text(text))
+
+
+def mastodon_text_problem(text: str, max_characters: int = MASTODON_MAX_CHARACTERS) -> str | None:
+    """None when an instance with this `max_characters` accepts `text` as a status, else why not (one line)."""
+    if not text.strip():
+        return "empty: Mastodon refuses a status without text"
+    length = mastodon_length(text)
+    if length > max_characters:
+        return f"{length} characters, {length - max_characters} over Mastodon's {max_characters}"
+    return None
 
 
 def _longest_combining_run(text: str) -> int:

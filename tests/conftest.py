@@ -20,6 +20,7 @@ from db import store
 from db.engine import make_engine, make_session_factory, temporary_schema
 from db.models import Base, Tweet, TweetStatus
 from tests.fake_x import fake_x  # noqa: F401 (fixture: the fake X API server)
+from tests.fake_mastodon import fake_mastodon  # noqa: F401 (fixture: the fake Mastodon server)
 
 TOKEN = "test-token-0123456789abcdef"
 ACCOUNT = "test_bot"

@@ -1,6 +1,7 @@
 """What the service loads at start: what every request needs, and the posting path (so the
 first post after a start does not pay for imports), but not what only the curation page or
-a text's full length check needs (twitter-text's pattern tables, Jinja2 and its templates)."""
+a text's full length check needs (twitter-text's pattern tables, Jinja2 and its templates), nor
+Mastodon.py, which the first Mastodon destination imports."""
 import json
 import os
 import subprocess
@@ -43,7 +44,7 @@ def modules_after_importing_the_app(tmp_path) -> set[str]:
 def test_importing_the_app_loads_the_posting_path_but_not_the_page_or_twitter_text(tmp_path):
     loaded = modules_after_importing_the_app(tmp_path)
     assert {"tweepy", "posting.job", "db.post_queue", "sqlalchemy"} <= loaded
-    deferred = {"twitter_text", "jinja2", "fastapi.templating", "pkg_resources"}
+    deferred = {"twitter_text", "jinja2", "fastapi.templating", "pkg_resources", "mastodon", "regex"}
     assert not deferred & loaded, f"loaded at start: {sorted(deferred & loaded)}"
 
 

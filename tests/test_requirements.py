@@ -75,7 +75,7 @@ class OnlyRequirements:
 sys.meta_path.insert(0, OnlyRequirements())
 import api.main, api.scheduler, api.post_next
 # What the service imports on first use (a tweet's full length check, the curation page) must be there too.
-import twitter_text, jinja2, fastapi.templating
+import twitter_text, jinja2, fastapi.templating, mastodon, regex
 """
 
 
