@@ -72,11 +72,6 @@ class Destination(Protocol):
         """The key of a new delivery, made once from `seed` (unique per run, tweet and destination)."""
         ...
 
-    def new_key(self, seed: str) -> str:
-        """The delivery key `post` takes, derived from `seed` (the same seed gives the same key):
-        stored with the delivery before the first attempt, so that every retry carries it."""
-        ...
-
     def post(self, text: str, *, key: str) -> RemotePost:
         """Post `text` once, or raise DeliveryFailed.
 

@@ -5,6 +5,11 @@ twitter-text-parser, which implements X's rules, with a fast path for plain ASCI
 (its emoji scan is too slow per tweet for large uploads; the figure is in the README's speed section).
 twitter-text is imported where a text first needs it, not with this module: its import builds
 its emoji and URL patterns, a cost the service's start and its posting path never need.
+
+Bluesky counts a post in grapheme clusters (what a reader sees as one character: a flag, an
+emoji family joined by ZWJs, a letter with its accents), at most 300, and at most 3000 bytes
+of UTF-8; `bluesky_text_problem` says whether a text fits, with the `regex` module's \\X
+(Unicode's extended grapheme clusters, UAX #29, the segmentation Bluesky's validator counts).
 """
 from __future__ import annotations
 
@@ -30,6 +35,9 @@ MAX_TWEET_CODE_POINTS = -(-MAX_WEIGHTED_LENGTH * MAX_URL_LENGTH // URL_WEIGHT)
 # MAX_URL_LENGTH characters. NFC reorders a run by insertion sort, in time growing with the
 # square of its length, so longer runs are refused before it.
 MAX_COMBINING_RUN = MAX_URL_LENGTH + MAX_WEIGHTED_LENGTH
+# app.bsky.feed.post's lexicon: text has maxGraphemes 300 and maxLength 3000 (UTF-8 bytes).
+BLUESKY_MAX_GRAPHEMES = 300
+BLUESKY_MAX_BYTES = 3000
 SAMPLE_DELIMITER = "=" * 20
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
@@ -76,6 +84,23 @@ def grapheme_count(text: str) -> int:
     import regex
 
     return sum(1 for _ in regex.finditer(r"\X", text))
+
+
+def bluesky_text_problem(text: str) -> str | None:
+    """None when Bluesky accepts `text` as a post's text, else a one-line reason.
+
+    Every text has at most as many graphemes as code points: short texts skip the count.
+    """
+    if not text.strip():
+        return "post is empty"
+    if len(text) > BLUESKY_MAX_GRAPHEMES:
+        graphemes = grapheme_count(text)
+        if graphemes > BLUESKY_MAX_GRAPHEMES:
+            return f"{graphemes:,} graphemes over Bluesky's {BLUESKY_MAX_GRAPHEMES}"
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > BLUESKY_MAX_BYTES:
+        return f"{size:,} bytes of UTF-8 over Bluesky's {BLUESKY_MAX_BYTES:,}"
+    return None
 
 
 def normalize_text(text: str) -> str:

@@ -19,6 +19,7 @@ from core.config import Settings
 from db import store
 from db.engine import make_engine, make_session_factory, temporary_schema
 from db.models import Base, Tweet, TweetStatus
+from tests.fake_bluesky import fake_bluesky  # noqa: F401 (fixture: the fake Bluesky PDS)
 from tests.fake_x import fake_x  # noqa: F401 (fixture: the fake X API server)
 from tests.fake_mastodon import fake_mastodon  # noqa: F401 (fixture: the fake Mastodon server)
 

@@ -21,11 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 PROBE = """
 import json, sys
 import api.main
+{also}
 print(json.dumps(sorted(sys.modules)))
 """
 
 
-def modules_after_importing_the_app(tmp_path) -> set[str]:
+def modules_after_importing_the_app(tmp_path, also: str = "") -> set[str]:
+    """The modules loaded once api.main (and the statement `also`) is imported in a fresh interpreter."""
     environment = {
         key: value for key, value in os.environ.items() if not key.startswith(("TWITTER_", "DATABASE_", "SQLITE_"))
     }
@@ -34,7 +36,7 @@ def modules_after_importing_the_app(tmp_path) -> set[str]:
         SQLITE_PATH=str(tmp_path / "tweets.db"),
     )
     done = subprocess.run(
-        [sys.executable, "-c", PROBE], cwd=tmp_path, env={**environment, "PYTHONPATH": str(REPO)},
+        [sys.executable, "-c", PROBE.format(also=also)], cwd=tmp_path, env={**environment, "PYTHONPATH": str(REPO)},
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr
@@ -45,6 +47,14 @@ def test_importing_the_app_loads_the_posting_path_but_not_the_page_or_twitter_te
     loaded = modules_after_importing_the_app(tmp_path)
     assert {"tweepy", "posting.job", "db.post_queue", "sqlalchemy"} <= loaded
     deferred = {"twitter_text", "jinja2", "fastapi.templating", "pkg_resources", "mastodon", "regex"}
+    assert not deferred & loaded, f"loaded at start: {sorted(deferred & loaded)}"
+
+
+def test_the_bluesky_client_loads_atproto_only_when_it_posts(tmp_path):
+    """atproto's models take most of a second to import: a service that never posts to Bluesky never pays it."""
+    loaded = modules_after_importing_the_app(tmp_path, also="import posting.bluesky_client")
+    assert "posting.bluesky_client" in loaded
+    deferred = {"atproto", "atproto_client", "cryptography", "httpx", "regex"}
     assert not deferred & loaded, f"loaded at start: {sorted(deferred & loaded)}"
 
 

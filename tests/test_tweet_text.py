@@ -7,11 +7,15 @@ from twitter_text.extract_urls import max_url_length
 from core import tweet_text
 from core.tweet_text import (
     MASTODON_LATIN_ACCENTS,
+    BLUESKY_MAX_BYTES,
+    BLUESKY_MAX_GRAPHEMES,
     MAX_COMBINING_RUN,
     MAX_TWEET_CODE_POINTS,
     CuratedFileError,
     TweetRejected,
+    bluesky_text_problem,
     content_hash,
+    grapheme_count,
     join_samples,
     mastodon_length,
     mastodon_text_problem,
@@ -381,3 +385,63 @@ def test_the_latin_accents_copy_matches_twitter_text():
     from twitter_text.regexp.latin_accent_chars import latin_accent_chars
 
     assert MASTODON_LATIN_ACCENTS == latin_accent_chars.pattern
+
+
+FAMILY = "\U0001F468\u200D\U0001F469\u200D\U0001F467\u200D\U0001F466"  # man, woman, girl, boy joined by ZWJs
+FLAG_FR = "\U0001F1EB\U0001F1F7"  # two regional indicators
+WAVE_DARK = "\U0001F44B\U0001F3FF"  # emoji with a skin tone modifier
+E_ACUTE_DECOMPOSED = "e\u0301"  # e and a combining acute accent
+
+
+@pytest.mark.parametrize(
+    "text, graphemes",
+    [
+        ("hello", 5),
+        (FAMILY, 1),
+        (FLAG_FR, 1),
+        (FLAG_FR * 3, 3),
+        (WAVE_DARK, 1),
+        (E_ACUTE_DECOMPOSED, 1),
+        ("caf\u00e9", 4),
+        ("\r\n", 1),
+        ("日本語", 3),
+    ],
+)
+def test_grapheme_count_follows_unicode_clusters(text, graphemes):
+    assert grapheme_count(text) == graphemes
+
+
+@pytest.mark.parametrize("unit", ["a", FAMILY, FLAG_FR, E_ACUTE_DECOMPOSED, "é"])
+def test_bluesky_takes_300_graphemes_whatever_they_are_made_of(unit):
+    """A family emoji is 7 code points and 25 bytes but one grapheme: 301 of anything is one grapheme too many
+    (300 families pass the grapheme count; the byte limit refuses them, tested below)."""
+    text = unit * BLUESKY_MAX_GRAPHEMES
+    if len(text.encode()) <= BLUESKY_MAX_BYTES:
+        assert bluesky_text_problem(text) is None
+    assert bluesky_text_problem(text + unit) == f"301 graphemes over Bluesky's {BLUESKY_MAX_GRAPHEMES}"
+
+
+def test_bluesky_counts_flags_and_zwj_sequences_as_one_grapheme_each():
+    text = (FLAG_FR + FAMILY + " ") * 40 + "x" * 180  # 300 graphemes, 1,340 + 180 bytes, 460 code points
+    assert len(text) > BLUESKY_MAX_GRAPHEMES and grapheme_count(text) == BLUESKY_MAX_GRAPHEMES
+    assert bluesky_text_problem(text) is None
+    assert bluesky_text_problem(text + FLAG_FR) == "301 graphemes over Bluesky's 300"
+
+
+def test_bluesky_refuses_more_than_3000_bytes_even_under_300_graphemes():
+    text = FAMILY * 120  # 120 graphemes, 3,000 bytes
+    assert len(text.encode()) == BLUESKY_MAX_BYTES and bluesky_text_problem(text) is None
+    assert bluesky_text_problem(text + "!") == "3,001 bytes of UTF-8 over Bluesky's 3,000"
+
+
+def test_bluesky_refuses_an_empty_post():
+    assert bluesky_text_problem("") == "post is empty"
+    assert bluesky_text_problem(" \n") == "post is empty"
+
+
+def test_bluesky_counts_what_x_weighs_differently():
+    """X weighs a link 23 and an emoji 2; Bluesky counts what is there."""
+    text = "x" * 290 + " " + "https://example.com/a"
+    assert weighted_length(text) > 280 and grapheme_count(text) == 312
+    assert bluesky_text_problem(text) == "312 graphemes over Bluesky's 300"
+    assert bluesky_text_problem("😀" * 300) is None and weighted_length("😀" * 141) > 280
