@@ -105,6 +105,9 @@ class MastodonDestination:
     """
 
     network = "mastodon"
+    # Mastodon keeps an Idempotency-Key for an hour (PostStatusService): a post repeated with its key
+    # within that hour finds the first. Ten minutes are left for the clocks' difference.
+    safe_retry_window = timedelta(minutes=50)
 
     def __init__(self, api_base_url: str, access_token: str, timeout: float):
         from mastodon import Mastodon
