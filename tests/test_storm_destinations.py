@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from sqlalchemy.orm import selectinload
 from core.config import Settings
 from db import store
 from db.engine import make_engine, make_session_factory
-from db.models import Base, DeliveryStatus, Tweet, TweetStatus, utcnow
+from db.models import Base, Delivery, DeliveryStatus, Tweet, TweetStatus, utcnow
 from posting.job import post_next
 from posting.outcomes import PostOutcome
 from tests.conftest import BACKENDS, TOKEN, postgres_url
@@ -407,3 +408,42 @@ def test_a_run_killed_after_a_keyed_network_took_the_post_is_found_there_once_re
     else:
         (status,) = fakes.mastodon.posted
         assert delivery.remote_id == status["id"] and len(fakes.mastodon.post_attempts) == 2
+
+
+def first_attempt_earlier(session_factory, by: timedelta) -> None:
+    """Move the deliveries' first attempts back in time (instead of waiting)."""
+    with session_factory() as session:
+        for delivery in session.scalars(select(Delivery).where(Delivery.claimed_at.is_not(None))):
+            delivery.claimed_at -= by
+        session.commit()
+
+
+def test_a_lost_answer_on_mastodon_retried_after_its_key_expired_is_unconfirmed_not_posted_again(
+    monkeypatch, session_factory, fakes
+):
+    """Mastodon forgets an Idempotency-Key after an hour; the next run may come a day later (a daily SCHEDULE)."""
+    settings = fakes.settings(monkeypatch, bots=("alice",), destinations="mastodon")
+    queue_texts(session_factory, "alice", ["alice says it landed yesterday"])
+    fakes.mastodon.enqueue("POST", STATUSES_PATH, ThenAnswer(drop=True))
+    assert post_next(session_factory=session_factory, settings=settings, bot="alice").outcome is PostOutcome.x_failed
+
+    day = timedelta(days=1)
+    fakes.mastodon.clock = lambda: time.time() + day.total_seconds()
+    first_attempt_earlier(session_factory, day)
+    later = post_next(session_factory=session_factory, settings=settings, bot="alice")
+    assert fakes.texts("alice")["mastodon"] == ["alice says it landed yesterday"]  # never twice
+    assert later.outcome is PostOutcome.unconfirmed, later.message
+    (tweet,) = all_tweets(session_factory)
+    assert (tweet.status, tweet.deliveries[0].status) == (TweetStatus.unconfirmed, DeliveryStatus.unconfirmed)
+    assert "no longer" in tweet.deliveries[0].error
+
+
+def test_a_rate_limit_on_mastodon_retried_a_day_later_posts(monkeypatch, session_factory, fakes):
+    """Nothing landed: the hour of the key does not matter, and the retry posts."""
+    settings = fakes.settings(monkeypatch, bots=("alice",), destinations="mastodon")
+    queue_texts(session_factory, "alice", ["alice says after the limit"])
+    fakes.mastodon.enqueue("POST", STATUSES_PATH, FakeMastodon.rate_limited())
+    assert post_next(session_factory=session_factory, settings=settings, bot="alice").outcome is PostOutcome.rate_limited
+    first_attempt_earlier(session_factory, timedelta(days=1))
+    assert post_next(session_factory=session_factory, settings=settings, bot="alice").outcome is PostOutcome.posted
+    assert fakes.texts("alice")["mastodon"] == ["alice says after the limit"]
