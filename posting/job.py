@@ -100,7 +100,8 @@ def posted_message(tweet: Tweet) -> str:
     x = next((d for d in tweet.deliveries if d.destination == "x"), None)
     if x is None and deliveries:
         return f"Tweet {tweet.id} posted: " + "; ".join(_delivery_line(d) for d in deliveries)
-    if x is not None and x.status is not DeliveryStatus.posted:
+    # X's own line unless it is posted with neither a link nor a dry run: an operator confirmed it.
+    if x is not None and (x.status is not DeliveryStatus.posted or x.dry_run or x.url is not None):
         return f"Tweet {tweet.id} posted; {_delivery_line(x)}{elsewhere}"
     return f"Tweet {tweet.id} was posted (confirmed by an operator; X's id was not recorded){elsewhere}"
 

@@ -447,3 +447,22 @@ def test_a_rate_limit_on_mastodon_retried_a_day_later_posts(monkeypatch, session
     first_attempt_earlier(session_factory, timedelta(days=1))
     assert post_next(session_factory=session_factory, settings=settings, bot="alice").outcome is PostOutcome.posted
     assert fakes.texts("alice")["mastodon"] == ["alice says after the limit"]
+
+
+def test_the_answer_for_a_tweet_posted_in_part_gives_the_links_it_has(monkeypatch, session_factory, fakes):
+    settings = fakes.settings(monkeypatch, bots=("alice",), destinations="x,mastodon")
+    queue_texts(session_factory, "alice", ["alice says half way"])
+    fakes.mastodon.enqueue("POST", STATUSES_PATH, FakeMastodon.rate_limited())
+    result = post_next(session_factory=session_factory, settings=settings, bot="alice")
+    assert result.outcome is PostOutcome.rate_limited
+    assert f"X @ https://x.com/alice/status/{fakes.x.posted[0]['id']}" in result.message, result.message
+    assert "confirmed by an operator" not in result.message
+
+
+def test_the_answer_for_a_tweet_posted_with_x_in_dry_run_says_so(monkeypatch, session_factory, fakes):
+    monkeypatch.setenv("BOT_ALICE_TWITTER_DRY_RUN", "true")
+    settings = fakes.settings(monkeypatch, bots=("alice",), destinations="x,mastodon")
+    queue_texts(session_factory, "alice", ["alice says only on Mastodon"])
+    result = post_next(session_factory=session_factory, settings=settings, bot="alice")
+    assert result.outcome is PostOutcome.posted and fakes.x.posted == []
+    assert "X: dry run, nothing sent" in result.message and "confirmed by an operator" not in result.message, result.message
