@@ -466,3 +466,19 @@ def test_the_answer_for_a_tweet_posted_with_x_in_dry_run_says_so(monkeypatch, se
     result = post_next(session_factory=session_factory, settings=settings, bot="alice")
     assert result.outcome is PostOutcome.posted and fakes.x.posted == []
     assert "X: dry run, nothing sent" in result.message and "confirmed by an operator" not in result.message, result.message
+
+
+@pytest.mark.parametrize("network, variable", [
+    ("x", "ACCESS_SECRET"), ("mastodon", "MASTODON_ACCESS_TOKEN"), ("bluesky", "BLUESKY_APP_PASSWORD"),
+])
+def test_the_fakes_refuse_a_bot_the_other_bots_credential(monkeypatch, session_factory, fakes, network, variable):
+    """What the storm counts per account rests on this: each fake checks the credential of the account it names."""
+    other = {"ACCESS_SECRET": "alice-access-secret", "MASTODON_ACCESS_TOKEN": "alice-mastodon-token-typo",
+             "BLUESKY_APP_PASSWORD": app_password("alice")}[variable]
+    fakes.settings(monkeypatch, destinations=network)
+    monkeypatch.setenv(f"BOT_BOB_{variable}", other)
+    settings = Settings(_env_file=None)
+    queue_texts(session_factory, "bob", ["bob says with a wrong key"])
+    result = post_next(session_factory=session_factory, settings=settings, bot="bob")
+    assert result.outcome is PostOutcome.x_credentials, result.message
+    assert fakes.texts("alice")[network] == fakes.texts("bob")[network] == []
