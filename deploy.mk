@@ -3,9 +3,9 @@
 # README.md "## Deployment" walks through them in order.
 #
 # Variables come from the command line, the environment, or .env, else the defaults below. Only the
-# names in DEPLOY_VARS are read from .env, and none of them is a secret: secrets go from .env to
-# Secret Manager (`make cloud-secrets`, through standard input) and from there to Cloud Run
-# (--set-secrets), so make never holds or prints their values.
+# names in DEPLOY_VARS and each bot's BOT_<NAME>_ settings (below) are read from .env, and none of them
+# is a secret: secrets go from .env to Secret Manager (`make cloud-secrets`, through standard input)
+# and from there to Cloud Run (--set-secrets), so make never holds or prints their values.
 # Values are taken literally, wherever they come from: make expands nothing in them, and each reaches
 # the shell single-quoted ($(call q,...)), so it is one argument (or part of one) and nothing in it runs.
 # Every cloud target first checks the variables it needs, naming each missing one, and every value
@@ -19,12 +19,15 @@ DEPLOY_VARS := PROJECT_ID REGION DOCKER_INSTANCE_NAME ARTIFACT_REPOSITORY IMAGE_
 	RUN_SERVICE_ACCOUNT ALLOW_UNAUTHENTICATED CLOUD_RUN_MAX_INSTANCES EXTRA_ENV_VARS SECRET_PREFIX \
 	MIGRATE_JOB_NAME CLOUD_RUN_URL SCHEDULER_JOB_NAME SCHEDULE TIME_ZONE SCHEDULER_SERVICE_ACCOUNT \
 	SCHEDULER_ATTEMPT_DEADLINE SCHEDULER_MAX_RETRY_ATTEMPTS SCHEDULER_MIN_BACKOFF SCHEDULER_MAX_BACKOFF \
-	SCHEDULER_MAX_DOUBLINGS GENERATOR_SERVICE_NAME CHECKPOINT_DIR RUN_NAME GENERATOR_MEMORY GENERATOR_CPU
+	SCHEDULER_MAX_DOUBLINGS GENERATOR_SERVICE_NAME CHECKPOINT_DIR RUN_NAME GENERATOR_MEMORY GENERATOR_CPU \
+	BOTS DESTINATIONS MASTODON_API_BASE_URL MASTODON_MAX_CHARACTERS BLUESKY_HANDLE BLUESKY_PDS_URL
 
 define newline
 
 
 endef
+comma := ,
+space := $(subst ,, )
 # $(call q,TEXT): TEXT as one single-quoted bash word (a quote as '\'', a newline as $'\n').
 q = '$(subst $(newline),'$$'\n'',$(subst ','\'',$(1)))'
 # $(call path_arg,PATH): PATH quoted, with ./ before a relative one so that it never reads as an option.
@@ -41,9 +44,11 @@ $(call take_literally,ENV_FILE)
 env_hash := \#
 env_at := @
 env_edge :=
-_env_assignments := $(shell awk -v names="$(DEPLOY_VARS)" \
-	-f $(call q,$(dir $(lastword $(MAKEFILE_LIST)))scripts/deploy_env.awk) $(call path_arg,$(ENV_FILE)) 2>/dev/null)
-$(eval $(subst @NL@,$(newline),$(_env_assignments)))
+deploy_env_awk := $(dir $(lastword $(MAKEFILE_LIST)))scripts/deploy_env.awk
+# $(call read_env_file,NAMES): define those of NAMES that .env sets (and make has no value for).
+read_env_file = $(eval $(subst @NL@,$(newline),$(shell awk -v names=$(call q,$(1)) \
+	-f $(call q,$(deploy_env_awk)) $(call path_arg,$(ENV_FILE)) 2>/dev/null)))
+$(call read_env_file,$(DEPLOY_VARS))
 
 REGION ?= us-central1
 ARTIFACT_REPOSITORY ?= tweet-bot
@@ -65,10 +70,12 @@ EXTRA_ENV_VARS ?=
 MIGRATE_JOB_NAME ?= $(if $(DOCKER_INSTANCE_NAME),$(DOCKER_INSTANCE_NAME)-migrate)
 # Secret Manager: each secret is named $(SECRET_PREFIX)<VARIABLE>, e.g. tweet-bot-SECRET_TOKEN.
 SECRET_PREFIX ?= $(if $(DOCKER_INSTANCE_NAME),$(DOCKER_INSTANCE_NAME)-)
-CLOUD_RUN_SECRETS := SECRET_TOKEN DB_PASSWORD CONSUMER_KEY CONSUMER_SECRET ACCESS_KEY ACCESS_SECRET
 # Cloud Scheduler: posting is idempotent per scheduled time, so retries are safe.
-SCHEDULE ?= 0 9 * * *
-TIME_ZONE ?= Etc/UTC
+# (A bot of BOTS reads its own BOT_<NAME>_SCHEDULE, else these defaults, as core/config.py's BotSettings does.)
+DEFAULT_SCHEDULE := 0 9 * * *
+DEFAULT_TIME_ZONE := Etc/UTC
+SCHEDULE ?= $(DEFAULT_SCHEDULE)
+TIME_ZONE ?= $(DEFAULT_TIME_ZONE)
 SCHEDULER_SERVICE_ACCOUNT ?= $(if $(PROJECT_ID),tweet-bot-invoker@$(PROJECT_ID).iam.gserviceaccount.com)
 SCHEDULER_ATTEMPT_DEADLINE ?= 120s
 SCHEDULER_MAX_RETRY_ATTEMPTS ?= 3
@@ -83,7 +90,10 @@ GENERATOR_MEMORY ?= 4Gi
 GENERATOR_CPU ?= 2
 GENERATOR_IMAGE ?= $(REGION)-docker.pkg.dev/$(PROJECT_ID)/$(ARTIFACT_REPOSITORY)/$(GENERATOR_SERVICE_NAME):$(IMAGE_TAG)
 GENERATOR_CONTEXT := build/generator
-$(call take_literally,$(DEPLOY_VARS) IMAGE GENERATOR_IMAGE GENERATOR_CONTEXT CLOUD_RUN_SECRETS)
+$(call take_literally,$(DEPLOY_VARS) IMAGE GENERATOR_IMAGE GENERATOR_CONTEXT CLOUD_RUN_SECRETS BOT)
+
+# Where a bot posts: settings make passes to Cloud Run (each bot's, with BOTS; else the plain ones).
+BOT_ENV_VARS := DESTINATIONS MASTODON_API_BASE_URL MASTODON_MAX_CHARACTERS BLUESKY_HANDLE BLUESKY_PDS_URL
 
 # Values of a known shape: shape_NAME matches the whole value (bash extended regular expression),
 # about_NAME says what it must be. Names become positional arguments, image hosts and items of gcloud
@@ -91,7 +101,7 @@ $(call take_literally,$(DEPLOY_VARS) IMAGE GENERATOR_IMAGE GENERATOR_CONTEXT CLO
 SHAPED_VARS := PROJECT_ID REGION DOCKER_INSTANCE_NAME ARTIFACT_REPOSITORY IMAGE_TAG ACCOUNT DB_INSTANCE \
 	CONNECTION_NAME DB_USERNAME DB_NAME RUN_SERVICE_ACCOUNT ALLOW_UNAUTHENTICATED SECRET_PREFIX \
 	MIGRATE_JOB_NAME CLOUD_RUN_URL SCHEDULER_JOB_NAME SCHEDULER_SERVICE_ACCOUNT GENERATOR_SERVICE_NAME \
-	RUN_NAME CLOUD_RUN_SECRETS
+	RUN_NAME CLOUD_RUN_SECRETS BOTS BOT $(BOT_ENV_VARS)
 resource_name := [a-z]([-a-z0-9]{0,61}[a-z0-9])?
 about_resource_name := lowercase letters, digits and hyphens, starting with a letter, not ending with a hyphen (at most 63)
 service_account := [a-z0-9][-a-z0-9]{0,62}@[a-z0-9][-a-z0-9.]*
@@ -138,11 +148,25 @@ shape_RUN_NAME := [A-Za-z0-9][-A-Za-z0-9._]*
 about_RUN_NAME := one folder name (letters, digits, . _ and -, not starting with . or -)
 shape_CLOUD_RUN_SECRETS := [A-Z_][A-Z0-9_]*( +[A-Z_][A-Z0-9_]*)*
 about_CLOUD_RUN_SECRETS := variable names (capitals, digits, _) separated by spaces
+bot_name := [A-Za-z0-9_]{1,15}
+shape_BOTS := $(bot_name)(,$(bot_name))*
+about_BOTS := bot names (1-15 letters, digits or underscores) separated by commas, without spaces
+shape_BOT := $(bot_name)
+about_BOT := a bot's name, one of BOTS: 1-15 letters, digits or underscores
+# Where a bot posts: these reach Cloud Run in a ;-separated --set-env-vars list (env_flags), so no ; nor space.
+shape_DESTINATIONS := (x|mastodon|bluesky)(,(x|mastodon|bluesky))*
+about_DESTINATIONS := x, mastodon and/or bluesky, separated by commas, without spaces
+shape_MASTODON_API_BASE_URL := https?://[-A-Za-z0-9.:_~/%]+
+about_MASTODON_API_BASE_URL := the instance's address, such as https://mastodon.social
+shape_MASTODON_MAX_CHARACTERS := [0-9]{1,6}
+about_MASTODON_MAX_CHARACTERS := a number of characters, such as 500
+shape_BLUESKY_HANDLE := @?[A-Za-z0-9][-A-Za-z0-9.]*
+about_BLUESKY_HANDLE := a Bluesky handle such as name.bsky.social
+shape_BLUESKY_PDS_URL := $(shape_MASTODON_API_BASE_URL)
+about_BLUESKY_PDS_URL := the PDS's address, such as https://bsky.social
 
 # Derived values (no trailing slash on the URL; the secret flags from CLOUD_RUN_SECRETS).
 service_url = $(patsubst %/,%,$(CLOUD_RUN_URL))
-comma := ,
-space := $(subst ,, )
 secret_refs = $(subst $(space),$(comma),$(strip $(foreach name,$(1),$(name)=$(SECRET_PREFIX)$(name):latest)))
 access_secret = gcloud secrets versions access latest --secret=$(call q,$(SECRET_PREFIX)$(1)) --project=$(call q,$(PROJECT_ID))
 # $(call secret_flags,JSON,SECRET): shell that reads SECRET from Secret Manager into a private temporary
@@ -153,8 +177,8 @@ secret_flags = flags="$$(mktemp)" && trap 'rm -f "$$flags"' EXIT \
 	  && printf '$(1)\n' "$$(printf '%s' "$$secret" | sed 's/[\\"]/\\&/g')" >"$$flags"
 auth_flag = $(if $(filter true yes 1,$(ALLOW_UNAUTHENTICATED)),--allow-unauthenticated,--no-allow-unauthenticated)
 # The service's settings; EXTRA_ENV_VARS is a second list (gcloud merges them; a name in both is an error).
-service_env = ACCOUNT=$(ACCOUNT),CONNECTION_NAME=$(CONNECTION_NAME),DB_USERNAME=$(DB_USERNAME),DB_NAME=$(DB_NAME)
-env_flags = --set-env-vars=$(call q,$(service_env))$(if $(strip $(EXTRA_ENV_VARS)), --set-env-vars=$(call q,$(EXTRA_ENV_VARS)))
+service_env = $(if $(ACCOUNT),ACCOUNT=$(ACCOUNT)$(comma))CONNECTION_NAME=$(CONNECTION_NAME),DB_USERNAME=$(DB_USERNAME),DB_NAME=$(DB_NAME)
+env_flags = --set-env-vars=$(call q,$(service_env))$(if $(bot_env), --set-env-vars=$(call q,^;^$(subst $(space),;,$(bot_env))))$(if $(strip $(EXTRA_ENV_VARS)), --set-env-vars=$(call q,$(EXTRA_ENV_VARS)))
 
 hint_CONNECTION_NAME := set DB_INSTANCE (with PROJECT_ID and REGION) or CONNECTION_NAME=PROJECT:REGION:INSTANCE
 hint_CLOUD_RUN_URL := the service's https://...run.app address, printed by make docker-cloud-run
@@ -169,13 +193,54 @@ require = $(call refuse,$(call missing,$(1)),$(call malformed,$(SHAPED_VARS)))
 refuse = $(call say_missing,$(1))$(call say_malformed,$(2))$(if $(1)$(2),$(error $(words $(1) $(2)) variable(s) to fix for $@; nothing was run))
 say_missing = $(foreach name,$(1),$(info Missing $(name): $(or $(hint_$(name)),set it in .env or on the command line (see .env_reference))))
 say_malformed = $(foreach name,$(1),$(info $(name) must be $(about_$(name))))
+# After require (BOT has its shape): with BOT=NAME, NAME must be one of BOTS (with one bot, its ACCOUNT),
+# or the job would post for no bot.
+require_known_bot = $(if $(BOT),$(if $(filter $(BOT),$(or $(bot_names),$(patsubst @%,%,$(ACCOUNT)))),,\
+	$(info BOT must be one of $(if $(BOTS),BOTS ($(BOTS)),ACCOUNT ($(ACCOUNT)), the one bot))$(error 1 variable(s) to fix for $@; nothing was run)))
+
+# ---- several bots (BOTS=alice,bob): bot NAME's settings are BOT_<NAME>_<VARIABLE> (core/config.py BotSettings) ----
+# Read from .env (or the command line, the environment) once BOTS and BOT have their shape: each bot's
+# BOT_ENV_VARS (passed to Cloud Run), and its SCHEDULE and TIME_ZONE (for add-scheduler BOT=NAME).
+# A bot's credentials come from Secret Manager: those of the networks in its DESTINATIONS (default x).
+secrets_x := CONSUMER_KEY CONSUMER_SECRET ACCESS_KEY ACCESS_SECRET
+secrets_mastodon := MASTODON_ACCESS_TOKEN
+secrets_bluesky := BLUESKY_APP_PASSWORD
+upper = $(shell printf '%s' $(call q,$(1)) | LC_ALL=C tr a-z A-Z)
+bot_names := $(if $(call malformed,BOTS),,$(subst $(comma), ,$(BOTS)))
+bot_prefix = BOT_$(call upper,$(1))_
+# The bots' prefixes, BOT_ALICE_ BOT_BOB_ (none without BOTS: the one bot's variables have no prefix), and BOT's.
+bot_prefixes := $(foreach name,$(bot_names),$(call bot_prefix,$(name)))
+named_bot_prefix := $(if $(and $(BOT),$(BOTS),$(if $(call malformed,BOT),,ok)),$(call bot_prefix,$(BOT)))
+bot_variables := $(sort $(foreach prefix,$(bot_prefixes) $(named_bot_prefix),$(addprefix $(prefix),$(BOT_ENV_VARS) SCHEDULE TIME_ZONE)))
+$(call read_env_file,$(bot_variables))
+$(call take_literally,$(bot_variables))
+$(foreach prefix,$(bot_prefixes),$(foreach name,$(BOT_ENV_VARS),\
+	$(eval shape_$(prefix)$(name) = $$(shape_$(name)))$(eval about_$(prefix)$(name) = $$(about_$(name)))))
+SHAPED_VARS += $(foreach prefix,$(bot_prefixes),$(addprefix $(prefix),$(BOT_ENV_VARS)))
+# $(call bot_secrets,PREFIX): the variables holding the credentials of the networks a bot posts to.
+bot_secrets = $(foreach network,$(subst $(comma), ,$(or $($(1)DESTINATIONS),x)),$(addprefix $(1),$(secrets_$(network))))
+# Secret Manager -> Cloud Run (--set-secrets), and what make cloud-secrets copies there from .env.
+CLOUD_RUN_SECRETS := $(strip SECRET_TOKEN DB_PASSWORD $(if $(bot_prefixes),$(foreach prefix,$(bot_prefixes),$(call bot_secrets,$(prefix))),$(call bot_secrets,)))
+$(call take_literally,CLOUD_RUN_SECRETS)
+# The bots' settings for Cloud Run: BOTS and each bot's BOT_ENV_VARS that are set, in gcloud's ^;^ syntax
+# (DESTINATIONS and BOTS hold commas). Nothing when none is set, as for one bot before there were several.
+bot_env_names := $(if $(bot_prefixes),$(foreach prefix,$(bot_prefixes),$(addprefix $(prefix),$(BOT_ENV_VARS))),$(BOT_ENV_VARS))
+bot_env = $(strip $(if $(BOTS),BOTS=$(BOTS)) $(foreach name,$(bot_env_names),$(if $(strip $($(name))),$(name)=$($(name)))))
+# add-scheduler and the scheduler-* targets with BOT=NAME: that bot's job, SCHEDULER_JOB_NAME-NAME, posting
+# to ?bot=NAME on its BOT_<NAME>_SCHEDULE and BOT_<NAME>_TIME_ZONE (unset: the defaults, as the service's
+# settings; with one bot, BOT names it and SCHEDULE and TIME_ZONE are its own).
+job_name = $(SCHEDULER_JOB_NAME)$(if $(BOT),-$(BOT))
+job_schedule = $(if $(named_bot_prefix),$(or $($(named_bot_prefix)SCHEDULE),$(DEFAULT_SCHEDULE)),$(SCHEDULE))
+job_time_zone = $(if $(named_bot_prefix),$(or $($(named_bot_prefix)TIME_ZONE),$(DEFAULT_TIME_ZONE)),$(TIME_ZONE))
+job_uri = $(service_url)/tweet_curated/$(if $(BOT),?bot=$(BOT))
 
 SETUP_VARS := PROJECT_ID REGION ARTIFACT_REPOSITORY RUN_SERVICE_ACCOUNT SCHEDULER_SERVICE_ACCOUNT
 SECRETS_VARS := PROJECT_ID DOCKER_INSTANCE_NAME
 POSTGRES_VARS := PROJECT_ID REGION DOCKER_INSTANCE_NAME DB_INSTANCE DB_USERNAME DB_NAME DB_VERSION DB_TIER DB_EDITION
 BUILD_VARS := PROJECT_ID REGION ARTIFACT_REPOSITORY DOCKER_INSTANCE_NAME
 MIGRATE_VARS := $(BUILD_VARS) CONNECTION_NAME DB_USERNAME DB_NAME RUN_SERVICE_ACCOUNT
-RUN_VARS := $(MIGRATE_VARS) ACCOUNT
+# ACCOUNT names the one bot; with several, BOTS does (ACCOUNT is then optional).
+RUN_VARS := $(MIGRATE_VARS) $(if $(BOTS),,ACCOUNT)
 SCHEDULER_VARS := PROJECT_ID REGION DOCKER_INSTANCE_NAME SCHEDULER_JOB_NAME CLOUD_RUN_URL SCHEDULE TIME_ZONE SCHEDULER_SERVICE_ACCOUNT
 JOB_VARS := PROJECT_ID REGION SCHEDULER_JOB_NAME
 GENERATOR_VARS := PROJECT_ID REGION ARTIFACT_REPOSITORY GENERATOR_SERVICE_NAME
@@ -183,7 +248,7 @@ GENERATOR_VARS := PROJECT_ID REGION ARTIFACT_REPOSITORY GENERATOR_SERVICE_NAME
 # Flags most commands share, each value quoted.
 project = --project=$(call q,$(PROJECT_ID))
 in_region = $(project) --region=$(call q,$(REGION))
-job = $(call q,$(SCHEDULER_JOB_NAME)) $(project) --location=$(call q,$(REGION))
+job = $(call q,$(job_name)) $(project) --location=$(call q,$(REGION))
 
 .PHONY: docker-compose cloud-setup cloud-secrets create-postgres-instance docker-cloud-build cloud-migrate \
 	docker-cloud-run docker-cloud-build-run add-scheduler scheduler-pause scheduler-resume scheduler-run-now \
@@ -208,7 +273,7 @@ cloud-setup: ## enable the APIs; create the image repository and the service acc
 	gcloud projects add-iam-policy-binding $(call q,$(PROJECT_ID)) --member=$(call q,serviceAccount:$(RUN_SERVICE_ACCOUNT)) --role=roles/cloudsql.client --condition=None
 	gcloud projects add-iam-policy-binding $(call q,$(PROJECT_ID)) --member=$(call q,serviceAccount:$(RUN_SERVICE_ACCOUNT)) --role=roles/secretmanager.secretAccessor --condition=None
 
-cloud-secrets: ## copy SECRET_TOKEN, DB_PASSWORD and the X credentials from .env to Secret Manager (a new version each)
+cloud-secrets: ## copy SECRET_TOKEN, DB_PASSWORD and each bot's credentials (its DESTINATIONS') from .env to Secret Manager
 	@$(call require,$(SECRETS_VARS))
 	@test -x $(call q,$(BIN)/python) || { echo "No "$(call q,$(BIN)/python)": run make venv first." >&2; exit 1; }
 	$(call q,$(BIN)/python) scripts/cloud_secrets.py $(project) --prefix=$(call q,$(SECRET_PREFIX)) --env-file=$(call q,$(ENV_FILE)) $(CLOUD_RUN_SECRETS)
@@ -248,13 +313,13 @@ docker-cloud-build-run: ## build, migrate, then deploy (checks every variable fi
 
 # The token goes from Secret Manager to gcloud in a private flags file (see secret_flags), and --format
 # prints only the job's name: the whole job, which gcloud prints otherwise, holds the header.
-add-scheduler: ## create the Cloud Scheduler job: POST $(CLOUD_RUN_URL)/tweet_curated/ on SCHEDULE, with OIDC and x-token
-	@$(call require,$(SCHEDULER_VARS))
+add-scheduler: ## create the Cloud Scheduler job: POST $(CLOUD_RUN_URL)/tweet_curated/ on SCHEDULE, with OIDC and x-token; BOT=NAME: that bot's job
+	@$(call require,$(SCHEDULER_VARS))$(require_known_bot)
 	gcloud run services add-iam-policy-binding $(call q,$(DOCKER_INSTANCE_NAME)) $(in_region) \
 	  --member=$(call q,serviceAccount:$(SCHEDULER_SERVICE_ACCOUNT)) --role=roles/run.invoker
 	$(call secret_flags,{"--headers": {"x-token": "%s"}},SECRET_TOKEN) \
 	  && gcloud scheduler jobs create http $(job) \
-	  --schedule=$(call q,$(SCHEDULE)) --time-zone=$(call q,$(TIME_ZONE)) --uri=$(call q,$(service_url)/tweet_curated/) --http-method=POST \
+	  --schedule=$(call q,$(job_schedule)) --time-zone=$(call q,$(job_time_zone)) --uri=$(call q,$(job_uri)) --http-method=POST \
 	  --flags-file="$$flags" \
 	  --oidc-service-account-email=$(call q,$(SCHEDULER_SERVICE_ACCOUNT)) --oidc-token-audience=$(call q,$(service_url)) \
 	  --attempt-deadline=$(call q,$(SCHEDULER_ATTEMPT_DEADLINE)) --max-retry-attempts=$(call q,$(SCHEDULER_MAX_RETRY_ATTEMPTS)) \

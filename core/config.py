@@ -157,6 +157,14 @@ class BotSettings(BaseSettings):
             raise ValueError("names a network twice")
         return ",".join(names)
 
+    @field_validator("MASTODON_API_BASE_URL", "BLUESKY_HANDLE", "BLUESKY_PDS_URL", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value, info):
+        """`NAME=` with nothing after it (as .env_reference has them) means not set: the default."""
+        if isinstance(value, str) and not value.strip():
+            return cls.model_fields[info.field_name].default
+        return value
+
     @field_validator("MASTODON_API_BASE_URL", "BLUESKY_PDS_URL")
     @classmethod
     def _url_has_scheme(cls, value: str | None) -> str | None:

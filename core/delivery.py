@@ -1,6 +1,6 @@
 """What every destination (X, Mastodon, Bluesky) has in common: one post, and one way to say how it failed.
 
-A destination client (core/x_client.py, core/mastodon_client.py, core/bluesky_client.py) turns a
+A destination client (core/x_client.py, posting/mastodon_client.py, posting/bluesky_client.py) turns a
 text into one post on its network, or raises `DeliveryFailed` carrying a `DeliveryError` whose
 kind tells posting/ what happened, without posting/ ever looking at a network's status codes.
 The clients never sleep and never retry: posting/ decides what a failure means for the tweet.

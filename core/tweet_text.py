@@ -120,7 +120,17 @@ def weighted_length(text: str) -> int:
 
 
 def validate_tweet(text: str) -> str:
-    """Return the normalised text, or raise TweetRejected saying what is wrong."""
+    """Return the normalised text, or raise TweetRejected saying what is wrong (X's rule)."""
+    text = clean_text(text)
+    problem = x_text_problem(text)
+    if problem is not None:
+        raise TweetRejected(problem)
+    return text
+
+
+def clean_text(text: str) -> str:
+    """The normalised text, or TweetRejected when no network could post it (too long for any rule
+    to need reading, empty, control characters, generation markers). Bounds come before any parse."""
     if not isinstance(text, str):
         raise TweetRejected("tweet must be a string")
     length = len(text.strip())
@@ -144,14 +154,17 @@ def validate_tweet(text: str) -> str:
     for marker in MARKERS:
         if marker in text:
             raise TweetRejected(f"tweet contains the generation marker {marker}")
+    return text
+
+
+def x_text_problem(text: str) -> str | None:
+    """Why X would refuse a text that clean_text returned (one line), or None."""
     length = weighted_length(text)
     if length > MAX_WEIGHTED_LENGTH:
-        raise TweetRejected(
-            f"tweet is {length} weighted characters, over X's limit of {MAX_WEIGHTED_LENGTH}"
-        )
+        return f"tweet is {length} weighted characters, over X's limit of {MAX_WEIGHTED_LENGTH}"
     if not text.isascii() and has_invalid_characters(text):
-        raise TweetRejected("tweet contains characters X does not allow")
-    return text
+        return "tweet contains characters X does not allow"
+    return None
 
 
 # Mastodon's StatusLengthValidator (app/validators/status_length_validator.rb, Mastodon 4.x):

@@ -5,12 +5,13 @@ below to HTTP answers through one table (api/request_errors.py).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.tweet_text import CuratedFileError, TweetRejected, content_hash, parse_curated_file, validate_tweet
+from core.tweet_text import CuratedFileError, TweetRejected, clean_text, content_hash, parse_curated_file, x_text_problem
 from db import queries
 from db.models import Tweet, TweetStatus
 from db.post_queue import record_confirmed, requeue_deliveries
@@ -27,6 +28,18 @@ ALLOWED_TRANSITIONS: dict[TweetStatus, set[TweetStatus]] = {
 }
 EDITABLE = {TweetStatus.pending, TweetStatus.queued, TweetStatus.rejected, TweetStatus.failed}
 DUPLICATE_TEXT = "another tweet of this account already has this text"
+
+
+TextRule = Callable[[str], str | None]
+
+
+def valid_text(raw: str, rule: TextRule) -> str:
+    """The cleaned text, or TweetRejected saying why it cannot be stored."""
+    text = clean_text(raw)
+    problem = rule(text)
+    if problem is not None:
+        raise TweetRejected(problem)
+    return text
 
 
 class TweetNotFound(LookupError):
@@ -52,15 +65,20 @@ class IngestResult:
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
-def ingest_texts(session: Session, *, account: str, texts: list[str], status: TweetStatus) -> IngestResult:
+def ingest_texts(
+    session: Session, *, account: str, texts: list[str], status: TweetStatus, rule: TextRule = x_text_problem
+) -> IngestResult:
     """Validate, de-duplicate and insert texts in the caller's transaction.
+
+    `rule` says why a cleaned text cannot be posted (None when it can): X's by default, the bot's
+    destinations' (posting.destinations.text_rule) for a bot that posts elsewhere too.
 
     Rejections carry the text's number counting from 1. Duplicates (within `texts` or
     already stored for the account) are skipped and counted. All the validation and hashing
     runs before the session's first statement: on SQLite that statement takes the write lock
     (db/engine.py), which must not wait on CPU work while the bot needs to post.
     """
-    result, fresh = _validated(texts)
+    result, fresh = _validated(texts, rule)
     if not fresh:
         return result
     stored = queries.existing_hashes(session, account)
@@ -79,7 +97,8 @@ def ingest_texts(session: Session, *, account: str, texts: list[str], status: Tw
 
 
 def store_curated_file(
-    session: Session, *, account: str, data: bytes, filename: str, status: TweetStatus, max_bytes: int
+    session: Session, *, account: str, data: bytes, filename: str, status: TweetStatus, max_bytes: int,
+    rule: TextRule = x_text_problem,
 ) -> IngestResult:
     """Parse, validate and store a whole file in one transaction, committed; or raise UploadTooLarge,
     CuratedFileError, TweetConflict or NoValidTweet with nothing stored. `data` is read up to
@@ -91,7 +110,7 @@ def store_curated_file(
     texts = parse_curated_file(data, filename)
     if not texts:
         raise CuratedFileError("file holds no tweets: samples must be separated by a line of 20 '='")
-    result = ingest_texts(session, account=account, texts=texts, status=status)
+    result = ingest_texts(session, account=account, texts=texts, status=status, rule=rule)
     if result.added == 0 and result.duplicates == 0:
         session.rollback()
         reasons = "; ".join(f"#{n}: {reason}" for n, reason in result.rejected[:3])
@@ -100,14 +119,14 @@ def store_curated_file(
     return result
 
 
-def _validated(texts: list[str]) -> tuple[IngestResult, list[tuple[str, str]]]:
+def _validated(texts: list[str], rule: TextRule) -> tuple[IngestResult, list[tuple[str, str]]]:
     """The rejections and in-file duplicates of `texts`, and the other texts with their hashes."""
     result = IngestResult()
     seen: set[str] = set()
     fresh: list[tuple[str, str]] = []
     for number, raw in enumerate(texts, start=1):
         try:
-            text = validate_tweet(raw)
+            text = valid_text(raw, rule)
         except TweetRejected as exc:
             result.rejected.append((number, str(exc)))
             continue
@@ -144,6 +163,7 @@ def update_tweet(
     position: int | None = None,
     error: str | None = None,
     x_tweet_id: str | None = None,
+    rule: TextRule = x_text_problem,
 ) -> Tweet:
     """Apply a curator's change to a tweet loaded with get_tweet(..., for_update=True); raises
     TweetRejected (bad text) or TweetConflict.
@@ -156,7 +176,7 @@ def update_tweet(
     if text is not None:
         if tweet.status not in EDITABLE:
             raise TweetConflict(f"a {tweet.status.value} tweet cannot be edited")
-        text = validate_tweet(text)
+        text = valid_text(text, rule)
         digest = content_hash(text)
         if digest != tweet.content_hash and digest in queries.existing_hashes(session, tweet.account):
             raise TweetConflict(DUPLICATE_TEXT)

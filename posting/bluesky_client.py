@@ -213,7 +213,8 @@ class BlueskyDestination:
     atproto then follows the session to the account's own PDS host)."""
 
     network = "bluesky"
-    # A record key is the repo's for good: a post repeated with its key is refused and found by getRecord.
+    # A repeat under the delivery's record key is refused as an existing record and read back
+    # (getRecord): it can never make a second post, however late it comes.
     safe_retry_window = timedelta.max
 
     def __init__(

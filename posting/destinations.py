@@ -5,14 +5,16 @@ starts without them (its cold start), and an X-only bot never loads them.
 """
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from collections.abc import Callable
 
 import tweepy
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
+from core import tweet_text
 from core.config import BotSettings, Settings, XSettings
 from core.delivery import Destination
-from core import tweet_text
 from core.x_client import XDestination, make_x_client
 from db.models import NetworkSession, utcnow
 
@@ -20,16 +22,27 @@ NETWORK_NAMES = {"x": "X", "mastodon": "Mastodon", "bluesky": "Bluesky"}
 
 
 def text_problem(network: str, text: str, bot: BotSettings) -> str | None:
-    """Why `text` breaks the network's rule (one line), or None when it may be posted there."""
+    """Why a text (as core.tweet_text.clean_text returns it) breaks the network's rule (one line),
+    or None when it may be posted there."""
     if network == "mastodon":
         return tweet_text.mastodon_text_problem(text, bot.MASTODON_MAX_CHARACTERS)
     if network == "bluesky":
         return tweet_text.bluesky_text_problem(text)
-    try:
-        tweet_text.validate_tweet(text)
-    except tweet_text.TweetRejected as exc:
-        return str(exc)
-    return None
+    return tweet_text.x_text_problem(text)
+
+
+def text_rule(bot: BotSettings) -> Callable[[str], str | None]:
+    """The store's rule for the bot's tweets: a text is kept when at least one of its destinations
+    may post it (it is then posted only there); else the function says why, per destination."""
+    def problem(text: str) -> str | None:
+        problems = [(network, text_problem(network, text, bot)) for network in bot.destinations]
+        if any(found is None for _, found in problems):
+            return None
+        if len(problems) == 1:
+            return problems[0][1]
+        return "; ".join(f"{NETWORK_NAMES[network]}: {found}" for network, found in problems)
+
+    return problem
 
 
 def missing_configuration(bot: BotSettings) -> str | None:
@@ -103,11 +116,17 @@ class DatabaseSessionStore:
                 NetworkSession.account == self.account, NetworkSession.network == self.network))
 
     def save(self, blob: str) -> None:
-        with self.session_factory() as session:
-            row = session.scalar(select(NetworkSession).where(
-                NetworkSession.account == self.account, NetworkSession.network == self.network).with_for_update())
-            if row is None:
-                session.add(NetworkSession(account=self.account, network=self.network, sealed=blob))
-            else:
-                row.sealed, row.updated_at = blob, utcnow()
-            session.commit()
+        for _attempt in range(2):  # a first save racing another run's first save inserts once, then updates
+            with self.session_factory() as session:
+                row = session.scalar(select(NetworkSession).where(
+                    NetworkSession.account == self.account, NetworkSession.network == self.network).with_for_update())
+                if row is None:
+                    session.add(NetworkSession(account=self.account, network=self.network, sealed=blob))
+                else:
+                    row.sealed, row.updated_at = blob, utcnow()
+                try:
+                    session.commit()
+                    return
+                except IntegrityError:
+                    session.rollback()
+        raise RuntimeError("could not save the network session")

@@ -105,8 +105,8 @@ class MastodonDestination:
     """
 
     network = "mastodon"
-    # Mastodon keeps an Idempotency-Key for an hour (PostStatusService): a post repeated with its key
-    # within that hour finds the first. Ten minutes are left for the clocks' difference.
+    # Mastodon remembers an Idempotency-Key for an hour: a repeat within it returns the first status.
+    # The margin covers clocks and the time the first request took.
     safe_retry_window = timedelta(minutes=50)
 
     def __init__(self, api_base_url: str, access_token: str, timeout: float):

@@ -51,6 +51,16 @@ def test_bad_settings_name_the_variable(override, message):
         load_settings(**values)
 
 
+def test_env_reference_copied_to_env_is_a_valid_configuration(tmp_path):
+    """The documented start (cp .env_reference .env, then fill in the token and the account): every value it
+    leaves empty, such as MASTODON_API_BASE_URL= or BLUESKY_HANDLE=, means "not set", never "invalid"."""
+    env_file = tmp_path / ".env"
+    env_file.write_text((ROOT / ".env_reference").read_text() + "SECRET_TOKEN=a-long-enough-token-123\nACCOUNT=bot\n")
+    settings = load_settings(_env_file=env_file)
+    assert (settings.MASTODON_API_BASE_URL, settings.BLUESKY_HANDLE, settings.BOTS) == (None, None, None)
+    assert settings.bot(None).destinations == ("x",)
+
+
 def test_account_accepts_a_leading_at():
     assert Settings(**{**BASE, "ACCOUNT": "@my_bot"}).ACCOUNT == "my_bot"
 

@@ -307,6 +307,13 @@ def test_cloud_build_upload_leaves_out_what_git_ignores():
     assert sorted(result.stdout.split()) == sorted(paths)
 
 
+def test_every_setting_is_documented():
+    """Every variable the service reads (Settings, with each bot's BotSettings fields) has its entry in .env_reference."""
+    from core.config import BotSettings, Settings
+
+    assert (set(Settings.model_fields) | set(BotSettings.model_fields)) - documented_variables() == set()
+
+
 def test_deploy_variables_are_documented():
     text = (REPO / "deploy.mk").read_text()
     block = re.search(r"DEPLOY_VARS := (.*?)\n\n", text, flags=re.S).group(1)

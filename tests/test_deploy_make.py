@@ -836,3 +836,186 @@ def test_local_target_passes_a_value_as_one_literal_argument(workdir, tmp_path, 
     assert not (workdir / "pwned").exists()
     (argv,) = [json.loads(line) for line in log.read_text().splitlines()]
     assert f"{flag}={value}" in argv
+
+
+# ---- several bots (BOTS): a Cloud Scheduler job per bot, each bot's settings and secrets on Cloud Run ----
+
+BOTS_ENV = {
+    "BOTS": "alice,bob",
+    "BOT_ALICE_DESTINATIONS": "x,mastodon",
+    "BOT_ALICE_MASTODON_API_BASE_URL": "https://mastodon.example",
+    "BOT_ALICE_SCHEDULE": "30 8 * * 1-5",
+    "BOT_ALICE_TIME_ZONE": "America/New_York",
+    "BOT_BOB_DESTINATIONS": "bluesky",
+    "BOT_BOB_BLUESKY_HANDLE": "bob.bsky.social",
+}
+BOT_SECRETS = {
+    "BOT_ALICE_CONSUMER_KEY": "alice-ck-1", "BOT_ALICE_CONSUMER_SECRET": "alice-cs-2", "BOT_ALICE_ACCESS_KEY": "alice-ak-3",
+    "BOT_ALICE_ACCESS_SECRET": "alice-as-4", "BOT_ALICE_MASTODON_ACCESS_TOKEN": "alice-mastodon-5",
+    "BOT_BOB_BLUESKY_APP_PASSWORD": "bob-app-password-6",
+}
+
+
+@pytest.fixture
+def bots_workdir(workdir) -> Path:
+    """The workdir with two bots in .env (ACCOUNT unset: with BOTS it is optional), their settings and secrets."""
+    write_env(workdir / ".env", {**{k: v for k, v in DEPLOY_ENV.items() if k != "ACCOUNT"}, **SECRETS, **BOTS_ENV, **BOT_SECRETS})
+    return workdir
+
+
+def scheduler_job(name: str, schedule: str, time_zone: str, uri: str) -> list[list[str]]:
+    """add-scheduler's commands for a job, as EXPECTED_COMMANDS has them for today's job."""
+    binding, read_token, create = EXPECTED_COMMANDS["add-scheduler"]
+    replaced = {"post-tweet": name, "--schedule=0 9 * * *": f"--schedule={schedule}",
+                "--time-zone=Europe/Paris": f"--time-zone={time_zone}", f"--uri={SERVICE_URL}/tweet_curated/": f"--uri={uri}"}
+    return [binding, read_token, [replaced.get(arg, arg) for arg in create]]
+
+
+def test_add_scheduler_for_a_bot_makes_its_own_job(bots_workdir):
+    run = run_make(bots_workdir, "add-scheduler", "BOT=alice")
+    assert run.returncode == 0, run.output
+    assert run.commands == scheduler_job(
+        "post-tweet-alice", "30 8 * * 1-5", "America/New_York", f"{SERVICE_URL}/tweet_curated/?bot=alice")
+    assert_no_secret_shown(run)
+
+
+def test_a_bot_without_its_own_schedule_gets_the_services_defaults(bots_workdir):
+    """As core/config.py reads it: bob's schedule is BOT_BOB_SCHEDULE, else the default, never the plain SCHEDULE."""
+    run = run_make(bots_workdir, "add-scheduler", "BOT=bob")
+    assert run.returncode == 0, run.output
+    assert run.commands == scheduler_job("post-tweet-bob", "0 9 * * *", "Etc/UTC", f"{SERVICE_URL}/tweet_curated/?bot=bob")
+
+
+def test_without_bot_add_scheduler_makes_todays_job(bots_workdir):
+    run = run_make(bots_workdir, "add-scheduler")
+    assert run.returncode == 0, run.output
+    assert run.commands == EXPECTED_COMMANDS["add-scheduler"]
+
+
+def test_bot_may_name_the_one_bot(workdir):
+    """Without BOTS, BOT=ACCOUNT makes a job of its own for the one bot, on SCHEDULE and TIME_ZONE."""
+    run = run_make(workdir, "add-scheduler", "BOT=my_bot")
+    assert run.returncode == 0, run.output
+    assert run.commands == scheduler_job("post-tweet-my_bot", "0 9 * * *", "Europe/Paris", f"{SERVICE_URL}/tweet_curated/?bot=my_bot")
+
+
+@pytest.mark.parametrize("target", ["scheduler-pause", "scheduler-resume", "scheduler-run-now", "scheduler-delete"])
+def test_job_targets_act_on_the_bots_job(bots_workdir, target):
+    run = run_make(bots_workdir, target, "BOT=bob")
+    assert run.returncode == 0, run.output
+    assert run.commands == [[arg.replace("post-tweet", "post-tweet-bob") for arg in command] for command in EXPECTED_COMMANDS[target]]
+
+
+@pytest.mark.parametrize("source", ["environment", "command line"])
+def test_a_bots_schedule_is_one_literal_argument(bots_workdir, source):
+    assignment = f"BOT_ALICE_TIME_ZONE={HOSTILE_ON_COMMAND_LINE}"
+    if source == "environment":
+        run = run_make(bots_workdir, "add-scheduler", "BOT=alice", env={"BOT_ALICE_TIME_ZONE": HOSTILE_ON_COMMAND_LINE})
+    else:
+        run = run_make(bots_workdir, "add-scheduler", "BOT=alice", assignment)
+    assert run.returncode == 0, run.output
+    assert not ran_a_command(bots_workdir)
+    assert f"--time-zone={HOSTILE_ON_COMMAND_LINE}" in run.commands[-1]
+
+
+@pytest.mark.parametrize("source", ["environment", "command line"])
+@pytest.mark.parametrize("value", [HOSTILE_ON_COMMAND_LINE, "--help", "alice,bob", "alice&bob", "../alice", "a" * 16],
+                         ids=["shell", "flag", "list", "query", "path", "too-long"])
+def test_hostile_bot_is_refused_before_anything_runs(bots_workdir, value, source):
+    if source == "environment":
+        run = run_make(bots_workdir, "add-scheduler", env={"BOT": value})
+    else:
+        run = run_make(bots_workdir, "add-scheduler", f"BOT={value}")
+    assert run.returncode != 0
+    assert run.calls == []
+    assert not ran_a_command(bots_workdir)
+    assert any(line.startswith("BOT must be ") for line in run.output.splitlines())
+    assert "nothing was run" in run.output
+
+
+@pytest.mark.parametrize(("bots", "bot", "said"), [
+    ("alice,bob", "carol", "BOT must be one of BOTS (alice,bob)"),
+    ("alice,bob", "Alice", "BOT must be one of BOTS (alice,bob)"),
+    ("", "alice", "BOT must be one of ACCOUNT (my_bot), the one bot"),
+])
+def test_a_bot_that_is_not_configured_gets_no_job(workdir, bots, bot, said):
+    run = run_make(workdir, "add-scheduler", f"BOT={bot}", f"BOTS={bots}")
+    assert run.returncode != 0
+    assert run.calls == []
+    assert said in run.output.splitlines()
+
+
+MULTI_BOT_SECRET_REFS = ",".join(
+    f"{name}=tweet-bot-{name}:latest" for name in ("SECRET_TOKEN", "DB_PASSWORD", *BOT_SECRETS)
+)
+
+
+def test_deploy_with_several_bots_passes_their_settings_and_maps_their_secrets(bots_workdir):
+    run = run_make(bots_workdir, "docker-cloud-run")
+    assert run.returncode == 0, run.output
+    [deploy, _describe] = run.commands
+    assert [arg for arg in deploy if arg.startswith("--set-env-vars=")] == [
+        f"--set-env-vars=CONNECTION_NAME={CONNECTION},DB_USERNAME=tweetbot,DB_NAME=tweets",
+        "--set-env-vars=^;^BOTS=alice,bob;BOT_ALICE_DESTINATIONS=x,mastodon;BOT_ALICE_MASTODON_API_BASE_URL=https://mastodon.example;"
+        "BOT_BOB_DESTINATIONS=bluesky;BOT_BOB_BLUESKY_HANDLE=bob.bsky.social",
+    ]
+    assert f"--set-secrets={MULTI_BOT_SECRET_REFS}" in deploy
+    assert_no_secret_shown(run)
+    for value in BOT_SECRETS.values():
+        assert value not in run.output
+        assert not any(value in arg for call in run.calls for arg in call["argv"])
+
+
+def test_a_bot_with_no_destinations_set_posts_to_x(bots_workdir):
+    run = run_make(bots_workdir, "docker-cloud-run", "BOT_BOB_DESTINATIONS=")
+    assert run.returncode == 0, run.output
+    [secrets] = [arg for arg in run.commands[0] if arg.startswith("--set-secrets=")]
+    assert secrets.endswith(",BOT_BOB_CONSUMER_KEY=tweet-bot-BOT_BOB_CONSUMER_KEY:latest,"
+                            "BOT_BOB_CONSUMER_SECRET=tweet-bot-BOT_BOB_CONSUMER_SECRET:latest,"
+                            "BOT_BOB_ACCESS_KEY=tweet-bot-BOT_BOB_ACCESS_KEY:latest,BOT_BOB_ACCESS_SECRET=tweet-bot-BOT_BOB_ACCESS_SECRET:latest")
+
+
+def test_cloud_secrets_copies_every_bots_credentials(bots_workdir):
+    run = run_make(bots_workdir, "cloud-secrets")
+    assert run.returncode == 0, run.output
+    writes = {call["args"][2]: call["stdin"] for call in run.calls if call["args"][:2] == ["secrets", "create"]}
+    assert writes == {f"tweet-bot-{name}": value for name, value in {
+        "SECRET_TOKEN": SECRETS["SECRET_TOKEN"], "DB_PASSWORD": SECRETS["DB_PASSWORD"], **BOT_SECRETS}.items()}
+    assert_no_secret_shown(run)
+
+
+def test_one_bot_posting_to_mastodon_and_bluesky_gets_their_settings_and_secrets(workdir):
+    set_in_env_file(workdir, "DESTINATIONS", "mastodon,bluesky")
+    set_in_env_file(workdir, "MASTODON_API_BASE_URL", "https://mastodon.example")
+    set_in_env_file(workdir, "BLUESKY_HANDLE", "my.bsky.social")
+    run = run_make(workdir, "docker-cloud-run")
+    assert run.returncode == 0, run.output
+    deploy = run.commands[0]
+    assert [arg for arg in deploy if arg.startswith("--set-env-vars=")] == [
+        DEPLOY[9],
+        "--set-env-vars=^;^DESTINATIONS=mastodon,bluesky;MASTODON_API_BASE_URL=https://mastodon.example;BLUESKY_HANDLE=my.bsky.social",
+    ]
+    assert ("--set-secrets=SECRET_TOKEN=tweet-bot-SECRET_TOKEN:latest,DB_PASSWORD=tweet-bot-DB_PASSWORD:latest,"
+            "MASTODON_ACCESS_TOKEN=tweet-bot-MASTODON_ACCESS_TOKEN:latest,BLUESKY_APP_PASSWORD=tweet-bot-BLUESKY_APP_PASSWORD:latest") in deploy
+
+
+@pytest.mark.parametrize("source", [".env", "command line"])
+@pytest.mark.parametrize("name", ["BOTS", "BOT_ALICE_DESTINATIONS", "BOT_BOB_BLUESKY_HANDLE", "BOT_ALICE_MASTODON_API_BASE_URL",
+                                  "DESTINATIONS", "MASTODON_MAX_CHARACTERS", "BLUESKY_PDS_URL"])
+def test_a_bots_setting_of_the_wrong_shape_is_refused_before_anything_runs(bots_workdir, name, source):
+    run, _ = hostile_run(bots_workdir, "docker-cloud-run", name, source)
+    assert run.returncode != 0
+    assert run.calls == []
+    assert not ran_a_command(bots_workdir)
+    assert any(line.startswith(f"{name} must be ") for line in run.output.splitlines())
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("BOT_ALICE_DESTINATIONS", "x;BOTS=evil"), ("BOT_ALICE_MASTODON_API_BASE_URL", "https://m.example;BOT_ALICE_DESTINATIONS=x"),
+    ("BOTS", "alice;bob"), ("BOTS", "alice, bob"), ("BOT_ALICE_DESTINATIONS", "x,twitter"),
+])
+def test_a_value_that_would_split_the_bots_settings_list_is_refused(bots_workdir, name, value):
+    run = run_make(bots_workdir, "docker-cloud-run", f"{name}={value}")
+    assert run.returncode != 0
+    assert run.calls == []
+    assert any(line.startswith(f"{name} must be ") for line in run.output.splitlines())

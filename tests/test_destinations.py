@@ -218,3 +218,121 @@ def test_bad_bot_settings_name_the_variable(monkeypatch, variable, value, messag
 
 def test_the_single_bot_setup_is_unchanged(settings):
     assert list(settings.bots) == [ACCOUNT] and settings.default_bot.destinations == ("x",)
+
+
+def test_the_store_keeps_a_text_that_some_destination_of_the_bot_may_post(client, monkeypatch, settings_values, engine):
+    """Over X's 280 but within Mastodon's 500: stored for a bot that posts to Mastodon, refused
+    (naming each destination's reason) for one that posts to X alone."""
+    from api.app import create_app
+    from fastapi.testclient import TestClient
+
+    long_text = "a" * 400
+    assert client.post("/add_tweets/", json={"tweet": long_text}).status_code == 422  # the X-only bot
+    settings = Settings(**{**settings_values, "DESTINATIONS": "x,mastodon", "MASTODON_DRY_RUN": True})
+    with TestClient(create_app(settings, engine=engine, configure_logs=False), headers={"x-token": TOKEN}) as both:
+        answer = both.post("/add_tweets/", json={"tweet": long_text})
+        assert answer.status_code == 201, answer.text
+        too_long = both.post("/add_tweets/", json={"tweet": "b" * 600})
+        assert too_long.status_code == 422
+        assert "X:" in too_long.json()["detail"] and "Mastodon:" in too_long.json()["detail"]
+
+
+def test_the_database_session_store_keeps_one_blob_per_bot_and_network(session_factory):
+    from posting.destinations import DatabaseSessionStore
+
+    alice = DatabaseSessionStore(session_factory, account="alice", network="bluesky")
+    bob = DatabaseSessionStore(session_factory, account="bob", network="bluesky")
+    assert alice.load() is None
+    alice.save("sealed-1")
+    alice.save("sealed-2")
+    bob.save("sealed-bob")
+    assert (alice.load(), bob.load()) == ("sealed-2", "sealed-bob")
+
+
+def test_two_first_saves_at_once_keep_one_row(backend, session_factory, monkeypatch):
+    """The second insert meets the unique key and turns into an update (Postgres: SQLite runs one
+    write transaction at a time, so the race cannot happen there)."""
+    if backend == "sqlite":
+        pytest.skip("SQLite serialises write transactions (BEGIN IMMEDIATE)")
+    from db.models import NetworkSession
+    from posting.destinations import DatabaseSessionStore
+
+    store_a = DatabaseSessionStore(session_factory, account="alice", network="bluesky")
+    def first_looks_empty(session_self, statement, *args, **kwargs):
+        result = real_scalar(session_self, statement, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            # Another run saves between this run's look-up and its insert.
+            with session_factory() as other:
+                other.add(NetworkSession(account="alice", network="bluesky", sealed="theirs"))
+                other.commit()
+        return result
+
+    from sqlalchemy.orm import Session
+
+    calls: list[int] = []
+    real_scalar = Session.scalar
+    monkeypatch.setattr(Session, "scalar", first_looks_empty)
+    store_a.save("ours")
+    monkeypatch.undo()
+    with session_factory() as session:
+        assert session.query(NetworkSession).count() == 1
+    assert store_a.load() == "ours"
+
+
+# ---- the real clients over HTTP, through the settings, as the service runs them ----
+
+@pytest.fixture
+def everywhere(settings_values, fake_x, fake_mastodon, fake_bluesky) -> Settings:
+    from tests.fake_bluesky import APP_PASSWORD, HANDLE
+
+    return Settings(**{
+        **settings_values, **fake_x.settings_values(), **fake_mastodon.settings_values(),
+        "DESTINATIONS": "x,mastodon,bluesky", "BLUESKY_PDS_URL": fake_bluesky.base_url,
+        "BLUESKY_HANDLE": HANDLE, "BLUESKY_APP_PASSWORD": APP_PASSWORD, "BLUESKY_TIMEOUT_SECONDS": 5,
+    })
+
+
+def test_the_service_posts_to_x_mastodon_and_bluesky_over_http(everywhere, engine, session_factory,
+                                                               fake_x, fake_mastodon, fake_bluesky):
+    from api.app import create_app
+    from fastapi.testclient import TestClient
+    from db.models import NetworkSession
+
+    store_texts(session_factory, "one for every network", "and another", status=TweetStatus.queued)
+    with TestClient(create_app(everywhere, engine=engine, configure_logs=False), headers={"x-token": TOKEN}) as client:
+        first = client.post("/tweet_curated/", headers={"Idempotency-Key": "run-1"})
+        assert first.status_code == 200, first.text
+        assert client.post("/tweet_curated/", headers={"Idempotency-Key": "run-1"}).headers["Idempotent-Replayed"] == "true"
+        assert client.post("/tweet_curated/", headers={"Idempotency-Key": "run-2"}).status_code == 200
+        assert client.post("/tweet_curated/", headers={"Idempotency-Key": "run-3"}).status_code == 404
+    body = first.json()
+    assert {d["destination"]: d["status"] for d in body["tweet"]["deliveries"]} == dict.fromkeys(
+        ("x", "mastodon", "bluesky"), "posted")
+    bluesky_url = next(d["url"] for d in body["tweet"]["deliveries"] if d["destination"] == "bluesky")
+    assert bluesky_url.startswith("https://bsky.app/profile/") and bluesky_url in body["response"]
+    assert sorted(p["text"] for p in fake_x.posted) == sorted(p["text"] for p in fake_mastodon.posted)
+    assert sorted(r["value"]["text"] for r in fake_bluesky.records.values()) == sorted(p["text"] for p in fake_x.posted)
+    assert len(fake_x.posted) == 2 and fake_bluesky.create_session_calls == 1  # the session is kept across runs
+    with session_factory() as session:
+        (kept,) = session.query(NetworkSession).all()
+        assert kept.account == ACCOUNT and not any(token in kept.sealed for token in fake_bluesky.issued_tokens())
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_the_command_line_posts_for_the_bot_it_names(tmp_path, engine, session_factory):
+    from tests.test_posting import run_cli
+
+    with session_factory() as session:
+        store.ingest_texts(session, account="alice", texts=["alice's"], status=TweetStatus.queued)
+        store.ingest_texts(session, account="bob", texts=["bob's"], status=TweetStatus.queued)
+        session.commit()
+    env = {"DATABASE_URL": engine.url.render_as_string(hide_password=False), "SECRET_TOKEN": TOKEN,
+           "BOTS": "alice,bob", "BOT_ALICE_TWITTER_DRY_RUN": "true", "BOT_BOB_TWITTER_DRY_RUN": "true"}
+    bob = run_cli(tmp_path, env, "--bot", "bob")
+    assert bob.returncode == 0 and bob.stdout.startswith("Dry run: tweet"), bob.stdout + bob.stderr
+    assert run_cli(tmp_path, env, "--bot", "bob").returncode == 3
+    unknown = run_cli(tmp_path, env, "--bot", "carol")
+    assert unknown.returncode == 2 and "no bot is named 'carol'" in unknown.stdout
+    with session_factory() as session:
+        assert {t.account: t.status for t in session.query(Tweet)} == {"alice": TweetStatus.queued, "bob": TweetStatus.posted}

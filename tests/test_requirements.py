@@ -74,9 +74,9 @@ class OnlyRequirements:
 
 sys.meta_path.insert(0, OnlyRequirements())
 import api.main, api.scheduler, api.post_next
-# What the service imports on first use (a tweet's full length check, the curation page, posting to Mastodon
-# and Bluesky) must be there too.
-import twitter_text, jinja2, fastapi.templating, mastodon, regex, atproto_client, httpx, cryptography.fernet
+# What the service imports on first use (a tweet's full length check, the curation page, posting to
+# Mastodon and Bluesky) must be there too.
+import twitter_text, jinja2, fastapi.templating, regex, mastodon, atproto_client, httpx, cryptography.fernet
 """
 
 

@@ -1,9 +1,11 @@
 """The self-hosted scheduler (posting.scheduler): cron parsing, fire times across DST, retries, on a fake clock."""
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -17,6 +19,7 @@ from posting.scheduler import (
     idempotency_key,
     next_fire_time,
     parse_schedule,
+    run_bots,
     run_forever,
     run_once,
 )
@@ -78,6 +81,14 @@ def test_parse_schedule_names_schedule_when_invalid(expression):
 def test_parse_schedule_names_time_zone_when_invalid(zone):
     with pytest.raises(ConfigError, match="^TIME_ZONE is invalid"):
         parse_schedule("0 9 * * *", zone)
+
+
+@pytest.mark.parametrize(("expression", "zone", "variable"), [
+    ("every day at nine", "Etc/UTC", "BOT_ALICE_SCHEDULE"), ("0 9 * * *", "Mars/Olympus", "BOT_ALICE_TIME_ZONE"),
+])
+def test_parse_schedule_names_the_bots_own_variable(expression, zone, variable):
+    with pytest.raises(ConfigError, match=f"^{variable} is invalid"):
+        parse_schedule(expression, zone, "BOT_ALICE_")
 
 
 # ---- fire times ----
@@ -219,6 +230,114 @@ def test_stop_while_waiting_posts_nothing():
     assert clock.posts == []
 
 
+# ---- several bots, one thread each ----
+
+class VirtualClock:
+    """Time shared by the bots' threads, moved only while every thread sleeps, to the earliest end of a nap:
+    several bots run on one fake clock deterministically. A nap that would end after `until` stops its bot."""
+
+    def __init__(self, start: datetime, until: datetime, threads: int):
+        self.current, self.until, self.threads = start, until, threads
+        self.naps_ending: dict[int, datetime] = {}  # thread id -> when its nap ends
+        self.stopped = 0
+        self.condition = threading.Condition()
+        self.posts: dict[str | None, list[tuple[str, datetime]]] = {}
+
+    def now(self) -> datetime:
+        with self.condition:
+            return self.current
+
+    def sleep(self, seconds: float) -> bool:
+        with self.condition:
+            wake = self.current + timedelta(seconds=seconds)
+            if wake > self.until:
+                self.stopped += 1
+                self._advance()
+                return True
+            self.naps_ending[threading.get_ident()] = wake
+            self._advance()
+            woke = self.condition.wait_for(lambda: self.current >= wake, timeout=60)
+            del self.naps_ending[threading.get_ident()]
+            assert woke, "the virtual clock stopped moving"
+            return False
+
+    def _advance(self) -> None:
+        if self.naps_ending and len(self.naps_ending) + self.stopped == self.threads:
+            self.current = max(self.current, min(self.naps_ending.values()))
+            self.condition.notify_all()
+
+    def poster(self, codes: dict[str, list[int]] | None = None):
+        """post(key, bot) recording (key, time) per bot and answering its given codes, then ExitCode.posted."""
+        answers = {bot: list(bot_codes) for bot, bot_codes in (codes or {}).items()}
+
+        def post(key: str, bot: str | None) -> int:
+            self.posts.setdefault(bot, []).append((key, self.now()))
+            pending = answers.get(bot)
+            return pending.pop(0) if pending else ExitCode.posted
+
+        return post
+
+
+def run_bots_on(clock: VirtualClock, schedules, post) -> bool:
+    return run_bots(schedules, post=post, now=clock.now, sleep=clock.sleep, stop=threading.Event())
+
+
+def test_each_bot_fires_on_its_own_schedule_and_time_zone():
+    schedules = {"alice": parse_schedule("0 9 * * *", "Europe/Paris"), "bob": parse_schedule("30 9 * * 1-5", "America/New_York")}
+    clock = VirtualClock(at("2026-11-20T00:00:00"), until=at("2026-11-24T00:00:00"), threads=2)  # Friday to Tuesday
+    assert run_bots_on(clock, schedules, clock.poster())
+    assert clock.posts == {
+        "alice": [(f"2026-11-{day}T08:00:00Z", at(f"2026-11-{day}T08:00:00")) for day in (20, 21, 22, 23)],
+        "bob": [(f"2026-11-{day}T14:30:00Z", at(f"2026-11-{day}T14:30:00")) for day in (20, 23)],
+    }
+
+
+def test_bots_firing_at_the_same_minute_each_post_with_the_scheduled_time():
+    """Keys are per bot (tweets.account): the same key for two bots is two runs, each posting once."""
+    daily = parse_schedule("0 9 * * *", "Etc/UTC")
+    clock = VirtualClock(at("2026-11-22T08:00:00"), until=at("2026-11-22T12:00:00"), threads=2)
+    assert run_bots_on(clock, {"alice": daily, "bob": daily}, clock.poster())
+    assert clock.posts == {bot: [("2026-11-22T09:00:00Z", at("2026-11-22T09:00:00"))] for bot in ("alice", "bob")}
+
+
+def test_one_bots_retries_never_delay_another_bots_run():
+    schedules = {"alice": parse_schedule("0 9 * * *", "Etc/UTC"), "bob": parse_schedule("1 9 * * *", "Etc/UTC")}
+    clock = VirtualClock(at("2026-11-22T08:00:00"), until=at("2026-11-22T12:00:00"), threads=2)
+    assert run_bots_on(clock, schedules, clock.poster({"alice": [ExitCode.retry_later, ExitCode.retry_later]}))
+    assert clock.posts == {
+        "alice": [("2026-11-22T09:00:00Z", at(f"2026-11-22T{when}")) for when in ("09:00:00", "09:00:30", "09:02:30")],
+        "bob": [("2026-11-22T09:01:00Z", at("2026-11-22T09:01:00"))],
+    }
+
+
+def test_one_bot_runs_as_before_with_no_bot_named():
+    """One bot: the posting command is called for the default bot (no --bot), as before BOTS existed."""
+    clock = VirtualClock(at("2026-11-22T08:00:00"), until=at("2026-11-23T12:00:00"), threads=1)
+    assert run_bots_on(clock, {"my_bot": parse_schedule("0 9 * * *", "Etc/UTC")}, clock.poster())
+    assert clock.posts == {None: [(f"2026-11-{day}T09:00:00Z", at(f"2026-11-{day}T09:00:00")) for day in (22, 23)]}
+
+
+def test_a_failing_bot_loop_stops_every_bot(caplog):
+    """A loop that raises must not leave its bot silently stopped: every bot stops and run_bots says it failed."""
+    start = at("2026-11-22T09:00:00")
+    minutes = itertools.count()
+    stop = threading.Event()
+    bob_posts = []
+
+    def post(key, bot):
+        if bot == "alice":
+            raise RuntimeError("the posting command could not be started")
+        bob_posts.append(key)
+        return ExitCode.posted
+
+    schedules = {"alice": parse_schedule("* * * * *", "Etc/UTC"), "bob": parse_schedule("0 9 1 1 *", "Etc/UTC")}
+    finished = run_bots(schedules, post=post, now=lambda: start + timedelta(minutes=next(minutes)), sleep=stop.wait, stop=stop)
+    assert finished is False
+    assert stop.is_set()
+    assert bob_posts == []
+    assert "bot alice: the schedule's loop failed; stopping every bot" in caplog.text
+
+
 # ---- the command ----
 
 @pytest.fixture
@@ -254,26 +373,41 @@ def test_bad_schedule_exits_2_naming_it(scheduler_env, capsys):
 
 
 @pytest.fixture
-def dry_run_store(scheduler_env, tmp_path):
-    """A SQLite store (tables from the models) with two queued tweets, posting in dry run; yields its session factory."""
+def queued_store(scheduler_env, tmp_path):
+    """Makes the SQLite store the posting command reads (tables from the models) with the given queued tweets
+    per account, and returns its session factory."""
     from db.store import ingest_texts
     from db.engine import make_engine, make_session_factory
     from db.models import Base, TweetStatus
 
-    database = tmp_path / "scheduler.db"
-    scheduler_env.setenv("SQLITE_PATH", str(database))
+    engines = []
+
+    def make(queued: dict[str, list[str]]):
+        database = tmp_path / "scheduler.db"
+        scheduler_env.setenv("SQLITE_PATH", str(database))
+        scheduler_env.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+        engines.append(make_engine(f"sqlite:///{database}"))
+        Base.metadata.create_all(engines[-1])
+        sessions = make_session_factory(engines[-1])
+        with sessions.begin() as session:
+            for account, texts in queued.items():
+                ingest_texts(session, account=account, texts=texts, status=TweetStatus.queued)
+        return sessions
+
+    yield make
+    for engine in engines:
+        engine.dispose()
+
+
+@pytest.fixture
+def dry_run_store(scheduler_env, queued_store):
+    """Two queued tweets of the one bot, posting in dry run."""
     scheduler_env.setenv("TWITTER_DRY_RUN", "true")
-    scheduler_env.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    engine = make_engine(f"sqlite:///{database}")
-    Base.metadata.create_all(engine)
-    sessions = make_session_factory(engine)
-    with sessions.begin() as session:
-        ingest_texts(session, account="test_bot", texts=["first queued tweet", "second queued tweet"], status=TweetStatus.queued)
-    yield sessions
-    engine.dispose()
+    return queued_store({"test_bot": ["first queued tweet", "second queued tweet"]})
 
 
-def posted_keys(sessions) -> list[str]:
+def posted_runs(sessions) -> list[tuple[str, str]]:
+    """(account, idempotency key) of each posted tweet, all dry runs."""
     from sqlalchemy import select
 
     from db.models import Tweet, TweetStatus
@@ -281,7 +415,11 @@ def posted_keys(sessions) -> list[str]:
     with sessions() as session:
         posted = session.scalars(select(Tweet).where(Tweet.status == TweetStatus.posted)).all()
     assert all(tweet.dry_run for tweet in posted)
-    return sorted(tweet.idempotency_key for tweet in posted)
+    return sorted((tweet.account, tweet.idempotency_key) for tweet in posted)
+
+
+def posted_keys(sessions) -> list[str]:
+    return [key for _, key in posted_runs(sessions)]
 
 
 def test_post_with_cli_runs_the_posting_command_once_per_key(dry_run_store):
@@ -310,12 +448,12 @@ def test_main_posts_with_the_scheduled_time_as_the_key(dry_run_store, monkeypatc
     clock = FakeClock(at("2026-11-22T07:59:10"), stop_after_posts=1)
     loop = scheduler.run_forever
 
-    def run_forever_on_the_fake_clock(schedule, *, post, now, sleep):
+    def run_forever_on_the_fake_clock(schedule, *, post, now, sleep, **options):
         def recorded(key):
             clock.posts.append((key, clock.current))
             return post(key)
 
-        loop(schedule, post=recorded, now=clock.now, sleep=clock.sleep)
+        loop(schedule, post=recorded, now=clock.now, sleep=clock.sleep, **options)
 
     monkeypatch.setattr(scheduler, "run_forever", run_forever_on_the_fake_clock)
     monkeypatch.setattr(scheduler, "configure_logging", lambda *args: None)  # keeps pytest's log handlers
@@ -328,6 +466,101 @@ def test_main_posts_with_the_scheduled_time_as_the_key(dry_run_store, monkeypatc
     # 09:00 in Paris (TIME_ZONE) is 08:00 UTC
     assert clock.posts == [("2026-11-22T08:00:00Z", at("2026-11-22T08:00:00"))]
     assert posted_keys(dry_run_store) == ["2026-11-22T08:00:00Z"]
+
+
+# ---- the command, several bots (BOTS) ----
+
+@pytest.fixture
+def bots_env(scheduler_env):
+    """BOTS=alice,bob: alice posts at 09:00 in Paris, bob at 09:30 in New York; the plain SCHEDULE is not theirs."""
+    scheduler_env.delenv("ACCOUNT")
+    scheduler_env.setenv("BOTS", "alice,bob")
+    for name, value in {"BOT_ALICE_SCHEDULE": "0 9 * * *", "BOT_ALICE_TIME_ZONE": "Europe/Paris",
+                        "BOT_BOB_SCHEDULE": "30 9 * * *", "BOT_BOB_TIME_ZONE": "America/New_York"}.items():
+        scheduler_env.setenv(name, value)
+    return scheduler_env
+
+
+def test_show_prints_each_bots_fire_times(bots_env, capsys):
+    assert scheduler.main(["--show", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["alice", "alice", "bob", "bob"]
+    assert all("T09:00:00+0" in line for line in lines[:2])
+    assert all("T09:30:00-0" in line for line in lines[2:])
+
+
+@pytest.mark.parametrize(("variable", "value"), [("BOT_BOB_SCHEDULE", "every day at nine"), ("BOT_ALICE_TIME_ZONE", "Paris")])
+def test_a_bots_bad_schedule_exits_2_naming_its_variable(bots_env, capsys, variable, value):
+    bots_env.setenv(variable, value)
+    assert scheduler.main(["--show", "1"]) == 2
+    assert capsys.readouterr().err.startswith(f"Configuration error: {variable} is invalid")
+
+
+def test_post_with_cli_posts_for_the_bot_it_names(bots_env, queued_store):
+    """Two bots with the same key (the same minute): each posts its own tweet once, a retry of either posts nothing."""
+    bots_env.setenv("BOT_ALICE_TWITTER_DRY_RUN", "true")
+    bots_env.setenv("BOT_BOB_TWITTER_DRY_RUN", "true")
+    sessions = queued_store({"alice": ["alice's tweet"], "bob": ["bob's tweet", "bob's second tweet"]})
+    for bot in ("alice", "bob", "alice", "bob"):
+        assert scheduler.post_with_cli("2026-11-22T09:00:00Z", bot=bot) == ExitCode.posted
+    assert posted_runs(sessions) == [("alice", "2026-11-22T09:00:00Z"), ("bob", "2026-11-22T09:00:00Z")]
+
+
+def test_main_runs_every_bots_schedule(bots_env, queued_store, monkeypatch):
+    """`python -m posting.scheduler` with BOTS, on a virtual clock: each bot's SCHEDULE and TIME_ZONE, the real
+    posting command with --bot, each bot's scheduled time stored as its tweet's key."""
+    bots_env.setenv("BOT_BOB_SCHEDULE", "0 8 * * *")
+    bots_env.setenv("BOT_BOB_TIME_ZONE", "Etc/UTC")  # 08:00 UTC: the minute of alice's 09:00 in Paris
+    bots_env.setenv("BOT_ALICE_TWITTER_DRY_RUN", "true")
+    bots_env.setenv("BOT_BOB_TWITTER_DRY_RUN", "true")
+    sessions = queued_store({"alice": ["alice's tweet"], "bob": ["bob's tweet"]})
+    clock = VirtualClock(at("2026-11-22T07:59:10"), until=at("2026-11-22T09:00:00"), threads=2)
+    real_run_bots = scheduler.run_bots
+
+    def run_bots_on_the_virtual_clock(schedules, *, post, now, sleep, stop):
+        record = clock.poster()
+
+        def recorded(key, bot):
+            record(key, bot)
+            return post(key, bot)
+
+        return real_run_bots(schedules, post=recorded, now=clock.now, sleep=clock.sleep, stop=stop)
+
+    monkeypatch.setattr(scheduler, "run_bots", run_bots_on_the_virtual_clock)
+    monkeypatch.setattr(scheduler, "configure_logging", lambda *args: None)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert scheduler.main([]) == 0
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert clock.posts == {bot: [("2026-11-22T08:00:00Z", at("2026-11-22T08:00:00"))] for bot in ("alice", "bob")}
+    assert posted_runs(sessions) == [("alice", "2026-11-22T08:00:00Z"), ("bob", "2026-11-22T08:00:00Z")]
+
+
+@pytest.mark.parametrize("bots", [None, "alice,bob"], ids=["one-bot", "two-bots"])
+def test_sigterm_stops_every_bot(tmp_path, bots):
+    """The real command: once each bot waits for its next run, SIGTERM ends the process cleanly (exit 0)."""
+    environment = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+                   "SECRET_TOKEN": "test-token-0123456789abcdef", "LOG_FORMAT": "text",
+                   **({"BOTS": bots, "BOT_BOB_TIME_ZONE": "Asia/Tokyo"} if bots else {"ACCOUNT": "test_bot"})}
+    expected = ["bot alice: next run at", "bot bob: next run at"] if bots else ["posting.scheduler: next run at"]
+    process = subprocess.Popen([sys.executable, "-m", "posting.scheduler"], cwd=tmp_path, env=environment,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not all(any(text in line for line in lines) for text in expected):
+            line = process.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, "".join(lines)
+        lines += process.stderr.readlines()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert lines[-1].rstrip().endswith("posting.scheduler: scheduler stopped")
 
 
 def test_the_scheduler_retries_exactly_the_outcomes_worth_retrying():

@@ -6,9 +6,9 @@ from twitter_text.extract_urls import max_url_length
 
 from core import tweet_text
 from core.tweet_text import (
-    MASTODON_LATIN_ACCENTS,
     BLUESKY_MAX_BYTES,
     BLUESKY_MAX_GRAPHEMES,
+    MASTODON_LATIN_ACCENTS,
     MAX_COMBINING_RUN,
     MAX_TWEET_CODE_POINTS,
     CuratedFileError,
@@ -333,60 +333,6 @@ def test_a_blank_line_before_the_tweets_header_is_an_error_not_a_tweet():
         parse_curated_file(b"\n\ntweets\nhello\n", "upload")
 
 
-LONG_LINK = "https://example.com/" + "a" * 200
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("hello", 5),
-        (f"see {LONG_LINK}", 4 + 23),  # a link counts 23 whatever its length
-        (f"{LONG_LINK} {LONG_LINK}", 23 + 1 + 23),
-        ("https://t.co/x", 23),  # and a short one 23 too
-        ("example.com", 11),  # without http(s):// Mastodon's extractor finds no link: counted as written
-        ("@alice@mastodon.social hi", len("@alice hi")),  # a remote mention counts as its local part
-        ("@alice hi", 9),
-        ("write to bob@example.com", 24),  # an address is no mention
-        ("@bob@host.example://x", 21),  # nor is a match followed by :// (twitter-text's end_mention_match)
-        ("日本語", 3),  # X weighs these 6
-        ("👨\u200d👩\u200d👧", 1),  # a family emoji: 5 code points, one grapheme cluster
-        ("🇫🇷", 1),
-        ("cafe\u0301", 4),  # e + combining acute: one cluster
-        ("a\r\nb", 3),
-    ],
-)
-def test_mastodon_counts_grapheme_clusters_links_23_and_mentions_without_their_domain(text, expected):
-    assert mastodon_length(text) == expected
-
-
-def test_mastodon_accepts_up_to_max_characters():
-    assert mastodon_text_problem("x" * 500) is None
-    assert mastodon_text_problem("x" * 501) == "501 characters, 1 over Mastodon's 500"
-    assert mastodon_text_problem("😀" * 500) is None  # X would refuse: 1,000 weighted characters
-
-
-def test_mastodon_limit_is_the_instances():
-    assert mastodon_text_problem("x" * 912, max_characters=500) == "912 characters, 412 over Mastodon's 500"
-    assert mastodon_text_problem("x" * 912, max_characters=1000) is None
-    assert mastodon_text_problem("x" * 12, max_characters=11) == "12 characters, 1 over Mastodon's 11"
-
-
-def test_long_links_fit_mastodon_when_their_23s_do():
-    text = " ".join([LONG_LINK] * 20)  # 4,239 code points, 20 * 23 + 19 = 479 as Mastodon counts
-    assert len(text) > 4000 and mastodon_text_problem(text) is None
-
-
-@pytest.mark.parametrize("text", ["", " \n "])
-def test_mastodon_refuses_an_empty_status(text):
-    assert mastodon_text_problem(text) == "empty: Mastodon refuses a status without text"
-
-
-def test_the_latin_accents_copy_matches_twitter_text():
-    from twitter_text.regexp.latin_accent_chars import latin_accent_chars
-
-    assert MASTODON_LATIN_ACCENTS == latin_accent_chars.pattern
-
-
 FAMILY = "\U0001F468\u200D\U0001F469\u200D\U0001F467\u200D\U0001F466"  # man, woman, girl, boy joined by ZWJs
 FLAG_FR = "\U0001F1EB\U0001F1F7"  # two regional indicators
 WAVE_DARK = "\U0001F44B\U0001F3FF"  # emoji with a skin tone modifier
@@ -445,3 +391,55 @@ def test_bluesky_counts_what_x_weighs_differently():
     assert weighted_length(text) > 280 and grapheme_count(text) == 312
     assert bluesky_text_problem(text) == "312 graphemes over Bluesky's 300"
     assert bluesky_text_problem("😀" * 300) is None and weighted_length("😀" * 141) > 280
+LONG_LINK = "https://example.com/" + "a" * 200
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("hello", 5),
+        (f"see {LONG_LINK}", 4 + 23),  # a link counts 23 whatever its length
+        (f"{LONG_LINK} {LONG_LINK}", 23 + 1 + 23),
+        ("https://t.co/x", 23),  # and a short one 23 too
+        ("example.com", 11),  # without http(s):// Mastodon's extractor finds no link: counted as written
+        ("@alice@mastodon.social hi", len("@alice hi")),  # a remote mention counts as its local part
+        ("@alice hi", 9),
+        ("write to bob@example.com", 24),  # an address is no mention
+        ("@bob@host.example://x", 21),  # nor is a match followed by :// (twitter-text's end_mention_match)
+        ("日本語", 3),  # X weighs these 6
+        ("👨\u200d👩\u200d👧", 1),  # a family emoji: 5 code points, one grapheme cluster
+        ("🇫🇷", 1),
+        ("cafe\u0301", 4),  # e + combining acute: one cluster
+        ("a\r\nb", 3),
+    ],
+)
+def test_mastodon_counts_grapheme_clusters_links_23_and_mentions_without_their_domain(text, expected):
+    assert mastodon_length(text) == expected
+
+
+def test_mastodon_accepts_up_to_max_characters():
+    assert mastodon_text_problem("x" * 500) is None
+    assert mastodon_text_problem("x" * 501) == "501 characters, 1 over Mastodon's 500"
+    assert mastodon_text_problem("😀" * 500) is None  # X would refuse: 1,000 weighted characters
+
+
+def test_mastodon_limit_is_the_instances():
+    assert mastodon_text_problem("x" * 912, max_characters=500) == "912 characters, 412 over Mastodon's 500"
+    assert mastodon_text_problem("x" * 912, max_characters=1000) is None
+    assert mastodon_text_problem("x" * 12, max_characters=11) == "12 characters, 1 over Mastodon's 11"
+
+
+def test_long_links_fit_mastodon_when_their_23s_do():
+    text = " ".join([LONG_LINK] * 20)  # 4,239 code points, 20 * 23 + 19 = 479 as Mastodon counts
+    assert len(text) > 4000 and mastodon_text_problem(text) is None
+
+
+@pytest.mark.parametrize("text", ["", " \n "])
+def test_mastodon_refuses_an_empty_status(text):
+    assert mastodon_text_problem(text) == "empty: Mastodon refuses a status without text"
+
+
+def test_the_latin_accents_copy_matches_twitter_text():
+    from twitter_text.regexp.latin_accent_chars import latin_accent_chars
+
+    assert MASTODON_LATIN_ACCENTS == latin_accent_chars.pattern

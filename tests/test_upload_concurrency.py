@@ -38,7 +38,7 @@ PAUSED_TEXT = "uploaded tweet 1"
 def validation_paused(monkeypatch):
     """Make validation stop at PAUSED_TEXT until `release` is set; `validating` says it got there."""
     validating, release = threading.Event(), threading.Event()
-    validate = store.validate_tweet
+    validate = store.clean_text
 
     def paused_validate(text: str) -> str:
         if text == PAUSED_TEXT:
@@ -46,7 +46,7 @@ def validation_paused(monkeypatch):
             assert release.wait(ANSWER_WITHIN_SECONDS * 2), "the test never released the upload"
         return validate(text)
 
-    monkeypatch.setattr(store, "validate_tweet", paused_validate)
+    monkeypatch.setattr(store, "clean_text", paused_validate)
     yield validating, release
     release.set()
 

@@ -23,9 +23,10 @@ from api.schemas import (
     UploadResult,
     UploadStatus,
 )
-from core.tweet_text import TweetRejected, content_hash
+from core.tweet_text import TweetRejected, content_hash, x_text_problem
 from db import queries, store
 from db.models import TweetStatus
+from posting.destinations import text_rule
 
 router = SlashAgnosticRouter(tags=["tweets"], dependencies=[Depends(require_token)])
 
@@ -50,9 +51,11 @@ def read_tweet(session: SessionDep, tweet_id: TweetIdPath):
 
 
 @router.patch("/tweets/{tweet_id}", response_model=TweetPublic)
-def update_tweet(session: SessionDep, tweet_id: TweetIdPath, changes: TweetUpdate):
+def update_tweet(session: SessionDep, settings: SettingsDep, tweet_id: TweetIdPath, changes: TweetUpdate):
     tweet = store.get_tweet(session, tweet_id, for_update=True)
-    store.update_tweet(session, tweet, **changes.model_dump(exclude_unset=True))
+    bot = settings.bots.get(tweet.account)  # a tweet of no configured bot keeps X's rule
+    rule = text_rule(bot) if bot is not None else x_text_problem
+    store.update_tweet(session, tweet, **changes.model_dump(exclude_unset=True), rule=rule)
     session.commit()
     return tweet
 
@@ -67,8 +70,11 @@ def delete_tweet(session: SessionDep, tweet_id: TweetIdPath):
 
 @router.post("/add_tweets/", response_model=TweetPublic, status_code=status.HTTP_201_CREATED)
 def add_tweet(session: SessionDep, settings: SettingsDep, body: TweetCreate, bot: BotQuery = None):
-    account = settings.bot(bot).name
-    result = store.ingest_texts(session, account=account, texts=[body.tweet], status=TweetStatus(body.status))
+    bot_settings = settings.bot(bot)
+    account = bot_settings.name
+    result = store.ingest_texts(
+        session, account=account, texts=[body.tweet], status=TweetStatus(body.status), rule=text_rule(bot_settings)
+    )
     if result.rejected:
         raise TweetRejected(result.rejected[0][1])
     if result.duplicates:
@@ -86,9 +92,10 @@ def add_tweets_file(
     bot: BotQuery = None,
 ):
     filename = file.filename or ""
+    bot_settings = settings.bot(bot)
     result = store.store_curated_file(
-        session, account=settings.bot(bot).name, data=file.file.read(settings.MAX_UPLOAD_BYTES + 1), filename=filename,
-        status=TweetStatus(status_), max_bytes=settings.MAX_UPLOAD_BYTES,
+        session, account=bot_settings.name, data=file.file.read(settings.MAX_UPLOAD_BYTES + 1), filename=filename,
+        status=TweetStatus(status_), max_bytes=settings.MAX_UPLOAD_BYTES, rule=text_rule(bot_settings),
     )
     return upload_result(filename, result)
 
