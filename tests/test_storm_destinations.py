@@ -35,7 +35,7 @@ from db.models import Base, Delivery, DeliveryStatus, Tweet, TweetStatus, utcnow
 from posting.job import post_next
 from posting.outcomes import PostOutcome
 from tests.conftest import BACKENDS, TOKEN, postgres_url
-from tests.fake_bluesky import CREATE_RECORD, HANDLE, FakeBluesky
+from tests.fake_bluesky import CREATE_RECORD, GET_RECORD, HANDLE, FakeBluesky
 from tests.fake_mastodon import INSTANCE_PATH, STATUSES_PATH, FakeMastodon, ThenAnswer
 from tests.fake_x import CONSUMER_KEY, CONSUMER_SECRET, FakeResponse, FakeX
 
@@ -404,7 +404,8 @@ def test_a_run_killed_after_a_keyed_network_took_the_post_is_found_there_once_re
     assert (tweet.status, delivery.status, delivery.key) == (TweetStatus.posted, DeliveryStatus.posted, key)
     assert fakes.texts("alice")[network] == ["alice says killed mid-post"]  # found there, nothing new
     if network == "bluesky":
-        assert delivery.remote_id == key and fakes.pds["alice"].create_record_calls == 2
+        assert delivery.remote_id == key and fakes.pds["alice"].create_record_calls == 2  # the second refused
+        assert len(fakes.pds["alice"].received("GET", GET_RECORD)) == 1  # and the client found it there
     else:
         (status,) = fakes.mastodon.posted
         assert delivery.remote_id == status["id"] and len(fakes.mastodon.post_attempts) == 2
