@@ -94,5 +94,5 @@ $(call take_literally,FILENAME STEPS MODEL_NAME USERNAME LIMIT SOURCE ARCHIVE)
 
 .PHONY: image-test
 # The generator part makes its tiny run with .venv's TensorFlow.
-image-test: $(if $(filter generator,$(or $(IMAGE_TEST_PARTS),generator)),$(VENV)/.ml) ## build and run the images for real (podman, or IMAGE_TEST_ENGINE=docker): IMAGE_TEST_PARTS="api compose py313 generator"
+image-test: $(if $(filter generator,$(or $(IMAGE_TEST_PARTS),generator)),$(VENV)/.ml) ## build and run the images for real (podman, or IMAGE_TEST_ENGINE=docker): IMAGE_TEST_PARTS="api compose py313 generator" (or startup: the start-up bench in the API image)
 	bash scripts/image_test.sh

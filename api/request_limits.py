@@ -21,7 +21,7 @@ DISCARD_SECONDS; a larger, undeclared or slower one is cut off as on the other r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -169,13 +169,18 @@ def has_body(connection: HTTPConnection) -> bool:
 class RequestBodyLimits:
     """ASGI middleware: each route's guard before its body, and its body limit while the body streams."""
 
-    def __init__(self, app: ASGIApp, *, settings: Settings, routes: Iterable[BaseRoute]):
+    def __init__(self, app: ASGIApp, *, settings: Settings, routes: Sequence[BaseRoute]):
+        """`routes`: a list that may grow after start (api/app.py adds routes on the first request
+        that needs them): the rules follow it."""
         self.app = app
         self.settings = settings
-        self.rules = [(route, body_rule(route, settings)) for route in routes]
+        self.routes = routes
+        self.rules: list[tuple[BaseRoute, BodyRule]] = []
 
     def rule_for(self, scope: Scope) -> BodyRule:
         """The rule of the route the router will run (the first full match), as Starlette matches."""
+        if len(self.rules) != len(self.routes):
+            self.rules = [(route, body_rule(route, self.settings)) for route in self.routes]
         for route, rule in self.rules:
             if route.matches(scope)[0] is Match.FULL:
                 return rule

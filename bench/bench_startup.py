@@ -1,16 +1,24 @@
 """Start-up time and memory of the API as its image starts it, against a bare FastAPI app (the floor),
 and the first POST /tweet_curated/ after a start against a warm one.
 
-    .venv/bin/python -m bench.bench_startup [--runs 7] [--warm-posts 5] [--venv .venv-api]
+    .venv/bin/python -m bench.bench_startup [--runs 7] [--warm-posts 5] [--venv .venv-api] [--app-dir DIR]
+        [--baseline CHECKOUT]
 
 Both apps start the way the Dockerfile's command does (`sh -c "exec uvicorn MODULE --port $PORT"`,
 LOG_FORMAT=json, from the files the image copies, compiled as its build compiles them), in the
 virtualenv given (default `.venv-api`, which tests/test_deploy.py builds from requirements.txt alone;
-`.venv` otherwise). Each run starts, in turn, the bare app, the API posting in dry run and the API
-posting to the fake X of tests/fake_x.py on loopback, and measures: the time from process start to
-the first 200 answer of GET /health, the server's resident memory (VmRSS) right then, and for the
-API the time of the first POST /tweet_curated/ sent right after that answer, then of `--warm-posts`
-more. The API runs on a migrated SQLite file holding enough queued tweets for every post.
+`.venv` otherwise). With `--app-dir` the API's files are taken as they are from that folder instead:
+inside the API image (`IMAGE_TEST_PARTS=startup make image-test`), its /app as its build compiled it,
+with the image's Python (`--venv` naming the prefix whose bin/ holds its uvicorn). `--baseline` starts
+another checkout's API too, in the same runs (a change's before and after, on a machine whose load varies):
+    git worktree add /tmp/before HEAD~1 && .venv/bin/python -m bench.bench_startup --baseline /tmp/before
+
+Each run starts, in turn, the bare app, the API posting in dry run and the API posting to the fake X of
+tests/fake_x.py on loopback, and measures: the time from process start to the first 200 answer of GET
+/health, the server's resident memory (VmRSS) and CPU time right then, and for the API the time
+(wall-clock and the server's CPU) of the first POST /tweet_curated/ sent right after that answer, then
+of `--warm-posts` more. The API runs on a migrated SQLite file holding enough queued tweets for every
+post.
 """
 from __future__ import annotations
 
@@ -49,22 +57,25 @@ def image_command() -> str:
     return json.loads(cmd_line[4:])[-1].replace("--host 0.0.0.0", "--host 127.0.0.1")
 
 
-def compiled_packages() -> list[str]:
+def compiled_packages(checkout: Path) -> list[str]:
     """What the Dockerfile's `python -m compileall` line compiles at build time."""
-    line = next(line for line in (REPO / "Dockerfile").read_text().splitlines() if "compileall" in line)
+    line = next(line for line in (checkout / "Dockerfile").read_text().splitlines() if "compileall" in line)
     return line.split("compileall", 1)[1].split()[1:]
 
 
-def stage_image_files(target: Path) -> None:
-    """Copy what the Dockerfile COPYs into `target`, as /app in the image."""
-    for line in (REPO / "Dockerfile").read_text().splitlines():
+def stage_image_files(checkout: Path, target: Path, environment: dict[str, str]) -> None:
+    """Copy what the checkout's Dockerfile COPYs into `target`, as /app in the image, and compile it
+    as the build does."""
+    target.mkdir()
+    for line in (checkout / "Dockerfile").read_text().splitlines():
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
-                origin = REPO / source
+                origin = checkout / source
                 if origin.is_dir():
                     shutil.copytree(origin, target / source, ignore=shutil.ignore_patterns("__pycache__"))
                 else:
                     shutil.copy(origin, target / source)
+    subprocess.run(["python", "-m", "compileall", "-q", *compiled_packages(checkout)], cwd=target, env=environment, check=True)
 
 
 def free_port() -> int:
@@ -126,12 +137,27 @@ def rss_mib(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
 
+def cpu_ms(pid: int) -> float:
+    """The CPU time the server's threads have run so far (nanosecond counters of the kernel's
+    schedstat): unlike a wall-clock time, hardly changed by what else the machine runs."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except FileNotFoundError:
+            pass  # a thread that just ended
+    return total / 1e6
+
+
 @dataclass
 class Start:
     health_ms: float
     rss_mib: float
+    health_cpu_ms: float
     first_post_ms: float | None = None
     warm_post_ms: float | None = None  # median of the warm posts
+    first_post_cpu_ms: float | None = None
+    warm_post_cpu_ms: float | None = None  # median of the warm posts
 
 
 def start_once(
@@ -153,10 +179,19 @@ def start_once(
             if time.perf_counter() - started > 60:
                 raise RuntimeError(f"{module} did not answer /health within 60 s")
             time.sleep(0.005)
-        result = Start((time.perf_counter() - started) * 1000, rss_mib(server.pid))
+        result = Start((time.perf_counter() - started) * 1000, rss_mib(server.pid), cpu_ms(server.pid))
+
+        def post_timed() -> tuple[float, float]:
+            """Wall-clock and server CPU milliseconds of one post."""
+            cpu_before = cpu_ms(server.pid)
+            elapsed = post_next_ms(port)
+            return elapsed, cpu_ms(server.pid) - cpu_before
+
         if warm_posts:
-            result.first_post_ms = post_next_ms(port)
-            result.warm_post_ms = statistics.median(post_next_ms(port) for _ in range(warm_posts))
+            result.first_post_ms, result.first_post_cpu_ms = post_timed()
+            warm = [post_timed() for _ in range(warm_posts)]
+            result.warm_post_ms = statistics.median(elapsed for elapsed, _ in warm)
+            result.warm_post_cpu_ms = statistics.median(cpu for _, cpu in warm)
         if before_stop is not None:
             before_stop(port)
         return result
@@ -179,16 +214,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--warm-posts", type=int, default=5)
     parser.add_argument("--venv", type=Path, default=REPO / ".venv-api")
+    parser.add_argument("--app-dir", type=Path, help="the API's files as an image holds them (its /app), used as they are")
+    parser.add_argument("--baseline", type=Path, help="another checkout (e.g. a git worktree of the commit before a change) started in the same runs")
     args = parser.parse_args()
     venv = args.venv if (args.venv / "bin" / "uvicorn").exists() else REPO / ".venv"
     fake_x = FakeX().start()
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        api_dir, bare_dir = scratch / "app", scratch / "bare"
-        api_dir.mkdir()
+        api_dir, bare_dir = args.app_dir or scratch / "app", scratch / "bare"
         bare_dir.mkdir()
-        stage_image_files(api_dir)
         (bare_dir / "bare.py").write_text(BARE_APP)
         environment = {
             "PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(scratch), "PYTHONUNBUFFERED": "1",
@@ -200,20 +235,26 @@ def main() -> None:
             **environment, "TWITTER_DRY_RUN": "false",
             **{name: str(value) for name, value in fake_x.settings_values().items()},
         }
-        # As the Dockerfile does: bytecode compiled at build time.
-        subprocess.run(["python", "-m", "compileall", "-q", *compiled_packages()], cwd=api_dir, env=environment, check=True)
+        if args.app_dir is None:
+            stage_image_files(REPO, api_dir, environment)
         subprocess.run(["python", "-m", "compileall", "-q", "bare.py"], cwd=bare_dir, env=environment, check=True)
         subprocess.run(["alembic", "upgrade", "head"], cwd=api_dir, env=environment, check=True, capture_output=True)
         command = image_command()
-        posts_per_start = 1 + args.warm_posts
-        queue = posts_per_start * 2 * (args.runs + 1)
-        # A first start of each fills the OS file cache (and queues the tweets to post); no bytecode is
-        # written (PYTHONDONTWRITEBYTECODE).
+        apps = {"bare:app": (bare_dir, environment, 0)}
+        checkouts = {"api": api_dir}
+        if args.baseline is not None:
+            checkouts = {"before": scratch / "before", **checkouts}
+            stage_image_files(args.baseline, checkouts["before"], environment)
+        for label, app_dir in checkouts.items():
+            apps[f"{label}, dry run"] = (app_dir, dry_run, args.warm_posts)
+            apps[f"{label}, fake X"] = (app_dir, against_fake_x, args.warm_posts)
+        posting_apps = [name for name in apps if name != "bare:app"]
+        queue = (1 + args.warm_posts) * len(posting_apps) * (args.runs + 1)
+        # A first start of each fills the OS file cache (the first also queues the tweets to post); no
+        # bytecode is written (PYTHONDONTWRITEBYTECODE).
         start_once(command, "api.main:app", api_dir, dry_run, before_stop=lambda port: upload_queue(port, queue))
-        start_once(command, "bare:app", bare_dir, environment)
-        start_once(command, "api.main:app", api_dir, against_fake_x, warm_posts=args.warm_posts)
-        apps = {"bare:app": (bare_dir, environment, 0), "api, dry run": (api_dir, dry_run, args.warm_posts),
-                "api, fake X": (api_dir, against_fake_x, args.warm_posts)}
+        for name, (cwd, env, warm_posts) in apps.items():
+            start_once(command, "bare:app" if name == "bare:app" else "api.main:app", cwd, env, warm_posts=warm_posts)
         results: dict[str, list[Start]] = {name: [] for name in apps}
         for _ in range(args.runs):
             for name, (cwd, env, warm_posts) in apps.items():
@@ -222,7 +263,11 @@ def main() -> None:
     fake_x.stop()
 
     print(f"virtualenv: {venv.relative_to(REPO) if venv.is_relative_to(REPO) else venv}; command: {command}")
-    print(f"{args.runs} runs, each starting the three in turn; figures are medians (min-max) over the runs;")
+    if args.app_dir is not None:
+        print(f"the API's files: {args.app_dir}, as they are")
+    if args.baseline is not None:
+        print(f"before: {args.baseline}")
+    print(f"{args.runs} runs, each starting the {len(apps)} in turn; figures are medians (min-max) over the runs;")
     print("ratios are per run (against the bare app started in the same run, or the same start's warm posts)\n")
     print(f"{'app':<16}{'start to /health (ms)':>26}{'x bare':>18}{'RSS then (MiB)':>24}{'x bare':>18}")
     bare = results["bare:app"]
@@ -234,13 +279,24 @@ def main() -> None:
             f"{spread([s.rss_mib for s in starts], 1):>24}{spread(memory_ratios, 2):>18}"
         )
     print(f"\n{'first post':<16}{'first (ms)':>22}{f'warm, median of {args.warm_posts} (ms)':>32}{'first / warm':>20}")
-    for name in ("api, dry run", "api, fake X"):
+    for name in posting_apps:
         starts = results[name]
         print(
             f"{name:<16}{spread([s.first_post_ms for s in starts], 1):>22}"
             f"{spread([s.warm_post_ms for s in starts], 1):>32}"
             f"{spread([s.first_post_ms / s.warm_post_ms for s in starts], 2):>20}"
         )
+    print("\nThe server's CPU time (all its threads), which the machine's other load hardly changes:")
+    print(f"{'app':<16}{'CPU to /health (ms)':>26}{'x bare':>18}{'first post (ms)':>22}{'warm (ms)':>18}{'first / warm':>20}")
+    for name, starts in results.items():
+        line = f"{name:<16}{spread([s.health_cpu_ms for s in starts]):>26}"
+        line += f"{spread([start.health_cpu_ms / base.health_cpu_ms for start, base in zip(starts, bare)], 2):>18}"
+        if name in posting_apps:
+            line += (
+                f"{spread([s.first_post_cpu_ms for s in starts], 1):>22}{spread([s.warm_post_cpu_ms for s in starts], 1):>18}"
+                f"{spread([s.first_post_cpu_ms / s.warm_post_cpu_ms for s in starts], 2):>20}"
+            )
+        print(line)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@
 #   py313     the API image on Python 3.13: the app imports and `pip check` passes.
 #   generator ml/Dockerfile with a bundled tiny run (needs .venv with the ML requirements to make the run)
 #             answers a generation request.
-# IMAGE_TEST_PARTS picks some of them (default: all, in that order).
+#   startup   (only when named) bench/bench_startup.py inside the API image: its /app and its Python against
+#             a bare FastAPI app in the same container; prints the figures, asserts none. IMAGE_TEST_BENCH_RUNS
+#             (default 7); IMAGE_TEST_BENCH_BASELINE=<another checkout> starts that one's API too (before/after).
+# IMAGE_TEST_PARTS picks some of them (default: all but startup, in that order).
 #
 # IMAGE_TEST_ENGINE=podman (default; installed with Debian's packages when missing, as root) or docker.
 # With podman, the bases are made here from Debian's packages (no image registry is needed): Python 3.11 from
@@ -445,6 +448,25 @@ test_py313() {
     say "Python $version: the API imports, pip check passes ($(image_size "$tag"))"
 }
 
+# ---------------------------------------------------------------- the start-up bench in the API image
+test_startup() {
+    if ! has_part api && ! has_part compose; then
+        step "build the API image on $BASE_311"
+        build_api "$BASE_311" "$API_TAG"
+    fi
+    step "the start-up bench inside the API image (this checkout's bench/ mounted read-only; ${IMAGE_TEST_BENCH_RUNS:-7} runs)"
+    # The bench and the fake X come from this checkout; the app, its packages and Python from the image.
+    local baseline=()
+    if [ -n "${IMAGE_TEST_BENCH_BASELINE:-}" ]; then
+        baseline=(-v "$(realpath "$IMAGE_TEST_BENCH_BASELINE"):/baseline:ro")
+    fi
+    if ! "$ENGINE" run --rm --network none --name "$PREFIX-startup" -v "$REPO:/bench:ro" "${baseline[@]}" -w /bench "$API_TAG" \
+        sh -c 'exec python -m bench.bench_startup --app-dir /app --runs "$0" --venv "$(dirname "$(dirname "$(command -v uvicorn)")")" \
+            ${1:+--baseline "$1"}' "${IMAGE_TEST_BENCH_RUNS:-7}" "${IMAGE_TEST_BENCH_BASELINE:+/baseline}" 2>&1 | tee "$LOGS/startup"; then
+        fail "the bench failed (log: $LOGS/startup)"
+    fi
+}
+
 # ---------------------------------------------------------------- the generation image
 test_generator() {
     local python="$REPO/.venv/bin/python" tag="localhost/$PREFIX-generator:latest" c="$PREFIX-generator"
@@ -486,5 +508,6 @@ has_part api || has_part compose && test_api
 has_part compose && test_compose
 has_part py313 && test_py313
 has_part generator && test_generator
+has_part startup && test_startup
 say "all passed: $PARTS"
 echo "image-test: $(wc -w <<<"$PARTS") passed, 0 failed"

@@ -19,9 +19,9 @@ from core.config import Settings
 from db import store
 from db.engine import make_engine, make_session_factory, temporary_schema
 from db.models import Base, Tweet, TweetStatus
-from tests.fake_bluesky import fake_bluesky  # noqa: F401 (fixture: the fake Bluesky PDS)
-from tests.fake_x import fake_x  # noqa: F401 (fixture: the fake X API server)
-from tests.fake_mastodon import fake_mastodon  # noqa: F401 (fixture: the fake Mastodon server)
+from tests.fake_bluesky import FakeBluesky
+from tests.fake_mastodon import FakeMastodon
+from tests.fake_x import FakeX
 
 TOKEN = "test-token-0123456789abcdef"
 ACCOUNT = "test_bot"
@@ -61,6 +61,30 @@ def empty_engine(backend, tmp_path) -> Iterator[Engine]:
 def engine(empty_engine) -> Engine:
     Base.metadata.create_all(empty_engine)
     return empty_engine
+
+
+@pytest.fixture
+def fake_x() -> Iterator[FakeX]:
+    """A running fake X API; point Settings at it with `settings_values.update(fake_x.settings_values())`."""
+    server = FakeX().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_mastodon() -> Iterator[FakeMastodon]:
+    """A running fake Mastodon; `MastodonDestination(fake_mastodon.base_url, ACCESS_TOKEN, timeout)` posts to it."""
+    server = FakeMastodon().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_bluesky() -> Iterator[FakeBluesky]:
+    """A running fake PDS; point a BlueskyDestination at `fake_bluesky.base_url`."""
+    server = FakeBluesky().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

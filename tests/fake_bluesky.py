@@ -24,11 +24,9 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler
 
-import pytest
 from atproto_client.models.string_formats import TID_RE
 
 from core.tweet_text import BLUESKY_MAX_BYTES, BLUESKY_MAX_GRAPHEMES, grapheme_count
@@ -306,11 +304,3 @@ class FakeBluesky(FakeX):
         if stored is None:
             return xrpc_error(400, "RecordNotFound", f"Could not locate record: at://{DID}/{collection}/{rkey}")
         return FakeResponse(200, stored)
-
-
-@pytest.fixture
-def fake_bluesky() -> Iterator[FakeBluesky]:
-    """A running fake PDS; point a BlueskyDestination at `fake_bluesky.base_url`."""
-    server = FakeBluesky().start()
-    yield server
-    server.stop()

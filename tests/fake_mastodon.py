@@ -17,13 +17,12 @@ import dataclasses
 import html
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs
 
-import pytest
 
 from core.tweet_text import MASTODON_MAX_CHARACTERS, mastodon_length
 from tests.fake_x import FakeResponse, FakeX, ReceivedRequest, Route
@@ -206,11 +205,3 @@ class FakeMastodon(FakeX):
             **response.headers,
         }
         super()._send(http, dataclasses.replace(response, headers=headers))
-
-
-@pytest.fixture
-def fake_mastodon() -> Iterator[FakeMastodon]:
-    """A running fake Mastodon; `MastodonDestination(fake_mastodon.base_url, ACCESS_TOKEN, timeout)` posts to it."""
-    server = FakeMastodon().start()
-    yield server
-    server.stop()

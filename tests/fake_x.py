@@ -28,12 +28,11 @@ import sys
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 from oauthlib.oauth1.rfc5849 import signature as oauth_signature
 from oauthlib.oauth1.rfc5849 import utils as oauth_utils
 
@@ -450,11 +449,3 @@ class _Server(ThreadingHTTPServer):
         """A client that gave up (timeout tests) closes its socket mid-answer: expected, not news."""
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
-
-
-@pytest.fixture
-def fake_x() -> Iterator[FakeX]:
-    """A running fake X API; point Settings at it with `settings_values.update(fake_x.settings_values())`."""
-    server = FakeX().start()
-    yield server
-    server.stop()
