@@ -1,15 +1,17 @@
 """A storm of concurrent POST /tweet_curated/ calls on Postgres, with a fake X answering at once.
 
     .venv/bin/python -m bench.post_storm [--calls 300] [--tweets 120] [--concurrency 50]
-        [--sends-per-key 2] [--postgres postgresql://postgres@127.0.0.1:5432/test]
+        [--sends-per-key 2] [--destinations x] [--postgres postgresql://postgres@127.0.0.1:5432/test]
 
 For each driver (psycopg2, pg8000): a fresh Postgres schema (dropped after) with `--tweets`
-queued tweets, the app under a real uvicorn server, and the fake X API of tests/fake_x.py.
+queued tweets, the app under a real uvicorn server, and the fake X API of tests/fake_x.py
+(with `--destinations x,mastodon,bluesky`, also the fake Mastodon and the fake Bluesky PDS of
+tests/fake_mastodon.py and tests/fake_bluesky.py: every call posts its tweet to all three).
 `--calls` requests go out from `--concurrency` threads of a separate client process (the
 server process also hosts the fake X); each idempotency key is sent
 `--sends-per-key` times (a scheduler's retries), so some calls must be answered as replays.
 Prints the answers by status, p50/p99 latency, posts per second and the duplicate count
-(texts X received more than once, or posted tweets sharing a key: must be 0). The baseline
+(texts a destination received more than once, or posted tweets sharing a key: must be 0). The baseline
 is the same storm sent by one thread, measured in the same run.
 """
 from __future__ import annotations
@@ -32,6 +34,10 @@ from bench.serving import serve_in_thread
 from core.config import Settings
 from db.engine import make_session_factory, temporary_schema
 from db.models import Base, Tweet, TweetStatus, utcnow
+from posting.job import post_next
+from posting.outcomes import PostOutcome
+from tests.fake_bluesky import APP_PASSWORD as BLUESKY_APP_PASSWORD, HANDLE as BLUESKY_HANDLE, FakeBluesky
+from tests.fake_mastodon import FakeMastodon
 from tests.fake_x import FakeX
 
 TOKEN = "bench-token-0123456789"
@@ -69,21 +75,48 @@ def fire(base: str, keys: list[str], concurrency: int) -> tuple[list[tuple[int, 
     return answers, time.perf_counter() - started
 
 
-def storm(url: str, *, calls: int, tweets: int, concurrency: int, sends_per_key: int) -> dict:
+def storm(url: str, *, calls: int, tweets: int, concurrency: int, sends_per_key: int,
+          destinations: tuple[str, ...] = ("x",)) -> dict:
     """Run one storm on a fresh schema; returns its figures."""
     with temporary_schema(url, prefix="storm", pool_size=20, max_overflow=40) as engine:
-        return _storm(engine, calls=calls, tweets=tweets, concurrency=concurrency, sends_per_key=sends_per_key)
+        return _storm(engine, calls=calls, tweets=tweets, concurrency=concurrency, sends_per_key=sends_per_key,
+                      destinations=destinations)
 
 
-def _storm(engine, *, calls: int, tweets: int, concurrency: int, sends_per_key: int) -> dict:
-    fake_x = FakeX().start()
+def texts_received(fakes: dict) -> dict[str, Counter]:
+    """How many times each destination received each text: POST attempts on X (the fake refuses a
+    repeated text, which would hide a second post), statuses and records made on Mastodon and Bluesky."""
+    received = {"x": Counter(r.json["text"] for r in fakes["x"].post_attempts)}
+    if "mastodon" in fakes:
+        received["mastodon"] = Counter(status["text"] for status in fakes["mastodon"].posted)
+    if "bluesky" in fakes:
+        received["bluesky"] = Counter(record["value"]["text"] for record in fakes["bluesky"].records.values())
+    return received
+
+
+def _storm(engine, *, calls: int, tweets: int, concurrency: int, sends_per_key: int,
+           destinations: tuple[str, ...]) -> dict:
+    fakes = {"x": FakeX().start()}
+    if "mastodon" in destinations:
+        fakes["mastodon"] = FakeMastodon().start()
+    if "bluesky" in destinations:
+        fakes["bluesky"] = FakeBluesky().start()
     try:
         Base.metadata.create_all(engine)
-        seed(engine, tweets)
-        settings = Settings(
-            SECRET_TOKEN=TOKEN, ACCOUNT=ACCOUNT, TWEET_ORDER="random", _env_file=None,
-            **fake_x.settings_values(timeout=10),
-        )
+        # Bluesky: one post before the storm stores the bot's session, as a bot that posted before has it.
+        # A cold storm logs in once per concurrent call (32 logins with 50 threads), past Bluesky's 30 per
+        # 5 minutes: its late calls get 429 and their tweets wait in the queue.
+        warm_up = int("bluesky" in fakes)
+        seed(engine, tweets + warm_up)
+        values = {**fakes["x"].settings_values(timeout=10), "DESTINATIONS": ",".join(destinations)}
+        if "mastodon" in fakes:
+            values.update(fakes["mastodon"].settings_values(timeout=10))
+        if "bluesky" in fakes:
+            values.update(BLUESKY_PDS_URL=fakes["bluesky"].base_url, BLUESKY_HANDLE=BLUESKY_HANDLE,
+                          BLUESKY_APP_PASSWORD=BLUESKY_APP_PASSWORD, BLUESKY_TIMEOUT_SECONDS=10)
+        settings = Settings(SECRET_TOKEN=TOKEN, ACCOUNT=ACCOUNT, TWEET_ORDER="random", _env_file=None, **values)
+        if warm_up:
+            assert post_next(session_factory=make_session_factory(engine), settings=settings).outcome is PostOutcome.posted
         app = create_app(settings, engine=engine, configure_logs=False)
         keys = [f"run-{n // sends_per_key}" for n in range(calls)]
         with serve_in_thread(app) as base, ProcessPoolExecutor(1, mp_context=get_context("spawn")) as clients:
@@ -93,23 +126,28 @@ def _storm(engine, *, calls: int, tweets: int, concurrency: int, sends_per_key: 
             posted = session.execute(
                 select(Tweet.text, Tweet.idempotency_key).where(Tweet.status == TweetStatus.posted)
             ).all()
-        texts_sent = Counter(r.json["text"] for r in fake_x.post_attempts)
+        received = texts_received(fakes)
         keys_posted = Counter(key for _text, key in posted)
-        duplicates = sum(n - 1 for n in texts_sent.values()) + sum(n - 1 for n in keys_posted.values())
+        duplicates = sum(n - 1 for texts in received.values() for n in texts.values())
+        duplicates += sum(n - 1 for n in keys_posted.values())
         latencies = sorted(seconds for _status, seconds in answers)
-        expected_posts = min(tweets, len(set(keys)))
-        assert len(posted) == len(fake_x.posted) == expected_posts, (len(posted), len(fake_x.posted))
+        expected_posts = min(tweets, len(set(keys))) + warm_up
+        assert len(posted) == expected_posts, (len(posted), expected_posts)
+        assert all(len(texts) == expected_posts for texts in received.values()), {
+            network: len(texts) for network, texts in received.items()}
         return {
             "statuses": dict(sorted(Counter(status for status, _seconds in answers).items())),
             "p50_ms": 1000 * statistics.median(latencies),
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-            "posts_per_s": len(fake_x.posted) / elapsed,
+            "posts_per_s": (len(posted) - warm_up) / elapsed,
             "calls_per_s": calls / elapsed,
-            "posts": len(fake_x.posted),
+            "posts": len(posted) - warm_up,
             "duplicates": duplicates,
+            "bluesky_logins": fakes["bluesky"].create_session_calls if "bluesky" in fakes else None,
         }
     finally:
-        fake_x.stop()
+        for fake in fakes.values():
+            fake.stop()
 
 
 def main() -> None:
@@ -118,14 +156,18 @@ def main() -> None:
     parser.add_argument("--tweets", type=int, default=120)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--sends-per-key", type=int, default=2)
+    parser.add_argument("--destinations", default="x",
+                        help="x, or x,mastodon,bluesky: every call posts its tweet to each (fakes on loopback)")
     parser.add_argument(
         "--postgres",
         default=os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
     )
     args = parser.parse_args()
     pg = make_url(args.postgres)
+    destinations = tuple(name.strip() for name in args.destinations.split(","))
+    fakes = ", ".join({"x": "X", "mastodon": "Mastodon", "bluesky": "Bluesky"}[name] for name in destinations)
     print(f"{args.calls} calls, {args.calls // args.sends_per_key} idempotency keys (each sent {args.sends_per_key}x), "
-          f"{args.tweets} queued tweets, fake X answering at once")
+          f"{args.tweets} queued tweets, each posted to {fakes} (fakes on loopback answering at once)")
     print(f"{'driver':<10}{'threads':>8}{'answers by status':>28}{'p50 ms':>9}{'p99 ms':>9}"
           f"{'posts/s':>9}{'calls/s':>9}{'posts':>7}{'dups':>6}")
     for driver in ("psycopg2", "pg8000"):
@@ -133,12 +175,13 @@ def main() -> None:
         rows = {}
         for threads in (1, args.concurrency):
             figures = storm(url, calls=args.calls, tweets=args.tweets, concurrency=threads,
-                            sends_per_key=args.sends_per_key)
+                            sends_per_key=args.sends_per_key, destinations=destinations)
             rows[threads] = figures
             statuses = " ".join(f"{status}:{n}" for status, n in figures["statuses"].items())
             print(f"{driver:<10}{threads:>8}{statuses:>28}{figures['p50_ms']:>9.1f}{figures['p99_ms']:>9.1f}"
                   f"{figures['posts_per_s']:>9.1f}{figures['calls_per_s']:>9.1f}{figures['posts']:>7}"
-                  f"{figures['duplicates']:>6}")
+                  f"{figures['duplicates']:>6}"
+                  + (f"  Bluesky logins: {figures['bluesky_logins']}" if figures["bluesky_logins"] is not None else ""))
         ratio = rows[args.concurrency]["calls_per_s"] / rows[1]["calls_per_s"]
         print(f"{driver:<10}calls/s with {args.concurrency} threads vs 1 thread (baseline): {ratio:.1f}x")
 

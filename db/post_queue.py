@@ -164,6 +164,8 @@ def requeue_deliveries(session: Session, tweet: Tweet) -> None:
     repeated post with the one they already have."""
     for delivery in tweet.deliveries:
         if delivery.status is not DeliveryStatus.posted:
+            if delivery.status is DeliveryStatus.unconfirmed:
+                delivery.claimed_at = None  # the operator found it not there: post it, whenever that is
             delivery.status = DeliveryStatus.queued
             delivery.error = None
     session.flush()
@@ -239,8 +241,16 @@ def record_delivered(
     session.flush()
 
 
-def record_delivery_failed(session: Session, delivery: Delivery, status: DeliveryStatus, *, reason: str) -> None:
-    """Not posted there: `queued` (retry later, same key), `rejected` (never) or `unconfirmed` (maybe)."""
+def record_delivery_failed(
+    session: Session, delivery: Delivery, status: DeliveryStatus, *, reason: str, first_attempt: datetime | None = None
+) -> None:
+    """Not posted there: `queued` (retry later, same key), `rejected` (never) or `unconfirmed` (maybe).
+
+    `first_attempt` (queued): when the first attempt that may have landed was made, None when none may
+    have; posting later than the network keeps the key is then refused (posting/job.py).
+    """
     delivery.status = status
     delivery.error = reason
+    if status is DeliveryStatus.queued:
+        delivery.claimed_at = first_attempt
     session.flush()

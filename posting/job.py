@@ -30,7 +30,8 @@ How "exactly once" holds:
   the delivery and the tweet become `unconfirmed` and are never re-posted automatically: an
   operator checks and sets it to posted or queued. Except where the delivery's key makes a
   repeat harmless (Bluesky's record key always, Mastodon's Idempotency-Key within the hour it is
-  kept): there the delivery stays queued with its key, and the next run's post finds the first.
+  kept): there the delivery stays queued with its key, and the next run's post finds the first;
+  a run that comes after that hour makes the delivery unconfirmed instead of posting.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import tweepy
 from sqlalchemy.exc import SQLAlchemyError
@@ -98,7 +100,8 @@ def posted_message(tweet: Tweet) -> str:
     x = next((d for d in tweet.deliveries if d.destination == "x"), None)
     if x is None and deliveries:
         return f"Tweet {tweet.id} posted: " + "; ".join(_delivery_line(d) for d in deliveries)
-    if x is not None and x.status is not DeliveryStatus.posted:
+    # X's own line unless it is posted with neither a link nor a dry run: an operator confirmed it.
+    if x is not None and (x.status is not DeliveryStatus.posted or x.dry_run or x.url is not None):
         return f"Tweet {tweet.id} posted; {_delivery_line(x)}{elsewhere}"
     return f"Tweet {tweet.id} was posted (confirmed by an operator; X's id was not recorded){elsewhere}"
 
@@ -317,17 +320,27 @@ def _deliver_one(
                 lambda: record_delivered(session, delivery, None, dry_run=True), whose=name)
         return None
     client = clients[network]
+    # claimed_at is set while an earlier attempt may have landed (its answer was lost): past the time the
+    # network keeps the key, posting again could make a second post.
+    if delivery.claimed_at is not None and not _repeat_is_harmless(delivery, client):
+        reason = (f"{name}: an earlier attempt's answer was lost, and {name} no longer recognises its key "
+                  f"(attempted {delivery.claimed_at.isoformat(timespec='seconds')}): it may have the post")
+        _settle(session, tweet, reason, PostOutcome.unconfirmed,
+                lambda: record_delivery_failed(session, delivery, DeliveryStatus.unconfirmed, reason=reason), whose=name)
+        log.warning("tweet %s on %s: unconfirmed (%s)", tweet.id, name, reason)
+        return None
+    earlier_attempt = delivery.claimed_at
     seed = f"{bot.name}/{run_key or f'tweet {tweet.id} claimed {tweet.claimed_at.isoformat()}'}/{network}"
     start_delivery(session, delivery, key=delivery.key or client.new_key(seed))
     session.commit()
     try:
         remote = client.post(tweet.text, key=delivery.key)
     except DeliveryFailed as failed:
-        return _record_failure(session, tweet, delivery, failed.error, client)
+        return _record_failure(session, tweet, delivery, failed.error, client, earlier_attempt)
     except Exception as exc:  # a bug in a client: the network may have acted
         log.exception("posting tweet %s to %s failed unexpectedly", tweet.id, name)
         error = DeliveryError(ErrorKind.unknown_outcome, f"unexpected {type(exc).__name__} while posting to {name}: {exc}")
-        return _record_failure(session, tweet, delivery, error, client)
+        return _record_failure(session, tweet, delivery, error, client, earlier_attempt)
     _record_success(session, tweet, delivery, remote)
     return None
 
@@ -347,7 +360,8 @@ def _record_success(session: Session, tweet: Tweet, delivery: Delivery, remote: 
 
 
 def _record_failure(
-    session: Session, tweet: Tweet, delivery: Delivery, error: DeliveryError, client: Destination
+    session: Session, tweet: Tweet, delivery: Delivery, error: DeliveryError, client: Destination,
+    earlier_attempt: datetime | None,
 ) -> DeliveryError:
     """Settle one delivery as the network's answer implies: rejected, unconfirmed, or queued again."""
     name = NETWORK_NAMES[delivery.destination]
@@ -358,8 +372,10 @@ def _record_failure(
     else:
         status, outcome = DeliveryStatus.queued, _requeued_answer(tweet, delivery.destination, error)[0]
     reason = error.message if delivery.destination == "x" else f"{name}: {error.message}"
-    _settle(session, tweet, reason, outcome, lambda: record_delivery_failed(session, delivery, status, reason=reason),
-            whose=name)
+    # An attempt that made nothing (a rate limit, a refusal...) leaves the time of an earlier one that may have.
+    first_attempt = delivery.claimed_at if error.kind is ErrorKind.unknown_outcome else earlier_attempt
+    _settle(session, tweet, reason, outcome, lambda: record_delivery_failed(
+        session, delivery, status, reason=reason, first_attempt=first_attempt), whose=name)
     if status is not DeliveryStatus.queued:  # a failure worth retrying is logged with the run's answer
         log.warning("tweet %s on %s: %s (%s)", tweet.id, name, status.value, error.message)
     return error

@@ -102,6 +102,8 @@ class FakeX:
         self.requests: list[ReceivedRequest] = []
         self.posted: list[dict] = []  # {"id", "text"} of every tweet created, in order
         self.rate_limit = {"limit": 100, "remaining": 99}
+        # The accounts that may post: access token -> its secret (one app, CONSUMER_KEY, for all of them).
+        self.access_secrets: dict[str, str] = {ACCESS_KEY: ACCESS_SECRET}
         self._routes: list[Route] = []
         self._canned: dict[tuple[str, str], deque[FakeResponse]] = defaultdict(deque)
         self._lock = threading.Lock()
@@ -399,7 +401,7 @@ class FakeX:
             and params["oauth_timestamp"].isdigit()
             and abs(int(params["oauth_timestamp"]) - time.time()) < 300
         )
-        if not well_formed or params["oauth_consumer_key"] != CONSUMER_KEY or params["oauth_token"] != ACCESS_KEY:
+        if not well_formed or params["oauth_consumer_key"] != CONSUMER_KEY or params["oauth_token"] not in self.access_secrets:
             return self.unauthorized()
         collected = oauth_signature.collect_parameters(
             uri_query=request.query_string, headers={"Authorization": header}, exclude_oauth_signature=True
@@ -409,7 +411,7 @@ class FakeX:
             oauth_signature.base_string_uri(f"http://{host}{request.path}"),
             oauth_signature.normalize_parameters(collected),
         )
-        key = f"{oauth_utils.escape(CONSUMER_SECRET)}&{oauth_utils.escape(ACCESS_SECRET)}"
+        key = f"{oauth_utils.escape(CONSUMER_SECRET)}&{oauth_utils.escape(self.access_secrets[params['oauth_token']])}"
         expected = base64.b64encode(hmac.new(key.encode(), base.encode(), hashlib.sha1).digest()).decode()
         with self._lock:
             replayed = params["oauth_nonce"] in self._nonces
