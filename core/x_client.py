@@ -9,6 +9,7 @@ answered: a caller must always be able to settle what it was doing.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from datetime import datetime, timedelta, timezone
@@ -237,7 +238,8 @@ class XDestination:
         self.account = account
 
     def new_key(self, seed: str) -> str:
-        return seed  # sent nowhere: it only names the delivery's attempts in the database
+        """Sent nowhere (X takes no key): it only names the delivery's attempts in the database."""
+        return hashlib.sha256(seed.encode()).hexdigest()
 
     def post(self, text: str, *, key: str) -> RemotePost:
         try:

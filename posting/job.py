@@ -65,7 +65,13 @@ from db.post_queue import (
     start_delivery,
     sweep_stale_posts,
 )
-from posting.destinations import NETWORK_NAMES, make_destinations, missing_configuration, text_problem
+from posting.destinations import (
+    NETWORK_NAMES,
+    dry_run_variable,
+    make_destinations,
+    missing_configuration,
+    text_problem,
+)
 from posting.outcomes import PostOutcome
 
 log = logging.getLogger(__name__)
@@ -122,12 +128,14 @@ def unconfirmed_message(tweet: Tweet) -> str:
 def log_posting_configuration(settings: Settings) -> None:
     """Say once, at start, how posting will behave for each bot."""
     for bot in settings.bots.values():
+        label = f"bot {bot.name}: " if len(settings.bots) > 1 else ""
         problem = missing_configuration(bot)
         if problem:
-            log.warning("bot %s: %s; its posting calls will answer 503", bot.name, problem)
-        dry = [NETWORK_NAMES[network] for network in bot.destinations if bot.dry_run(network)]
-        if dry:
-            log.info("bot %s: dry run on %s: posts there are recorded as dry runs and never sent", bot.name, ", ".join(dry))
+            log.warning("%s%s; posting calls will answer 503", label, problem)
+        for network in bot.destinations:
+            if bot.dry_run(network):
+                log.info("%s%s is on: posts are recorded as dry runs and never sent to %s",
+                         label, dry_run_variable(bot, network), NETWORK_NAMES[network])
 
 
 def post_next(
@@ -327,7 +335,6 @@ def _deliver_one(
                   f"(attempted {delivery.claimed_at.isoformat(timespec='seconds')}): it may have the post")
         _settle(session, tweet, reason, PostOutcome.unconfirmed,
                 lambda: record_delivery_failed(session, delivery, DeliveryStatus.unconfirmed, reason=reason), whose=name)
-        log.warning("tweet %s on %s: unconfirmed (%s)", tweet.id, name, reason)
         return None
     earlier_attempt = delivery.claimed_at
     seed = f"{bot.name}/{run_key or f'tweet {tweet.id} claimed {tweet.claimed_at.isoformat()}'}/{network}"
@@ -336,11 +343,11 @@ def _deliver_one(
     try:
         remote = client.post(tweet.text, key=delivery.key)
     except DeliveryFailed as failed:
-        return _record_failure(session, tweet, delivery, failed.error, client, earlier_attempt)
+        return _record_failure(session, bot, tweet, delivery, failed.error, client, earlier_attempt)
     except Exception as exc:  # a bug in a client: the network may have acted
         log.exception("posting tweet %s to %s failed unexpectedly", tweet.id, name)
         error = DeliveryError(ErrorKind.unknown_outcome, f"unexpected {type(exc).__name__} while posting to {name}: {exc}")
-        return _record_failure(session, tweet, delivery, error, client, earlier_attempt)
+        return _record_failure(session, bot, tweet, delivery, error, client, earlier_attempt)
     _record_success(session, tweet, delivery, remote)
     return None
 
@@ -356,11 +363,11 @@ def _record_success(session: Session, tweet: Tweet, delivery: Delivery, remote: 
             name, tweet.id, remote.id, remote.url,
         )
         raise
-    log.info("posted tweet %s to %s as %s", tweet.id, name, remote.url)
+    log.info("posted tweet %s as %s", tweet.id, remote.url)
 
 
 def _record_failure(
-    session: Session, tweet: Tweet, delivery: Delivery, error: DeliveryError, client: Destination,
+    session: Session, bot: BotSettings, tweet: Tweet, delivery: Delivery, error: DeliveryError, client: Destination,
     earlier_attempt: datetime | None,
 ) -> DeliveryError:
     """Settle one delivery as the network's answer implies: rejected, unconfirmed, or queued again."""
@@ -376,7 +383,9 @@ def _record_failure(
     first_attempt = delivery.claimed_at if error.kind is ErrorKind.unknown_outcome else earlier_attempt
     _settle(session, tweet, reason, outcome, lambda: record_delivery_failed(
         session, delivery, status, reason=reason, first_attempt=first_attempt), whose=name)
-    if status is not DeliveryStatus.queued:  # a failure worth retrying is logged with the run's answer
+    # The tweet's own log line says it all for one destination, and a failure worth retrying is
+    # logged with the run's answer.
+    if status is not DeliveryStatus.queued and len(bot.destinations) > 1:
         log.warning("tweet %s on %s: %s (%s)", tweet.id, name, status.value, error.message)
     return error
 
@@ -402,7 +411,8 @@ def _settle_tweet(
             reason = "; ".join(d.error for d in deliveries)
             _settle(session, tweet, reason, PostOutcome.texts_refused,
                     lambda: record_rejected(session, tweet, reason=reason))
-            log.warning("every destination refused the text of tweet %s (now rejected): %s", tweet.id, reason)
+            who = NETWORK_NAMES[deliveries[0].destination] if len(deliveries) == 1 else "every destination"
+            log.warning("%s refused the text of tweet %s (now rejected): %s", who, tweet.id, reason)
             return None
         x = next((d for d in deliveries if d.destination == "x" and d.status is DeliveryStatus.posted), None)
         dry_run = all(d.dry_run for d in deliveries if d.status is DeliveryStatus.posted)
