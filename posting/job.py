@@ -248,7 +248,8 @@ def _claim(session: Session, settings: Settings, bot: BotSettings, key: str | No
         session.commit()
         return PostResult(
             PostOutcome.queue_busy,
-            "the queued tweets are being changed on the curation page right now; ask again in a few seconds",
+            "every queued tweet is locked right now (a change on the curation page, or another posting call's "
+            "claim); ask again in a few seconds",
             retry_after=QUEUE_BUSY_RETRY_SECONDS,
         )
     if tweet is None and key is not None:

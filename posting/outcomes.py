@@ -31,7 +31,7 @@ class PostOutcome(str, enum.Enum):
     posted          a tweet was posted (or recorded as a dry run); `tweet` says which
     queue_empty     no queued tweet is left
     in_flight       an earlier call with the same idempotency key is still posting
-    queue_busy      every queued tweet is locked by a curator's change at this moment; ask again
+    queue_busy      every queued tweet is locked at this moment (a curator's change, another call's claim); ask again
     key_reused      the key belongs to a tweet an operator has since moved (e.g. closed an
                     unconfirmed one); nothing posted
     not_configured  X credentials are missing and TWITTER_DRY_RUN is off

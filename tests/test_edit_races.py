@@ -226,7 +226,7 @@ def test_a_run_while_a_curator_holds_the_only_queued_tweet_is_retried_not_rememb
         store.get_tweet(curator, tweet_id, for_update=True)
         busy = post_next(session_factory=session_factory, settings=settings, idempotency_key="run-1")
     assert (busy.outcome, busy.retry_after) == (PostOutcome.queue_busy, QUEUE_BUSY_RETRY_SECONDS)
-    assert busy.message.startswith("the queued tweets are being changed on the curation page")
+    assert busy.message.startswith("every queued tweet is locked right now (a change on the curation page")
     assert busy.message.endswith("ask again in a few seconds")
     retried = post_next(session_factory=session_factory, settings=settings, idempotency_key="run-1")
     assert retried.outcome is PostOutcome.posted and retried.tweet.id == tweet_id

@@ -21,8 +21,8 @@ RESPONSES = {
     409: {"description": "A call with the same idempotency key is still posting (or its tweet was since moved)."},
     502: {"description": "A network refused the texts, the credentials, failed, or its answer was lost (tweet "
                          "unconfirmed). Destinations that took the tweet keep it: a retry posts only where it is missing."},
-    503: {"description": "X's rate limit, or the queued tweets are being changed on the curation page "
-                         "(see Retry-After), or X credentials are not set."},
+    503: {"description": "A network's rate limit, or every queued tweet locked at that instant by a curator's change "
+                         "or another call's claim (see Retry-After), or a destination's credentials are not set."},
 }
 KeyHeader = Annotated[IdempotencyKeyText | None, Header()]
 
