@@ -158,3 +158,23 @@ def test_runs_in_separate_processes_with_no_stored_session_log_in_once(fake_blue
         child.join(30)
     assert sorted(posted) == sorted(fake_bluesky.records), posted
     assert fake_bluesky.create_session_calls == 1
+
+
+def test_stores_on_one_in_memory_database_share_this_process_login_lock():
+    """No file to lock beside an in-memory SQLite database: the lock is this process's, per bot and network."""
+    from sqlalchemy.pool import StaticPool
+
+    from posting.login_locks import LoginLockTimeout
+
+    engine = make_engine("sqlite://", poolclass=StaticPool)
+    session_factory = make_session_factory(engine)
+    bob = DatabaseSessionStore(session_factory, account="bob", network="bluesky")
+    with database_store(session_factory).login_lock(timeout=1):
+        with pytest.raises(LoginLockTimeout):
+            with database_store(session_factory).login_lock(timeout=0.05):
+                pass
+        with bob.login_lock(timeout=1):  # another bot's lock is free
+            pass
+    with database_store(session_factory).login_lock(timeout=0.05):  # released
+        pass
+    engine.dispose()
