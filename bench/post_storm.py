@@ -1,12 +1,14 @@
 """A storm of concurrent POST /tweet_curated/ calls on Postgres, with a fake X answering at once.
 
     .venv/bin/python -m bench.post_storm [--calls 300] [--tweets 120] [--concurrency 50]
-        [--sends-per-key 2] [--destinations x] [--postgres postgresql://postgres@127.0.0.1:5432/test]
+        [--sends-per-key 2] [--destinations x] [--bluesky-session stored]
+        [--postgres postgresql://postgres@127.0.0.1:5432/test]
 
 For each driver (psycopg2, pg8000): a fresh Postgres schema (dropped after) with `--tweets`
 queued tweets, the app under a real uvicorn server, and the fake X API of tests/fake_x.py
 (with `--destinations x,mastodon,bluesky`, also the fake Mastodon and the fake Bluesky PDS of
-tests/fake_mastodon.py and tests/fake_bluesky.py: every call posts its tweet to all three).
+tests/fake_mastodon.py and tests/fake_bluesky.py: every call posts its tweet to all three;
+`--bluesky-session none` starts the storm with no stored Bluesky session, `stored` after one post).
 `--calls` requests go out from `--concurrency` threads of a separate client process (the
 server process also hosts the fake X); each idempotency key is sent
 `--sends-per-key` times (a scheduler's retries), so some calls must be answered as replays.
@@ -76,11 +78,11 @@ def fire(base: str, keys: list[str], concurrency: int) -> tuple[list[tuple[int, 
 
 
 def storm(url: str, *, calls: int, tweets: int, concurrency: int, sends_per_key: int,
-          destinations: tuple[str, ...] = ("x",)) -> dict:
+          destinations: tuple[str, ...] = ("x",), bluesky_session: str = "stored") -> dict:
     """Run one storm on a fresh schema; returns its figures."""
     with temporary_schema(url, prefix="storm", pool_size=20, max_overflow=40) as engine:
         return _storm(engine, calls=calls, tweets=tweets, concurrency=concurrency, sends_per_key=sends_per_key,
-                      destinations=destinations)
+                      destinations=destinations, bluesky_session=bluesky_session)
 
 
 def texts_received(fakes: dict) -> dict[str, Counter]:
@@ -95,7 +97,7 @@ def texts_received(fakes: dict) -> dict[str, Counter]:
 
 
 def _storm(engine, *, calls: int, tweets: int, concurrency: int, sends_per_key: int,
-           destinations: tuple[str, ...]) -> dict:
+           destinations: tuple[str, ...], bluesky_session: str) -> dict:
     fakes = {"x": FakeX().start()}
     if "mastodon" in destinations:
         fakes["mastodon"] = FakeMastodon().start()
@@ -103,10 +105,9 @@ def _storm(engine, *, calls: int, tweets: int, concurrency: int, sends_per_key: 
         fakes["bluesky"] = FakeBluesky().start()
     try:
         Base.metadata.create_all(engine)
-        # Bluesky: one post before the storm stores the bot's session, as a bot that posted before has it.
-        # A cold storm logs in once per concurrent call (32 logins with 50 threads), past Bluesky's 30 per
-        # 5 minutes: its late calls get 429 and their tweets wait in the queue.
-        warm_up = int("bluesky" in fakes)
+        # Bluesky: with a stored session (one post before the storm stores it, as a bot that posted
+        # before has it) or none (every run of the storm finds no session: one of them logs in).
+        warm_up = int("bluesky" in fakes and bluesky_session == "stored")
         seed(engine, tweets + warm_up)
         values = {**fakes["x"].settings_values(timeout=10), "DESTINATIONS": ",".join(destinations)}
         if "mastodon" in fakes:
@@ -132,7 +133,8 @@ def _storm(engine, *, calls: int, tweets: int, concurrency: int, sends_per_key: 
         duplicates += sum(n - 1 for n in keys_posted.values())
         latencies = sorted(seconds for _status, seconds in answers)
         expected_posts = min(tweets, len(set(keys))) + warm_up
-        assert len(posted) == expected_posts, (len(posted), expected_posts)
+        bluesky_logins = fakes["bluesky"].create_session_calls if "bluesky" in fakes else None
+        assert len(posted) == expected_posts, (len(posted), expected_posts, f"Bluesky logins: {bluesky_logins}")
         assert all(len(texts) == expected_posts for texts in received.values()), {
             network: len(texts) for network, texts in received.items()}
         return {
@@ -143,7 +145,7 @@ def _storm(engine, *, calls: int, tweets: int, concurrency: int, sends_per_key: 
             "calls_per_s": calls / elapsed,
             "posts": len(posted) - warm_up,
             "duplicates": duplicates,
-            "bluesky_logins": fakes["bluesky"].create_session_calls if "bluesky" in fakes else None,
+            "bluesky_logins": bluesky_logins,
         }
     finally:
         for fake in fakes.values():
@@ -158,6 +160,8 @@ def main() -> None:
     parser.add_argument("--sends-per-key", type=int, default=2)
     parser.add_argument("--destinations", default="x",
                         help="x, or x,mastodon,bluesky: every call posts its tweet to each (fakes on loopback)")
+    parser.add_argument("--bluesky-session", choices=("stored", "none"), default="stored",
+                        help="whether the bot has a stored Bluesky session when the storm starts")
     parser.add_argument(
         "--postgres",
         default=os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
@@ -175,7 +179,8 @@ def main() -> None:
         rows = {}
         for threads in (1, args.concurrency):
             figures = storm(url, calls=args.calls, tweets=args.tweets, concurrency=threads,
-                            sends_per_key=args.sends_per_key, destinations=destinations)
+                            sends_per_key=args.sends_per_key, destinations=destinations,
+                            bluesky_session=args.bluesky_session)
             rows[threads] = figures
             statuses = " ".join(f"{status}:{n}" for status, n in figures["statuses"].items())
             print(f"{driver:<10}{threads:>8}{statuses:>28}{figures['p50_ms']:>9.1f}{figures['p99_ms']:>9.1f}"

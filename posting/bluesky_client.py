@@ -10,6 +10,11 @@ Logging in (createSession) is limited to 30 per 5 minutes and 300 a day per acco
 session is kept between runs in a `SessionStore` (one opaque blob per bot), sealed with a key
 only the app password gives, and every createSession is counted in the same blob: past 25 per
 5 minutes or 250 a day we refuse locally as rate_limited, under Bluesky's own limits.
+Renewing the session (a refresh, or a login) happens under the store's login lock, one run at a
+time per bot: the run that takes it reads the store again, and a session another run stored
+meanwhile is used as is. A storm of runs with no stored session logs in once, and the refresh
+token (which each refresh rotates) is never spent by two runs at once. A run waits for the lock
+at most LOGIN_WAIT_REQUESTS times its request timeout, then fails as not_sent.
 
 atproto (and httpx and cryptography) are imported on first use: importing this module costs the
 service's start nothing (atproto's models take most of a second to import).
@@ -21,8 +26,10 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
@@ -30,6 +37,7 @@ from typing import Protocol
 from core.delivery import DeliveryError, DeliveryFailed, ErrorKind, RemotePost
 from core.tweet_text import bluesky_text_problem
 from core.x_client import reset_time
+from posting.login_locks import LoginLockTimeout, holding
 
 log = logging.getLogger(__name__)
 
@@ -47,27 +55,41 @@ INVALID_POST = f"Invalid {POST_COLLECTION} record"
 SESSION_ERRORS = {"ExpiredToken", "InvalidToken"}
 BLOB_VERSION = 1
 SEAL_SALT = b"gpt2-bot bluesky session v1"
+# How long a run waits for another's login, in request timeouts: the lock's holder sends at most
+# a refresh and a createSession, and writes the store a few times.
+LOGIN_WAIT_REQUESTS = 3
 
 
 class SessionStore(Protocol):
-    """Where a bot's Bluesky session blob is kept between runs (the lead backs it with a database row)."""
+    """Where a bot's Bluesky session blob is kept between runs (posting.destinations.DatabaseSessionStore:
+    a database row), and the lock under which one run at a time renews it."""
 
     def load(self) -> str | None: ...
 
     def save(self, blob: str) -> None: ...
 
+    def login_lock(self, timeout: float) -> AbstractContextManager[None]:
+        """Held around "read the blob again, refresh or log in if still needed, save": one holder at
+        a time among the runs sharing the store. Raises posting.login_locks.LoginLockTimeout when
+        not had within `timeout` seconds."""
+        ...
+
 
 class MemorySessionStore:
-    """A SessionStore in memory: for tests and dry runs."""
+    """A SessionStore in memory: for tests and dry runs (its lock orders this process's threads)."""
 
     def __init__(self, blob: str | None = None):
         self.blob = blob
+        self._login = threading.Lock()
 
     def load(self) -> str | None:
         return self.blob
 
     def save(self, blob: str) -> None:
         self.blob = blob
+
+    def login_lock(self, timeout: float) -> AbstractContextManager[None]:
+        return holding(self._login, timeout)
 
 
 def make_tid(micros: int, clock_id: int) -> str:
@@ -175,6 +197,10 @@ class SessionVault:
         except Exception as exc:  # noqa: BLE001
             log.warning("could not save the Bluesky session of %s (%s)", self._handle, type(exc).__name__)
 
+    def login_lock(self, timeout: float) -> AbstractContextManager[None]:
+        """The store's lock for renewing the session (see SessionStore.login_lock)."""
+        return self._store.login_lock(timeout)
+
     def create_session_refusal(self) -> DeliveryError | None:
         """A rate_limited error when one more createSession would pass our budget, else None."""
         now = time.time()
@@ -225,6 +251,7 @@ class BlueskyDestination:
         self.handle = handle.removeprefix("@")
         self.timeout = timeout
         self.langs = list(langs)
+        self.login_wait = LOGIN_WAIT_REQUESTS * timeout
         self._app_password = app_password
         self._session_store = session_store
 
@@ -282,27 +309,51 @@ class BlueskyDestination:
             raise DeliveryFailed(vault.scrubbed(error)) from exc
 
     def _start_session(self, client, vault: SessionVault) -> None:
+        vault.load()
+        if not self._resume(client, vault):
+            self._renew_session(client, vault, stale=None)
+        # atproto refreshes an access token that expires within 15 minutes before any call; done
+        # here, under the login lock, and a refresh token Bluesky no longer takes leads to a new
+        # login, not a failed post.
+        elif client._should_refresh_session():
+            self._renew_session(client, vault, stale=vault.session)
+
+    def _resume(self, client, vault: SessionVault) -> bool:
+        """Give the client the vault's session; False when the vault holds none that can be used."""
         from atproto_client.client.session import Session
 
-        vault.load()
-        session = None
-        if vault.session:
-            try:
-                session = Session.decode(vault.session)
-            except ValueError:
-                log.warning("the stored Bluesky session of %s is not a session string: logging in again", self.handle)
-        if session is None:
-            self._create_session(client, vault)
-            return
+        if not vault.session:
+            return False
+        try:
+            session = Session.decode(vault.session)
+        except ValueError:
+            log.warning("the stored Bluesky session of %s is not a session string: logging in again", self.handle)
+            return False
         vault.secrets |= {session.access_jwt, session.refresh_jwt}
         client.login(session_string=vault.session, fetch_bsky_profile=False)
-        # atproto refreshes an access token that expires within 15 minutes before any call; done
-        # here, a refresh token Bluesky no longer takes leads to a new login, not a failed post.
-        if client._should_refresh_session():
-            self._renew_session(client, vault)
+        return True
 
-    def _renew_session(self, client, vault: SessionVault) -> None:
-        """Refresh the session; when Bluesky no longer takes its refresh token, log in again."""
+    def _renew_session(self, client, vault: SessionVault, *, stale: str | None) -> None:
+        """Replace the session `stale` (None: there is none) under the store's login lock: by one
+        another run stored meanwhile, else by a refresh, else (no session, or Bluesky no longer
+        takes its refresh token) by a new login. Nothing is posted while the lock is held."""
+        try:
+            with vault.login_lock(self.login_wait):
+                vault.load()
+                if vault.session != stale and self._resume(client, vault):
+                    log.info("another run renewed the Bluesky session of %s: using it", self.handle)
+                elif stale is None:
+                    self._create_session(client, vault)
+                else:
+                    self._refresh_session(client, vault)
+        except LoginLockTimeout:
+            raise DeliveryFailed(DeliveryError(
+                ErrorKind.not_sent,
+                f"another run was logging in to Bluesky as {self.handle}: waited {self.login_wait:g} s for it",
+            )) from None
+
+    def _refresh_session(self, client, vault: SessionVault) -> None:
+        """Refresh the client's session; when Bluesky no longer takes its refresh token, log in again."""
         try:
             client._refresh_and_set_session()
             log.info("refreshed the Bluesky session of %s", self.handle)
@@ -355,7 +406,7 @@ class BlueskyDestination:
             except Exception as exc:
                 if not _session_refused(exc):
                     raise
-                self._before_the_post(vault, self._renew_session, client, vault)
+                self._before_the_post(vault, lambda: self._renew_session(client, vault, stale=vault.session))
                 created = client.com.atproto.repo.create_record(data)
         except DeliveryFailed:
             raise

@@ -5,11 +5,14 @@ starts without them (its cold start), and an X-only bot never loads them.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import tweepy
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import tweet_text
@@ -17,8 +20,12 @@ from core.config import BotSettings, Settings, XSettings
 from core.delivery import Destination
 from core.x_client import XDestination, make_x_client
 from db.models import NetworkSession, utcnow
+from posting.login_locks import LoginLockTimeout, holding, holding_file, process_lock
 
 NETWORK_NAMES = {"x": "X", "mastodon": "Mastodon", "bluesky": "Bluesky"}
+LOCK_NOT_AVAILABLE = "55P03"  # Postgres: lock_timeout ran out
+# A session's login lock on Postgres: one advisory lock per schema, bot and network (:name).
+ADVISORY_KEY = "hashtextextended(current_schema() || :name, 0)"
 
 
 def text_problem(network: str, text: str, bot: BotSettings) -> str | None:
@@ -107,22 +114,24 @@ class DatabaseSessionStore:
     """Where a bot keeps its sealed network session between runs: one row per bot and network.
 
     Each load and save is its own short transaction, never held while the network answers.
-    Two runs refreshing at once: the last save wins, and the other's session still works or is made anew.
+    Renewing the session (a refresh or a login) happens under `login_lock`, one run at a time
+    per bot and network, so a storm of runs that find no session log in once.
     """
 
     def __init__(self, session_factory: sessionmaker[Session], *, account: str, network: str):
         self.session_factory = session_factory
         self.account = account
         self.network = network
+        self._held = threading.local()  # the login lock's session, in the thread holding the lock
 
     def load(self) -> str | None:
-        with self.session_factory() as session:
+        with self._session() as session:
             return session.scalar(select(NetworkSession.sealed).where(
                 NetworkSession.account == self.account, NetworkSession.network == self.network))
 
     def save(self, blob: str) -> None:
         for _attempt in range(2):  # a first save racing another run's first save inserts once, then updates
-            with self.session_factory() as session:
+            with self._session() as session:
                 row = session.scalar(select(NetworkSession).where(
                     NetworkSession.account == self.account, NetworkSession.network == self.network).with_for_update())
                 if row is None:
@@ -135,3 +144,78 @@ class DatabaseSessionStore:
                 except IntegrityError:
                     session.rollback()
         raise RuntimeError("could not save the network session")
+
+    @contextmanager
+    def login_lock(self, timeout: float) -> Iterator[None]:
+        """One run at a time, per bot and network, in any thread or process on this database;
+        raises LoginLockTimeout after `timeout` seconds of waiting.
+
+        Postgres: a session-level advisory lock keyed on the schema, bot and network, taken with
+        lock_timeout as the bound on a connection of its own; it outlives that connection's
+        transactions and dies with the connection (a killed run frees it). While the lock is held,
+        this thread's loads and saves go through that connection: runs waiting for the lock each
+        hold a pooled connection, and must not leave the holder none to save with.
+        SQLite (one host): an flock on a file beside the database, `<database>.<digest>.login-lock`,
+        which orders threads and processes alike; SQLite serialises the saves themselves. Any other
+        database (SQLite in memory): a lock of this process.
+        """
+        engine = self.session_factory.kw["bind"]
+        if engine.dialect.name == "postgresql":
+            with self._advisory_lock(timeout):
+                yield
+            return
+        name = f"{self.network}/{self.account}"
+        database = engine.url.database
+        if engine.dialect.name == "sqlite" and database and database != ":memory:":
+            digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+            with holding_file(f"{database}.{digest}.login-lock", timeout):
+                yield
+            return
+        with holding(process_lock((str(engine.url), name)), timeout):
+            yield
+
+    @contextmanager
+    def _advisory_lock(self, timeout: float) -> Iterator[None]:
+        key = {"name": f" login {self.network}/{self.account}"}
+        with self.session_factory.kw["bind"].connect() as connection:
+            try:
+                connection.execute(select(func.set_config("lock_timeout", f"{max(1, round(timeout * 1000))}ms", True)))
+                connection.execute(text(f"SELECT pg_advisory_lock({ADVISORY_KEY})"), key)
+                connection.commit()  # lock_timeout was this transaction's; the lock is the connection's
+            except DBAPIError as exc:
+                if _sqlstate(exc) != LOCK_NOT_AVAILABLE:
+                    raise
+                raise LoginLockTimeout(f"the login lock was busy for {timeout:g} s") from None
+            try:
+                with self.session_factory(bind=connection) as session:
+                    self._held.session = session
+                    yield
+            finally:
+                self._held.session = None
+                try:
+                    connection.rollback()
+                    connection.execute(text(f"SELECT pg_advisory_unlock({ADVISORY_KEY})"), key)
+                    connection.commit()
+                except DBAPIError:
+                    connection.invalidate()  # closing the connection frees its lock
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        """A session for one load or save: the login lock's own while this thread holds it."""
+        held = getattr(self._held, "session", None)
+        if held is None:
+            with self.session_factory() as session:
+                yield session
+            return
+        try:
+            yield held
+        finally:
+            held.rollback()  # ends a load's transaction; a save has committed
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    """The SQLSTATE of a Postgres error, from psycopg2 (pgcode) or pg8000 (its fields' "C")."""
+    code = getattr(exc.orig, "pgcode", None)
+    if code is None and exc.orig is not None and exc.orig.args and isinstance(exc.orig.args[0], dict):
+        code = exc.orig.args[0].get("C")
+    return code

@@ -487,7 +487,7 @@ def test_a_failed_login_counts_against_the_budget(fake_bluesky):
     assert len(json.loads(store.blob)["create_session_times"]) == 1
 
 
-class FailingStore:
+class FailingStore(MemorySessionStore):
     def load(self):
         raise ConnectionError("database down")
 
