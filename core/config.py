@@ -97,9 +97,10 @@ class XSettings(BaseSettings):
 
 NETWORKS = ("x", "mastodon", "bluesky")
 BOT_NAME = re.compile(r"[A-Za-z0-9_]{1,15}")
-# How many calls to a network one delivery may wait for: Bluesky may refresh or make its session and,
-# after a refusal of an existing record, read it back before the post settles.
-CALLS_PER_DELIVERY = {"x": 1, "mastodon": 1, "bluesky": 3}
+# How many request timeouts one delivery may wait for: Bluesky may wait for another run's login (at most
+# posting.bluesky_client.LOGIN_WAIT_REQUESTS = 3 timeouts), refresh or make its session, post, and after
+# a refusal of an existing record read it back.
+CALLS_PER_DELIVERY = {"x": 1, "mastodon": 1, "bluesky": 6}
 
 
 def _bot_name(value: str, variable: str) -> str:
