@@ -409,3 +409,36 @@ def test_a_client_that_raises_on_a_keyed_network_is_retried_with_its_key(session
     retry = ScriptedDestination("bluesky", safe_retry_window=HOUR)
     assert run(session_factory, settings, {"bluesky": retry}).outcome is PostOutcome.posted
     assert retry.posts == crashing.posts and crashing.posts[0][1].startswith(f"key:{ACCOUNT}/tweet {tweet_id} claimed ")
+
+
+class TakesTheClaimAfter(logging.Handler):
+    """Ends the lease and claims the tweet again once posting.job logs a line starting with `prefix`:
+    the last delivery is recorded, and the tweet's own record comes next."""
+
+    def __init__(self, session_factory, prefix: str):
+        super().__init__()
+        self.session_factory, self.prefix, self.done = session_factory, prefix, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.done and record.getMessage().startswith(self.prefix):
+            self.done = True
+            end_the_lease_then(self.session_factory, "claimed again")
+
+
+@pytest.mark.parametrize(("error", "outcome", "reason"), [
+    (lost_answer(), PostOutcome.unconfirmed, "read timed out; Mastodon: read timed out"),
+    (DeliveryError(ErrorKind.text_refused, "duplicate", 403), PostOutcome.texts_refused, "duplicate; Mastodon: duplicate"),
+])
+def test_a_claim_lost_after_the_last_delivery_leaves_the_tweet_to_its_new_claim(session_factory, three, error, outcome, reason):
+    (tweet_id,) = store_texts(session_factory, "taken at the end", status=TweetStatus.queued)
+    handler = TakesTheClaimAfter(session_factory, f"tweet {tweet_id} on Mastodon: ")
+    logging.getLogger("posting.job").addHandler(handler)
+    try:
+        result = run(session_factory, only(three, "x,mastodon"), scripted(x=[error], mastodon=[error]), key="first")
+    finally:
+        logging.getLogger("posting.job").removeHandler(handler)
+    assert handler.done
+    assert (result.outcome, result.message) == (outcome, (
+        f"tweet {tweet_id} changed after its posting lease ended (it is now posting): X's answer is not recorded: {reason}"))
+    assert (tweet(session_factory, tweet_id).status, tweet(session_factory, tweet_id).idempotency_key) == (
+        TweetStatus.posting, "second")
