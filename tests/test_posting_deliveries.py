@@ -425,16 +425,21 @@ class TakesTheClaimAfter(logging.Handler):
             end_the_lease_then(self.session_factory, "claimed again")
 
 
-@pytest.mark.parametrize(("error", "outcome", "reason"), [
-    (lost_answer(), PostOutcome.unconfirmed, "read timed out; Mastodon: read timed out"),
-    (DeliveryError(ErrorKind.text_refused, "duplicate", 403), PostOutcome.texts_refused, "duplicate; Mastodon: duplicate"),
+@pytest.mark.parametrize(("error", "logged_last", "outcome", "reason"), [
+    (lost_answer(), "tweet {} on Mastodon: ", PostOutcome.unconfirmed, "read timed out; Mastodon: read timed out"),
+    (DeliveryError(ErrorKind.text_refused, "duplicate", 403), "tweet {} on Mastodon: ", PostOutcome.texts_refused,
+     "duplicate; Mastodon: duplicate"),
+    (None, "posted tweet {} as https://mastodon.example/1", PostOutcome.posted, "posted"),
 ])
-def test_a_claim_lost_after_the_last_delivery_leaves_the_tweet_to_its_new_claim(session_factory, three, error, outcome, reason):
+def test_a_claim_lost_after_the_last_delivery_leaves_the_tweet_to_its_new_claim(session_factory, three, caplog,
+                                                                              error, logged_last, outcome, reason):
     (tweet_id,) = store_texts(session_factory, "taken at the end", status=TweetStatus.queued)
-    handler = TakesTheClaimAfter(session_factory, f"tweet {tweet_id} on Mastodon: ")
+    caplog.set_level(logging.INFO, logger="posting.job")
+    handler = TakesTheClaimAfter(session_factory, logged_last.format(tweet_id))
     logging.getLogger("posting.job").addHandler(handler)
+    answers = [error] if error is not None else []
     try:
-        result = run(session_factory, only(three, "x,mastodon"), scripted(x=[error], mastodon=[error]), key="first")
+        result = run(session_factory, only(three, "x,mastodon"), scripted(x=answers, mastodon=answers), key="first")
     finally:
         logging.getLogger("posting.job").removeHandler(handler)
     assert handler.done
@@ -442,3 +447,11 @@ def test_a_claim_lost_after_the_last_delivery_leaves_the_tweet_to_its_new_claim(
         f"tweet {tweet_id} changed after its posting lease ended (it is now posting): X's answer is not recorded: {reason}"))
     assert (tweet(session_factory, tweet_id).status, tweet(session_factory, tweet_id).idempotency_key) == (
         TweetStatus.posting, "second")
+
+
+def test_a_bot_without_x_has_no_x_post_on_record(session_factory, three):
+    (tweet_id,) = store_texts(session_factory, "not on X", status=TweetStatus.queued)
+    result = run(session_factory, only(three, "mastodon,bluesky"), scripted())
+    assert result.message == (f"Tweet {tweet_id} posted: Mastodon @ https://mastodon.example/1; "
+                              "Bluesky @ https://bluesky.example/1")
+    assert (tweet(session_factory, tweet_id).x_tweet_id, tweet(session_factory, tweet_id).x_url) == (None, None)
