@@ -442,7 +442,7 @@ def test_a_claim_lost_after_the_last_delivery_leaves_the_tweet_to_its_new_claim(
         result = run(session_factory, only(three, "x,mastodon"), scripted(x=answers, mastodon=answers), key="first")
     finally:
         logging.getLogger("posting.job").removeHandler(handler)
-    assert handler.done
+    assert handler.done and result.tweet.id == tweet_id
     assert (result.outcome, result.message) == (outcome, (
         f"tweet {tweet_id} changed after its posting lease ended (it is now posting): X's answer is not recorded: {reason}"))
     assert (tweet(session_factory, tweet_id).status, tweet(session_factory, tweet_id).idempotency_key) == (
@@ -455,3 +455,24 @@ def test_a_bot_without_x_has_no_x_post_on_record(session_factory, three):
     assert result.message == (f"Tweet {tweet_id} posted: Mastodon @ https://mastodon.example/1; "
                               "Bluesky @ https://bluesky.example/1")
     assert (tweet(session_factory, tweet_id).x_tweet_id, tweet(session_factory, tweet_id).x_url) == (None, None)
+
+
+@pytest.mark.parametrize(("update", "outcome", "said"), [
+    ({"MASTODON_MAX_CHARACTERS": 10}, PostOutcome.texts_refused, "not posted to Mastodon: 15 characters, 5 over Mastodon's 10"),
+    ({"MASTODON_DRY_RUN": True}, PostOutcome.posted, "dry run on Mastodon"),
+])
+def test_a_claim_lost_after_x_took_the_post_leaves_mastodons_refusal_or_dry_run_unrecorded(
+        session_factory, three, caplog, update, outcome, said):
+    (tweet_id,) = store_texts(session_factory, "taken after X's", status=TweetStatus.queued)
+    caplog.set_level(logging.INFO, logger="posting.job")
+    handler = TakesTheClaimAfter(session_factory, f"posted tweet {tweet_id} as https://x.example/1")
+    logging.getLogger("posting.job").addHandler(handler)
+    clients = scripted()
+    try:
+        result = run(session_factory, only(three, "x,mastodon", **update), clients, key="first")
+    finally:
+        logging.getLogger("posting.job").removeHandler(handler)
+    assert (result.outcome, result.message, result.tweet.id) == (outcome, (
+        f"tweet {tweet_id} changed after its posting lease ended (it is now posting): Mastodon's answer is not recorded: {said}"),
+        tweet_id)
+    assert clients["mastodon"].posts == [] and deliveries(session_factory, tweet_id)["mastodon"].status is DeliveryStatus.queued
