@@ -476,3 +476,51 @@ def test_a_claim_lost_after_x_took_the_post_leaves_mastodons_refusal_or_dry_run_
         f"tweet {tweet_id} changed after its posting lease ended (it is now posting): Mastodon's answer is not recorded: {said}"),
         tweet_id)
     assert clients["mastodon"].posts == [] and deliveries(session_factory, tweet_id)["mastodon"].status is DeliveryStatus.queued
+
+
+def run_taking_the_claim_after(session_factory, settings, clients, line: str):
+    handler = TakesTheClaimAfter(session_factory, line)
+    logging.getLogger("posting.job").addHandler(handler)
+    try:
+        return run(session_factory, settings, clients, key=f"run {len(clients['x'].posts)}")
+    finally:
+        logging.getLogger("posting.job").removeHandler(handler)
+
+
+def test_a_claim_lost_before_the_tweet_goes_back_to_the_queue_leaves_it_to_its_new_claim(session_factory, three, caplog):
+    (tweet_id,) = store_texts(session_factory, "limited then taken", status=TweetStatus.queued)
+    caplog.set_level(logging.INFO, logger="posting.job")
+    result = run_taking_the_claim_after(session_factory, only(three, "x,mastodon"), scripted(x=[rate_limited()]),
+                                        f"posted tweet {tweet_id} as https://mastodon.example/1")
+    assert (result.outcome, result.message) == (PostOutcome.rate_limited, (
+        f"tweet {tweet_id} changed after its posting lease ended (it is now posting): "
+        "X's answer is not recorded: 429 Too Many Requests"))
+
+
+def test_a_claim_lost_before_an_expired_key_is_recorded_leaves_it_unrecorded(session_factory, three, clock, caplog):
+    (tweet_id,) = store_texts(session_factory, "expired then taken", status=TweetStatus.queued)
+    caplog.set_level(logging.INFO, logger="posting.job")
+    settings = only(three, "x,mastodon")
+    first_attempt = clock.now
+    clients = scripted(x=[rate_limited()], mastodon=ScriptedDestination("mastodon", lost_answer(), safe_retry_window=HOUR))
+    run(session_factory, settings, clients)
+    clock.now += HOUR
+    real_post = clients["x"].post
+
+    def post_a_second_later(text, *, key):  # the lease of a claim made at this very time cannot have ended
+        clock.now += timedelta(seconds=1)
+        return real_post(text, key=key)
+
+    clients["x"].post = post_a_second_later
+    result = run_taking_the_claim_after(session_factory, settings, clients, f"posted tweet {tweet_id} as https://x.example/2")
+    assert (result.outcome, result.message) == (PostOutcome.unconfirmed, (
+        f"tweet {tweet_id} changed after its posting lease ended (it is now posting): Mastodon's answer is not recorded: "
+        "Mastodon: an earlier attempt's answer was lost, and Mastodon no longer recognises its key "
+        f"(attempted {first_attempt.isoformat(timespec='seconds')}): it may have the post"))
+
+
+def test_a_tweet_back_in_the_queue_gives_only_the_failures_worth_retrying(session_factory, three):
+    (tweet_id,) = store_texts(session_factory, "limited and too long", status=TweetStatus.queued)
+    run(session_factory, three.model_copy(update={"MASTODON_MAX_CHARACTERS": 10}), scripted(x=[rate_limited()]))
+    assert deliveries(session_factory, tweet_id)["mastodon"].status is DeliveryStatus.rejected
+    assert tweet(session_factory, tweet_id).error == "last attempt: 429 Too Many Requests"
