@@ -1,0 +1,526 @@
+"""What posting to several destinations says and records, word for word, at the rules' edges.
+
+tests/test_destinations.py pins what each answer does to a delivery and to the tweet; these tests
+pin the words an operator reads (the run's answer, the delivery's and the tweet's error, the log)
+for Mastodon and Bluesky, which failure speaks for a run when destinations fail differently, the
+edges of the time a network keeps a delivery's key, a claim lost while a later destination
+answers, and a client that raises what it should not. Same in-process scripted destinations.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select
+
+from core.config import Settings
+from core.delivery import DeliveryError, DeliveryFailed, ErrorKind, RemotePost
+from core.tweet_text import bluesky_text_problem, mastodon_text_problem, x_text_problem
+from db import store
+from db.models import Delivery, DeliveryStatus, Tweet, TweetStatus
+from posting.job import log_posting_configuration, post_next, posted_message
+from posting.outcomes import PostOutcome
+from tests import test_destinations
+from tests.conftest import ACCOUNT, TOKEN, store_texts
+from tests.test_destinations import ScriptedDestination, deliveries, lost_answer, rate_limited, tweet
+from tests.test_posting import end_the_lease_then
+
+three = test_destinations.three  # the fixture: a bot posting to X, Mastodon and Bluesky, credentials set
+NETWORKS = ("x", "mastodon", "bluesky")
+HOUR = timedelta(hours=1)
+
+
+def logged(caplog, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "posting.job" and r.levelno == level]
+
+
+def scripted(**answers) -> dict[str, ScriptedDestination]:
+    """A scripted client per network; `answers` gives a network its answers, or a ready client."""
+    clients = {}
+    for network in NETWORKS:
+        given = answers.get(network, ())
+        clients[network] = given if isinstance(given, ScriptedDestination) else ScriptedDestination(network, *given)
+    return clients
+
+
+def run(session_factory, settings, clients, key=None):
+    return post_next(session_factory=session_factory, settings=settings, destinations=clients, idempotency_key=key)
+
+
+def only(settings: Settings, destinations: str, **update) -> Settings:
+    return settings.model_copy(update={"DESTINATIONS": destinations, **update})
+
+
+class Clock:
+    """utcnow for posting/job.py and db/post_queue.py, moved by the test (or by a client while it posts)."""
+
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock(datetime(2026, 5, 4, 12, 0, 0, 250000, tzinfo=timezone.utc))
+    monkeypatch.setattr("posting.job.utcnow", clock)
+    monkeypatch.setattr("db.post_queue.utcnow", clock)
+    return clock
+
+
+# ---- posted_message: the answer for a posted tweet, from its deliveries --------------------------
+
+def a_tweet(*, dry_run=False, x_url=None, deliveries=()) -> Tweet:
+    return Tweet(id=7, text="t", account=ACCOUNT, dry_run=dry_run, x_url=x_url, deliveries=list(deliveries))
+
+
+def a_delivery(destination, status=DeliveryStatus.posted, *, url=None, dry_run=False, error=None) -> Delivery:
+    return Delivery(destination=destination, status=status, url=url, dry_run=dry_run, error=error)
+
+
+@pytest.mark.parametrize(("made", "message"), [
+    (a_tweet(dry_run=True, deliveries=[a_delivery("x", dry_run=True), a_delivery("mastodon", dry_run=True)]),
+     "Dry run: tweet 7 recorded as posted; nothing was sent to X; Mastodon: dry run, nothing sent"),
+    # a dry-run tweet one network really has is no dry run to speak of
+    (a_tweet(dry_run=True, deliveries=[a_delivery("x", dry_run=True), a_delivery("mastodon", url="https://m.example/1")]),
+     "Tweet 7 posted; X: dry run, nothing sent; Mastodon @ https://m.example/1"),
+    (a_tweet(x_url="https://x.com/a/status/1", deliveries=[
+        a_delivery("x", url="https://x.com/a/status/1"), a_delivery("mastodon", url="https://m.example/1"),
+        a_delivery("bluesky", DeliveryStatus.rejected, error="not posted to Bluesky: too long")]),
+     "New tweet posted @ https://x.com/a/status/1; Mastodon @ https://m.example/1; "
+     "Bluesky: rejected (not posted to Bluesky: too long)"),
+    (a_tweet(deliveries=[a_delivery("mastodon", url="https://m.example/1"), a_delivery("bluesky")]),
+     "Tweet 7 posted: Mastodon @ https://m.example/1; Bluesky: posted"),
+    (a_tweet(deliveries=[a_delivery("myspace", url="https://myspace.example/1")]),
+     "Tweet 7 posted: myspace @ https://myspace.example/1"),
+    (a_tweet(deliveries=[a_delivery("x", DeliveryStatus.rejected, error="duplicate"), a_delivery("bluesky", url="https://b/1")]),
+     "Tweet 7 posted; X: rejected (duplicate); Bluesky @ https://b/1"),
+    (a_tweet(deliveries=[a_delivery("x", url="https://x.com/a/status/2")]), "Tweet 7 posted; X @ https://x.com/a/status/2"),
+    (a_tweet(deliveries=[a_delivery("x"), a_delivery("mastodon", url="https://m.example/1")]),
+     "Tweet 7 was posted (confirmed by an operator; X's id was not recorded); Mastodon @ https://m.example/1"),
+    (a_tweet(), "Tweet 7 was posted (confirmed by an operator; X's id was not recorded)"),
+], ids=["all dry", "dry but sent", "x link", "no x", "unknown network", "x rejected", "x url only", "operator", "bare"])
+def test_the_posted_answer_names_each_destinations_link_or_state(made, message):
+    assert posted_message(made) == message
+
+
+def test_posting_configuration_is_logged_once_per_bot_naming_it(monkeypatch, caplog):
+    monkeypatch.setenv("BOTS", "alice,bob")
+    monkeypatch.setenv("BOT_ALICE_DESTINATIONS", "x,mastodon")
+    monkeypatch.setenv("BOT_ALICE_MASTODON_DRY_RUN", "true")
+    monkeypatch.setenv("BOT_BOB_DESTINATIONS", "bluesky")
+    monkeypatch.setenv("BOT_BOB_BLUESKY_DRY_RUN", "true")
+    caplog.set_level(logging.INFO, logger="posting.job")
+    log_posting_configuration(Settings(SECRET_TOKEN=TOKEN, _env_file=None))
+    assert logged(caplog, logging.WARNING) == [
+        "bot alice: posting to X is not configured: BOT_ALICE_CONSUMER_KEY, BOT_ALICE_CONSUMER_SECRET, "
+        "BOT_ALICE_ACCESS_KEY, BOT_ALICE_ACCESS_SECRET not set (see .env_reference), or set "
+        "BOT_ALICE_TWITTER_DRY_RUN=true; posting calls will answer 503"]
+    assert logged(caplog, logging.INFO) == [
+        "bot alice: BOT_ALICE_MASTODON_DRY_RUN is on: posts are recorded as dry runs and never sent to Mastodon",
+        "bot bob: BOT_BOB_BLUESKY_DRY_RUN is on: posts are recorded as dry runs and never sent to Bluesky",
+    ]
+
+
+# ---- dry runs and keys -----------------------------------------------------------------------
+
+def test_dry_runs_elsewhere_are_named_after_xs_link(session_factory, three, caplog):
+    (tweet_id,) = store_texts(session_factory, "dry elsewhere", status=TweetStatus.queued)
+    caplog.set_level(logging.INFO, logger="posting.job")
+    settings = three.model_copy(update={"MASTODON_DRY_RUN": True, "BLUESKY_DRY_RUN": True})
+    result = run(session_factory, settings, scripted())
+    assert (result.outcome, result.message) == (PostOutcome.posted, f"New tweet posted @ https://x.com/{ACCOUNT}/status/x-1; "
+                                                "Mastodon: dry run, nothing sent; Bluesky: dry run, nothing sent")
+    assert logged(caplog, logging.INFO) == [
+        f"posted tweet {tweet_id} as https://x.example/1",
+        f"dry run: tweet {tweet_id} would be posted to Mastodon: dry elsewhere",
+        f"dry run: tweet {tweet_id} would be posted to Bluesky: dry elsewhere",
+    ]
+    assert tweet(session_factory, tweet_id).dry_run is False
+
+
+def test_a_tweet_dry_everywhere_says_nothing_was_sent(session_factory, three):
+    (tweet_id,) = store_texts(session_factory, "dry everywhere", status=TweetStatus.queued)
+    settings = three.model_copy(update={"TWITTER_DRY_RUN": True, "MASTODON_DRY_RUN": True, "BLUESKY_DRY_RUN": True})
+    result = run(session_factory, settings, {})
+    assert result.message == (f"Dry run: tweet {tweet_id} recorded as posted; nothing was sent to X; "
+                              "Mastodon: dry run, nothing sent; Bluesky: dry run, nothing sent")
+    assert tweet(session_factory, tweet_id).dry_run is True
+
+
+def test_each_delivery_key_is_made_from_the_bot_the_run_and_the_network(session_factory, three):
+    store_texts(session_factory, "one run", "another run", status=TweetStatus.queued)
+    clients = scripted()
+    run(session_factory, three, clients, key="run-1")
+    assert [c.posts[0][1] for c in clients.values()] == [f"key:{ACCOUNT}/run-1/{n}" for n in NETWORKS]
+    result = run(session_factory, three, clients)
+    claimed = result.tweet.claimed_at.isoformat()
+    assert [c.posts[1][1] for c in clients.values()] == [
+        f"key:{ACCOUNT}/tweet {result.tweet.id} claimed {claimed}/{n}" for n in NETWORKS]
+
+
+# ---- text rules ----------------------------------------------------------------------------
+
+def store_unchecked(session_factory, text: str) -> int:
+    """Store a text no destination may post (the store would refuse it)."""
+    with session_factory() as session:
+        store.ingest_texts(session, account=ACCOUNT, texts=[text], status=TweetStatus.queued, rule=lambda text: None)
+        session.commit()
+        return session.scalar(select(Tweet.id).where(Tweet.text == text))
+
+
+def test_a_text_every_destination_refuses_is_rejected_with_each_reason(session_factory, three, caplog):
+    text = "a" * 301
+    tweet_id = store_unchecked(session_factory, text)
+    settings = three.model_copy(update={"MASTODON_MAX_CHARACTERS": 100})
+    caplog.set_level(logging.INFO, logger="posting.job")
+    clients = scripted()
+    result = run(session_factory, settings, clients)
+    reason = (f"not posted to X: {x_text_problem(text)}; not posted to Mastodon: {mastodon_text_problem(text, 100)}; "
+              f"not posted to Bluesky: {bluesky_text_problem(text)}")
+    assert result.outcome is PostOutcome.queue_empty and [t.id for t in result.rejected] == [tweet_id]
+    assert {d.destination: d.status for d in result.rejected[0].deliveries} == dict.fromkeys(NETWORKS, DeliveryStatus.rejected)
+    assert (tweet(session_factory, tweet_id).status, tweet(session_factory, tweet_id).error) == (TweetStatus.rejected, reason)
+    assert logged(caplog, logging.WARNING) == [
+        f"every destination refused the text of tweet {tweet_id} (now rejected): {reason}"]
+    assert [c.posts for c in clients.values()] == [[], [], []]
+
+
+def test_a_text_the_only_destination_refuses_names_that_network(session_factory, three, caplog):
+    tweet_id = store_unchecked(session_factory, "b" * 120)
+    caplog.set_level(logging.INFO, logger="posting.job")
+    run(session_factory, only(three, "mastodon", MASTODON_MAX_CHARACTERS=100), scripted())
+    assert logged(caplog, logging.WARNING) == [
+        f"Mastodon refused the text of tweet {tweet_id} (now rejected): "
+        "not posted to Mastodon: 120 characters, 20 over Mastodon's 100"]
+
+
+# ---- what a network's failure says ---------------------------------------------------------
+
+@pytest.mark.parametrize(("network", "error", "window", "outcome", "says"), [
+    ("mastodon", DeliveryError(ErrorKind.credentials, "401 The access token is invalid", 401), None,
+     PostOutcome.x_credentials, "Mastodon refused the bot's credentials (401 The access token is invalid)"),
+    ("bluesky", DeliveryError(ErrorKind.credentials, "403 AccountTakedown", 403), None,
+     PostOutcome.x_credentials, "Bluesky refused the bot's credentials (403 AccountTakedown)"),
+    ("mastodon", DeliveryError(ErrorKind.not_sent, "connection refused"), None,
+     PostOutcome.x_failed, "could not reach Mastodon (connection refused)"),
+    ("bluesky", DeliveryError(ErrorKind.server_error, "502 Bad Gateway", 502), None,
+     PostOutcome.x_failed, "Bluesky failed (502 Bad Gateway)"),
+    ("bluesky", lost_answer(), timedelta.max, PostOutcome.x_failed, "Bluesky failed (read timed out)"),
+    ("mastodon", DeliveryError(ErrorKind.refused, "404 Not Found", 404), None,
+     PostOutcome.x_failed, "Mastodon refused the request (404 Not Found): check MASTODON's address"),
+    ("mastodon", rate_limited(), None,
+     PostOutcome.rate_limited, "Mastodon's rate limit is reached (Mastodon did not say until when)"),
+])
+def test_a_failure_on_mastodon_or_bluesky_says_what_the_network_said(session_factory, three, caplog,
+                                                                     network, error, window, outcome, says):
+    (tweet_id,) = store_texts(session_factory, "to one network", status=TweetStatus.queued)
+    caplog.set_level(logging.INFO, logger="posting.job")
+    client = ScriptedDestination(network, error, safe_retry_window=window)
+    result = run(session_factory, only(three, network), {network: client})
+    back = f"{says}; tweet {tweet_id} is back in the queue"
+    assert (result.outcome, result.message) == (outcome, back)
+    assert result.retry_after == (60 if outcome is PostOutcome.rate_limited else None)
+    delivery = deliveries(session_factory, tweet_id)[network]
+    assert (delivery.status, delivery.error) == (DeliveryStatus.queued, f"{client.network.title()}: {error.message}")
+    assert tweet(session_factory, tweet_id).error == f"last attempt: {delivery.error}"
+    # one destination: the run's own warning says it all
+    assert logged(caplog, logging.WARNING) == [back]
+
+
+def test_a_rate_limit_with_a_reset_time_gives_the_seconds_left_rounded_up(session_factory, three, clock):
+    (tweet_id,) = store_texts(session_factory, "limited", status=TweetStatus.queued)
+    reset = clock.now + timedelta(seconds=90, microseconds=200000)
+    limited = DeliveryError(ErrorKind.rate_limited, "429", 429, retry_at=reset)
+    result = run(session_factory, only(three, "bluesky"), {"bluesky": ScriptedDestination("bluesky", limited)})
+    assert result.retry_after == 91
+    assert result.message == (f"Bluesky's rate limit is reached (until {reset.isoformat(timespec='seconds')}); "
+                              f"tweet {tweet_id} is back in the queue")
+
+
+def test_the_failure_needing_most_speaks_for_the_run(session_factory, three):
+    """Credentials before a rate limit before a failure, whatever the destinations' order."""
+    (tweet_id,) = store_texts(session_factory, "fails three ways", status=TweetStatus.queued)
+    clients = scripted(x=[DeliveryError(ErrorKind.server_error, "503 Service Unavailable", 503)], mastodon=[rate_limited()],
+                       bluesky=[DeliveryError(ErrorKind.credentials, "401 AuthenticationRequired", 401)])
+    result = run(session_factory, three, clients)
+    assert (result.outcome, result.retry_after) == (PostOutcome.x_credentials, None)
+    assert result.message == (f"Bluesky refused the bot's credentials (401 AuthenticationRequired); "
+                              f"tweet {tweet_id} is back in the queue")
+    assert tweet(session_factory, tweet_id).error == (
+        "last attempt: 503 Service Unavailable; Mastodon: 429 Too Many Requests; Bluesky: 401 AuthenticationRequired")
+
+
+def test_a_rate_limit_speaks_before_a_failure_and_the_answer_gives_what_was_posted(session_factory, three, caplog):
+    (tweet_id,) = store_texts(session_factory, "half there", status=TweetStatus.queued)
+    caplog.set_level(logging.INFO, logger="posting.job")
+    clients = scripted(x=[DeliveryError(ErrorKind.server_error, "503 Service Unavailable", 503)], mastodon=[rate_limited()])
+    result = run(session_factory, three, clients)
+    assert (result.outcome, result.retry_after) == (PostOutcome.rate_limited, 60)
+    assert result.message == (
+        f"Mastodon's rate limit is reached (Mastodon did not say until when); tweet {tweet_id} is back in the queue "
+        f"(Tweet {tweet_id} posted; X: queued (503 Service Unavailable); Mastodon: queued (Mastodon: 429 Too Many "
+        "Requests); Bluesky @ https://bluesky.example/1; the next run posts it where it is missing)")
+    assert logged(caplog, logging.WARNING) == [result.message]  # failures worth retrying: no warning of their own
+
+
+def test_lost_answers_on_two_networks_are_each_named(session_factory, three, caplog):
+    (tweet_id,) = store_texts(session_factory, "lost twice", status=TweetStatus.queued)
+    caplog.set_level(logging.INFO, logger="posting.job")
+    clients = scripted(x=[lost_answer()], mastodon=[lost_answer()])
+    result = run(session_factory, only(three, "x,mastodon"), clients)
+    error = "read timed out; Mastodon: read timed out"
+    assert result.outcome is PostOutcome.unconfirmed
+    assert result.message == f"tweet {tweet_id} is unconfirmed: {tweet(session_factory, tweet_id).error}"
+    assert tweet(session_factory, tweet_id).error.startswith(f"{error}; ")
+    assert logged(caplog, logging.WARNING) == [f"tweet {tweet_id} on X: unconfirmed (read timed out)",
+                                               f"tweet {tweet_id} on Mastodon: unconfirmed (read timed out)"]
+    assert logged(caplog, logging.ERROR) == [result.message]
+
+
+# ---- the time a network keeps a delivery's key -----------------------------------------------
+
+def lose_the_answer_and_wait(clock: Clock, wait: timedelta):
+    """A client's post whose answer is lost after `wait` (the clock moves while it posts)."""
+    def post(text, *, key):
+        clock.now += wait
+        raise DeliveryFailed(lost_answer())
+
+    client = ScriptedDestination("mastodon", safe_retry_window=HOUR)
+    client.post = post
+    return client
+
+
+@pytest.mark.parametrize(("wait", "status"), [
+    (HOUR - timedelta(microseconds=1), DeliveryStatus.queued), (HOUR, DeliveryStatus.unconfirmed)])
+def test_a_lost_answer_is_retried_only_while_the_network_keeps_the_key(session_factory, three, clock, wait, status):
+    (tweet_id,) = store_texts(session_factory, "slow", status=TweetStatus.queued)
+    run(session_factory, only(three, "mastodon"), {"mastodon": lose_the_answer_and_wait(clock, wait)})
+    assert deliveries(session_factory, tweet_id)["mastodon"].status is status
+
+
+@pytest.mark.parametrize(("later", "posted"), [(HOUR - timedelta(microseconds=1), True), (HOUR, False)])
+def test_a_retry_after_a_lost_answer_posts_only_within_the_keys_hour(session_factory, three, clock, later, posted):
+    (tweet_id,) = store_texts(session_factory, "retried", status=TweetStatus.queued)
+    settings = only(three, "mastodon")
+    first_attempt = clock.now
+    client = ScriptedDestination("mastodon", lost_answer(), safe_retry_window=HOUR)
+    assert run(session_factory, settings, {"mastodon": client}).outcome is PostOutcome.x_failed
+    assert deliveries(session_factory, tweet_id)["mastodon"].claimed_at == first_attempt
+    clock.now = first_attempt + later
+    result = run(session_factory, settings, {"mastodon": client})
+    assert len(client.posts) == (2 if posted else 1)
+    delivery = deliveries(session_factory, tweet_id)["mastodon"]
+    if posted:
+        assert delivery.status is DeliveryStatus.posted
+    else:
+        assert (result.outcome, delivery.status) == (PostOutcome.unconfirmed, DeliveryStatus.unconfirmed)
+        assert delivery.error == (
+            "Mastodon: an earlier attempt's answer was lost, and Mastodon no longer recognises its key "
+            f"(attempted {first_attempt.isoformat(timespec='seconds')}): it may have the post")
+
+
+def test_an_attempt_that_made_nothing_keeps_the_time_of_the_one_that_may_have(session_factory, three, clock):
+    """A lost answer, then a rate limit: the key's hour still counts from the first attempt."""
+    (tweet_id,) = store_texts(session_factory, "lost then limited", status=TweetStatus.queued)
+    settings = only(three, "mastodon")
+    first_attempt = clock.now
+    client = ScriptedDestination("mastodon", lost_answer(), rate_limited(), safe_retry_window=HOUR)
+    run(session_factory, settings, {"mastodon": client})
+    clock.now += timedelta(minutes=30)
+    assert run(session_factory, settings, {"mastodon": client}).outcome is PostOutcome.rate_limited
+    assert deliveries(session_factory, tweet_id)["mastodon"].claimed_at == first_attempt
+    clock.now = first_attempt + HOUR
+    assert run(session_factory, settings, {"mastodon": client}).outcome is PostOutcome.unconfirmed
+    assert len(client.posts) == 2
+
+
+def test_a_rate_limit_on_a_first_attempt_leaves_no_attempt_time(session_factory, three):
+    (tweet_id,) = store_texts(session_factory, "limited first", status=TweetStatus.queued)
+    client = ScriptedDestination("mastodon", rate_limited(), safe_retry_window=HOUR)
+    run(session_factory, only(three, "mastodon"), {"mastodon": client})
+    assert deliveries(session_factory, tweet_id)["mastodon"].claimed_at is None
+
+
+# ---- a claim lost while a later destination answers, a client that raises --------------------
+
+class TakenWhilePosting(ScriptedDestination):
+    """Mastodon, answering after another call's sweep ended the lease and the tweet was claimed again."""
+
+    def __init__(self, session_factory, *answers):
+        super().__init__("mastodon", *answers)
+        self.session_factory = session_factory
+
+    def post(self, text: str, *, key: str) -> RemotePost:
+        end_the_lease_then(self.session_factory, "claimed again")
+        return super().post(text, key=key)
+
+
+@pytest.mark.parametrize(("answers", "outcome", "said"), [
+    ((), PostOutcome.posted, "Mastodon posted it as https://mastodon.example/1"),
+    ((rate_limited(),), PostOutcome.rate_limited, "Mastodon: 429 Too Many Requests"),
+])
+def test_a_claim_lost_while_mastodon_answers_records_nothing_more(session_factory, three, caplog, answers, outcome, said):
+    (tweet_id,) = store_texts(session_factory, "taken midway", status=TweetStatus.queued)
+    caplog.set_level(logging.INFO, logger="posting.job")
+    clients = scripted(mastodon=TakenWhilePosting(session_factory, *answers))
+    result = run(session_factory, three, clients, key="first")
+    lost = (f"tweet {tweet_id} changed after its posting lease ended (it is now posting): "
+            f"Mastodon's answer is not recorded: {said}")
+    assert (result.outcome, result.message, result.tweet.id) == (outcome, lost, tweet_id)
+    assert logged(caplog, logging.ERROR) == [lost]
+    assert clients["bluesky"].posts == []
+    rows = deliveries(session_factory, tweet_id)
+    assert (rows["x"].status, rows["mastodon"].status, rows["bluesky"].status) == (
+        DeliveryStatus.posted, DeliveryStatus.queued, DeliveryStatus.queued)  # requeued by the operator
+    assert (tweet(session_factory, tweet_id).status, tweet(session_factory, tweet_id).idempotency_key) == (
+        TweetStatus.posting, "second")
+
+
+class Crashing(ScriptedDestination):
+    def post(self, text: str, *, key: str) -> RemotePost:
+        self.posts.append((text, key))
+        raise ValueError("boom")
+
+
+def test_a_client_that_raises_leaves_its_delivery_unconfirmed_and_the_others_posted(session_factory, three, caplog):
+    (tweet_id,) = store_texts(session_factory, "crash", status=TweetStatus.queued)
+    caplog.set_level(logging.INFO, logger="posting.job")
+    result = run(session_factory, three, scripted(mastodon=Crashing("mastodon")))
+    error = "unexpected ValueError while posting to Mastodon: boom"
+    assert result.outcome is PostOutcome.unconfirmed
+    assert result.message.startswith(f"tweet {tweet_id} is unconfirmed: Mastodon: {error}; "), result.message
+    rows = deliveries(session_factory, tweet_id)
+    assert {n: d.status for n, d in rows.items()} == {
+        "x": DeliveryStatus.posted, "mastodon": DeliveryStatus.unconfirmed, "bluesky": DeliveryStatus.posted}
+    assert logged(caplog, logging.ERROR)[0] == f"posting tweet {tweet_id} to Mastodon failed unexpectedly"
+    assert logged(caplog, logging.WARNING) == [f"tweet {tweet_id} on Mastodon: unconfirmed ({error})"]
+
+
+def test_a_client_that_raises_on_a_keyed_network_is_retried_with_its_key(session_factory, three):
+    (tweet_id,) = store_texts(session_factory, "crash once", status=TweetStatus.queued)
+    settings = only(three, "bluesky")
+    crashing = Crashing("bluesky", safe_retry_window=HOUR)
+    result = run(session_factory, settings, {"bluesky": crashing})
+    assert (result.outcome, result.message) == (PostOutcome.x_failed, (
+        f"Bluesky failed (unexpected ValueError while posting to Bluesky: boom); tweet {tweet_id} is back in the queue"))
+    retry = ScriptedDestination("bluesky", safe_retry_window=HOUR)
+    assert run(session_factory, settings, {"bluesky": retry}).outcome is PostOutcome.posted
+    assert retry.posts == crashing.posts and crashing.posts[0][1].startswith(f"key:{ACCOUNT}/tweet {tweet_id} claimed ")
+
+
+class TakesTheClaimAfter(logging.Handler):
+    """Ends the lease and claims the tweet again once posting.job logs a line starting with `prefix`:
+    the last delivery is recorded, and the tweet's own record comes next."""
+
+    def __init__(self, session_factory, prefix: str):
+        super().__init__()
+        self.session_factory, self.prefix, self.done = session_factory, prefix, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.done and record.getMessage().startswith(self.prefix):
+            self.done = True
+            end_the_lease_then(self.session_factory, "claimed again")
+
+
+@pytest.mark.parametrize(("error", "logged_last", "outcome", "reason"), [
+    (lost_answer(), "tweet {} on Mastodon: ", PostOutcome.unconfirmed, "read timed out; Mastodon: read timed out"),
+    (DeliveryError(ErrorKind.text_refused, "duplicate", 403), "tweet {} on Mastodon: ", PostOutcome.texts_refused,
+     "duplicate; Mastodon: duplicate"),
+    (None, "posted tweet {} as https://mastodon.example/1", PostOutcome.posted, "posted"),
+])
+def test_a_claim_lost_after_the_last_delivery_leaves_the_tweet_to_its_new_claim(session_factory, three, caplog,
+                                                                              error, logged_last, outcome, reason):
+    (tweet_id,) = store_texts(session_factory, "taken at the end", status=TweetStatus.queued)
+    caplog.set_level(logging.INFO, logger="posting.job")
+    handler = TakesTheClaimAfter(session_factory, logged_last.format(tweet_id))
+    logging.getLogger("posting.job").addHandler(handler)
+    answers = [error] if error is not None else []
+    try:
+        result = run(session_factory, only(three, "x,mastodon"), scripted(x=answers, mastodon=answers), key="first")
+    finally:
+        logging.getLogger("posting.job").removeHandler(handler)
+    assert handler.done and result.tweet.id == tweet_id
+    assert (result.outcome, result.message) == (outcome, (
+        f"tweet {tweet_id} changed after its posting lease ended (it is now posting): X's answer is not recorded: {reason}"))
+    assert (tweet(session_factory, tweet_id).status, tweet(session_factory, tweet_id).idempotency_key) == (
+        TweetStatus.posting, "second")
+
+
+def test_a_bot_without_x_has_no_x_post_on_record(session_factory, three):
+    (tweet_id,) = store_texts(session_factory, "not on X", status=TweetStatus.queued)
+    result = run(session_factory, only(three, "mastodon,bluesky"), scripted())
+    assert result.message == (f"Tweet {tweet_id} posted: Mastodon @ https://mastodon.example/1; "
+                              "Bluesky @ https://bluesky.example/1")
+    assert (tweet(session_factory, tweet_id).x_tweet_id, tweet(session_factory, tweet_id).x_url) == (None, None)
+
+
+@pytest.mark.parametrize(("update", "outcome", "said"), [
+    ({"MASTODON_MAX_CHARACTERS": 10}, PostOutcome.texts_refused, "not posted to Mastodon: 15 characters, 5 over Mastodon's 10"),
+    ({"MASTODON_DRY_RUN": True}, PostOutcome.posted, "dry run on Mastodon"),
+])
+def test_a_claim_lost_after_x_took_the_post_leaves_mastodons_refusal_or_dry_run_unrecorded(
+        session_factory, three, caplog, update, outcome, said):
+    (tweet_id,) = store_texts(session_factory, "taken after X's", status=TweetStatus.queued)
+    caplog.set_level(logging.INFO, logger="posting.job")
+    handler = TakesTheClaimAfter(session_factory, f"posted tweet {tweet_id} as https://x.example/1")
+    logging.getLogger("posting.job").addHandler(handler)
+    clients = scripted()
+    try:
+        result = run(session_factory, only(three, "x,mastodon", **update), clients, key="first")
+    finally:
+        logging.getLogger("posting.job").removeHandler(handler)
+    assert (result.outcome, result.message, result.tweet.id) == (outcome, (
+        f"tweet {tweet_id} changed after its posting lease ended (it is now posting): Mastodon's answer is not recorded: {said}"),
+        tweet_id)
+    assert clients["mastodon"].posts == [] and deliveries(session_factory, tweet_id)["mastodon"].status is DeliveryStatus.queued
+
+
+def run_taking_the_claim_after(session_factory, settings, clients, line: str):
+    handler = TakesTheClaimAfter(session_factory, line)
+    logging.getLogger("posting.job").addHandler(handler)
+    try:
+        return run(session_factory, settings, clients, key=f"run {len(clients['x'].posts)}")
+    finally:
+        logging.getLogger("posting.job").removeHandler(handler)
+
+
+def test_a_claim_lost_before_the_tweet_goes_back_to_the_queue_leaves_it_to_its_new_claim(session_factory, three, caplog):
+    (tweet_id,) = store_texts(session_factory, "limited then taken", status=TweetStatus.queued)
+    caplog.set_level(logging.INFO, logger="posting.job")
+    result = run_taking_the_claim_after(session_factory, only(three, "x,mastodon"), scripted(x=[rate_limited()]),
+                                        f"posted tweet {tweet_id} as https://mastodon.example/1")
+    assert (result.outcome, result.message) == (PostOutcome.rate_limited, (
+        f"tweet {tweet_id} changed after its posting lease ended (it is now posting): "
+        "X's answer is not recorded: 429 Too Many Requests"))
+
+
+def test_a_claim_lost_before_an_expired_key_is_recorded_leaves_it_unrecorded(session_factory, three, clock, caplog):
+    (tweet_id,) = store_texts(session_factory, "expired then taken", status=TweetStatus.queued)
+    caplog.set_level(logging.INFO, logger="posting.job")
+    settings = only(three, "x,mastodon")
+    first_attempt = clock.now
+    clients = scripted(x=[rate_limited()], mastodon=ScriptedDestination("mastodon", lost_answer(), safe_retry_window=HOUR))
+    run(session_factory, settings, clients)
+    clock.now += HOUR
+    real_post = clients["x"].post
+
+    def post_a_second_later(text, *, key):  # the lease of a claim made at this very time cannot have ended
+        clock.now += timedelta(seconds=1)
+        return real_post(text, key=key)
+
+    clients["x"].post = post_a_second_later
+    result = run_taking_the_claim_after(session_factory, settings, clients, f"posted tweet {tweet_id} as https://x.example/2")
+    assert (result.outcome, result.message) == (PostOutcome.unconfirmed, (
+        f"tweet {tweet_id} changed after its posting lease ended (it is now posting): Mastodon's answer is not recorded: "
+        "Mastodon: an earlier attempt's answer was lost, and Mastodon no longer recognises its key "
+        f"(attempted {first_attempt.isoformat(timespec='seconds')}): it may have the post"))
+
+
+def test_a_tweet_back_in_the_queue_gives_only_the_failures_worth_retrying(session_factory, three):
+    (tweet_id,) = store_texts(session_factory, "limited and too long", status=TweetStatus.queued)
+    run(session_factory, three.model_copy(update={"MASTODON_MAX_CHARACTERS": 10}), scripted(x=[rate_limited()]))
+    assert deliveries(session_factory, tweet_id)["mastodon"].status is DeliveryStatus.rejected
+    assert tweet(session_factory, tweet_id).error == "last attempt: 429 Too Many Requests"
