@@ -72,7 +72,7 @@ serve-generation: $(VENV)/.ml ## serve the generation service on http://127.0.0.
 # rerun after new tests would list the old survivors again, and another MODULES' results would stay.
 # Survivors again: `cd .mutation && mutmut results`; one in full: `mutmut show NAME`.
 .PHONY: mutation
-MUTATION_DIR := .mutation
+MUTATION_DIR ?= .mutation
 MUTATION_COPY := core api posting bench db ml scripts migrations alembic.ini pytest.ini .gitignore
 mutation: $(VENV)/.dev ## mutation-test MODULES="api/x.py ..." with their TESTS="tests/test_x.py ..."; lists the survivors
 	@test -n "$(MODULES)" -a -n "$(TESTS)" || { echo 'usage: make mutation MODULES="ml/filters.py" TESTS="tests/test_ml_candidates.py"' >&2; exit 2; }
