@@ -54,14 +54,7 @@ def temporary_schema(url: str, *, prefix: str = "t", **engine_kwargs) -> Iterato
     with admin.begin() as connection:
         connection.execute(text(f'CREATE SCHEMA "{schema}"'))
     engine = make_engine(url, **engine_kwargs)
-
-    @event.listens_for(engine, "connect")
-    def _use_schema(dbapi_connection, _record):
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f'SET search_path TO "{schema}"')
-        cursor.close()
-        dbapi_connection.commit()
-
+    use_schema(engine, schema)
     try:
         yield engine
     finally:
@@ -69,3 +62,13 @@ def temporary_schema(url: str, *, prefix: str = "t", **engine_kwargs) -> Iterato
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+def use_schema(engine: Engine, schema: str) -> None:
+    """Make every connection of `engine` work in the Postgres schema `schema`."""
+    @event.listens_for(engine, "connect")
+    def _use_schema(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f'SET search_path TO "{schema}"')
+        cursor.close()
+        dbapi_connection.commit()

@@ -11,10 +11,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from core.delivery import DeliveryFailed, ErrorKind
-from db.engine import make_engine, make_session_factory
+from db.engine import make_engine, make_session_factory, use_schema
 from posting.bluesky_client import BlueskyDestination, MemorySessionStore
 from posting.destinations import DatabaseSessionStore
 from tests.fake_bluesky import APP_PASSWORD, HANDLE, REFRESH_SESSION, FakeBluesky
@@ -124,12 +124,7 @@ def post_from_child(url: str, schema: str | None, pds_url: str, n: int, barrier,
     """A run in a process of its own, on the parent's database (its Postgres schema, or SQLite file)."""
     engine = make_engine(url)
     if schema:
-        @event.listens_for(engine, "connect")
-        def _use_schema(dbapi_connection, _record):
-            cursor = dbapi_connection.cursor()
-            cursor.execute(f'SET search_path TO "{schema}"')
-            cursor.close()
-            dbapi_connection.commit()
+        use_schema(engine, schema)
 
     store = RunsStartTogether(database_store(make_session_factory(engine)), barrier)
     bluesky = BlueskyDestination(pds_url, HANDLE, APP_PASSWORD, 5, store)
