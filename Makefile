@@ -71,8 +71,10 @@ serve-generation: $(VENV)/.ml ## serve the generation service on http://127.0.0.
 # Each run starts from no mutants/: mutmut keeps a mutant's verdict until its function changes, so a
 # rerun after new tests would list the old survivors again, and another MODULES' results would stay.
 # Survivors again: `cd .mutation && mutmut results`; one in full: `mutmut show NAME`.
+# MUTANTS limits the run to mutants whose names match (globs: MUTANTS="posting.job.x__claim__*").
 .PHONY: mutation
 MUTATION_DIR ?= .mutation
+MUTANTS ?=
 MUTATION_COPY := core api posting bench db ml scripts migrations alembic.ini pytest.ini .gitignore
 mutation: $(VENV)/.dev ## mutation-test MODULES="api/x.py ..." with their TESTS="tests/test_x.py ..."; lists the survivors
 	@test -n "$(MODULES)" -a -n "$(TESTS)" || { echo 'usage: make mutation MODULES="ml/filters.py" TESTS="tests/test_ml_candidates.py"' >&2; exit 2; }
@@ -85,7 +87,7 @@ mutation: $(VENV)/.dev ## mutation-test MODULES="api/x.py ..." with their TESTS=
 	  echo 'pytest_add_cli_args_test_selection ='; for path in $(TESTS); do echo "    $$path"; done; \
 	  printf 'pytest_add_cli_args =\n    -m\n    not ml and not browser\n'; \
 	} > $(MUTATION_DIR)/setup.cfg
-	cd $(MUTATION_DIR) && $(CURDIR)/$(BIN)/mutmut run && $(CURDIR)/$(BIN)/mutmut results
+	cd $(MUTATION_DIR) && $(CURDIR)/$(BIN)/mutmut run $(foreach mutant,$(MUTANTS),'$(mutant)') && $(CURDIR)/$(BIN)/mutmut results
 
 # Docker, docker compose and Google Cloud targets (docker-compose, docker-cloud-run, add-scheduler, ...).
 include deploy.mk

@@ -49,6 +49,23 @@ app = FastAPI()
 def health():
     return {"status": "ok"}
 '''
+# The floor of any /health that asks the database through SQLAlchemy, as the API's does: the bare app
+# plus an engine (core only, then with the ORM, which the posting path's store is written in).
+SQLALCHEMY_APP = '''import os
+
+from fastapi import FastAPI
+from sqlalchemy import create_engine, text
+{orm_import}
+engine = create_engine("sqlite:///" + os.environ["SQLITE_PATH"])
+app = FastAPI()
+
+
+@app.get("/health")
+def health():
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1 FROM tweets LIMIT 1"))
+    return {{"status": "ok"}}
+'''
 
 
 def image_command() -> str:
@@ -225,6 +242,8 @@ def main() -> None:
         api_dir, bare_dir = args.app_dir or scratch / "app", scratch / "bare"
         bare_dir.mkdir()
         (bare_dir / "bare.py").write_text(BARE_APP)
+        (bare_dir / "bare_sqlalchemy.py").write_text(SQLALCHEMY_APP.format(orm_import=""))
+        (bare_dir / "bare_orm.py").write_text(SQLALCHEMY_APP.format(orm_import="import sqlalchemy.orm  # noqa: F401\n"))
         environment = {
             "PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(scratch), "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1", "LOG_FORMAT": "json", "SQLITE_PATH": str(scratch / "tweets.db"),
@@ -237,28 +256,32 @@ def main() -> None:
         }
         if args.app_dir is None:
             stage_image_files(REPO, api_dir, environment)
-        subprocess.run(["python", "-m", "compileall", "-q", "bare.py"], cwd=bare_dir, env=environment, check=True)
+        subprocess.run(["python", "-m", "compileall", "-q", "."], cwd=bare_dir, env=environment, check=True)
         subprocess.run(["alembic", "upgrade", "head"], cwd=api_dir, env=environment, check=True, capture_output=True)
         command = image_command()
-        apps = {"bare:app": (bare_dir, environment, 0)}
+        # name: (module, folder, environment, warm posts)
+        apps = {
+            "bare:app": ("bare:app", bare_dir, environment, 0),
+            "+ SQLAlchemy": ("bare_sqlalchemy:app", bare_dir, environment, 0),
+            "+ its ORM": ("bare_orm:app", bare_dir, environment, 0),
+        }
         checkouts = {"api": api_dir}
         if args.baseline is not None:
             checkouts = {"before": scratch / "before", **checkouts}
             stage_image_files(args.baseline, checkouts["before"], environment)
         for label, app_dir in checkouts.items():
-            apps[f"{label}, dry run"] = (app_dir, dry_run, args.warm_posts)
-            apps[f"{label}, fake X"] = (app_dir, against_fake_x, args.warm_posts)
-        posting_apps = [name for name in apps if name != "bare:app"]
+            apps[f"{label}, dry run"] = ("api.main:app", app_dir, dry_run, args.warm_posts)
+            apps[f"{label}, fake X"] = ("api.main:app", app_dir, against_fake_x, args.warm_posts)
+        posting_apps = [name for name, (_, _, _, warm_posts) in apps.items() if warm_posts]
         queue = (1 + args.warm_posts) * len(posting_apps) * (args.runs + 1)
         # A first start of each fills the OS file cache (the first also queues the tweets to post); no
         # bytecode is written (PYTHONDONTWRITEBYTECODE).
         start_once(command, "api.main:app", api_dir, dry_run, before_stop=lambda port: upload_queue(port, queue))
-        for name, (cwd, env, warm_posts) in apps.items():
-            start_once(command, "bare:app" if name == "bare:app" else "api.main:app", cwd, env, warm_posts=warm_posts)
+        for module, cwd, env, warm_posts in apps.values():
+            start_once(command, module, cwd, env, warm_posts=warm_posts)
         results: dict[str, list[Start]] = {name: [] for name in apps}
         for _ in range(args.runs):
-            for name, (cwd, env, warm_posts) in apps.items():
-                module = "bare:app" if name == "bare:app" else "api.main:app"
+            for name, (module, cwd, env, warm_posts) in apps.items():
                 results[name].append(start_once(command, module, cwd, env, warm_posts=warm_posts))
     fake_x.stop()
 
