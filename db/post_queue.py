@@ -7,6 +7,7 @@ in posting/job.py's docstring.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, exists, func, select, text, update
@@ -23,35 +24,49 @@ IDEMPOTENCY_LOCK_SPACE = 0x7477  # first key of Postgres advisory locks taken fo
 EMPTY_QUEUE_RUN_DAYS = 30  # how long a key that found the queue empty is kept (retries come within hours)
 
 
-def sweep_stale_posts(session: Session, *, account: str, lease_minutes: float) -> list[int]:
+def sweep_stale_posts(
+    session: Session, *, account: str, lease_minutes: float, unconfirmed_note: Callable[[list[str]], str]
+) -> list[int]:
     """Turn tweets left in `posting` longer than the lease into `unconfirmed`; their ids.
 
-    Their call died between claiming and recording (a crash, a killed container): X may
-    have posted them, so they are never re-posted automatically.
+    Their call died between claiming and recording (a crash, a killed container): the networks
+    of their deliveries still `posting` (X for a tweet with none: one stored before deliveries)
+    may have posted them, so they are never re-posted automatically. `unconfirmed_note` says,
+    for those networks, who may have it and where to check (posting.destinations.unconfirmed_note).
     """
     now = utcnow()
     cutoff = now - timedelta(minutes=lease_minutes)
     stale = session.scalars(
         update(Tweet)
         .where(Tweet.account == account, Tweet.status == TweetStatus.posting, Tweet.claimed_at < cutoff)
-        .values(
-            status=TweetStatus.unconfirmed,
-            updated_at=now,
-            error=f"the posting call stopped mid-post (no result after {lease_minutes:g} minutes); "
-                  f"X may have posted it: check https://x.com/{account} and set it to posted or queued",
-        )
+        .values(status=TweetStatus.unconfirmed, updated_at=now)
         .returning(Tweet.id)
         .execution_options(synchronize_session=False)
     ).all()
-    if stale:
+    if not stale:
+        return []
+    swept = session.execute(
+        update(Delivery)
+        .where(Delivery.tweet_id.in_(stale), Delivery.status == DeliveryStatus.posting)
+        .values(status=DeliveryStatus.unconfirmed, updated_at=now,
+                error="the posting call stopped mid-post: the network may have it; check it")
+        .returning(Delivery.tweet_id, Delivery.destination)
+        .execution_options(synchronize_session=False)
+    ).all()
+    networks: dict[int, list[str]] = {tweet_id: [] for tweet_id in stale}
+    for tweet_id, destination in swept:
+        networks[tweet_id].append(destination)
+    by_note: dict[str, list[int]] = {}  # one UPDATE per note: usually one for all
+    for tweet_id, names in networks.items():
+        by_note.setdefault(unconfirmed_note(names or ["x"]), []).append(tweet_id)
+    for note, ids in by_note.items():
         session.execute(
-            update(Delivery)
-            .where(Delivery.tweet_id.in_(stale), Delivery.status == DeliveryStatus.posting)
-            .values(status=DeliveryStatus.unconfirmed, updated_at=now,
-                    error="the posting call stopped mid-post: the network may have it; check it")
+            update(Tweet)
+            .where(Tweet.id.in_(ids))
+            .values(error=f"the posting call stopped mid-post (no result after {lease_minutes:g} minutes); {note}")
             .execution_options(synchronize_session=False)
         )
-        log.warning("posting lease expired: tweets %s are now unconfirmed (check them on X)", list(stale))
+        log.warning("posting lease expired: tweets %s are now unconfirmed; %s", ids, note)
     return list(stale)
 
 
@@ -191,13 +206,11 @@ def record_rejected(session: Session, tweet: Tweet, *, reason: str) -> None:
     session.flush()
 
 
-def record_unconfirmed(session: Session, tweet: Tweet, *, reason: str) -> None:
-    """X may have posted it: kept out of the queue (with its key) until an operator decides."""
+def record_unconfirmed(session: Session, tweet: Tweet, *, reason: str, note: str) -> None:
+    """A network may have posted it: kept out of the queue (with its key) until an operator decides;
+    `note` says which and where to check (posting.destinations.unconfirmed_note)."""
     tweet.status = TweetStatus.unconfirmed
-    tweet.error = (
-        f"{reason}; X may have posted it: check https://x.com/{tweet.account} "
-        "and set it to posted or queued"
-    )
+    tweet.error = f"{reason}; {note}"
     tweet.updated_at = utcnow()
     session.flush()
 

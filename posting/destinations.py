@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
 import tweepy
@@ -55,6 +55,36 @@ def text_rule(bot: BotSettings) -> Callable[[str], str | None]:
 def dry_run_variable(bot: BotSettings, network: str) -> str:
     """The variable, as the operator sets it, that makes the bot's posts to `network` dry runs."""
     return f"{bot.prefix}{'TWITTER' if network == 'x' else network.upper()}_DRY_RUN"
+
+
+def address_variable(bot: BotSettings, network: str) -> str:
+    """The variable, as the operator sets it, holding the address the bot posts to on `network`
+    (X's is the service's, for every bot)."""
+    if network == "x":
+        return "TWITTER_API_BASE_URL"
+    return f"{bot.prefix}{'MASTODON_API_BASE_URL' if network == 'mastodon' else 'BLUESKY_PDS_URL'}"
+
+
+def unconfirmed_note(bot: BotSettings, networks: Collection[str]) -> str:
+    """What an unconfirmed tweet's error says after its reason: which of the bot's networks may have
+    posted it (those of its unconfirmed deliveries), where to look on each, and what to do then."""
+    ordered = [network for network in NETWORK_NAMES if network in networks]
+    # Unset only when the bot no longer posts there for real (a dry run since the delivery was attempted).
+    places = {
+        "x": f"https://x.com/{bot.name}",
+        "mastodon": f"the bot's profile on {bot.MASTODON_API_BASE_URL}" if bot.MASTODON_API_BASE_URL
+                    else "the bot's Mastodon profile",  # the profile's path needs a lookup
+        "bluesky": f"https://bsky.app/profile/{bot.BLUESKY_HANDLE}" if bot.BLUESKY_HANDLE
+                   else "the bot's Bluesky profile",
+    }
+    then = " and" if len(ordered) == 1 else ", then"
+    return (f"{_and([NETWORK_NAMES[n] for n in ordered])} may have posted it: "
+            f"check {_and([places[n] for n in ordered])}{then} set it to posted or queued")
+
+
+def _and(items: list[str]) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def missing_configuration(bot: BotSettings) -> str | None:

@@ -40,6 +40,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 import tweepy
 from sqlalchemy.exc import SQLAlchemyError
@@ -67,10 +68,12 @@ from db.post_queue import (
 )
 from posting.destinations import (
     NETWORK_NAMES,
+    address_variable,
     dry_run_variable,
     make_destinations,
     missing_configuration,
     text_problem,
+    unconfirmed_note,
 )
 from posting.outcomes import PostOutcome
 
@@ -220,7 +223,8 @@ def prepare_claim_statements(session_factory: sessionmaker[Session], settings: S
     """
     try:
         with session_factory() as session:
-            sweep_stale_posts(session, account=NO_ACCOUNT, lease_minutes=settings.POSTING_LEASE_MINUTES)
+            sweep_stale_posts(session, account=NO_ACCOUNT, lease_minutes=settings.POSTING_LEASE_MINUTES,
+                              unconfirmed_note=partial(unconfirmed_note, settings.default_bot))
             claim_next_tweet(session, account=NO_ACCOUNT, order=settings.default_bot.TWEET_ORDER)
             queued_tweet_exists(session, account=NO_ACCOUNT)
             session.rollback()
@@ -233,7 +237,8 @@ def _claim(session: Session, settings: Settings, bot: BotSettings, key: str | No
     account = bot.name
     if key is not None:
         lock_idempotency_key(session, account=account, key=key)
-    sweep_stale_posts(session, account=account, lease_minutes=settings.POSTING_LEASE_MINUTES)
+    sweep_stale_posts(session, account=account, lease_minutes=settings.POSTING_LEASE_MINUTES,
+                      unconfirmed_note=partial(unconfirmed_note, bot))
     if key is not None:
         earlier = find_by_idempotency_key(session, account=account, key=key)
         if earlier is not None:
@@ -306,7 +311,7 @@ def _deliver(
     except _ClaimLost as lost:
         return PostResult(lost.outcome, lost.message, tweet)
     try:
-        return _settle_tweet(session, tweet, deliveries, failures)
+        return _settle_tweet(session, bot, tweet, deliveries, failures)
     except _ClaimLost as lost:
         return PostResult(lost.outcome, lost.message, tweet)
 
@@ -378,7 +383,7 @@ def _record_failure(
     elif error.kind is ErrorKind.unknown_outcome and not _repeat_is_harmless(delivery, client):
         status, outcome = DeliveryStatus.unconfirmed, PostOutcome.unconfirmed
     else:
-        status, outcome = DeliveryStatus.queued, _requeued_answer(tweet, delivery.destination, error)[0]
+        status, outcome = DeliveryStatus.queued, _requeued_answer(bot, tweet, delivery.destination, error)[0]
     reason = error.message if delivery.destination == "x" else f"{name}: {error.message}"
     # An attempt that made nothing (a rate limit, a refusal...) leaves the time of an earlier one that may have.
     first_attempt = delivery.claimed_at if error.kind is ErrorKind.unknown_outcome else earlier_attempt
@@ -398,34 +403,39 @@ def _repeat_is_harmless(delivery: Delivery, client: Destination) -> bool:
 
 
 def _settle_tweet(
-    session: Session, tweet: Tweet, deliveries: list[Delivery], failures: list[tuple[Delivery, DeliveryError]]
+    session: Session, bot: BotSettings, tweet: Tweet, deliveries: list[Delivery],
+    failures: list[tuple[Delivery, DeliveryError]],
 ) -> PostResult | None:
     """The tweet's own state from its deliveries'; the run's answer (None: every destination refused it)."""
     statuses = {delivery.status for delivery in deliveries}
+    only = NETWORK_NAMES[deliveries[0].destination] if len(deliveries) == 1 else None  # the bot's one network
+    whose = only or "the run"  # whose answer a claim lost now leaves unrecorded
     if DeliveryStatus.unconfirmed in statuses:
-        reason = "; ".join(d.error for d in deliveries if d.status is DeliveryStatus.unconfirmed)
-        _settle(session, tweet, reason, PostOutcome.unconfirmed, lambda: record_unconfirmed(session, tweet, reason=reason))
+        unconfirmed = [d for d in deliveries if d.status is DeliveryStatus.unconfirmed]
+        reason = "; ".join(d.error for d in unconfirmed)
+        note = unconfirmed_note(bot, [d.destination for d in unconfirmed])
+        _settle(session, tweet, reason, PostOutcome.unconfirmed,
+                lambda: record_unconfirmed(session, tweet, reason=reason, note=note), whose=whose)
         log.error(unconfirmed_message(tweet))
         return PostResult(PostOutcome.unconfirmed, unconfirmed_message(tweet), tweet)
     if statuses <= {DeliveryStatus.posted, DeliveryStatus.rejected}:
         if DeliveryStatus.posted not in statuses:
             reason = "; ".join(d.error for d in deliveries)
             _settle(session, tweet, reason, PostOutcome.texts_refused,
-                    lambda: record_rejected(session, tweet, reason=reason))
-            who = NETWORK_NAMES[deliveries[0].destination] if len(deliveries) == 1 else "every destination"
-            log.warning("%s refused the text of tweet %s (now rejected): %s", who, tweet.id, reason)
+                    lambda: record_rejected(session, tweet, reason=reason), whose=whose)
+            log.warning("%s refused the text of tweet %s (now rejected): %s", only or "every destination", tweet.id, reason)
             return None
         x = next((d for d in deliveries if d.destination == "x" and d.status is DeliveryStatus.posted), None)
         dry_run = all(d.dry_run for d in deliveries if d.status is DeliveryStatus.posted)
         _settle(session, tweet, "posted", PostOutcome.posted, lambda: record_posted(
-            session, tweet, x_tweet_id=x.remote_id if x is not None else None, dry_run=dry_run))
+            session, tweet, x_tweet_id=x.remote_id if x is not None else None, dry_run=dry_run), whose=whose)
         return PostResult(PostOutcome.posted, posted_message(tweet), tweet)
     # Some destination failed in a way worth retrying: the tweet waits in the queue for it.
-    answers = [_requeued_answer(tweet, delivery.destination, error) for delivery, error in failures
+    answers = [_requeued_answer(bot, tweet, delivery.destination, error) for delivery, error in failures
                if delivery.status is DeliveryStatus.queued]
     outcome, message, retry_after = min(answers, key=lambda answer: FAILURE_RANK[answer[0]])
     reason = "; ".join(d.error for d in deliveries if d.status is DeliveryStatus.queued and d.error)
-    _settle(session, tweet, reason, outcome, lambda: release_to_queue(session, tweet, reason=reason))
+    _settle(session, tweet, reason, outcome, lambda: release_to_queue(session, tweet, reason=reason), whose=whose)
     if any(d.status is DeliveryStatus.posted for d in deliveries):
         message = f"{message} ({posted_message(tweet)}; the next run posts it where it is missing)"
     log.warning(message)
@@ -433,10 +443,10 @@ def _settle_tweet(
 
 
 def _settle(
-    session: Session, tweet: Tweet, answer: str, outcome: PostOutcome, record: Callable[[], None], *, whose: str = "X"
+    session: Session, tweet: Tweet, answer: str, outcome: PostOutcome, record: Callable[[], None], *, whose: str
 ) -> None:
-    """Lock the claimed tweet's row and `record` a network's answer, unless the claim has since been
-    taken from this call; commits. Raises _ClaimLost (logged) when it was.
+    """Lock the claimed tweet's row and `record` an answer (`whose`: a network's, or the run's), unless
+    the claim has since been taken from this call; commits. Raises _ClaimLost (logged) when it was.
 
     A call slower than POSTING_LEASE_MINUTES finds its tweet swept to `unconfirmed`: the answer
     still settles it then. Once an operator or another call has acted on it (requeued, claimed
@@ -458,9 +468,11 @@ def _settle(
     raise _ClaimLost(lost, outcome)
 
 
-def _requeued_answer(tweet: Tweet, network: str, error: DeliveryError) -> tuple[PostOutcome, str, int | None]:
+def _requeued_answer(
+    bot: BotSettings, tweet: Tweet, network: str, error: DeliveryError
+) -> tuple[PostOutcome, str, int | None]:
     """The outcome, message and retry-after (seconds, rate limits only) for a delivery the network did
-    nothing with."""
+    nothing with (the bot's settings name the variables to check)."""
     kind, name = error.kind, NETWORK_NAMES[network]
     back = f"tweet {tweet.id} is back in the queue"
     retry_after = None
@@ -495,6 +507,5 @@ def _requeued_answer(tweet: Tweet, network: str, error: DeliveryError) -> tuple[
         message = f"{name} failed ({error.message}); {back}"
     else:
         outcome = PostOutcome.x_failed
-        base_url = "TWITTER_API_BASE_URL" if network == "x" else f"{network.upper()}'s address"
-        message = f"{name} refused the request ({error.message}): check {base_url}; {back}"
+        message = f"{name} refused the request ({error.message}): check {address_variable(bot, network)}; {back}"
     return outcome, message, retry_after

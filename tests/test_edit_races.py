@@ -20,10 +20,11 @@ from api.curate.actions import Move
 from core.config import Settings, TweetOrder
 from db import store
 from db.models import Tweet, TweetStatus
-from db.post_queue import claim_next_tweet, sweep_stale_posts
+from db.post_queue import claim_next_tweet
 from posting.job import QUEUE_BUSY_RETRY_SECONDS, post_next
 from posting.outcomes import PostOutcome
 from tests.conftest import ACCOUNT, store_texts
+from tests.test_posting import sweep
 
 ORIGINAL = "the text as queued"
 EDITED = "the text as edited"
@@ -241,7 +242,7 @@ class RequeuedByACuratorWhileXAnswers:
 
     def create_tweet(self, *, text, user_auth):
         with self.session_factory() as session:
-            sweep_stale_posts(session, account=ACCOUNT, lease_minutes=0)
+            sweep(session, lease_minutes=0)
             session.commit()
         actions.requeue(self.curator, ACCOUNT, self.tweet_id)
         return SimpleNamespace(data={"id": "1790000000000000003"})

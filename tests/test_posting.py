@@ -26,6 +26,7 @@ from core.x_client import make_x_client
 from db import store
 from db.models import EmptyQueueRun, Tweet, TweetStatus, utcnow
 from db.post_queue import claim_next_tweet, found_queue_empty, remember_empty_queue_run, sweep_stale_posts
+from posting.destinations import unconfirmed_note
 from posting.job import post_next
 from posting.outcomes import PostOutcome
 from tests.conftest import ACCOUNT, TOKEN, store_texts
@@ -505,11 +506,18 @@ def test_stale_posting_row_becomes_unconfirmed_not_reposted(session_factory, set
     assert [p["text"] for p in fake_x.posted] == ["queued"]
 
 
+def sweep(session, *, lease_minutes: float) -> list[int]:
+    """posting.job's sweep of ACCOUNT's stale claims, ACCOUNT being a bot that posts to X."""
+    bot = Settings(SECRET_TOKEN=TOKEN, ACCOUNT=ACCOUNT, _env_file=None)
+    return sweep_stale_posts(session, account=ACCOUNT, lease_minutes=lease_minutes,
+                             unconfirmed_note=partial(unconfirmed_note, bot))
+
+
 def end_the_lease_then(session_factory, then: str) -> None:
     """What can happen to a claimed tweet while X is slow to answer: another call's sweep ends the
     lease (unconfirmed); then maybe an operator requeues it and another call claims it again."""
     with session_factory() as session:
-        (swept,) = sweep_stale_posts(session, account=ACCOUNT, lease_minutes=0)
+        (swept,) = sweep(session, lease_minutes=0)
         if then == "claimed again":
             store.update_tweet(session, store.get_tweet(session, swept, for_update=True), status=TweetStatus.queued)
             session.commit()
@@ -708,7 +716,7 @@ def test_the_lease_ends_strictly_after_its_length(session_factory, monkeypatch):
             tweet = session.get(Tweet, tweet_id)
             tweet.status, tweet.claimed_at = TweetStatus.posting, now - age
         session.commit()
-        assert sweep_stale_posts(session, account=ACCOUNT, lease_minutes=10) == [past_id]
+        assert sweep(session, lease_minutes=10) == [past_id]
         session.commit()
 
 

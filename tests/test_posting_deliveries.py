@@ -20,6 +20,7 @@ from core.tweet_text import bluesky_text_problem, mastodon_text_problem, x_text_
 from db import store
 from db.models import Delivery, DeliveryStatus, Tweet, TweetStatus
 from posting.job import log_posting_configuration, post_next, posted_message
+from posting.destinations import NETWORK_NAMES, unconfirmed_note
 from posting.outcomes import PostOutcome
 from tests import test_destinations
 from tests.conftest import ACCOUNT, TOKEN, store_texts
@@ -210,7 +211,9 @@ def test_a_text_the_only_destination_refuses_names_that_network(session_factory,
      PostOutcome.x_failed, "Bluesky failed (502 Bad Gateway)"),
     ("bluesky", lost_answer(), timedelta.max, PostOutcome.x_failed, "Bluesky failed (read timed out)"),
     ("mastodon", DeliveryError(ErrorKind.refused, "404 Not Found", 404), None,
-     PostOutcome.x_failed, "Mastodon refused the request (404 Not Found): check MASTODON's address"),
+     PostOutcome.x_failed, "Mastodon refused the request (404 Not Found): check MASTODON_API_BASE_URL"),
+    ("bluesky", DeliveryError(ErrorKind.refused, "404 Not Found", 404), None,
+     PostOutcome.x_failed, "Bluesky refused the request (404 Not Found): check BLUESKY_PDS_URL"),
     ("mastodon", rate_limited(), None,
      PostOutcome.rate_limited, "Mastodon's rate limit is reached (Mastodon did not say until when)"),
 ])
@@ -228,6 +231,27 @@ def test_a_failure_on_mastodon_or_bluesky_says_what_the_network_said(session_fac
     assert tweet(session_factory, tweet_id).error == f"last attempt: {delivery.error}"
     # one destination: the run's own warning says it all
     assert logged(caplog, logging.WARNING) == [back]
+
+
+@pytest.mark.parametrize(("network", "variable"), [
+    ("mastodon", "BOT_ALICE_MASTODON_API_BASE_URL"), ("bluesky", "BOT_ALICE_BLUESKY_PDS_URL")])
+def test_a_refused_request_names_the_address_variable_with_the_bots_prefix(monkeypatch, session_factory, network, variable):
+    monkeypatch.setenv("BOTS", "alice,bob")
+    monkeypatch.setenv("BOT_ALICE_DESTINATIONS", network)
+    for name, value in (("MASTODON_API_BASE_URL", "https://mastodon.example"), ("MASTODON_ACCESS_TOKEN", "m-token"),
+                        ("BLUESKY_HANDLE", "alice.bsky.social"), ("BLUESKY_APP_PASSWORD", "app-pass-word")):
+        monkeypatch.setenv(f"BOT_ALICE_{name}", value)
+    monkeypatch.setenv("BOT_BOB_TWITTER_DRY_RUN", "true")
+    with session_factory() as session:
+        store.ingest_texts(session, account="alice", texts=["refused"], status=TweetStatus.queued)
+        session.commit()
+    refused = ScriptedDestination(network, DeliveryError(ErrorKind.refused, "404 Not Found", 404))
+    result = post_next(session_factory=session_factory, settings=Settings(SECRET_TOKEN=TOKEN, _env_file=None),
+                       bot="alice", destinations={network: refused})
+    assert (result.outcome, result.message) == (PostOutcome.x_failed, (
+        f"{NETWORK_NAMES[network]} refused the request (404 Not Found): check {variable}; "
+        f"tweet {result.tweet.id} is back in the queue"))
+    assert result.tweet.account == "alice"
 
 
 def test_a_rate_limit_with_a_reset_time_gives_the_seconds_left_rounded_up(session_factory, three, clock):
@@ -274,10 +298,75 @@ def test_lost_answers_on_two_networks_are_each_named(session_factory, three, cap
     error = "read timed out; Mastodon: read timed out"
     assert result.outcome is PostOutcome.unconfirmed
     assert result.message == f"tweet {tweet_id} is unconfirmed: {tweet(session_factory, tweet_id).error}"
-    assert tweet(session_factory, tweet_id).error.startswith(f"{error}; ")
+    assert tweet(session_factory, tweet_id).error == (
+        f"{error}; X and Mastodon may have posted it: check https://x.com/{ACCOUNT} and the bot's profile on "
+        "https://mastodon.example, then set it to posted or queued")
     assert logged(caplog, logging.WARNING) == [f"tweet {tweet_id} on X: unconfirmed (read timed out)",
                                                f"tweet {tweet_id} on Mastodon: unconfirmed (read timed out)"]
     assert logged(caplog, logging.ERROR) == [result.message]
+
+
+@pytest.mark.parametrize(("destinations", "lost", "error"), [
+    ("mastodon", ("mastodon",), "Mastodon: read timed out; Mastodon may have posted it: check the bot's profile on "
+                                "https://mastodon.example and set it to posted or queued"),
+    ("bluesky", ("bluesky",), "Bluesky: read timed out; Bluesky may have posted it: check "
+                              "https://bsky.app/profile/bot.bsky.social and set it to posted or queued"),
+    ("x,mastodon,bluesky", ("bluesky",), "Bluesky: read timed out; Bluesky may have posted it: check "
+                                         "https://bsky.app/profile/bot.bsky.social and set it to posted or queued"),
+    ("x,mastodon,bluesky", NETWORKS, (
+        "read timed out; Mastodon: read timed out; Bluesky: read timed out; X, Mastodon and Bluesky may have posted "
+        f"it: check https://x.com/{ACCOUNT}, the bot's profile on https://mastodon.example and "
+        "https://bsky.app/profile/bot.bsky.social, then set it to posted or queued")),
+])
+def test_an_unconfirmed_tweet_names_only_the_networks_that_may_have_it_and_where_to_look(
+        session_factory, three, destinations, lost, error):
+    (tweet_id,) = store_texts(session_factory, "maybe somewhere", status=TweetStatus.queued)
+    result = run(session_factory, only(three, destinations), scripted(**dict.fromkeys(lost, [lost_answer()])))
+    assert (result.outcome, result.message) == (PostOutcome.unconfirmed, f"tweet {tweet_id} is unconfirmed: {error}")
+    assert tweet(session_factory, tweet_id).error == error
+
+
+def test_an_unconfirmed_note_on_a_network_no_longer_configured_still_says_where_to_look(settings):
+    """Swept after the bot's Mastodon and Bluesky became dry runs, their addresses unset."""
+    assert unconfirmed_note(settings, ["bluesky", "mastodon"]) == (
+        "Mastodon and Bluesky may have posted it: check the bot's Mastodon profile and the bot's Bluesky profile, "
+        "then set it to posted or queued")
+
+
+def claimed_long_ago(session_factory, clock, statuses: dict[str, DeliveryStatus]) -> int:
+    """A tweet a killed run left `posting` eleven minutes ago (past the default lease), with these deliveries."""
+    (tweet_id,) = store_texts(session_factory, "left mid-post", status=TweetStatus.queued)
+    with session_factory() as session:
+        row = session.get(Tweet, tweet_id)
+        row.status, row.claimed_at = TweetStatus.posting, clock.now - timedelta(minutes=11)
+        session.add_all(Delivery(tweet_id=tweet_id, destination=network, status=status)
+                        for network, status in statuses.items())
+        session.commit()
+    return tweet_id
+
+
+@pytest.mark.parametrize(("statuses", "maybe"), [
+    ({"x": DeliveryStatus.posted, "mastodon": DeliveryStatus.posting, "bluesky": DeliveryStatus.queued},
+     "Mastodon may have posted it: check the bot's profile on https://mastodon.example and set it to posted or queued"),
+    ({"x": DeliveryStatus.posting, "mastodon": DeliveryStatus.queued, "bluesky": DeliveryStatus.posting},
+     f"X and Bluesky may have posted it: check https://x.com/{ACCOUNT} and https://bsky.app/profile/bot.bsky.social, "
+     "then set it to posted or queued"),
+    ({"x": DeliveryStatus.posting},
+     f"X may have posted it: check https://x.com/{ACCOUNT} and set it to posted or queued"),
+    ({}, f"X may have posted it: check https://x.com/{ACCOUNT} and set it to posted or queued"),  # before deliveries
+], ids=["mastodon", "x and bluesky", "x", "no deliveries"])
+def test_a_tweet_swept_mid_post_names_the_networks_it_was_posting_to(session_factory, three, clock, caplog, statuses, maybe):
+    tweet_id = claimed_long_ago(session_factory, clock, statuses)
+    caplog.set_level(logging.INFO, logger="db.post_queue")
+    clients = scripted()
+    assert run(session_factory, three, clients).outcome is PostOutcome.queue_empty
+    assert tweet(session_factory, tweet_id).error == (
+        f"the posting call stopped mid-post (no result after 10 minutes); {maybe}")
+    assert {n: d.status for n, d in deliveries(session_factory, tweet_id).items()} == {
+        n: DeliveryStatus.unconfirmed if s is DeliveryStatus.posting else s for n, s in statuses.items()}
+    assert [r.getMessage() for r in caplog.records if r.name == "db.post_queue"] == [
+        f"posting lease expired: tweets [{tweet_id}] are now unconfirmed; {maybe}"]
+    assert [c.posts for c in clients.values()] == [[], [], []]
 
 
 # ---- the time a network keeps a delivery's key -----------------------------------------------
@@ -444,9 +533,20 @@ def test_a_claim_lost_after_the_last_delivery_leaves_the_tweet_to_its_new_claim(
         logging.getLogger("posting.job").removeHandler(handler)
     assert handler.done and result.tweet.id == tweet_id
     assert (result.outcome, result.message) == (outcome, (
-        f"tweet {tweet_id} changed after its posting lease ended (it is now posting): X's answer is not recorded: {reason}"))
+        f"tweet {tweet_id} changed after its posting lease ended (it is now posting): the run's answer is not recorded: "
+        f"{reason}"))
     assert (tweet(session_factory, tweet_id).status, tweet(session_factory, tweet_id).idempotency_key) == (
         TweetStatus.posting, "second")
+
+
+def test_a_claim_lost_after_the_only_destination_answered_names_that_network(session_factory, three, caplog):
+    (tweet_id,) = store_texts(session_factory, "taken at the end", status=TweetStatus.queued)
+    caplog.set_level(logging.INFO, logger="posting.job")
+    result = run_taking_the_claim_after(session_factory, only(three, "mastodon"), scripted(),
+                                        f"posted tweet {tweet_id} as https://mastodon.example/1")
+    assert (result.outcome, result.message) == (PostOutcome.posted, (
+        f"tweet {tweet_id} changed after its posting lease ended (it is now posting): Mastodon's answer is not recorded: "
+        "posted"))
 
 
 def test_a_bot_without_x_has_no_x_post_on_record(session_factory, three):
@@ -494,7 +594,7 @@ def test_a_claim_lost_before_the_tweet_goes_back_to_the_queue_leaves_it_to_its_n
                                         f"posted tweet {tweet_id} as https://mastodon.example/1")
     assert (result.outcome, result.message) == (PostOutcome.rate_limited, (
         f"tweet {tweet_id} changed after its posting lease ended (it is now posting): "
-        "X's answer is not recorded: 429 Too Many Requests"))
+        "the run's answer is not recorded: 429 Too Many Requests"))
 
 
 def test_a_claim_lost_before_an_expired_key_is_recorded_leaves_it_unrecorded(session_factory, three, clock, caplog):

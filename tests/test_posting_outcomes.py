@@ -17,13 +17,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from core.config import TweetOrder
 from db import store
 from db.models import Tweet, TweetStatus, utcnow
-from db.post_queue import sweep_stale_posts
 from posting.job import MAX_IDEMPOTENCY_KEY_LENGTH, post_next
 from posting.outcomes import PostOutcome
 from tests.conftest import ACCOUNT
 from tests.fake_x import DUPLICATE_DETAIL, FakeX, problem
 from tests import test_posting
-from tests.test_posting import client_with, end_the_lease_then, load, post, queue
+from tests.test_posting import client_with, end_the_lease_then, load, post, queue, sweep
 
 settings_values = test_posting.settings_values  # the fixture: settings pointing at the fake X
 
@@ -274,7 +273,7 @@ def test_an_answer_for_a_tweet_deleted_meanwhile_says_it_is_deleted(session_fact
 
     def answer_after_the_delete(request):
         with session_factory() as session:
-            sweep_stale_posts(session, account=ACCOUNT, lease_minutes=0)
+            sweep(session, lease_minutes=0)
             store.delete_tweet(session, store.get_tweet(session, tweet_id, for_update=True))
             session.commit()
         return FakeX.created(X_ID)
