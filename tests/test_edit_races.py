@@ -19,9 +19,9 @@ from api.curate import actions
 from api.curate.actions import Move
 from core.config import Settings, TweetOrder
 from db import store
-from db.models import Tweet, TweetStatus
-from db.post_queue import claim_next_tweet
-from posting.job import QUEUE_BUSY_RETRY_SECONDS, post_next
+from db.models import Delivery, DeliveryStatus, Tweet, TweetStatus
+from db.post_queue import claim_next_tweet, record_posted
+from posting.job import QUEUE_BUSY_RETRY_SECONDS, _ClaimLost, _settle, post_next
 from posting.outcomes import PostOutcome
 from tests.conftest import ACCOUNT, store_texts
 from tests.test_posting import sweep
@@ -262,4 +262,36 @@ def test_xs_answer_waits_for_a_curators_change_in_progress_and_then_leaves_it(se
             "recording X's answer",
         )
     assert "(it is now queued): X's answer is not recorded" in result.message
+    assert state(session_factory, tweet_id) == (ORIGINAL, TweetStatus.queued)
+    with session_factory() as session:  # X's delivery as the requeue left it, not marked posted
+        x = session.scalars(select(Delivery).where(Delivery.tweet_id == tweet_id)).one()
+        assert (x.destination, x.status, x.remote_id, x.claimed_at) == ("x", DeliveryStatus.queued, None, None)
+
+
+def test_settling_waits_for_a_requeue_in_progress_and_then_raises_claim_lost(session_factory):
+    """_settle locks the tweet's row before checking the claim: with an operator's requeue of the
+    unconfirmed tweet updated but not committed, it waits, sees `queued` and records nothing. Had it
+    not locked, it would have read the committed `unconfirmed`, passed the check, and its update
+    would have waited and then marked the requeued tweet posted."""
+    (tweet_id,) = store_texts(session_factory, ORIGINAL, status=TweetStatus.queued)
+    with session_factory() as posting, session_factory() as curator:
+        tweet = claim_next_tweet(posting, account=ACCOUNT, order=TweetOrder.oldest)
+        posting.commit()
+        with session_factory() as session:  # the lease ends while X answers
+            assert sweep(session, lease_minutes=0) == [tweet_id]
+            session.commit()
+        actions.requeue(curator, ACCOUNT, tweet_id)
+
+        def settle() -> _ClaimLost | None:
+            try:
+                _settle(posting, tweet, "X posted it", PostOutcome.posted,
+                        lambda: record_posted(posting, tweet, x_tweet_id="1790000000000000004", dry_run=False), whose="X")
+            except _ClaimLost as lost:
+                return lost
+            return None
+
+        lost = run_while_held(curator, session_factory, settle, "settling X's answer")
+    assert lost is not None, "X's answer was recorded over the requeue"
+    assert (lost.outcome, lost.message) == (PostOutcome.posted, f"tweet {tweet_id} changed after its posting lease "
+                                            "ended (it is now queued): X's answer is not recorded: X posted it")
     assert state(session_factory, tweet_id) == (ORIGINAL, TweetStatus.queued)
