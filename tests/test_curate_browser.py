@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.curate.actions import REVIEW_PAGE_SIZE
-from core.tweet_text import normalize_text, weighted_length
+from core.tweet_text import grapheme_count, mastodon_length, normalize_text, weighted_length
 from db.engine import make_engine, make_session_factory
 from db.models import Delivery, DeliveryStatus, Tweet, TweetStatus, utcnow
 from tests.conftest import TOKEN
@@ -483,6 +483,37 @@ def test_counter_in_the_browser_agrees_with_the_server(browser, server):
     page.context.close()
 
 
+# Where Mastodon's and Bluesky's counts differ from X's: clusters, links with and without http(s)://, mentions.
+GRAPHEME_PIECES = [
+    "👨‍👩‍👧", "👩🏽‍💻", "🏳️‍🌈", "🇫🇷", "🇺🇸🇫🇷", "🏴󠁧󠁢󠁳󠁣󠁴󠁿",
+    "é", "ạ̈", "각", "각", "क्षि", "กำ", "‍", "️", "❤️", "1️⃣",
+    "@alice", "@alice@mastodon.social", "@Bob_1@example.org.", "@a.b-c@host", "bob@example.com", "=@x", "/@x", "é@x",
+    "@x@", "@éa", "@x́", "@İ", "@ı", "@K", "https://mastodon.social/@alice", "@bob@host.example://x", "@ａ",
+]
+
+
+def test_mastodon_and_bluesky_counts_in_the_browser_agree_with_the_server(browser, server):
+    """tweet_counter.js's Mastodon count and grapheme count against core.tweet_text.mastodon_length and grapheme_count."""
+    generator = random.Random(11)
+    pieces = COUNTER_PIECES + GRAPHEME_PIECES
+    cases = COUNTER_CASES + GRAPHEME_PIECES + [
+        "".join(generator.choice(pieces) for _ in range(generator.randint(1, 12))) for _ in range(800)
+    ]
+    page = new_page(browser, server)
+    sign_in(page)
+    counted = page.evaluate(
+        "(texts) => texts.map((text) => [TweetCounter.mastodonLength(text), TweetCounter.graphemeCount(TweetCounter.normalize(text))])",
+        cases,
+    )
+    expected = [[mastodon_length(normalize_text(text)), grapheme_count(normalize_text(text))] for text in cases]
+    disagreements = [(text, server_counts, browser_counts)
+                     for text, server_counts, browser_counts in zip(cases, expected, counted)
+                     if server_counts != browser_counts]
+    assert disagreements == []
+    assert page.errors == []
+    page.context.close()
+
+
 def test_a_file_over_the_upload_limit_is_refused_before_it_is_sent(browser, server, tmp_path):
     page = new_page(browser, server)
     sign_in(page)
@@ -662,5 +693,105 @@ def test_two_bots_each_destinations_state_and_link_and_post_next_per_bot(browser
     page.goto("/curate/queue?bot=carol")
     page.wait_for_url("**/curate")
     assert flash_text(page) == "no bot is named 'carol': the bots are alice, bob"
+    assert page.errors == []
+    page.context.close()
+
+
+# ---- the live counter follows the bot's destinations ----
+
+MONA_TEXT = "mona's candidate, for Mastodon only"
+MIX_TEXT = "mix's candidate, for X and Mastodon"
+SKY_TEXT = "sky's candidate, for Bluesky only"
+FAMILY = "👨\u200d👩\u200d👧"  # 5 code points, 18 bytes of UTF-8, one grapheme
+
+
+def _seed_counter_bots(session: Session) -> None:
+    for account, text in (("mona", MONA_TEXT), ("mix", MIX_TEXT), ("sky", SKY_TEXT)):
+        session.add(Tweet(account=account, text=text, content_hash=f"{account}-candidate", status=TweetStatus.pending, position=0))
+
+
+@pytest.fixture(scope="module")
+def counter_server(tmp_path_factory):
+    """BOTS=mona,mix,sky: mona posts to Mastodon (an instance allowing 500 characters), mix to X and
+    Mastodon, sky to Bluesky; every destination a dry run."""
+    settings_env = {"BOTS": "mona,mix,sky", "BOT_MONA_DESTINATIONS": "mastodon", "BOT_MIX_DESTINATIONS": "x,mastodon",
+                    "BOT_SKY_DESTINATIONS": "bluesky"}
+    for name in ("MONA", "MIX", "SKY"):
+        for variable in ("TWITTER_DRY_RUN", "MASTODON_DRY_RUN", "BLUESKY_DRY_RUN"):
+            settings_env[f"BOT_{name}_{variable}"] = "true"
+    with serve(tmp_path_factory.mktemp("curate-counter-bots"), settings_env, _seed_counter_bots) as running:
+        yield running
+
+
+def open_editor(page, bot: str, text: str):
+    """The review page of `bot` with `text`'s editor open: its textarea, counter and save button."""
+    page.goto(f"/curate?bot={bot}")
+    candidate = card(page, text)
+    candidate.get_by_text("Edit").click()
+    return (candidate.locator("textarea"), candidate.locator("output.counter"),
+            candidate.get_by_role("button", name="Save & approve"))
+
+
+def test_a_mastodon_only_bots_counter_counts_mastodons_characters_and_saves_400(browser, counter_server):
+    page = new_page(browser, counter_server, viewport={"width": 1100, "height": 1000})
+    sign_in(page)
+    editor, counter, save = open_editor(page, "mona", MONA_TEXT)
+    assert counter.inner_text() == f"{len(MONA_TEXT)}/500"
+    editor.fill("see https://example.com/" + "a" * 100 + " and example.com")  # a link counts 23, example.com as written
+    assert counter.inner_text() == f"{4 + 23 + 16}/500"
+    editor.fill("@someone@mastodon.example hi")  # a remote mention counts as its local part
+    assert counter.inner_text() == "11/500"
+    editor.fill("m" * 501)
+    assert counter.inner_text() == "501/500 · over 500" and save.is_disabled()
+    assert counter.evaluate("output => output.classList.contains('over')")
+    long_text = "m" * 400
+    editor.fill(long_text)
+    assert counter.inner_text() == "400/500" and save.is_enabled()
+    page.keyboard.press("Control+Enter")
+    card(page, MONA_TEXT).wait_for(state="detached")
+    saved = counter_server.tweet(long_text)
+    assert flash_text(page) == f"Tweet {saved.id} edited and approved."
+    assert saved.status is TweetStatus.queued
+    assert page.errors == []
+    page.context.close()
+
+
+def test_an_x_and_mastodon_bots_counter_says_where_a_text_goes_and_blocks_only_what_none_takes(browser, counter_server, screenshots):
+    page = new_page(browser, counter_server, viewport={"width": 1100, "height": 1000})
+    sign_in(page)
+    editor, counter, save = open_editor(page, "mix", MIX_TEXT)
+    assert counter.inner_text() == f"X {len(MIX_TEXT)}/280 · Mastodon {len(MIX_TEXT)}/500"
+    editor.fill("see example.com")  # X counts a link written without http(s):// as 23, Mastodon as written
+    assert counter.inner_text() == "X 27/280 · Mastodon 15/500"
+    editor.fill("x" * 501)
+    assert counter.inner_text() == "X 501/280 (over 280) · Mastodon 501/500 (over 500)"
+    assert save.is_disabled()
+    assert counter.locator(".over").all_inner_texts() == ["X 501/280 (over 280)", "Mastodon 501/500 (over 500)"]
+    long_text = "x" * 300
+    editor.fill(long_text)
+    assert counter.inner_text() == "X 300/280 (over 280) · Mastodon 300/500 · posted only to Mastodon"
+    assert counter.locator(".over").all_inner_texts() == ["X 300/280 (over 280)"]
+    assert save.is_enabled()
+    page.screenshot(path=str(screenshots / "curate-counter-x-and-mastodon.png"), full_page=False)
+    save.click()
+    card(page, MIX_TEXT).wait_for(state="detached")
+    assert counter_server.tweet(long_text).status is TweetStatus.queued
+    assert page.errors == []
+    page.context.close()
+
+
+def test_a_bluesky_only_bots_counter_counts_graphemes_and_bytes(browser, counter_server):
+    page = new_page(browser, counter_server, viewport={"width": 1100, "height": 1000})
+    sign_in(page)
+    editor, counter, save = open_editor(page, "sky", SKY_TEXT)
+    assert counter.inner_text() == f"{len(SKY_TEXT)}/300"
+    editor.fill(FAMILY * 10 + "cafe\u0301 🇫🇷")  # 10 families, c-a-f-é, a space and a flag
+    assert counter.inner_text() == "16/300" and save.is_enabled()
+    editor.fill("e\u0301" * 301)
+    assert counter.inner_text() == "301/300 · over 300" and save.is_disabled()
+    editor.fill(FAMILY * 200)  # 200 graphemes, 3,600 bytes
+    assert counter.inner_text() == "200/300 · 3,600 bytes, over 3,000" and save.is_disabled()
+    editor.fill(FAMILY * 166)  # 2,988 bytes
+    assert counter.inner_text() == "166/300" and save.is_enabled()
     assert page.errors == []
     page.context.close()
