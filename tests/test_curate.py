@@ -1214,3 +1214,27 @@ def test_listings_load_deliveries_in_the_same_number_of_queries_for_any_number_o
     many = {path: queries_for(path) for path in few}
     assert many == few
     assert len(texts_on(two_bots.get("/curate/history?bot=bob").text)) == 6
+
+
+@SQLITE_ONLY
+def test_the_pages_edit_and_upload_keep_a_text_one_of_the_bots_destinations_takes(two_bots, session_factory):
+    """The page's rule is the bot's (posting.destinations.text_rule), as the API's: alice posts to X and
+    Mastodon, so a text over X's 280 but within Mastodon's 500 is kept (and posted only to Mastodon)."""
+    edited, uploaded, too_long = "e" * 400, "u" * 450, "z" * 501
+    candidate, other = add_for(session_factory, "alice", "alice's candidate", "alice's other candidate")
+    response = two_bots.post(f"/curate/tweets/{candidate}/edit?bot=alice", data={"text": edited, "csrf_token": two_bots.csrf},
+                             headers=JSON)
+    assert response.status_code == 200, response.text
+    response = two_bots.post(f"/curate/tweets/{other}/edit?bot=alice", data={"text": too_long, "csrf_token": two_bots.csrf},
+                             headers=JSON)
+    assert response.status_code == 422
+    assert response.json()["detail"] == ("Not saved: X: tweet is 501 weighted characters, over X's limit of 280; "
+                                         "Mastodon: 501 characters, 1 over Mastodon's 500.")
+    response = two_bots.post("/curate/upload?bot=alice", data={"csrf_token": two_bots.csrf},
+                             files={"file": ("gen.txt", f"{uploaded}\n{DELIM}\n{too_long}\n{DELIM}\n".encode())}, headers=JSON)
+    assert response.status_code == 201
+    with session_factory() as session:
+        kept = {tweet.text: tweet.status for tweet in session.scalars(select(Tweet).where(Tweet.account == "alice"))}
+    assert kept == {edited: TweetStatus.queued, "alice's other candidate": TweetStatus.pending, uploaded: TweetStatus.pending}
+    upload_summary = re.search(r'<ul class="rejections">(.*?)</ul>', response.text, re.S).group(1)
+    assert "Sample #2: X: tweet is 501 weighted characters, over X&#39;s limit of 280; Mastodon: 501 characters, 1 over Mastodon&#39;s 500" in upload_summary
