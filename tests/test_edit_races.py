@@ -18,6 +18,7 @@ from sqlalchemy import select, text
 from api.curate import actions
 from api.curate.actions import Move
 from core.config import Settings, TweetOrder
+from core.tweet_text import x_text_problem
 from db import store
 from db.models import Delivery, DeliveryStatus, Tweet, TweetStatus
 from db.post_queue import claim_next_tweet, record_posted
@@ -44,7 +45,7 @@ CURATION_ACTIONS = {
     "approve": (TweetStatus.pending, lambda session, tweet_id: actions.approve(session, ACCOUNT, [tweet_id])),
     "reject": (TweetStatus.pending, lambda session, tweet_id: actions.reject(session, ACCOUNT, [tweet_id])),
     "edit and approve": (TweetStatus.pending,
-                         lambda session, tweet_id: actions.edit_and_approve(session, ACCOUNT, tweet_id, EDITED)),
+                         lambda session, tweet_id: actions.edit_and_approve(session, ACCOUNT, tweet_id, EDITED, x_text_problem)),
     "requeue": (TweetStatus.unconfirmed, lambda session, tweet_id: actions.requeue(session, ACCOUNT, tweet_id)),
     "confirm posted": (TweetStatus.unconfirmed,
                        lambda session, tweet_id: actions.confirm_posted(session, ACCOUNT, tweet_id)),

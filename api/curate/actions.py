@@ -205,16 +205,16 @@ def reject(session: Session, account: str, ids: Iterable[int], *, reason: str = 
     return result
 
 
-def edit_and_approve(session: Session, account: str, tweet_id: int, text: str) -> Tweet:
+def edit_and_approve(session: Session, account: str, tweet_id: int, text: str, rule: store.TextRule) -> Tweet:
     """Replace a pending tweet's text and queue it.
 
-    Raises TweetNotFound, TweetRejected (the text breaks the tweet rule) or TweetConflict
-    (not pending any more, or another tweet has this text); nothing changes then.
+    Raises TweetNotFound, TweetRejected (the text breaks `rule`, the bot's: posting.destinations.text_rule)
+    or TweetConflict (not pending any more, or another tweet has this text); nothing changes then.
     """
     tweet = store.get_tweet(session, tweet_id, account=account, for_update=True)
     if tweet.status is not TweetStatus.pending:
         raise store.TweetConflict(f"tweet {tweet_id} is {tweet.status.value}, no longer pending: reload the page")
-    return store.update_tweet(session, tweet, text=text, status=TweetStatus.queued)
+    return store.update_tweet(session, tweet, text=text, status=TweetStatus.queued, rule=rule)
 
 
 def requeue(session: Session, account: str, tweet_id: int) -> Tweet:

@@ -38,6 +38,7 @@ from api.schemas import IdempotencyKeyText, TweetIdPath, TweetIdValue
 from core.config import BotSettings, UnknownBot
 from db import store
 from db.models import TweetStatus
+from posting.destinations import text_rule
 from posting.job import post_next
 from posting.outcomes import PostOutcome
 
@@ -204,12 +205,13 @@ def upload(
     bot: BotDep,
     file: Annotated[UploadFile, File()],
 ):
-    """Store a generated file as the bot's pending candidates; same parser, rules and summary as /add_tweets_file/."""
+    """Store a generated file as the bot's pending candidates; same parser, rule (the bot's destinations') and
+    summary as /add_tweets_file/."""
     filename = file.filename or ""
     try:
         stored = store.store_curated_file(
             session, account=bot.name, data=file.file.read(settings.MAX_UPLOAD_BYTES + 1), filename=filename,
-            status=TweetStatus.pending, max_bytes=settings.MAX_UPLOAD_BYTES,
+            status=TweetStatus.pending, max_bytes=settings.MAX_UPLOAD_BYTES, rule=text_rule(bot),
         )
     except STORE_ERRORS as exc:
         flash = {"text": f"Nothing was stored: {exc}", "error": True}
@@ -278,7 +280,7 @@ def edit_and_approve(
 ):
     return _tweet_action(
         request, session, settings, bot, actions.edit_and_approve, tweet_id,
-        f"Tweet {tweet_id} edited and approved.", "/curate", text=text,
+        f"Tweet {tweet_id} edited and approved.", "/curate", text=text, rule=text_rule(bot),
     )
 
 
