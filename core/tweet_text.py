@@ -176,14 +176,14 @@ def x_text_problem(text: str) -> str | None:
 MASTODON_MAX_CHARACTERS = 500  # an instance's configuration.statuses.max_characters unless its admin changed it
 MASTODON_URL_LENGTH = 23  # StatusLengthValidator::URL_PLACEHOLDER_CHARS, whatever the instance's limit
 # Account::MENTION_RE, where Ruby's [[:word:]] is read as Python's \w (which leaves out combining marks).
-_MASTODON_MENTION = re.compile(r"(?<![=/\w])@(([a-z0-9_]+(?:[a-z0-9_.-]+[a-z0-9_]+)?)(?:@[\w.-]+\w+)?)", re.IGNORECASE)
+MASTODON_MENTION = re.compile(r"(?<![=/\w])@(([a-z0-9_]+(?:[a-z0-9_.-]+[a-z0-9_]+)?)(?:@[\w.-]+\w+)?)", re.IGNORECASE)
 # twitter-text's end_mention_match: a match followed by one of these is no mention (its Latin accents
 # are twitter_text.regexp.latin_accent_chars, copied: tests/test_tweet_text.py pins the two equal).
 MASTODON_LATIN_ACCENTS = (  # a regular expression's class body
     r"\xC0-\xD6\xD8-\xF6\xF8-\xFF\u0100-\u024F\u0253\u0254\u0256\u0257\u0259\u025B\u0263"
     r"\u0268\u026F\u0272\u0289\u028B\u02BB\u0300-\u036F\u1E00-\u1EFF"
 )
-_MASTODON_MENTION_END = re.compile(f"[@\uFF20{MASTODON_LATIN_ACCENTS}]|://")
+MASTODON_MENTION_END = re.compile(f"[@\uFF20{MASTODON_LATIN_ACCENTS}]|://")
 
 
 def mastodon_countable_text(text: str) -> str:
@@ -199,8 +199,8 @@ def mastodon_countable_text(text: str) -> str:
     if "@" in text:
         found += [
             (mention.start(), mention.end(), "@" + mention.group(1).split("@")[0])
-            for mention in _MASTODON_MENTION.finditer(text)
-            if not _MASTODON_MENTION_END.match(text, mention.end())
+            for mention in MASTODON_MENTION.finditer(text)
+            if not MASTODON_MENTION_END.match(text, mention.end())
         ]
     pieces, position = [], 0
     for start, end, replacement in sorted(found):

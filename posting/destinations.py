@@ -38,6 +38,16 @@ def text_problem(network: str, text: str, bot: BotSettings) -> str | None:
     return tweet_text.x_text_problem(text)
 
 
+def text_count(network: str, text: str, bot: BotSettings) -> tuple[int, int]:
+    """The network's count of a text (as core.tweet_text.clean_text returns it) and its limit: what
+    the curation page shows (X's weighted length, Mastodon's characters, Bluesky's graphemes)."""
+    if network == "mastodon":
+        return tweet_text.mastodon_length(text), bot.MASTODON_MAX_CHARACTERS
+    if network == "bluesky":
+        return tweet_text.grapheme_count(text), tweet_text.BLUESKY_MAX_GRAPHEMES
+    return tweet_text.weighted_length(text), tweet_text.MAX_WEIGHTED_LENGTH
+
+
 def text_rule(bot: BotSettings) -> Callable[[str], str | None]:
     """The store's rule for the bot's tweets: a text is kept when at least one of its destinations
     may post it (it is then posted only there); else the function says why, per destination."""

@@ -21,7 +21,7 @@ from starlette.requests import Request
 
 from api.app import create_app
 from api.curate import routes as curate_routes
-from api.curate.counter_rule import js_regex_source, nameprep_tables
+from api.curate.counter_rule import js_regex_source, nameprep_tables, python_word_class
 from api.curate.session import (
     COOKIE_NAME,
     DEVICE_COOKIE_NAME,
@@ -862,6 +862,14 @@ def test_patterns_that_differ_between_the_two_are_refused(pattern):
         js_regex_source(pattern)
 
 
+def test_python_word_class_stands_for_backslash_w_with_exactly_pythons_word_characters():
+    assert js_regex_source(r"(?<![=/\w])@[\w.-]+\w", word="a-z_") == "(?<![=/a-z_])@[a-z_.-]+[a-z_]"
+    ranges = re.findall(r"\\u\{([0-9A-F]+)\}(?:-\\u\{([0-9A-F]+)\})?", python_word_class())
+    covered = {cp for first, last in ranges for cp in range(int(first, 16), int(last or first, 16) + 1)}
+    assert covered == {cp for cp in range(0x110000) if re.match(r"\w", chr(cp))}
+    assert {0x5F, 0x30, 0xE9, 0x65E5, 0x0661}.issubset(covered) and not {0x20, 0x2D, 0x301, 0x1F600} & covered
+
+
 def test_nameprep_tables_match_stringprep_on_the_basic_plane():
     tables = nameprep_tables()
 
@@ -1238,3 +1246,27 @@ def test_the_pages_edit_and_upload_keep_a_text_one_of_the_bots_destinations_take
     assert kept == {edited: TweetStatus.queued, "alice's other candidate": TweetStatus.pending, uploaded: TweetStatus.pending}
     upload_summary = re.search(r'<ul class="rejections">(.*?)</ul>', response.text, re.S).group(1)
     assert "Sample #2: X: tweet is 501 weighted characters, over X&#39;s limit of 280; Mastodon: 501 characters, 1 over Mastodon&#39;s 500" in upload_summary
+
+
+
+@SQLITE_ONLY
+def test_the_review_page_counts_each_text_on_each_of_the_bots_destinations(settings_values, engine, session_factory, monkeypatch):
+    """The count the live counter starts from, and what it needs to follow the bot: its destinations and
+    its instance's Mastodon limit. One destination: the count alone, as for an X-only bot."""
+    monkeypatch.setenv("BOT_ALICE_DESTINATIONS", "mastodon")
+    monkeypatch.setenv("BOT_ALICE_MASTODON_MAX_CHARACTERS", "1000")
+    monkeypatch.setenv("BOT_BOB_DESTINATIONS", "x,mastodon,bluesky")
+    values = {key: value for key, value in settings_values.items() if key != "ACCOUNT"}
+    app = create_app(Settings(**values, BOTS="alice,bob"), engine=engine, configure_logs=False)
+    text = "see example.com 👨\u200d👩\u200d👧"  # a link without http(s):// counts 23 on X only; the family 2 on X, 1 elsewhere
+    bobs, = add_for(session_factory, "bob", text)
+    alices, = add_for(session_factory, "alice", "m" * 250)
+    with TestClient(app, base_url="https://testserver") as client:
+        sign_in(client)
+        bobs_card = card_html(client.get("/curate?bot=bob").text, bobs)
+        alices_card = card_html(client.get("/curate?bot=alice").text, alices)
+    shown = lambda card: re.findall(r'(?:class="length"|<output )[^>]*>([^<]*)<', card)  # noqa: E731
+    assert shown(bobs_card) == ["X 30/280 · Mastodon 17/500 · Bluesky 17/300"] * 2
+    assert 'data-destinations="x,mastodon,bluesky" data-mastodon-max-characters="500"' in bobs_card
+    assert shown(alices_card) == ["250/1000"] * 2
+    assert 'data-destinations="mastodon" data-mastodon-max-characters="1000"' in alices_card

@@ -19,7 +19,7 @@ from core.x_client import X_POST_ID, X_POST_ID_PATTERN
 from db import queries
 from db import store
 from db.models import DeliveryStatus, Tweet, TweetStatus
-from posting.destinations import NETWORK_NAMES, text_problem
+from posting.destinations import NETWORK_NAMES, text_count, text_problem
 
 REVIEW_PAGE_SIZE = 100
 QUEUE_PAGE_SIZE = 200
@@ -77,6 +77,16 @@ class TextProblem:
     network: str
     name: str
     problem: str
+
+
+@dataclass(frozen=True)
+class TextCount:
+    """A candidate's text as one destination of its bot counts it, against that destination's limit."""
+
+    network: str
+    name: str
+    length: int
+    limit: int
 
 
 @dataclass
@@ -170,6 +180,11 @@ def text_check(text: str, bot: BotSettings) -> TextCheck:
         else:
             check.problems.append(TextProblem(network, NETWORK_NAMES[network], problem))
     return check
+
+
+def text_counts(text: str, bot: BotSettings) -> list[TextCount]:
+    """Each of the bot's destinations' count of a candidate (what the live counter starts from)."""
+    return [TextCount(network, NETWORK_NAMES[network], *text_count(network, text, bot)) for network in bot.destinations]
 
 
 def _pending_tweets(session: Session, account: str, ids: Iterable[int], result: BulkResult) -> list[Tweet]:

@@ -1,8 +1,9 @@
-"""The server's tweet-length rule as data for the curation page's live counter (api/curate/static/tweet_counter.js).
+"""The server's text rules as data for the curation page's live counter (api/curate/static/tweet_counter.js).
 
 The browser counts with the very weights, URL and emoji patterns that `core.tweet_text`
-(through twitter-text-parser) uses, translated from Python's regex dialect to JavaScript's,
-so the counter and the server agree; the server still validates every save. Built on the page's
+(through twitter-text-parser) uses for X, and its mention pattern and limits for Mastodon and
+Bluesky, translated from Python's regex dialect to JavaScript's, so the counter and the server
+agree; the server still validates every save. Built on the page's
 first request for it (twitter-text is imported then), never at the service's start.
 """
 from __future__ import annotations
@@ -14,7 +15,16 @@ import stringprep
 import unicodedata
 from functools import cache
 
-from core.tweet_text import MARKERS, MAX_WEIGHTED_LENGTH, URL_WEIGHT
+from core.tweet_text import (
+    BLUESKY_MAX_BYTES,
+    BLUESKY_MAX_GRAPHEMES,
+    MARKERS,
+    MASTODON_MENTION,
+    MASTODON_MENTION_END,
+    MASTODON_URL_LENGTH,
+    MAX_WEIGHTED_LENGTH,
+    URL_WEIGHT,
+)
 
 # Characters that may (and in places must) stay escaped in a JavaScript `u`-flag regex.
 _JS_SYNTAX_CHARACTERS = set("^$\\.*+?()[]{}|/")
@@ -22,12 +32,13 @@ _PLAIN_ESCAPES = set("nrtfv")
 _GROUP_OPENERS = ("(?:", "(?=", "(?!", "(?<=", "(?<!")
 
 
-def js_regex_source(pattern: str) -> str:
+def js_regex_source(pattern: str, *, word: str | None = None) -> str:
     """Rewrite a Python regex for JavaScript's `u` flag; raises ValueError on what has no twin.
 
     `\\U0001F600` becomes `\\u{1F600}`, identity escapes JavaScript forbids (`\\!`, `\\'`...) lose
     their backslash, and escapes whose meaning differs between the two (`\\d`, `\\w`, `\\s`,
-    `\\b`: Unicode-aware in Python, ASCII in JavaScript) are refused rather than mistranslated.
+    `\\b`: Unicode-aware in Python, ASCII in JavaScript) are refused rather than mistranslated,
+    but for `\\w` when `word` gives the class body standing for it (see python_word_class).
     """
     out: list[str] = []
     i, in_class, class_start = 0, False, False
@@ -42,6 +53,9 @@ def js_regex_source(pattern: str) -> str:
                 width = 4 if escaped == "u" else 2
                 out.append(pattern[i : i + 2 + width])
                 i += 2 + width
+            elif escaped == "w" and word is not None:
+                out.append(word if in_class else f"[{word}]")
+                i += 2
             elif escaped.isalnum():
                 if escaped not in _PLAIN_ESCAPES:
                     raise ValueError(f"\\{escaped} at {i} has no JavaScript twin")
@@ -116,14 +130,26 @@ def nameprep_tables() -> dict[str, list[list[int]]]:
     }
 
 
-def _js_regex(compiled: re.Pattern) -> dict[str, str]:
+@cache
+def python_word_class() -> str:
+    """A JavaScript class body (`\\u{30}-\\u{39}...`) holding exactly the characters Python's `\\w`
+    matches in a str pattern (letters, digits and numbers by Python's Unicode data, and `_`)."""
+    word = re.compile(r"\w")
+    ranges = _code_point_ranges(cp for cp in range(0x110000) if word.match(chr(cp)))
+    return "".join(
+        "\\u{%X}" % first if first == last else "\\u{%X}-\\u{%X}" % (first, last) for first, last in ranges
+    )
+
+
+def _js_regex(compiled: re.Pattern, *, word: str | None = None) -> dict[str, str]:
     flags = "u" + ("i" if compiled.flags & re.IGNORECASE else "")
-    return {"source": js_regex_source(compiled.pattern), "flags": flags}
+    return {"source": js_regex_source(compiled.pattern, word=word), "flags": flags}
 
 
 @cache
 def counter_rule() -> dict:
-    """Everything tweet_counter.js needs to compute `core.tweet_text.weighted_length`."""
+    """Everything tweet_counter.js needs to compute `core.tweet_text.weighted_length` and
+    `mastodon_length`, and Bluesky's limits (an instance's Mastodon limit is the page's, per bot)."""
     from twitter_text.config import config as twitter_config
     from twitter_text.extract_urls import default_protocol, max_tco_slug_length, max_url_length
     from twitter_text.regexp.emoji import emoji
@@ -155,6 +181,12 @@ def counter_rule() -> dict:
             "emoji": _js_regex(emoji),
             "invalidChars": _js_regex(invalid_chars),
         },
+        "mastodon": {
+            "urlLength": MASTODON_URL_LENGTH,
+            "mention": _js_regex(MASTODON_MENTION, word=python_word_class()),
+            "mentionEnd": _js_regex(MASTODON_MENTION_END),
+        },
+        "bluesky": {"maxGraphemes": BLUESKY_MAX_GRAPHEMES, "maxBytes": BLUESKY_MAX_BYTES},
     }
 
 

@@ -20,7 +20,6 @@ from fastapi.staticfiles import StaticFiles
 from api.curate import actions
 from api.curate.session import COOKIE_PATH, cookie_is_secure
 from core.config import BotSettings
-from core.tweet_text import MAX_WEIGHTED_LENGTH, weighted_length
 from db.models import DeliveryStatus, TweetStatus
 from posting.destinations import NETWORK_NAMES, dry_run_variable
 
@@ -73,8 +72,8 @@ def templates() -> Jinja2Templates:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    environment.globals.update(static_url=static_url, max_length=MAX_WEIGHTED_LENGTH)
-    environment.filters.update(weighted_length=weighted_length, when=format_time)
+    environment.globals.update(static_url=static_url)
+    environment.filters.update(when=format_time)
     return Jinja2Templates(env=environment)
 
 
@@ -138,9 +137,12 @@ def render(
             "bots": list(settings.bots) if len(settings.bots) > 1 else [],
             "bot_query": bot_query(settings, bot),
             "dry_runs": dry_runs(bot),
+            "destinations": bot.destinations,
+            "mastodon_max_characters": bot.MASTODON_MAX_CHARACTERS,
             "destination_names": [NETWORK_NAMES[network] for network in bot.destinations],
             "destinations_of": partial(actions.destination_states, bot=bot),
             "text_check_of": partial(actions.text_check, bot=bot),
+            "text_counts_of": partial(actions.text_counts, bot=bot),
             "unsure_of": partial(actions.unsure_destinations, bot=bot),
             "warning_threshold": settings.QUEUE_WARNING_THRESHOLD,
             "max_upload_bytes": settings.MAX_UPLOAD_BYTES,

@@ -49,13 +49,45 @@
   }
 
   // ---- live counters (the server re-checks every save) ----
+  // The textarea names its bot's destinations (data-destinations) and its Mastodon instance's limit.
+  // One destination: "120/280", "281/280 · over 280". Several: each one's count, its reason to refuse
+  // the text in parentheses, and where the text would go when some refuse it ("posted only to
+  // Mastodon"). Saving is blocked only when every destination refuses it, as the server does.
+  function counterParts(problem, destinations) {
+    if (destinations.length === 1) {
+      const [only] = destinations;
+      return [{ text: `${only.length}/${only.max}` + (only.problem ? ` · ${only.problem}` : ""), over: Boolean(only.problem) }];
+    }
+    const parts = destinations.map((destination) => ({
+      text: `${destination.name} ${destination.length}/${destination.max}` +
+        (destination.problem && !problem ? ` (${destination.problem})` : ""),
+      over: Boolean(destination.problem),
+    }));
+    const takers = destinations.filter((destination) => !destination.problem);
+    if (problem) parts.push({ text: problem, over: true });
+    else if (takers.length && takers.length < destinations.length) {
+      parts.push({ text: `posted only to ${takers.map((destination) => destination.name).join(", ")}`, over: false });
+    }
+    return parts;
+  }
+
   function updateCounter(textarea) {
     const output = document.getElementById(textarea.dataset.counter);
-    const form = textarea.form;
-    const { length, max, problem } = window.TweetCounter.check(textarea.value);
-    output.textContent = problem ? `${length}/${max} · ${problem}` : `${length}/${max}`;
-    output.classList.toggle("over", Boolean(problem));
-    for (const button of form.querySelectorAll("button[type=submit]")) button.disabled = Boolean(problem);
+    const networks = (textarea.dataset.destinations || "x").split(",");
+    const limits = { mastodonMaxCharacters: Number(textarea.dataset.mastodonMaxCharacters) };
+    const { problem, destinations } = window.TweetCounter.check(textarea.value, networks, limits);
+    const refused = destinations.every((destination) => destination.problem);
+    const nodes = [];
+    for (const part of counterParts(problem, destinations)) {
+      if (nodes.length) nodes.push(" · ");
+      const span = document.createElement("span");
+      span.textContent = part.text;
+      span.classList.toggle("over", part.over);
+      nodes.push(span);
+    }
+    output.replaceChildren(...nodes);
+    output.classList.toggle("over", refused);
+    for (const button of textarea.form.querySelectorAll("button[type=submit]")) button.disabled = refused;
   }
 
   if (window.TweetCounter) {

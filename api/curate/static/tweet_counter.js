@@ -1,6 +1,7 @@
-// X's weighted tweet length in the browser: the same computation as core/tweet_text.weighted_length
-// (twitter-text's parse_tweet), driven by window.TWEET_RULE, which the server builds from its own
-// weights, URL and emoji patterns (api/curate/counter_rule.py). The server re-checks every save.
+// The destinations' counts in the browser, driven by window.TWEET_RULE, which the server builds from
+// its own rules (api/curate/counter_rule.py): X's weighted tweet length, the same computation as
+// core/tweet_text.weighted_length (twitter-text's parse_tweet); Mastodon's count, as
+// core/tweet_text.mastodon_length; Bluesky's graphemes and bytes. The server re-checks every save.
 "use strict";
 
 (function () {
@@ -12,6 +13,11 @@
   const invalidPrecedingPattern = compile(rule.patterns.invalidUrlWithoutProtocolPrecedingChars);
   const emojiPattern = compile(rule.patterns.emoji, "g");
   const invalidCharsPattern = compile(rule.patterns.invalidChars);
+  const mentionPattern = compile(rule.mastodon.mention, "gd");
+  const mentionEndPattern = compile(rule.mastodon.mentionEnd, "y");
+  // Extended grapheme clusters, as core.tweet_text.grapheme_count (the regex module's \X) counts them.
+  const graphemes = new Intl.Segmenter("en", { granularity: "grapheme" });
+  const utf8 = new TextEncoder();
   // Python's str.strip() whitespace (core.tweet_text.normalize_text), which differs from String.trim().
   const pythonSpace = "\\t\\n\\v\\f\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
   const outerSpace = new RegExp(`^[${pythonSpace}]+|[${pythonSpace}]+$`, "gu");
@@ -132,12 +138,12 @@
     return protocol.length + urlLength <= rule.maxUrlLength;
   }
 
-  // Python's IGNORECASE matches U+0130 (İ) with i, JavaScript's does not. The patterns run on a
-  // copy with İ replaced (same length, so indices hold) and the matches are cut from the original.
-  const matchable = (text) => text.replace(/\u0130/g, "i");
+  // Python's IGNORECASE matches U+0130 (İ) and U+0131 (ı) with i, JavaScript's does not. The patterns
+  // run on a copy with them replaced (same length, so indices hold) and the matches are cut from the original.
+  const matchable = (text) => text.replace(/[\u0130\u0131]/g, "i");
 
   // twitter_text.extract_urls_with_indices, with UTF-16 indices.
-  function extractUrls(text) {
+  function extractUrls(text, withoutProtocol = true) {
     if (!text.includes(".")) return [];
     const urls = [];
     for (const match of matchable(text).matchAll(urlPattern)) {
@@ -149,7 +155,7 @@
       const start = end - url.length;
       if (!isValidUrl(url, protocol || rule.defaultProtocol, domain)) continue;
       if (!protocol) {
-        if (invalidPrecedingPattern.test(before)) continue;
+        if (!withoutProtocol || invalidPrecedingPattern.test(before)) continue;
         let last = null;
         for (const ascii of matchable(domain).matchAll(asciiDomainPattern)) {
           const asciiDomain = domain.slice(ascii.index, ascii.index + ascii[0].length);
@@ -208,17 +214,85 @@
     return Math.trunc(weight / rule.scale);
   }
 
-  // What the counter shows: the length and the first reason the server would refuse the text.
-  function check(raw) {
-    const text = normalize(raw);
-    const length = weightedLength(text);
-    let problem = null;
-    if (!text) problem = "empty";
-    else if (length > rule.maxWeightedLength) problem = `over ${rule.maxWeightedLength}`;
-    else if (rule.markers.some((marker) => text.includes(marker))) problem = "contains a generation marker";
-    else if (invalidCharsPattern.test(text)) problem = "has characters X does not allow";
-    return { length, max: rule.maxWeightedLength, problem };
+  const graphemeCount = (text) => {
+    let count = 0;
+    for (const _ of graphemes.segment(text)) count += 1;
+    return count;
+  };
+
+  // core.tweet_text.mastodon_countable_text: links written with http(s):// as 23 characters,
+  // @user@domain as @user; of overlapping finds the earliest is kept.
+  function mastodonCountableText(text) {
+    const found = [];
+    if (text.includes("://")) {
+      for (const url of extractUrls(text, false)) found.push([url.start, url.end, "x".repeat(rule.mastodon.urlLength)]);
+    }
+    if (text.includes("@")) {
+      for (const match of matchable(text).matchAll(mentionPattern)) {
+        const end = match.index + match[0].length;
+        mentionEndPattern.lastIndex = end;
+        if (mentionEndPattern.test(text)) continue;
+        found.push([match.index, end, "@" + text.slice(...match.indices[1]).split("@")[0]]);
+      }
+    }
+    found.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+    let counted = "";
+    let position = 0;
+    for (const [start, end, replacement] of found) {
+      if (start < position) continue;
+      counted += text.slice(position, start) + replacement;
+      position = end;
+    }
+    return counted + text.slice(position);
   }
 
-  window.TweetCounter = { normalize, weightedLength, check };
+  // core.tweet_text.mastodon_length of the normalised text.
+  const mastodonLength = (raw) => graphemeCount(mastodonCountableText(normalize(raw)));
+
+  const NAMES = { x: "X", mastodon: "Mastodon", bluesky: "Bluesky" };
+  const formatNumber = (n) => n.toLocaleString("en-US");
+
+  // Each network's count of a normalised text, its limit, and why it would refuse the text (or null).
+  const measure = {
+    x(text) {
+      const length = weightedLength(text);
+      const max = rule.maxWeightedLength;
+      let problem = null;
+      if (length > max) problem = `over ${max}`;
+      else if (invalidCharsPattern.test(text)) problem = "has characters X does not allow";
+      return { length, max, problem };
+    },
+    mastodon(text, limits) {
+      const length = mastodonLength(text);
+      const max = limits.mastodonMaxCharacters;
+      return { length, max, problem: length > max ? `over ${max}` : null };
+    },
+    bluesky(text) {
+      const length = graphemeCount(text);
+      const max = rule.bluesky.maxGraphemes;
+      const bytes = utf8.encode(text).length;
+      let problem = null;
+      if (length > max) problem = `over ${max}`;
+      else if (bytes > rule.bluesky.maxBytes) problem = `${formatNumber(bytes)} bytes, over ${formatNumber(rule.bluesky.maxBytes)}`;
+      return { length, max, problem };
+    },
+  };
+
+  // What the counter shows for a bot posting to `networks` (Mastodon's limit in `limits`): what every
+  // destination refuses (core.tweet_text.clean_text), then each destination's count, limit and reason
+  // to refuse the text (that common one, or its own; null when it takes it). The server saves a text
+  // one destination takes (posting/destinations.py text_rule).
+  function check(raw, networks = ["x"], limits = {}) {
+    const text = normalize(raw);
+    let problem = null;
+    if (!text) problem = "empty";
+    else if (rule.markers.some((marker) => text.includes(marker))) problem = "contains a generation marker";
+    const destinations = networks.map((network) => {
+      const counted = measure[network](text, limits);
+      return { network, name: NAMES[network], ...counted, problem: problem || counted.problem };
+    });
+    return { problem, destinations };
+  }
+
+  window.TweetCounter = { normalize, weightedLength, mastodonLength, graphemeCount, check };
 })();
