@@ -488,7 +488,7 @@ GRAPHEME_PIECES = [
     "👨‍👩‍👧", "👩🏽‍💻", "🏳️‍🌈", "🇫🇷", "🇺🇸🇫🇷", "🏴󠁧󠁢󠁳󠁣󠁴󠁿",
     "é", "ạ̈", "각", "각", "क्षि", "กำ", "‍", "️", "❤️", "1️⃣",
     "@alice", "@alice@mastodon.social", "@Bob_1@example.org.", "@a.b-c@host", "bob@example.com", "=@x", "/@x", "é@x",
-    "@x@", "@éa", "@x́", "@İ", "@ı", "@K", "https://mastodon.social/@alice", "@bob@host.example://x", "@ａ",
+    "@x@", "@éa", "@x́", "@İ", "@ı", "@K", "https://mastodon.social/@alice", "@bob@host.example://x", "@ａ", "@ab@ho\u0345st.com", "@ſam", "@\u212aate",
 ]
 
 

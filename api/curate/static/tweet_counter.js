@@ -228,7 +228,9 @@
       for (const url of extractUrls(text, false)) found.push([url.start, url.end, "x".repeat(rule.mastodon.urlLength)]);
     }
     if (text.includes("@")) {
-      for (const match of matchable(text).matchAll(mentionPattern)) {
+      // The mention pattern's \w is a class of Python's word characters, which the i flag widens to
+      // U+0345 (it folds to ι): it runs with that mark swapped for U+0300, no word character either.
+      for (const match of matchable(text).replace(/\u0345/g, "\u0300").matchAll(mentionPattern)) {
         const end = match.index + match[0].length;
         mentionEndPattern.lastIndex = end;
         if (mentionEndPattern.test(text)) continue;
