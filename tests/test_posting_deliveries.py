@@ -4,16 +4,20 @@ tests/test_destinations.py pins what each answer does to a delivery and to the t
 pin the words an operator reads (the run's answer, the delivery's and the tweet's error, the log)
 for Mastodon and Bluesky, which failure speaks for a run when destinations fail differently, the
 edges of the time a network keeps a delivery's key, a claim lost while a later destination
-answers, and a client that raises what it should not. Same in-process scripted destinations.
+answers, a client that raises what it should not, and what an operator's confirmation or requeue,
+or a retry after a failure, records on each delivery. Same in-process scripted destinations.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from api.app import create_app
 from core.config import Settings
 from core.delivery import DeliveryError, DeliveryFailed, ErrorKind, RemotePost
 from core.tweet_text import bluesky_text_problem, mastodon_text_problem, x_text_problem
@@ -624,3 +628,101 @@ def test_a_tweet_back_in_the_queue_gives_only_the_failures_worth_retrying(sessio
     run(session_factory, three.model_copy(update={"MASTODON_MAX_CHARACTERS": 10}), scripted(x=[rate_limited()]))
     assert deliveries(session_factory, tweet_id)["mastodon"].status is DeliveryStatus.rejected
     assert tweet(session_factory, tweet_id).error == "last attempt: 429 Too Many Requests"
+
+
+# ---- what an operator's confirmation or requeue, and a later run, record on each delivery ----
+
+@pytest.fixture
+def operator(three, engine) -> Iterator[TestClient]:
+    """The API of the bot posting to X, Mastodon and Bluesky."""
+    with TestClient(create_app(three, engine=engine, configure_logs=False), headers={"x-token": TOKEN}) as api:
+        yield api
+
+
+def on_each_network(answer: dict) -> dict[str, dict]:
+    """The answer's deliveries by network, without updated_at, posted_at as a datetime."""
+    return {d["destination"]: {**{k: v for k, v in d.items() if k not in ("destination", "updated_at")},
+                               "posted_at": d["posted_at"] and datetime.fromisoformat(d["posted_at"])}
+            for d in answer["deliveries"]}
+
+
+def test_an_operators_confirmation_records_each_unconfirmed_delivery_as_posted_when_its_call_sent_it(
+        session_factory, three, clock, operator):
+    (tweet_id,) = store_texts(session_factory, "found on X and Mastodon", status=TweetStatus.queued)
+    sent = clock.now
+    assert run(session_factory, three, scripted(x=[lost_answer()], mastodon=[lost_answer()])).outcome is PostOutcome.unconfirmed
+    assert tweet(session_factory, tweet_id).claimed_at == sent
+    clock.now += timedelta(minutes=20)  # the operator looks later
+    response = operator.patch(f"/tweets/{tweet_id}", json={"status": "posted", "x_tweet_id": "1790000000000000001"})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    url = f"https://x.com/{ACCOUNT}/status/1790000000000000001"
+    assert (answer["status"], answer["x_tweet_id"], answer["x_url"], answer["error"], answer["dry_run"]) == (
+        "posted", "1790000000000000001", url, None, False)
+    assert datetime.fromisoformat(answer["posted_at"]) == sent
+    assert on_each_network(answer) == {
+        "x": {"status": "posted", "remote_id": "1790000000000000001", "url": url, "error": None, "dry_run": False,
+              "posted_at": sent},
+        "mastodon": {"status": "posted", "remote_id": None, "url": None, "error": None, "dry_run": False,
+                     "posted_at": sent},
+        "bluesky": {"status": "posted", "remote_id": "bluesky-1", "url": "https://bluesky.example/1", "error": None,
+                    "dry_run": False, "posted_at": sent},  # posted by the run itself
+    }
+    assert operator.get(f"/tweets/{tweet_id}").json() == answer
+
+
+def answering_after(client: ScriptedDestination, clock: Clock, wait: timedelta) -> ScriptedDestination:
+    """The client, its answer coming `wait` after the post (the clock moves while it posts)."""
+    answer = client.post
+
+    def post(text, *, key):
+        clock.now += wait
+        return answer(text, key=key)
+
+    client.post = post
+    return client
+
+
+def test_a_delivery_posted_after_a_failed_attempt_has_no_error_and_the_time_its_network_answered(
+        session_factory, three, clock, operator):
+    (tweet_id,) = store_texts(session_factory, "failed, then posted", status=TweetStatus.queued)
+    settings = only(three, "x,mastodon")
+    clients = scripted(x=[DeliveryError(ErrorKind.server_error, "503 Service Unavailable", 503)], mastodon=[rate_limited()])
+    assert run(session_factory, settings, clients).outcome is PostOutcome.rate_limited
+    assert {n: (d.status, d.error) for n, d in deliveries(session_factory, tweet_id).items()} == {
+        "x": (DeliveryStatus.queued, "503 Service Unavailable"),
+        "mastodon": (DeliveryStatus.queued, "Mastodon: 429 Too Many Requests")}
+    clock.now += timedelta(hours=1)
+    retried = clock.now
+    answering_after(clients["mastodon"], clock, timedelta(seconds=3))
+    assert run(session_factory, settings, clients).outcome is PostOutcome.posted
+    assert on_each_network(operator.get(f"/tweets/{tweet_id}").json()) == {
+        "x": {"status": "posted", "remote_id": "x-2", "url": "https://x.example/2", "error": None, "dry_run": False,
+              "posted_at": retried},
+        "mastodon": {"status": "posted", "remote_id": "mastodon-2", "url": "https://mastodon.example/2", "error": None,
+                     "dry_run": False, "posted_at": retried + timedelta(seconds=3)},
+    }
+
+
+def test_an_operators_requeue_clears_each_deliverys_error_and_the_unconfirmed_ones_attempt_time_not_their_keys(
+        session_factory, three, clock, operator):
+    (tweet_id,) = store_texts(session_factory, "not there after all", status=TweetStatus.queued)
+    first_attempt = clock.now
+    clients = scripted(x=[lost_answer()], mastodon=[lost_answer()],
+                       bluesky=ScriptedDestination("bluesky", lost_answer(), safe_retry_window=HOUR))
+    assert run(session_factory, three, clients).outcome is PostOutcome.unconfirmed
+    keys = {n: c.posts[0][1] for n, c in clients.items()}
+    assert {n: (d.status, d.error, d.key, d.claimed_at) for n, d in deliveries(session_factory, tweet_id).items()} == {
+        "x": (DeliveryStatus.unconfirmed, "read timed out", keys["x"], first_attempt),
+        "mastodon": (DeliveryStatus.unconfirmed, "Mastodon: read timed out", keys["mastodon"], first_attempt),
+        "bluesky": (DeliveryStatus.queued, "Bluesky: read timed out", keys["bluesky"], first_attempt)}
+    clock.now += timedelta(minutes=20)
+    response = operator.patch(f"/tweets/{tweet_id}", json={"status": "queued"})
+    assert response.status_code == 200, response.text
+    assert {n: (d["status"], d["error"]) for n, d in on_each_network(response.json()).items()} == dict.fromkeys(
+        NETWORKS, ("queued", None))
+    # Bluesky still recognises its key from the first attempt; the others are posted whenever that is.
+    assert {n: (d.status, d.error, d.key, d.claimed_at) for n, d in deliveries(session_factory, tweet_id).items()} == {
+        "x": (DeliveryStatus.queued, None, keys["x"], None),
+        "mastodon": (DeliveryStatus.queued, None, keys["mastodon"], None),
+        "bluesky": (DeliveryStatus.queued, None, keys["bluesky"], first_attempt)}
