@@ -5,7 +5,8 @@ pin the words an operator reads (the run's answer, the delivery's and the tweet'
 for Mastodon and Bluesky, which failure speaks for a run when destinations fail differently, the
 edges of the time a network keeps a delivery's key, a claim lost while a later destination
 answers, a client that raises what it should not, and what an operator's confirmation or requeue,
-or a retry after a failure, records on each delivery. Same in-process scripted destinations.
+or a retry after a failure, records on each delivery, which deliveries a sweep of stale claims ends,
+and which queued tweet a claim takes first. Same in-process scripted destinations.
 """
 from __future__ import annotations
 
@@ -18,18 +19,19 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
-from core.config import Settings
+from core.config import Settings, TweetOrder
 from core.delivery import DeliveryError, DeliveryFailed, ErrorKind, RemotePost
 from core.tweet_text import bluesky_text_problem, mastodon_text_problem, x_text_problem
 from db import store
 from db.models import Delivery, DeliveryStatus, Tweet, TweetStatus
+from db.post_queue import claim_next_tweet
 from posting.job import log_posting_configuration, post_next, posted_message
 from posting.destinations import NETWORK_NAMES, unconfirmed_note
 from posting.outcomes import PostOutcome
 from tests import test_destinations
 from tests.conftest import ACCOUNT, TOKEN, store_texts
 from tests.test_destinations import ScriptedDestination, deliveries, lost_answer, rate_limited, tweet
-from tests.test_posting import end_the_lease_then
+from tests.test_posting import end_the_lease_then, sweep
 
 three = test_destinations.three  # the fixture: a bot posting to X, Mastodon and Bluesky, credentials set
 NETWORKS = ("x", "mastodon", "bluesky")
@@ -726,3 +728,77 @@ def test_an_operators_requeue_clears_each_deliverys_error_and_the_unconfirmed_on
         "x": (DeliveryStatus.queued, None, keys["x"], None),
         "mastodon": (DeliveryStatus.queued, None, keys["mastodon"], None),
         "bluesky": (DeliveryStatus.queued, None, keys["bluesky"], first_attempt)}
+
+
+# ---- the queue's steps on deliveries: the sweep of stale claims, the claim's order --------------
+
+def delivery_rows(session_factory) -> dict[tuple[int, str], tuple[DeliveryStatus, str | None, datetime]]:
+    with session_factory() as session:
+        return {(d.tweet_id, d.destination): (d.status, d.error, d.updated_at) for d in session.scalars(select(Delivery))}
+
+
+def test_a_sweep_ends_only_its_stale_tweets_deliveries_and_dates_them_now(session_factory, clock):
+    """Deliveries `posting` for a claim still within its lease, or for another bot's call, are being
+    posted right now: their calls record them, so the sweep leaves them exactly as they are."""
+    stale_id, fresh_id = store_texts(session_factory, "left mid-post", "being posted now", status=TweetStatus.queued)
+    before = clock.now - timedelta(minutes=20)
+    with session_factory() as session:
+        store.ingest_texts(session, account="another_bot", texts=["theirs, being posted"], status=TweetStatus.queued)
+        theirs_id = session.scalar(select(Tweet.id).where(Tweet.account == "another_bot"))
+        for tweet_id, age in ((stale_id, 11), (fresh_id, 1), (theirs_id, 60)):
+            row = session.get(Tweet, tweet_id)
+            row.status, row.claimed_at, row.updated_at = TweetStatus.posting, clock.now - timedelta(minutes=age), before
+        session.add_all(Delivery(tweet_id=tweet_id, destination=network, status=status, error=error, updated_at=before)
+                        for tweet_id, network, status, error in (
+                            (stale_id, "x", DeliveryStatus.posting, None),
+                            (stale_id, "mastodon", DeliveryStatus.posting, "Mastodon: 429 Too Many Requests"),
+                            (stale_id, "bluesky", DeliveryStatus.queued, "Bluesky: 429 Too Many Requests"),
+                            (fresh_id, "mastodon", DeliveryStatus.posting, "Mastodon: 429 Too Many Requests"),
+                            (theirs_id, "x", DeliveryStatus.posting, None)))
+        session.commit()
+    with session_factory() as session:
+        assert sweep(session, lease_minutes=10) == [stale_id]
+        session.commit()
+    swept = "the posting call stopped mid-post: the network may have it; check it"
+    assert delivery_rows(session_factory) == {
+        (stale_id, "x"): (DeliveryStatus.unconfirmed, swept, clock.now),
+        (stale_id, "mastodon"): (DeliveryStatus.unconfirmed, swept, clock.now),
+        (stale_id, "bluesky"): (DeliveryStatus.queued, "Bluesky: 429 Too Many Requests", before),
+        (fresh_id, "mastodon"): (DeliveryStatus.posting, "Mastodon: 429 Too Many Requests", before),
+        (theirs_id, "x"): (DeliveryStatus.posting, None, before),
+    }
+    stale = tweet(session_factory, stale_id)
+    assert (stale.status, stale.error) == (TweetStatus.unconfirmed, (
+        "the posting call stopped mid-post (no result after 10 minutes); X and Mastodon may have posted it: "
+        f"check https://x.com/{ACCOUNT} and the bot's Mastodon profile, then set it to posted or queued"))
+    # dated again by the UPDATE of its error, through the column's onupdate (db.models.utcnow, not this clock)
+    assert stale.updated_at > before
+    for tweet_id in (fresh_id, theirs_id):
+        row = tweet(session_factory, tweet_id)
+        assert (row.status, row.error, row.updated_at) == (TweetStatus.posting, None, before)
+
+
+def test_a_queued_tweet_some_destination_has_is_claimed_before_older_ones_and_only_that(session_factory):
+    """A tweet whose deliveries all went back to the queue (a rate limit) has reached no network yet:
+    it waits its turn; another tweet's posted deliveries make no candidate go first."""
+    older, retried, partly, done = store_texts(
+        session_factory, "oldest, never tried", "rate limited everywhere", "on X, not yet on Mastodon", "posted everywhere",
+        status=TweetStatus.queued)
+    with session_factory() as session:
+        session.get(Tweet, done).status = TweetStatus.posted
+        session.add_all(Delivery(tweet_id=tweet_id, destination=network, status=status, error=error)
+                        for tweet_id, network, status, error in (
+                            (retried, "x", DeliveryStatus.queued, "X: 429 Too Many Requests"),
+                            (retried, "mastodon", DeliveryStatus.queued, "Mastodon: 429 Too Many Requests"),
+                            (partly, "x", DeliveryStatus.posted, None),
+                            (partly, "mastodon", DeliveryStatus.queued, "Mastodon: 429 Too Many Requests"),
+                            (done, "x", DeliveryStatus.posted, None),
+                            (done, "mastodon", DeliveryStatus.posted, None)))
+        session.commit()
+    claimed = []
+    with session_factory() as session:
+        for _ in range(4):
+            tweet_claimed = claim_next_tweet(session, account=ACCOUNT, order=TweetOrder.oldest)
+            claimed.append(tweet_claimed and tweet_claimed.id)
+            session.commit()
+    assert claimed == [partly, older, retried, None]
