@@ -319,9 +319,16 @@ def test_a_reset_exactly_at_the_longest_wait_is_kept(monkeypatch):
     ],
     ids=["429", "403", "dropped"],
 )
-def test_a_failure_to_read_the_details_still_says_what_x_answered(fake_x, monkeypatch, answer, broken, status_code, message):
-    error = classified_with_a_broken_reader(fake_x, monkeypatch, answer, broken)
+def test_a_failure_to_read_the_details_still_says_what_x_answered(
+    fake_x, monkeypatch, caplog, answer, broken, status_code, message,
+):
+    with caplog.at_level(logging.ERROR, logger="core.x_client"):
+        error = classified_with_a_broken_reader(fake_x, monkeypatch, answer, broken)
     assert (error.status_code, error.message) == (status_code, message)
+    assert [record.getMessage() for record in caplog.records if record.name == "core.x_client"] == [
+        "could not read the details of a failed X call (OverflowError: a bug in reading the answer): "
+        "sorting it by whether X answered"
+    ]
 
 
 @pytest.mark.parametrize(
