@@ -24,8 +24,10 @@ from core.delivery import DeliveryFailed, ErrorKind, RemotePost
 from posting.mastodon_client import (
     ADDRESS_HINT,
     CREDENTIALS_HINT,
+    MAX_LINK_LENGTH,
     MAX_RATE_LIMIT_WAIT,
     MAX_SAID_LENGTH,
+    AnswerKeepingSession,
     MastodonAnswer,
     MastodonDestination,
     classify_mastodon_error,
@@ -35,6 +37,7 @@ from posting.mastodon_client import (
 from tests.fake_mastodon import (
     ACCESS_TOKEN,
     IDEMPOTENCY_SECONDS,
+    INSTANCE_PATH,
     STATUSES_PATH,
     FakeMastodon,
     ThenAnswer,
@@ -186,6 +189,7 @@ def test_a_429_retries_at_mastodons_reset(fake_mastodon, statuses):
     fake_mastodon.enqueue("POST", STATUSES_PATH, FakeMastodon.rate_limited(reset, statuses=statuses))
     error = failure(lambda: destination(fake_mastodon).post("t", key="k")).error
     assert (error.kind, error.status_code, error.retry_at) == (ErrorKind.rate_limited, 429, reset)
+    assert error.message == "Mastodon answered 429: too many requests"
     assert fake_mastodon.posted == []
 
 
@@ -233,6 +237,40 @@ def test_a_reset_at_the_longest_wait_is_kept_and_one_beyond_is_not():
     assert mastodon_reset_time("2026-12-02T13:00:00+01:00") == datetime(2026, 12, 2, 12, tzinfo=timezone.utc)
 
 
+@pytest.fixture
+def tokyo_local_time(monkeypatch):
+    """The process's local time zone set to UTC+9, so that a time left in local time shows."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_reset_exactly_at_the_longest_wait_is_kept_and_given_in_utc(monkeypatch, tokyo_local_time):
+    now = datetime(2026, 12, 2, 12, tzinfo=timezone.utc)
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return now.astimezone(tz)
+
+    monkeypatch.setattr("posting.mastodon_client.datetime", Frozen)
+    assert mastodon_reset_time(iso_time(now + MAX_RATE_LIMIT_WAIT)) == now + MAX_RATE_LIMIT_WAIT
+    assert mastodon_reset_time(iso_time(now + MAX_RATE_LIMIT_WAIT + timedelta(microseconds=1))) is None
+    when = mastodon_reset_time("2026-12-02T13:00:00+01:00")
+    assert (when.tzinfo, when.hour) == (timezone.utc, 12)
+
+
+def test_the_session_forwards_positional_arguments_and_keeps_the_answer(fake_mastodon):
+    session = AnswerKeepingSession()
+    response = session.request("GET", fake_mastodon.base_url + INSTANCE_PATH, {"probe": "1"})
+    (request,) = fake_mastodon.requests
+    assert request.query == {"probe": ["1"]}  # params, given by position
+    assert "X-RateLimit-Reset" not in response.headers
+    assert session.last_answer.status_code == 200 and session.last_answer.retry_at is not None
+
+
 def test_a_429_raises_at_once_and_never_sleeps(fake_mastodon, monkeypatch):
     def sleep(seconds):
         raise AssertionError(f"the client slept {seconds}s on a rate limit")
@@ -276,26 +314,39 @@ def test_a_dropped_connection_is_an_unknown_outcome(fake_mastodon):
     assert len(fake_mastodon.post_attempts) == 1
 
 
+UNREADABLE = "Mastodon answered 200 but its answer could not be read: the status may have been created"
+UNUSABLE = "Mastodon answered 200 without a usable status id and link: the status may have been created"
+
+
 @pytest.mark.parametrize(
-    "answer",
+    ("answer", "message"),
     [
-        FakeResponse(200, "<html>not json</html>"),
-        FakeResponse(200, {"id": "1"}),  # no link
-        FakeResponse(200, {"id": "../1", "url": "https://mastodon.example/@bot/1"}),
-        FakeResponse(200, {"id": "", "url": "https://mastodon.example/@bot/1"}),
-        FakeResponse(200, {"id": None, "url": "https://mastodon.example/@bot/1"}),
-        FakeResponse(200, {"id": "1" * 65, "url": "https://mastodon.example/@bot/1"}),
-        FakeResponse(200, {"id": "1", "url": "javascript:alert(1)"}),
-        FakeResponse(200, {"id": "1", "url": "https://mastodon.example/@bot/1 2"}),
-        FakeResponse(200, [{"id": "1", "url": "https://mastodon.example/@bot/1"}]),
+        (FakeResponse(200, "<html>not json</html>"), UNREADABLE),
+        (FakeResponse(200, {"id": "1"}), UNUSABLE),  # no link
+        (FakeResponse(200, {"id": "../1", "url": "https://mastodon.example/@bot/1"}), UNUSABLE),
+        (FakeResponse(200, {"id": "", "url": "https://mastodon.example/@bot/1"}), UNUSABLE),
+        (FakeResponse(200, {"id": None, "url": "https://mastodon.example/@bot/1"}), UNUSABLE),
+        (FakeResponse(200, {"id": "1" * 65, "url": "https://mastodon.example/@bot/1"}), UNUSABLE),
+        (FakeResponse(200, {"id": "1", "url": "javascript:alert(1)"}), UNUSABLE),
+        (FakeResponse(200, {"id": "1", "url": "https://mastodon.example/@bot/1 2"}), UNUSABLE),
+        (FakeResponse(200, [{"id": "1", "url": "https://mastodon.example/@bot/1"}]), UNUSABLE),
     ],
     ids=["not-json", "no-link", "path-id", "empty-id", "null-id", "long-id", "script-link", "space-in-link", "a-list"],
 )
-def test_a_success_without_a_usable_status_is_an_unknown_outcome(fake_mastodon, answer):
+def test_a_success_without_a_usable_status_is_an_unknown_outcome(fake_mastodon, answer, message):
     fake_mastodon.enqueue("POST", STATUSES_PATH, answer)
     error = failure(lambda: destination(fake_mastodon).post("t", key="k")).error
-    assert (error.kind, error.status_code) == (ErrorKind.unknown_outcome, 200)
-    assert "may have been created" in error.message
+    assert (error.kind, error.status_code, error.message) == (ErrorKind.unknown_outcome, 200, message)
+
+
+def test_an_unusable_status_without_any_answer_is_still_an_unknown_outcome(fake_mastodon):
+    """Should Mastodon.py return without the session seeing an answer, the post still fails cleanly."""
+    mastodon = destination(fake_mastodon)
+    mastodon._api.status_post = lambda *args, **kwargs: {"id": "1"}
+    error = failure(lambda: mastodon.post("t", key="k")).error
+    assert (error.kind, error.status_code) == (ErrorKind.unknown_outcome, None)
+    assert error.message.endswith("without a usable status id and link: the status may have been created")
+    assert fake_mastodon.requests == []
 
 
 def test_a_status_without_a_page_link_uses_its_activitypub_id():
@@ -304,6 +355,26 @@ def test_a_status_without_a_page_link_uses_its_activitypub_id():
     assert remote_post({"id": 113500000000000000, "url": uri}) == RemotePost("113500000000000000", uri)
     assert remote_post({"id": "01HF8V3C5ZQX", "url": uri}) == RemotePost("01HF8V3C5ZQX", uri)  # GoToSocial's ULIDs
     assert remote_post({"id": True, "url": uri}) is None
+
+
+@pytest.mark.parametrize(
+    ("link", "usable"),
+    [
+        ("https://mastodon.example/@bot/1", True),
+        ("http://mastodon.example/@bot/1", True),
+        ("https://mastodon.example/" + "a" * (MAX_LINK_LENGTH - 25), True),  # exactly MAX_LINK_LENGTH
+        ("https://mastodon.example/" + "a" * (MAX_LINK_LENGTH - 24), False),  # one more
+        ("https://mastodon.example/@bot/1\n", False),
+        ("https://mastodon.example/@bot/\u200b1", False),
+        ("ftp://mastodon.example/@bot/1", False),
+        ("https:///@bot/1", False),
+        ("mastodon.example/@bot/1", False),
+    ],
+    ids=["https", "http", "longest", "too-long", "newline", "zero-width-space", "ftp", "no-host", "no-scheme"],
+)
+def test_only_a_printable_http_link_with_a_host_and_a_bounded_length_is_kept(link, usable):
+    assert len("https://mastodon.example/" + "a" * (MAX_LINK_LENGTH - 25)) == MAX_LINK_LENGTH
+    assert remote_post({"id": "1", "url": link}) == (RemotePost("1", link) if usable else None)
 
 
 def test_the_access_token_never_reaches_messages_or_logs(fake_mastodon, caplog):
@@ -323,6 +394,11 @@ def test_the_access_token_never_reaches_messages_or_logs(fake_mastodon, caplog):
         assert exc.__cause__ is None and exc.__suppress_context__  # no unfiltered chained exception
         shown += str(exc) + repr(exc.error)
     assert ACCESS_TOKEN not in shown
+
+
+def test_without_an_access_token_nothing_is_masked(fake_mastodon):
+    error = failure(lambda: destination(fake_mastodon, token="").post("t", key="k")).error
+    assert error.message == f"Mastodon answered 401: The access token is invalid ({CREDENTIALS_HINT})"
 
 
 def test_classifying_never_raises(fake_mastodon, monkeypatch, caplog):
