@@ -411,13 +411,68 @@ def test_classifying_never_raises(fake_mastodon, monkeypatch, caplog):
     mastodon = destination(fake_mastodon)
     error = failure(lambda: mastodon.post("t", key="k")).error
     assert (error.kind, error.status_code) == (ErrorKind.server_error, 503)
-    assert "OverflowError: a bug in reading the answer" in caplog.text
+    assert error.message == "Mastodon answered 503 (its details could not be read)"
+    assert [r.getMessage() for r in caplog.records if r.name == "posting.mastodon_client"] == [
+        "could not read the details of a failed Mastodon call (OverflowError: a bug in reading the answer): "
+        "sorting it by its status"]
     # The next post's connection drops: no answer of its own, and the 503 before is not taken for it.
     monkeypatch.setattr("posting.mastodon_client._classify_network_failure", bug)
     fake_mastodon.enqueue("POST", STATUSES_PATH, FakeMastodon.dropped())
     assert failure(lambda: mastodon.post("t", key="k")).error.kind is ErrorKind.unknown_outcome
     monkeypatch.setattr("posting.mastodon_client._status_of", bug)
     assert classify_mastodon_error(ValueError("x")).kind is ErrorKind.unknown_outcome
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "message", "status_code"),
+    [
+        (MastodonAnswer(400, None), ErrorKind.refused, "Mastodon answered 400 (its details could not be read)", 400),
+        (MastodonAnswer(429, None), ErrorKind.rate_limited, "Mastodon answered 429 (its details could not be read)", 429),
+        (MastodonAnswer(399, None), ErrorKind.unknown_outcome,
+         "MastodonAPIError while talking to Mastodon (its details could not be read)", None),
+        (None, ErrorKind.unknown_outcome, "MastodonAPIError while talking to Mastodon (its details could not be read)",
+         None),
+    ],
+    ids=["400", "429", "399", "no-answer"],
+)
+def test_a_failure_whose_details_cannot_be_read_is_sorted_by_its_answer(monkeypatch, answer, kind, message, status_code):
+    def bug(*_args):
+        raise OverflowError("a bug")
+
+    monkeypatch.setattr("posting.mastodon_client._classify", bug)
+    error = classify_mastodon_error(MastodonAPIError("Mastodon API returned error", 500, "x", "x"), answer)
+    assert (error.kind, error.message, error.status_code) == (kind, message, status_code)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "message"),
+    [
+        # Mastodon.py's own: (message, status, reason, the instance's error)
+        (MastodonAPIError("Mastodon API returned error", 400, "Bad Request", None), ErrorKind.refused,
+         "Mastodon answered 400: Bad Request"),
+        (MastodonAPIError("Mastodon API returned error", 429, "Too Many Requests", "Throttled"), ErrorKind.rate_limited,
+         "Mastodon answered 429: Throttled"),
+        (MastodonAPIError("Mastodon API returned error", 430, "", "Odd"), ErrorKind.refused, "Mastodon answered 430: Odd"),
+        # Only a message and a status: the status is read all the same, and nothing was said.
+        (MastodonAPIError("Mastodon API returned error", 404), ErrorKind.refused,
+         f"Mastodon answered 404: no message ({ADDRESS_HINT})"),
+    ],
+    ids=["400-reason-only", "429-not-a-rate-limit-error", "430", "two-args"],
+)
+def test_the_status_an_error_carries_decides_its_kind_without_the_answer(exc, kind, message):
+    error = classify_mastodon_error(exc)
+    assert (error.kind, error.message, error.status_code) == (kind, message, exc.args[1])
+
+
+def test_an_error_whose_arguments_cannot_be_read_is_sorted_by_the_answer():
+    class Opaque(MastodonAPIError):
+        @property
+        def args(self):
+            raise AttributeError("args")
+
+    error = classify_mastodon_error(Opaque("Could not parse response as JSON"), MastodonAnswer(200, None))
+    assert (error.kind, error.status_code) == (ErrorKind.unknown_outcome, 200)
+    assert error.message == UNREADABLE
 
 
 def network_error(cause: BaseException) -> MastodonNetworkError:
@@ -436,7 +491,9 @@ def test_how_far_the_request_went_decides_between_not_sent_and_unknown():
     assert classify_mastodon_error(network_error(requests.ReadTimeout("read timed out"))).kind is ErrorKind.unknown_outcome
     assert classify_mastodon_error(network_error(requests.exceptions.ChunkedEncodingError("cut"))).kind \
         is ErrorKind.unknown_outcome
-    assert classify_mastodon_error(ValueError("bad json")).kind is ErrorKind.unknown_outcome
+    unexpected = classify_mastodon_error(ValueError("bad json"))
+    assert (unexpected.kind, unexpected.message) == (ErrorKind.unknown_outcome,
+                                                     "unexpected ValueError while talking to Mastodon: bad json")
 
 
 def test_a_rate_limit_error_is_a_429_unless_the_answer_says_otherwise():
