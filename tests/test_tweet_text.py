@@ -402,6 +402,8 @@ LONG_LINK = "https://example.com/" + "a" * 200
         (f"{LONG_LINK} {LONG_LINK}", 23 + 1 + 23),
         ("https://t.co/x", 23),  # and a short one 23 too
         ("example.com", 11),  # without http(s):// Mastodon's extractor finds no link: counted as written
+        ("https://a.io example.com", 23 + 1 + 11),  # also beside a link it does find
+        ("@alice@mastodon.social https://example.com/x", len("@alice ") + 23),  # mentions and links both
         ("@alice@mastodon.social hi", len("@alice hi")),  # a remote mention counts as its local part
         ("@alice hi", 9),
         ("write to bob@example.com", 24),  # an address is no mention
