@@ -159,11 +159,26 @@ def test_the_fake_checks_posts_as_the_lexicon_does(fake_bluesky, text, rkey, mes
     assert fake_bluesky.records == {}
 
 
-def test_writing_a_key_again_finds_the_post_already_there(fake_bluesky):
+def bluesky_log(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "posting.bluesky_client"]
+
+
+def test_writing_a_key_again_finds_the_post_already_there(fake_bluesky, caplog):
+    caplog.set_level(logging.INFO, logger="posting.bluesky_client")
     bluesky = destination(fake_bluesky)
     key = bluesky.new_key("delivery-1")
     assert bluesky.post("once", key=key) == bluesky.post("once", key=key)
     assert fake_bluesky.create_record_calls == 2 and len(fake_bluesky.records) == 1
+    assert f"Bluesky already holds this post under key {key}: an earlier attempt landed" in bluesky_log(caplog)
+
+
+def test_a_409_on_a_key_that_landed_finds_the_post_already_there(fake_bluesky):
+    bluesky = destination(fake_bluesky)
+    key = bluesky.new_key("delivery-1")
+    bluesky.post("once", key=key)
+    fake_bluesky.enqueue("POST", CREATE_RECORD, FakeResponse(409, {"error": "Conflict", "message": "record exists"}))
+    assert bluesky.post("once", key=key) == RemotePost(id=key, url=f"https://bsky.app/profile/{HANDLE}/post/{key}")
+    assert len(fake_bluesky.received("GET", GET_RECORD)) == 1 and len(fake_bluesky.records) == 1
 
 
 def test_another_post_under_the_key_is_refused_not_taken_for_ours(fake_bluesky):
@@ -171,17 +186,32 @@ def test_another_post_under_the_key_is_refused_not_taken_for_ours(fake_bluesky):
     key = bluesky.new_key("delivery-1")
     bluesky.post("the first text", key=key)
     failure = failure_of(lambda: bluesky.post("another text", key=key))
-    assert failure.error.kind is ErrorKind.refused
-    assert f"another post under record key {key}" in failure.error.message
+    assert (failure.error.kind, failure.error.status_code) == (ErrorKind.refused, 500)
+    assert failure.error.message == (f"Bluesky already holds another post under record key {key} "
+                                     f"(at://{DID}/app.bsky.feed.post/{key}): the key was reused")
     assert fake_bluesky.records[key]["value"]["text"] == "the first text"
 
 
-def test_a_server_error_with_no_record_under_the_key_stays_a_server_error(fake_bluesky):
+def test_a_record_without_text_under_the_key_is_refused_not_taken_for_ours(fake_bluesky):
+    bluesky = destination(fake_bluesky)
+    key = bluesky.new_key("delivery-1")
+    uri = f"at://{DID}/app.bsky.feed.post/{key}"
+    fake_bluesky.records[key] = {"uri": uri, "cid": "bafyreiabc", "value": {"$type": "app.bsky.feed.like", "subject": {}}}
+    failure = failure_of(lambda: bluesky.post("mine", key=key))
+    assert (failure.error.kind, failure.error.status_code) == (ErrorKind.refused, 500)
+    assert failure.error.message == f"Bluesky already holds another post under record key {key} ({uri}): the key was reused"
+
+
+def test_a_server_error_with_no_record_under_the_key_stays_a_server_error(fake_bluesky, caplog):
+    caplog.set_level(logging.INFO, logger="posting.bluesky_client")
     fake_bluesky.enqueue("POST", CREATE_RECORD, FakeBluesky.server_error(500))
     failure = failure_of(lambda: post_once(fake_bluesky))
     assert failure.error.kind is ErrorKind.server_error and failure.error.status_code == 500
     assert failure.error.message == "Bluesky answered 500 InternalServerError: Internal Server Error"
     assert fake_bluesky.records == {} and len(fake_bluesky.received("GET", GET_RECORD)) == 1
+    (key,) = [request.query["rkey"][0] for request in fake_bluesky.received("GET", GET_RECORD)]
+    assert (f"no earlier Bluesky post under key {key} (Bluesky answered 400 RecordNotFound: "
+            f"Could not locate record: at://{DID}/app.bsky.feed.post/{key})") in bluesky_log(caplog)
 
 
 def test_a_failed_record_lookup_leaves_the_first_error(fake_bluesky):
@@ -216,26 +246,38 @@ def test_a_step_before_the_post_that_hangs_was_not_sent(fake_bluesky, route):
 
 # ---- classification over HTTP ----
 @pytest.mark.parametrize(
-    "route, answer, kind, status_code",
+    "route, answer, kind, status_code, words",
     [
-        (CREATE_RECORD, FakeBluesky.rate_limited(), ErrorKind.rate_limited, 429),
-        (CREATE_SESSION, FakeBluesky.rate_limited(limit=30, window=300), ErrorKind.rate_limited, 429),
-        (CREATE_RECORD, FakeBluesky.server_error(502), ErrorKind.server_error, 502),
-        (CREATE_RECORD, FakeBluesky.server_error(503), ErrorKind.server_error, 503),
-        (CREATE_SESSION, FakeBluesky.server_error(500), ErrorKind.server_error, 500),
-        (CREATE_SESSION, FakeBluesky.bad_credentials(), ErrorKind.credentials, 401),
-        (CREATE_RECORD, FakeResponse(403, {"error": "Forbidden", "message": "no"}), ErrorKind.credentials, 403),
-        (CREATE_RECORD, FakeResponse(400, {"error": "InvalidRequest", "message": "Could not find repo"}), ErrorKind.refused, 400),
-        (CREATE_RECORD, FakeResponse(404, {"error": "NotFound", "message": "Not Found"}), ErrorKind.refused, 404),
-        (CREATE_RECORD, FakeResponse(413, "Payload Too Large"), ErrorKind.refused, 413),
+        (CREATE_RECORD, FakeBluesky.rate_limited(), ErrorKind.rate_limited, 429, "RateLimitExceeded: Rate Limit Exceeded"),
+        (CREATE_SESSION, FakeBluesky.rate_limited(limit=30, window=300), ErrorKind.rate_limited, 429,
+         "RateLimitExceeded: Rate Limit Exceeded"),
+        (CREATE_RECORD, FakeBluesky.server_error(502), ErrorKind.server_error, 502, "UpstreamFailure: Upstream Failure"),
+        (CREATE_RECORD, FakeBluesky.server_error(503), ErrorKind.server_error, 503, "NotEnoughResources: Not Enough Resources"),
+        (CREATE_SESSION, FakeBluesky.server_error(500), ErrorKind.server_error, 500, "InternalServerError: Internal Server Error"),
+        (CREATE_SESSION, FakeBluesky.bad_credentials(), ErrorKind.credentials, 401,
+         "AuthenticationRequired: Invalid identifier or password (check BLUESKY_HANDLE and BLUESKY_APP_PASSWORD)"),
+        (CREATE_RECORD, FakeResponse(403, {"error": "Forbidden", "message": "no"}), ErrorKind.credentials, 403,
+         "Forbidden: no (check BLUESKY_HANDLE and BLUESKY_APP_PASSWORD)"),
+        (CREATE_RECORD, FakeResponse(400, {"error": "InvalidRequest", "message": "Could not find repo"}), ErrorKind.refused, 400,
+         "InvalidRequest: Could not find repo"),
+        (CREATE_RECORD, FakeResponse(402, {"error": "PaymentRequired", "message": "pay"}), ErrorKind.refused, 402,
+         "PaymentRequired: pay"),
+        (CREATE_RECORD, FakeResponse(404, {"error": "NotFound", "message": "Not Found"}), ErrorKind.refused, 404, "NotFound: Not Found"),
+        (CREATE_RECORD, FakeResponse(409, {"error": "Conflict", "message": "taken"}), ErrorKind.refused, 409, "Conflict: taken"),
+        (CREATE_RECORD, FakeResponse(410, {"error": "Gone", "message": "gone"}), ErrorKind.refused, 410, "Gone: gone"),
+        (CREATE_RECORD, FakeResponse(413, "Payload Too Large"), ErrorKind.refused, 413, "no message"),
     ],
 )
-def test_answers_are_classified(fake_bluesky, route, answer, kind, status_code):
+def test_answers_are_classified(fake_bluesky, route, answer, kind, status_code, words):
+    """Word for word; only a 5xx or a 409 from createRecord leads to a getRecord (did it land earlier?)."""
     fake_bluesky.enqueue("POST", route, answer)
     error = failure_of(lambda: post_once(fake_bluesky)).error
     assert (error.kind, error.status_code) == (kind, status_code)
-    assert error.message.startswith(f"Bluesky answered {status_code}")
+    assert error.message == f"Bluesky answered {status_code} {words}"
     assert not fake_bluesky.records
+    looked_up = route == CREATE_RECORD and (status_code >= 500 or status_code == 409)
+    assert len(fake_bluesky.received("GET", GET_RECORD)) == looked_up
+    assert fake_bluesky.create_record_calls == (route == CREATE_RECORD)  # no refresh and retry
 
 
 def test_a_text_over_300_graphemes_is_refused_before_any_request(fake_bluesky):
