@@ -393,6 +393,13 @@ def test_a_second_run_with_the_same_store_reuses_the_session(fake_bluesky):
     assert not fake_bluesky.received("POST", REFRESH_SESSION)
 
 
+def test_a_memory_store_made_with_a_blob_starts_from_it(fake_bluesky):
+    first = MemorySessionStore()
+    post_once(fake_bluesky, store=first)
+    post_once(fake_bluesky, "from a copy of the blob", store=MemorySessionStore(first.blob))
+    assert fake_bluesky.create_session_calls == 1 and len(fake_bluesky.records) == 2
+
+
 def test_the_constructor_calls_nothing(fake_bluesky):
     store = MemorySessionStore()
     destination(fake_bluesky, store)
@@ -411,12 +418,14 @@ def test_the_stored_blob_holds_no_token_or_password_in_clear(fake_bluesky):
     assert set(json.loads(store.blob)) == {"v", "create_session_times", "session"}
 
 
-def test_an_access_token_the_pds_calls_expired_is_refreshed_and_the_post_sent_once_more(fake_bluesky):
+def test_an_access_token_the_pds_calls_expired_is_refreshed_and_the_post_sent_once_more(fake_bluesky, caplog):
     store = MemorySessionStore()
     post_once(fake_bluesky, store=store)
     blob_before = store.blob
     fake_bluesky.expire_access_tokens()
+    caplog.set_level(logging.INFO, logger="posting.bluesky_client")
     posted = post_once(fake_bluesky, "after the refresh", store=store)
+    assert f"refreshed the Bluesky session of {HANDLE}" in bluesky_log(caplog)
     assert fake_bluesky.records[posted.id]["value"]["text"] == "after the refresh"
     assert fake_bluesky.create_session_calls == 1
     assert len(fake_bluesky.received("POST", REFRESH_SESSION)) == 1
@@ -426,10 +435,22 @@ def test_an_access_token_the_pds_calls_expired_is_refreshed_and_the_post_sent_on
     assert len(fake_bluesky.received("POST", REFRESH_SESSION)) == 1
 
 
-def test_a_scripted_expired_token_answer_is_refreshed(fake_bluesky):
-    fake_bluesky.enqueue("POST", CREATE_RECORD, FakeBluesky.expired_token())
+@pytest.mark.parametrize("refusal", [FakeBluesky.expired_token(), FakeResponse(401, {"error": "AuthMissing", "message": "Authentication Required"})],
+                         ids=["400 ExpiredToken", "401"])
+def test_a_scripted_refused_token_answer_is_refreshed(fake_bluesky, refusal):
+    fake_bluesky.enqueue("POST", CREATE_RECORD, refusal)
     post_once(fake_bluesky)
     assert len(fake_bluesky.received("POST", REFRESH_SESSION)) == 1 and len(fake_bluesky.records) == 1
+    assert fake_bluesky.create_record_calls == 2
+
+
+def test_a_refresh_that_fails_after_a_refused_token_is_its_own_error_before_the_post(fake_bluesky):
+    fake_bluesky.enqueue("POST", CREATE_RECORD, FakeBluesky.expired_token())
+    fake_bluesky.enqueue("POST", REFRESH_SESSION, FakeBluesky.server_error(503))
+    error = failure_of(lambda: post_once(fake_bluesky)).error
+    assert (error.kind, error.status_code) == (ErrorKind.server_error, 503)
+    assert error.message == "Bluesky answered 503 NotEnoughResources: Not Enough Resources"
+    assert fake_bluesky.create_record_calls == 1 and not fake_bluesky.received("GET", GET_RECORD)
 
 
 def test_an_expired_token_a_refresh_cannot_fix_is_credentials(fake_bluesky):
@@ -452,12 +473,15 @@ def test_an_access_token_about_to_expire_is_refreshed_before_posting(fake_bluesk
     assert fake_bluesky.create_record_calls == 2 and fake_bluesky.create_session_calls == 1
 
 
-def test_an_expired_refresh_token_leads_to_one_new_login(fake_bluesky):
+def test_an_expired_refresh_token_leads_to_one_new_login(fake_bluesky, caplog):
     store = MemorySessionStore()
     post_once(fake_bluesky, store=store)
     fake_bluesky.expire_access_tokens()
     fake_bluesky.expire_refresh_tokens()
+    caplog.set_level(logging.INFO, logger="posting.bluesky_client")
     post_once(fake_bluesky, "after a new login", store=store)
+    assert (f"Bluesky refused to refresh the session of {HANDLE} (Bluesky answered 400 ExpiredToken: Token has expired "
+            "(check BLUESKY_HANDLE and BLUESKY_APP_PASSWORD)): logging in again") in bluesky_log(caplog)
     assert fake_bluesky.create_session_calls == 2
     assert len(fake_bluesky.received("POST", REFRESH_SESSION)) == 1
     assert len(fake_bluesky.records) == 2
@@ -565,7 +589,7 @@ def test_secrets_never_reach_messages_or_logs(fake_bluesky, caplog):
         messages.append(str(failure_of(lambda: post_once(fake_bluesky, store=store, timeout=0.5))))
     messages.append(str(failure_of(lambda: post_once(fake_bluesky, password="wxyz-wxyz-wxyz-wxyz"))))
     everything = caplog.text + "\n".join(messages) + repr(destination(fake_bluesky))
-    assert "[secret]" in messages[1]
+    assert messages[1] == "Bluesky answered 400 InvalidRequest: ... [secret] ..."
     for secret in (APP_PASSWORD, "wxyz-wxyz-wxyz-wxyz", "leaked-signature", *fake_bluesky.issued_tokens()):
         assert secret not in everything
 
