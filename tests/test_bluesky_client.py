@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from atproto_client import Client, models
 from atproto_client import exceptions as atproto_errors
 from atproto_client.models.string_formats import TID_RE
 
-from core.delivery import DeliveryFailed, ErrorKind, RemotePost
+from core.delivery import DeliveryError, DeliveryFailed, ErrorKind, RemotePost
 from posting.bluesky_client import (
     CREATE_SESSION_BUDGET,
     BlueskyDestination,
@@ -343,21 +344,32 @@ def network_error(wrapper, cause: Exception) -> Exception:
 
 
 @pytest.mark.parametrize(
-    "exc, kind",
+    "exc, kind, message",
     [
-        (network_error(atproto_errors.InvokeTimeoutError, httpx.ConnectTimeout("connect")), ErrorKind.not_sent),
-        (network_error(atproto_errors.InvokeTimeoutError, httpx.PoolTimeout("pool")), ErrorKind.not_sent),
-        (network_error(atproto_errors.NetworkError, httpx.ConnectError("refused")), ErrorKind.not_sent),
-        (network_error(atproto_errors.InvokeTimeoutError, httpx.ReadTimeout("read")), ErrorKind.unknown_outcome),
-        (network_error(atproto_errors.InvokeTimeoutError, httpx.WriteTimeout("write")), ErrorKind.unknown_outcome),
-        (network_error(atproto_errors.NetworkError, httpx.ReadError("reset")), ErrorKind.unknown_outcome),
-        (httpx.RemoteProtocolError("Server disconnected without sending a response."), ErrorKind.unknown_outcome),
-        (atproto_errors.LoginRequiredError(), ErrorKind.credentials),
-        (ValueError("an answer atproto could not read"), ErrorKind.unknown_outcome),
+        (network_error(atproto_errors.InvokeTimeoutError, httpx.ConnectTimeout("connect")), ErrorKind.not_sent,
+         "could not connect to Bluesky: ConnectTimeout: connect"),
+        (network_error(atproto_errors.InvokeTimeoutError, httpx.PoolTimeout("pool")), ErrorKind.not_sent,
+         "could not connect to Bluesky: PoolTimeout: pool"),
+        (network_error(atproto_errors.NetworkError, httpx.ConnectError("refused")), ErrorKind.not_sent,
+         "could not connect to Bluesky: ConnectError: refused"),
+        (network_error(atproto_errors.InvokeTimeoutError, httpx.ReadTimeout("read")), ErrorKind.unknown_outcome,
+         "Bluesky did not answer in time: ReadTimeout: read"),
+        (network_error(atproto_errors.InvokeTimeoutError, httpx.ReadTimeout("")), ErrorKind.unknown_outcome,
+         "Bluesky did not answer in time: ReadTimeout"),
+        (network_error(atproto_errors.InvokeTimeoutError, httpx.WriteTimeout("write")), ErrorKind.unknown_outcome,
+         "Bluesky did not answer in time: WriteTimeout: write"),
+        (network_error(atproto_errors.NetworkError, httpx.ReadError("reset")), ErrorKind.unknown_outcome,
+         "the connection to Bluesky failed mid-request: ReadError: reset"),
+        (httpx.RemoteProtocolError("Server disconnected without sending a response."), ErrorKind.unknown_outcome,
+         "the connection to Bluesky failed mid-request: RemoteProtocolError: Server disconnected without sending a response."),
+        (atproto_errors.LoginRequiredError(), ErrorKind.credentials,
+         "no Bluesky session to post with: check BLUESKY_HANDLE and BLUESKY_APP_PASSWORD"),
+        (ValueError("an answer atproto could not read"), ErrorKind.unknown_outcome,
+         "unexpected ValueError while talking to Bluesky"),
     ],
 )
-def test_network_failures_are_classified(exc, kind):
-    assert classify_bluesky_error(exc).kind is kind
+def test_network_failures_are_classified(exc, kind, message):
+    assert classify_bluesky_error(exc) == DeliveryError(kind, message)
 
 
 def test_an_unexpected_error_is_named_without_its_content():
@@ -367,19 +379,56 @@ def test_an_unexpected_error_is_named_without_its_content():
 
 
 class BrokenResponse:
-    status_code = 503
+    def __init__(self, status_code: int):
+        self.status_code = status_code
 
     @property
     def content(self):
         raise OverflowError("a bug in reading the answer")
 
 
-def test_classifying_never_raises(caplog):
+@pytest.mark.parametrize(
+    "status, kind",
+    [(400, ErrorKind.refused), (401, ErrorKind.credentials), (402, ErrorKind.refused), (403, ErrorKind.credentials),
+     (428, ErrorKind.refused), (429, ErrorKind.rate_limited), (430, ErrorKind.refused), (499, ErrorKind.refused),
+     (500, ErrorKind.server_error), (503, ErrorKind.server_error)],
+)
+def test_classifying_never_raises(caplog, status, kind):
     """A bug in reading an answer still gives the kind its status implies."""
-    exc = atproto_errors.RequestException(BrokenResponse())
-    error = classify_bluesky_error(exc)
-    assert (error.kind, error.status_code) == (ErrorKind.server_error, 503)
-    assert "could not read the details of a failed Bluesky call (OverflowError)" in caplog.text
+    error = classify_bluesky_error(atproto_errors.RequestException(BrokenResponse(status)))
+    assert error == DeliveryError(kind, f"Bluesky answered {status} (its details could not be read)", status)
+    assert bluesky_log(caplog) == [
+        "could not read the details of a failed Bluesky call (OverflowError): sorting it by whether Bluesky answered"]
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise OverflowError("a bug in printing the error")
+
+
+def test_classifying_an_error_with_no_answer_never_raises():
+    assert classify_bluesky_error(Unprintable()) == DeliveryError(
+        ErrorKind.unknown_outcome, "Unprintable while talking to Bluesky (its details could not be read)")
+
+
+@pytest.mark.parametrize(
+    "response, error",
+    [
+        (SimpleNamespace(status_code=503), DeliveryError(ErrorKind.server_error, "Bluesky answered 503 no message", 503)),
+        (SimpleNamespace(status_code=400, content=SimpleNamespace(error=5, message=["words"])),
+         DeliveryError(ErrorKind.refused, "Bluesky answered 400 no message", 400)),
+        (SimpleNamespace(status_code=400, content=SimpleNamespace(error="InvalidRequest")),
+         DeliveryError(ErrorKind.refused, "Bluesky answered 400 InvalidRequest", 400)),
+        (SimpleNamespace(status_code=400, content=SimpleNamespace(message="only words")),
+         DeliveryError(ErrorKind.refused, "Bluesky answered 400 only words", 400)),
+        (SimpleNamespace(status_code=429, content=None), DeliveryError(ErrorKind.rate_limited, "Bluesky answered 429 no message", 429)),
+        (SimpleNamespace(status_code="503", content=None),
+         DeliveryError(ErrorKind.unknown_outcome, "unexpected RequestException while talking to Bluesky")),
+    ],
+    ids=["no content", "parts not strings", "name only", "message only", "429 without headers", "status not a number"],
+)
+def test_answers_missing_parts_are_classified_by_what_they_hold(response, error):
+    assert classify_bluesky_error(atproto_errors.RequestException(response)) == error
 
 
 # ---- sessions ----
