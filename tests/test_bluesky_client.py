@@ -193,11 +193,22 @@ def test_another_post_under_the_key_is_refused_not_taken_for_ours(fake_bluesky):
     assert fake_bluesky.records[key]["value"]["text"] == "the first text"
 
 
-def test_a_record_without_text_under_the_key_is_refused_not_taken_for_ours(fake_bluesky):
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"$type": "app.bsky.feed.like", "createdAt": "2026-12-02T12:00:00.000Z",
+         "subject": {"uri": f"at://{DID}/app.bsky.feed.post/3n3os4ytibe6c",
+                     "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"}},
+        {"$type": "app.bsky.feed.like", "subject": {}},
+    ],
+    ids=["a like atproto reads", "a record atproto cannot read"],
+)
+def test_a_record_without_text_under_the_key_is_refused_not_taken_for_ours(fake_bluesky, value):
+    """atproto gives a record it knows as its model (a like has no `text`), others as a DotDict."""
     bluesky = destination(fake_bluesky)
     key = bluesky.new_key("delivery-1")
     uri = f"at://{DID}/app.bsky.feed.post/{key}"
-    fake_bluesky.records[key] = {"uri": uri, "cid": "bafyreiabc", "value": {"$type": "app.bsky.feed.like", "subject": {}}}
+    fake_bluesky.records[key] = {"uri": uri, "cid": "bafyreiabc", "value": value}
     failure = failure_of(lambda: bluesky.post("mine", key=key))
     assert (failure.error.kind, failure.error.status_code) == (ErrorKind.refused, 500)
     assert failure.error.message == f"Bluesky already holds another post under record key {key} ({uri}): the key was reused"
