@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from atproto_client import Client, models
 from atproto_client import exceptions as atproto_errors
 from atproto_client.models.string_formats import TID_RE
 
-from core.delivery import DeliveryFailed, ErrorKind, RemotePost
+from core.delivery import DeliveryError, DeliveryFailed, ErrorKind, RemotePost
 from posting.bluesky_client import (
     CREATE_SESSION_BUDGET,
     BlueskyDestination,
@@ -159,11 +160,26 @@ def test_the_fake_checks_posts_as_the_lexicon_does(fake_bluesky, text, rkey, mes
     assert fake_bluesky.records == {}
 
 
-def test_writing_a_key_again_finds_the_post_already_there(fake_bluesky):
+def bluesky_log(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "posting.bluesky_client"]
+
+
+def test_writing_a_key_again_finds_the_post_already_there(fake_bluesky, caplog):
+    caplog.set_level(logging.INFO, logger="posting.bluesky_client")
     bluesky = destination(fake_bluesky)
     key = bluesky.new_key("delivery-1")
     assert bluesky.post("once", key=key) == bluesky.post("once", key=key)
     assert fake_bluesky.create_record_calls == 2 and len(fake_bluesky.records) == 1
+    assert f"Bluesky already holds this post under key {key}: an earlier attempt landed" in bluesky_log(caplog)
+
+
+def test_a_409_on_a_key_that_landed_finds_the_post_already_there(fake_bluesky):
+    bluesky = destination(fake_bluesky)
+    key = bluesky.new_key("delivery-1")
+    bluesky.post("once", key=key)
+    fake_bluesky.enqueue("POST", CREATE_RECORD, FakeResponse(409, {"error": "Conflict", "message": "record exists"}))
+    assert bluesky.post("once", key=key) == RemotePost(id=key, url=f"https://bsky.app/profile/{HANDLE}/post/{key}")
+    assert len(fake_bluesky.received("GET", GET_RECORD)) == 1 and len(fake_bluesky.records) == 1
 
 
 def test_another_post_under_the_key_is_refused_not_taken_for_ours(fake_bluesky):
@@ -171,17 +187,43 @@ def test_another_post_under_the_key_is_refused_not_taken_for_ours(fake_bluesky):
     key = bluesky.new_key("delivery-1")
     bluesky.post("the first text", key=key)
     failure = failure_of(lambda: bluesky.post("another text", key=key))
-    assert failure.error.kind is ErrorKind.refused
-    assert f"another post under record key {key}" in failure.error.message
+    assert (failure.error.kind, failure.error.status_code) == (ErrorKind.refused, 500)
+    assert failure.error.message == (f"Bluesky already holds another post under record key {key} "
+                                     f"(at://{DID}/app.bsky.feed.post/{key}): the key was reused")
     assert fake_bluesky.records[key]["value"]["text"] == "the first text"
 
 
-def test_a_server_error_with_no_record_under_the_key_stays_a_server_error(fake_bluesky):
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"$type": "app.bsky.feed.like", "createdAt": "2026-12-02T12:00:00.000Z",
+         "subject": {"uri": f"at://{DID}/app.bsky.feed.post/3n3os4ytibe6c",
+                     "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"}},
+        {"$type": "app.bsky.feed.like", "subject": {}},
+    ],
+    ids=["a like atproto reads", "a record atproto cannot read"],
+)
+def test_a_record_without_text_under_the_key_is_refused_not_taken_for_ours(fake_bluesky, value):
+    """atproto gives a record it knows as its model (a like has no `text`), others as a DotDict."""
+    bluesky = destination(fake_bluesky)
+    key = bluesky.new_key("delivery-1")
+    uri = f"at://{DID}/app.bsky.feed.post/{key}"
+    fake_bluesky.records[key] = {"uri": uri, "cid": "bafyreiabc", "value": value}
+    failure = failure_of(lambda: bluesky.post("mine", key=key))
+    assert (failure.error.kind, failure.error.status_code) == (ErrorKind.refused, 500)
+    assert failure.error.message == f"Bluesky already holds another post under record key {key} ({uri}): the key was reused"
+
+
+def test_a_server_error_with_no_record_under_the_key_stays_a_server_error(fake_bluesky, caplog):
+    caplog.set_level(logging.INFO, logger="posting.bluesky_client")
     fake_bluesky.enqueue("POST", CREATE_RECORD, FakeBluesky.server_error(500))
     failure = failure_of(lambda: post_once(fake_bluesky))
     assert failure.error.kind is ErrorKind.server_error and failure.error.status_code == 500
     assert failure.error.message == "Bluesky answered 500 InternalServerError: Internal Server Error"
     assert fake_bluesky.records == {} and len(fake_bluesky.received("GET", GET_RECORD)) == 1
+    (key,) = [request.query["rkey"][0] for request in fake_bluesky.received("GET", GET_RECORD)]
+    assert (f"no earlier Bluesky post under key {key} (Bluesky answered 400 RecordNotFound: "
+            f"Could not locate record: at://{DID}/app.bsky.feed.post/{key})") in bluesky_log(caplog)
 
 
 def test_a_failed_record_lookup_leaves_the_first_error(fake_bluesky):
@@ -216,26 +258,38 @@ def test_a_step_before_the_post_that_hangs_was_not_sent(fake_bluesky, route):
 
 # ---- classification over HTTP ----
 @pytest.mark.parametrize(
-    "route, answer, kind, status_code",
+    "route, answer, kind, status_code, words",
     [
-        (CREATE_RECORD, FakeBluesky.rate_limited(), ErrorKind.rate_limited, 429),
-        (CREATE_SESSION, FakeBluesky.rate_limited(limit=30, window=300), ErrorKind.rate_limited, 429),
-        (CREATE_RECORD, FakeBluesky.server_error(502), ErrorKind.server_error, 502),
-        (CREATE_RECORD, FakeBluesky.server_error(503), ErrorKind.server_error, 503),
-        (CREATE_SESSION, FakeBluesky.server_error(500), ErrorKind.server_error, 500),
-        (CREATE_SESSION, FakeBluesky.bad_credentials(), ErrorKind.credentials, 401),
-        (CREATE_RECORD, FakeResponse(403, {"error": "Forbidden", "message": "no"}), ErrorKind.credentials, 403),
-        (CREATE_RECORD, FakeResponse(400, {"error": "InvalidRequest", "message": "Could not find repo"}), ErrorKind.refused, 400),
-        (CREATE_RECORD, FakeResponse(404, {"error": "NotFound", "message": "Not Found"}), ErrorKind.refused, 404),
-        (CREATE_RECORD, FakeResponse(413, "Payload Too Large"), ErrorKind.refused, 413),
+        (CREATE_RECORD, FakeBluesky.rate_limited(), ErrorKind.rate_limited, 429, "RateLimitExceeded: Rate Limit Exceeded"),
+        (CREATE_SESSION, FakeBluesky.rate_limited(limit=30, window=300), ErrorKind.rate_limited, 429,
+         "RateLimitExceeded: Rate Limit Exceeded"),
+        (CREATE_RECORD, FakeBluesky.server_error(502), ErrorKind.server_error, 502, "UpstreamFailure: Upstream Failure"),
+        (CREATE_RECORD, FakeBluesky.server_error(503), ErrorKind.server_error, 503, "NotEnoughResources: Not Enough Resources"),
+        (CREATE_SESSION, FakeBluesky.server_error(500), ErrorKind.server_error, 500, "InternalServerError: Internal Server Error"),
+        (CREATE_SESSION, FakeBluesky.bad_credentials(), ErrorKind.credentials, 401,
+         "AuthenticationRequired: Invalid identifier or password (check BLUESKY_HANDLE and BLUESKY_APP_PASSWORD)"),
+        (CREATE_RECORD, FakeResponse(403, {"error": "Forbidden", "message": "no"}), ErrorKind.credentials, 403,
+         "Forbidden: no (check BLUESKY_HANDLE and BLUESKY_APP_PASSWORD)"),
+        (CREATE_RECORD, FakeResponse(400, {"error": "InvalidRequest", "message": "Could not find repo"}), ErrorKind.refused, 400,
+         "InvalidRequest: Could not find repo"),
+        (CREATE_RECORD, FakeResponse(402, {"error": "PaymentRequired", "message": "pay"}), ErrorKind.refused, 402,
+         "PaymentRequired: pay"),
+        (CREATE_RECORD, FakeResponse(404, {"error": "NotFound", "message": "Not Found"}), ErrorKind.refused, 404, "NotFound: Not Found"),
+        (CREATE_RECORD, FakeResponse(409, {"error": "Conflict", "message": "taken"}), ErrorKind.refused, 409, "Conflict: taken"),
+        (CREATE_RECORD, FakeResponse(410, {"error": "Gone", "message": "gone"}), ErrorKind.refused, 410, "Gone: gone"),
+        (CREATE_RECORD, FakeResponse(413, "Payload Too Large"), ErrorKind.refused, 413, "no message"),
     ],
 )
-def test_answers_are_classified(fake_bluesky, route, answer, kind, status_code):
+def test_answers_are_classified(fake_bluesky, route, answer, kind, status_code, words):
+    """Word for word; only a 5xx or a 409 from createRecord leads to a getRecord (did it land earlier?)."""
     fake_bluesky.enqueue("POST", route, answer)
     error = failure_of(lambda: post_once(fake_bluesky)).error
     assert (error.kind, error.status_code) == (kind, status_code)
-    assert error.message.startswith(f"Bluesky answered {status_code}")
+    assert error.message == f"Bluesky answered {status_code} {words}"
     assert not fake_bluesky.records
+    looked_up = route == CREATE_RECORD and (status_code >= 500 or status_code == 409)
+    assert len(fake_bluesky.received("GET", GET_RECORD)) == looked_up
+    assert fake_bluesky.create_record_calls == (route == CREATE_RECORD)  # no refresh and retry
 
 
 def test_a_text_over_300_graphemes_is_refused_before_any_request(fake_bluesky):
@@ -301,21 +355,32 @@ def network_error(wrapper, cause: Exception) -> Exception:
 
 
 @pytest.mark.parametrize(
-    "exc, kind",
+    "exc, kind, message",
     [
-        (network_error(atproto_errors.InvokeTimeoutError, httpx.ConnectTimeout("connect")), ErrorKind.not_sent),
-        (network_error(atproto_errors.InvokeTimeoutError, httpx.PoolTimeout("pool")), ErrorKind.not_sent),
-        (network_error(atproto_errors.NetworkError, httpx.ConnectError("refused")), ErrorKind.not_sent),
-        (network_error(atproto_errors.InvokeTimeoutError, httpx.ReadTimeout("read")), ErrorKind.unknown_outcome),
-        (network_error(atproto_errors.InvokeTimeoutError, httpx.WriteTimeout("write")), ErrorKind.unknown_outcome),
-        (network_error(atproto_errors.NetworkError, httpx.ReadError("reset")), ErrorKind.unknown_outcome),
-        (httpx.RemoteProtocolError("Server disconnected without sending a response."), ErrorKind.unknown_outcome),
-        (atproto_errors.LoginRequiredError(), ErrorKind.credentials),
-        (ValueError("an answer atproto could not read"), ErrorKind.unknown_outcome),
+        (network_error(atproto_errors.InvokeTimeoutError, httpx.ConnectTimeout("connect")), ErrorKind.not_sent,
+         "could not connect to Bluesky: ConnectTimeout: connect"),
+        (network_error(atproto_errors.InvokeTimeoutError, httpx.PoolTimeout("pool")), ErrorKind.not_sent,
+         "could not connect to Bluesky: PoolTimeout: pool"),
+        (network_error(atproto_errors.NetworkError, httpx.ConnectError("refused")), ErrorKind.not_sent,
+         "could not connect to Bluesky: ConnectError: refused"),
+        (network_error(atproto_errors.InvokeTimeoutError, httpx.ReadTimeout("read")), ErrorKind.unknown_outcome,
+         "Bluesky did not answer in time: ReadTimeout: read"),
+        (network_error(atproto_errors.InvokeTimeoutError, httpx.ReadTimeout("")), ErrorKind.unknown_outcome,
+         "Bluesky did not answer in time: ReadTimeout"),
+        (network_error(atproto_errors.InvokeTimeoutError, httpx.WriteTimeout("write")), ErrorKind.unknown_outcome,
+         "Bluesky did not answer in time: WriteTimeout: write"),
+        (network_error(atproto_errors.NetworkError, httpx.ReadError("reset")), ErrorKind.unknown_outcome,
+         "the connection to Bluesky failed mid-request: ReadError: reset"),
+        (httpx.RemoteProtocolError("Server disconnected without sending a response."), ErrorKind.unknown_outcome,
+         "the connection to Bluesky failed mid-request: RemoteProtocolError: Server disconnected without sending a response."),
+        (atproto_errors.LoginRequiredError(), ErrorKind.credentials,
+         "no Bluesky session to post with: check BLUESKY_HANDLE and BLUESKY_APP_PASSWORD"),
+        (ValueError("an answer atproto could not read"), ErrorKind.unknown_outcome,
+         "unexpected ValueError while talking to Bluesky"),
     ],
 )
-def test_network_failures_are_classified(exc, kind):
-    assert classify_bluesky_error(exc).kind is kind
+def test_network_failures_are_classified(exc, kind, message):
+    assert classify_bluesky_error(exc) == DeliveryError(kind, message)
 
 
 def test_an_unexpected_error_is_named_without_its_content():
@@ -325,19 +390,56 @@ def test_an_unexpected_error_is_named_without_its_content():
 
 
 class BrokenResponse:
-    status_code = 503
+    def __init__(self, status_code: int):
+        self.status_code = status_code
 
     @property
     def content(self):
         raise OverflowError("a bug in reading the answer")
 
 
-def test_classifying_never_raises(caplog):
+@pytest.mark.parametrize(
+    "status, kind",
+    [(400, ErrorKind.refused), (401, ErrorKind.credentials), (402, ErrorKind.refused), (403, ErrorKind.credentials),
+     (428, ErrorKind.refused), (429, ErrorKind.rate_limited), (430, ErrorKind.refused), (499, ErrorKind.refused),
+     (500, ErrorKind.server_error), (503, ErrorKind.server_error)],
+)
+def test_classifying_never_raises(caplog, status, kind):
     """A bug in reading an answer still gives the kind its status implies."""
-    exc = atproto_errors.RequestException(BrokenResponse())
-    error = classify_bluesky_error(exc)
-    assert (error.kind, error.status_code) == (ErrorKind.server_error, 503)
-    assert "could not read the details of a failed Bluesky call (OverflowError)" in caplog.text
+    error = classify_bluesky_error(atproto_errors.RequestException(BrokenResponse(status)))
+    assert error == DeliveryError(kind, f"Bluesky answered {status} (its details could not be read)", status)
+    assert bluesky_log(caplog) == [
+        "could not read the details of a failed Bluesky call (OverflowError): sorting it by whether Bluesky answered"]
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise OverflowError("a bug in printing the error")
+
+
+def test_classifying_an_error_with_no_answer_never_raises():
+    assert classify_bluesky_error(Unprintable()) == DeliveryError(
+        ErrorKind.unknown_outcome, "Unprintable while talking to Bluesky (its details could not be read)")
+
+
+@pytest.mark.parametrize(
+    "response, error",
+    [
+        (SimpleNamespace(status_code=503), DeliveryError(ErrorKind.server_error, "Bluesky answered 503 no message", 503)),
+        (SimpleNamespace(status_code=400, content=SimpleNamespace(error=5, message=["words"])),
+         DeliveryError(ErrorKind.refused, "Bluesky answered 400 no message", 400)),
+        (SimpleNamespace(status_code=400, content=SimpleNamespace(error="InvalidRequest")),
+         DeliveryError(ErrorKind.refused, "Bluesky answered 400 InvalidRequest", 400)),
+        (SimpleNamespace(status_code=400, content=SimpleNamespace(message="only words")),
+         DeliveryError(ErrorKind.refused, "Bluesky answered 400 only words", 400)),
+        (SimpleNamespace(status_code=429, content=None), DeliveryError(ErrorKind.rate_limited, "Bluesky answered 429 no message", 429)),
+        (SimpleNamespace(status_code="503", content=None),
+         DeliveryError(ErrorKind.unknown_outcome, "unexpected RequestException while talking to Bluesky")),
+    ],
+    ids=["no content", "parts not strings", "name only", "message only", "429 without headers", "status not a number"],
+)
+def test_answers_missing_parts_are_classified_by_what_they_hold(response, error):
+    assert classify_bluesky_error(atproto_errors.RequestException(response)) == error
 
 
 # ---- sessions ----
@@ -349,6 +451,13 @@ def test_a_second_run_with_the_same_store_reuses_the_session(fake_bluesky):
     assert fake_bluesky.create_session_calls == 1
     assert len(fake_bluesky.records) == 3
     assert not fake_bluesky.received("POST", REFRESH_SESSION)
+
+
+def test_a_memory_store_made_with_a_blob_starts_from_it(fake_bluesky):
+    first = MemorySessionStore()
+    post_once(fake_bluesky, store=first)
+    post_once(fake_bluesky, "from a copy of the blob", store=MemorySessionStore(first.blob))
+    assert fake_bluesky.create_session_calls == 1 and len(fake_bluesky.records) == 2
 
 
 def test_the_constructor_calls_nothing(fake_bluesky):
@@ -369,12 +478,14 @@ def test_the_stored_blob_holds_no_token_or_password_in_clear(fake_bluesky):
     assert set(json.loads(store.blob)) == {"v", "create_session_times", "session"}
 
 
-def test_an_access_token_the_pds_calls_expired_is_refreshed_and_the_post_sent_once_more(fake_bluesky):
+def test_an_access_token_the_pds_calls_expired_is_refreshed_and_the_post_sent_once_more(fake_bluesky, caplog):
     store = MemorySessionStore()
     post_once(fake_bluesky, store=store)
     blob_before = store.blob
     fake_bluesky.expire_access_tokens()
+    caplog.set_level(logging.INFO, logger="posting.bluesky_client")
     posted = post_once(fake_bluesky, "after the refresh", store=store)
+    assert f"refreshed the Bluesky session of {HANDLE}" in bluesky_log(caplog)
     assert fake_bluesky.records[posted.id]["value"]["text"] == "after the refresh"
     assert fake_bluesky.create_session_calls == 1
     assert len(fake_bluesky.received("POST", REFRESH_SESSION)) == 1
@@ -384,10 +495,22 @@ def test_an_access_token_the_pds_calls_expired_is_refreshed_and_the_post_sent_on
     assert len(fake_bluesky.received("POST", REFRESH_SESSION)) == 1
 
 
-def test_a_scripted_expired_token_answer_is_refreshed(fake_bluesky):
-    fake_bluesky.enqueue("POST", CREATE_RECORD, FakeBluesky.expired_token())
+@pytest.mark.parametrize("refusal", [FakeBluesky.expired_token(), FakeResponse(401, {"error": "AuthMissing", "message": "Authentication Required"})],
+                         ids=["400 ExpiredToken", "401"])
+def test_a_scripted_refused_token_answer_is_refreshed(fake_bluesky, refusal):
+    fake_bluesky.enqueue("POST", CREATE_RECORD, refusal)
     post_once(fake_bluesky)
     assert len(fake_bluesky.received("POST", REFRESH_SESSION)) == 1 and len(fake_bluesky.records) == 1
+    assert fake_bluesky.create_record_calls == 2
+
+
+def test_a_refresh_that_fails_after_a_refused_token_is_its_own_error_before_the_post(fake_bluesky):
+    fake_bluesky.enqueue("POST", CREATE_RECORD, FakeBluesky.expired_token())
+    fake_bluesky.enqueue("POST", REFRESH_SESSION, FakeBluesky.server_error(503))
+    error = failure_of(lambda: post_once(fake_bluesky)).error
+    assert (error.kind, error.status_code) == (ErrorKind.server_error, 503)
+    assert error.message == "Bluesky answered 503 NotEnoughResources: Not Enough Resources"
+    assert fake_bluesky.create_record_calls == 1 and not fake_bluesky.received("GET", GET_RECORD)
 
 
 def test_an_expired_token_a_refresh_cannot_fix_is_credentials(fake_bluesky):
@@ -410,12 +533,15 @@ def test_an_access_token_about_to_expire_is_refreshed_before_posting(fake_bluesk
     assert fake_bluesky.create_record_calls == 2 and fake_bluesky.create_session_calls == 1
 
 
-def test_an_expired_refresh_token_leads_to_one_new_login(fake_bluesky):
+def test_an_expired_refresh_token_leads_to_one_new_login(fake_bluesky, caplog):
     store = MemorySessionStore()
     post_once(fake_bluesky, store=store)
     fake_bluesky.expire_access_tokens()
     fake_bluesky.expire_refresh_tokens()
+    caplog.set_level(logging.INFO, logger="posting.bluesky_client")
     post_once(fake_bluesky, "after a new login", store=store)
+    assert (f"Bluesky refused to refresh the session of {HANDLE} (Bluesky answered 400 ExpiredToken: Token has expired "
+            "(check BLUESKY_HANDLE and BLUESKY_APP_PASSWORD)): logging in again") in bluesky_log(caplog)
     assert fake_bluesky.create_session_calls == 2
     assert len(fake_bluesky.received("POST", REFRESH_SESSION)) == 1
     assert len(fake_bluesky.records) == 2
@@ -523,7 +649,7 @@ def test_secrets_never_reach_messages_or_logs(fake_bluesky, caplog):
         messages.append(str(failure_of(lambda: post_once(fake_bluesky, store=store, timeout=0.5))))
     messages.append(str(failure_of(lambda: post_once(fake_bluesky, password="wxyz-wxyz-wxyz-wxyz"))))
     everything = caplog.text + "\n".join(messages) + repr(destination(fake_bluesky))
-    assert "[secret]" in messages[1]
+    assert messages[1] == "Bluesky answered 400 InvalidRequest: ... [secret] ..."
     for secret in (APP_PASSWORD, "wxyz-wxyz-wxyz-wxyz", "leaked-signature", *fake_bluesky.issued_tokens()):
         assert secret not in everything
 
