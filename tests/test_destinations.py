@@ -336,3 +336,33 @@ def test_the_command_line_posts_for_the_bot_it_names(tmp_path, engine, session_f
     assert unknown.returncode == 2 and "no bot is named 'carol'" in unknown.stdout
     with session_factory() as session:
         assert {t.account: t.status for t in session.query(Tweet)} == {"alice": TweetStatus.queued, "bob": TweetStatus.posted}
+
+
+def test_each_bots_x_client_has_its_own_keys_and_the_services_address(monkeypatch, tmp_path, session_factory):
+    """A bot's X client signs with the bot's four keys, never the plain ones (set here in the
+    environment and in a .env file), and is aimed at the service's X address and timeout."""
+    from posting.destinations import _x_settings, make_destinations
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("BEARER_TOKEN=from-dotenv\n")
+    monkeypatch.setenv("BOTS", "alice,bob")
+    for plain in ("CONSUMER_KEY", "CONSUMER_SECRET", "ACCESS_KEY", "ACCESS_SECRET"):
+        monkeypatch.setenv(plain, f"plain-{plain}")
+        for name in ("ALICE", "BOB"):
+            monkeypatch.setenv(f"BOT_{name}_{plain}", f"{name.lower()}-{plain}")
+    settings = Settings(SECRET_TOKEN=TOKEN, TWITTER_API_BASE_URL="https://x.example/", TWITTER_TIMEOUT_SECONDS=7,
+                        _env_file=None)
+    for name in ("alice", "bob"):
+        x = _x_settings(settings.bot(name), settings)
+        assert x is not settings
+        assert [getattr(x, v).get_secret_value() for v in ("CONSUMER_KEY", "CONSUMER_SECRET", "ACCESS_KEY",
+                                                           "ACCESS_SECRET")] == [
+            f"{name}-CONSUMER_KEY", f"{name}-CONSUMER_SECRET", f"{name}-ACCESS_KEY", f"{name}-ACCESS_SECRET"]
+        assert (x.BEARER_TOKEN, x.TWITTER_API_BASE_URL, x.TWITTER_TIMEOUT_SECONDS) == (None, "https://x.example", 7)
+        destination = make_destinations(settings.bot(name), settings, session_factory)["x"]
+        client = destination.client
+        assert (destination.account, client.consumer_key, client.consumer_secret, client.access_token,
+                client.access_token_secret) == (name, f"{name}-CONSUMER_KEY", f"{name}-CONSUMER_SECRET",
+                                                f"{name}-ACCESS_KEY", f"{name}-ACCESS_SECRET")
+        assert (client.session.base.geturl(), client.session.timeout) == ("https://x.example", 7)
+    assert _x_settings(settings, settings) is settings  # the one bot: the service's own settings
