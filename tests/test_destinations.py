@@ -366,3 +366,33 @@ def test_each_bots_x_client_has_its_own_keys_and_the_services_address(monkeypatc
                                                 f"{name}-ACCESS_KEY", f"{name}-ACCESS_SECRET")
         assert (client.session.base.geturl(), client.session.timeout) == ("https://x.example", 7)
     assert _x_settings(settings, settings) is settings  # the one bot: the service's own settings
+
+
+def test_the_database_session_store_keeps_each_network_of_a_bot_apart(session_factory):
+    from posting.destinations import DatabaseSessionStore
+
+    bluesky = DatabaseSessionStore(session_factory, account="alice", network="bluesky")
+    other = DatabaseSessionStore(session_factory, account="alice", network="other")
+    other.save("sealed-other")
+    assert bluesky.load() is None
+    bluesky.save("sealed-bluesky")
+    bluesky.save("sealed-bluesky-2")
+    assert (bluesky.load(), other.load()) == ("sealed-bluesky-2", "sealed-other")
+
+
+def test_a_save_that_keeps_meeting_the_unique_key_gives_up_after_two_tries(session_factory, monkeypatch):
+    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.orm import Session
+
+    from posting.destinations import DatabaseSessionStore
+
+    commits: list[int] = []
+
+    def always_taken(session_self):
+        commits.append(1)
+        raise IntegrityError("INSERT", {}, Exception("duplicate key"))
+
+    monkeypatch.setattr(Session, "commit", always_taken)
+    with pytest.raises(RuntimeError) as raised:
+        DatabaseSessionStore(session_factory, account="alice", network="bluesky").save("sealed")
+    assert (str(raised.value), len(commits)) == ("could not save the network session", 2)
