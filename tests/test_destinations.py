@@ -396,3 +396,62 @@ def test_a_save_that_keeps_meeting_the_unique_key_gives_up_after_two_tries(sessi
     with pytest.raises(RuntimeError) as raised:
         DatabaseSessionStore(session_factory, account="alice", network="bluesky").save("sealed")
     assert (str(raised.value), len(commits)) == ("could not save the network session", 2)
+
+
+def test_a_text_no_destination_may_post_says_each_networks_reason():
+    from posting.destinations import missing_configuration, text_rule
+
+    bot = Settings(SECRET_TOKEN=TOKEN, ACCOUNT=ACCOUNT, DESTINATIONS="x,mastodon,bluesky", _env_file=None)
+    assert text_rule(bot)("b" * 600) == (
+        "X: tweet is 600 weighted characters, over X's limit of 280; "
+        "Mastodon: 600 characters, 100 over Mastodon's 500; Bluesky: 600 graphemes over Bluesky's 300")
+    assert missing_configuration(bot) == (
+        "posting to X is not configured: CONSUMER_KEY, CONSUMER_SECRET, ACCESS_KEY, ACCESS_SECRET not set "
+        "(see .env_reference), or set TWITTER_DRY_RUN=true; posting to Mastodon is not configured: "
+        "MASTODON_API_BASE_URL, MASTODON_ACCESS_TOKEN not set (see .env_reference), or set MASTODON_DRY_RUN=true; "
+        "posting to Bluesky is not configured: BLUESKY_HANDLE, BLUESKY_APP_PASSWORD not set (see .env_reference), "
+        "or set BLUESKY_DRY_RUN=true")
+
+
+def test_the_address_variable_is_the_services_for_x_and_the_bots_elsewhere(monkeypatch):
+    from posting.destinations import address_variable
+
+    monkeypatch.setenv("BOTS", "alice")
+    alice = Settings(SECRET_TOKEN=TOKEN, _env_file=None).bot("alice")
+    assert [address_variable(alice, n) for n in ("x", "mastodon", "bluesky")] == [
+        "TWITTER_API_BASE_URL", "BOT_ALICE_MASTODON_API_BASE_URL", "BOT_ALICE_BLUESKY_PDS_URL"]
+
+
+def test_a_dry_run_destination_gets_no_client_and_the_next_one_does(monkeypatch, session_factory):
+    """X (first, a dry run) is skipped; Mastodon after it is built with the service's timeout."""
+    from posting.destinations import make_destinations
+
+    monkeypatch.setenv("BOTS", "alice")
+    monkeypatch.setenv("BOT_ALICE_DESTINATIONS", "x,mastodon")
+    monkeypatch.setenv("BOT_ALICE_TWITTER_DRY_RUN", "true")
+    monkeypatch.setenv("BOT_ALICE_MASTODON_API_BASE_URL", "https://mastodon.example")
+    monkeypatch.setenv("BOT_ALICE_MASTODON_ACCESS_TOKEN", "alice-token")
+    settings = Settings(SECRET_TOKEN=TOKEN, MASTODON_TIMEOUT_SECONDS=9, _env_file=None)
+    clients = make_destinations(settings.bot("alice"), settings, session_factory)
+    assert list(clients) == ["mastodon"]
+    assert (clients["mastodon"]._api.api_base_url, clients["mastodon"]._api.request_timeout) == (
+        "https://mastodon.example", 9)
+
+
+def test_the_sqlstate_is_psycopg2s_pgcode_else_pg8000s_c_field():
+    from sqlalchemy.exc import DBAPIError
+
+    from posting.destinations import _sqlstate
+
+    class Psycopg2Error(Exception):
+        pgcode = "55P03"
+
+    def wrapped(orig):
+        return DBAPIError("SELECT 1", {}, orig)
+
+    assert _sqlstate(wrapped(Psycopg2Error({"C": "40001"}))) == "55P03"
+    assert _sqlstate(wrapped(Psycopg2Error())) == "55P03"
+    assert _sqlstate(wrapped(Exception({"C": "55P03", "M": "lock timeout"}))) == "55P03"
+    assert _sqlstate(wrapped(Exception("no fields"))) is None
+    assert _sqlstate(wrapped(Exception())) is None
+    assert _sqlstate(wrapped(None)) is None
