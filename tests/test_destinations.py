@@ -336,3 +336,122 @@ def test_the_command_line_posts_for_the_bot_it_names(tmp_path, engine, session_f
     assert unknown.returncode == 2 and "no bot is named 'carol'" in unknown.stdout
     with session_factory() as session:
         assert {t.account: t.status for t in session.query(Tweet)} == {"alice": TweetStatus.queued, "bob": TweetStatus.posted}
+
+
+def test_each_bots_x_client_has_its_own_keys_and_the_services_address(monkeypatch, tmp_path, session_factory):
+    """A bot's X client signs with the bot's four keys, never the plain ones (set here in the
+    environment and in a .env file), and is aimed at the service's X address and timeout."""
+    from posting.destinations import _x_settings, make_destinations
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("BEARER_TOKEN=from-dotenv\n")
+    monkeypatch.setenv("BOTS", "alice,bob")
+    for plain in ("CONSUMER_KEY", "CONSUMER_SECRET", "ACCESS_KEY", "ACCESS_SECRET"):
+        monkeypatch.setenv(plain, f"plain-{plain}")
+        for name in ("ALICE", "BOB"):
+            monkeypatch.setenv(f"BOT_{name}_{plain}", f"{name.lower()}-{plain}")
+    settings = Settings(SECRET_TOKEN=TOKEN, TWITTER_API_BASE_URL="https://x.example/", TWITTER_TIMEOUT_SECONDS=7,
+                        _env_file=None)
+    for name in ("alice", "bob"):
+        x = _x_settings(settings.bot(name), settings)
+        assert x is not settings
+        assert [getattr(x, v).get_secret_value() for v in ("CONSUMER_KEY", "CONSUMER_SECRET", "ACCESS_KEY",
+                                                           "ACCESS_SECRET")] == [
+            f"{name}-CONSUMER_KEY", f"{name}-CONSUMER_SECRET", f"{name}-ACCESS_KEY", f"{name}-ACCESS_SECRET"]
+        assert (x.BEARER_TOKEN, x.TWITTER_API_BASE_URL, x.TWITTER_TIMEOUT_SECONDS) == (None, "https://x.example", 7)
+        destination = make_destinations(settings.bot(name), settings, session_factory)["x"]
+        client = destination.client
+        assert (destination.account, client.consumer_key, client.consumer_secret, client.access_token,
+                client.access_token_secret) == (name, f"{name}-CONSUMER_KEY", f"{name}-CONSUMER_SECRET",
+                                                f"{name}-ACCESS_KEY", f"{name}-ACCESS_SECRET")
+        assert (client.session.base.geturl(), client.session.timeout) == ("https://x.example", 7)
+    assert _x_settings(settings, settings) is settings  # the one bot: the service's own settings
+
+
+def test_the_database_session_store_keeps_each_network_of_a_bot_apart(session_factory):
+    from posting.destinations import DatabaseSessionStore
+
+    bluesky = DatabaseSessionStore(session_factory, account="alice", network="bluesky")
+    other = DatabaseSessionStore(session_factory, account="alice", network="other")
+    other.save("sealed-other")
+    assert bluesky.load() is None
+    bluesky.save("sealed-bluesky")
+    bluesky.save("sealed-bluesky-2")
+    assert (bluesky.load(), other.load()) == ("sealed-bluesky-2", "sealed-other")
+
+
+def test_a_save_that_keeps_meeting_the_unique_key_gives_up_after_two_tries(session_factory, monkeypatch):
+    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.orm import Session
+
+    from posting.destinations import DatabaseSessionStore
+
+    commits: list[int] = []
+
+    def always_taken(session_self):
+        commits.append(1)
+        raise IntegrityError("INSERT", {}, Exception("duplicate key"))
+
+    monkeypatch.setattr(Session, "commit", always_taken)
+    with pytest.raises(RuntimeError) as raised:
+        DatabaseSessionStore(session_factory, account="alice", network="bluesky").save("sealed")
+    assert (str(raised.value), len(commits)) == ("could not save the network session", 2)
+
+
+def test_a_text_no_destination_may_post_says_each_networks_reason():
+    from posting.destinations import missing_configuration, text_rule
+
+    bot = Settings(SECRET_TOKEN=TOKEN, ACCOUNT=ACCOUNT, DESTINATIONS="x,mastodon,bluesky", _env_file=None)
+    assert text_rule(bot)("b" * 600) == (
+        "X: tweet is 600 weighted characters, over X's limit of 280; "
+        "Mastodon: 600 characters, 100 over Mastodon's 500; Bluesky: 600 graphemes over Bluesky's 300")
+    assert missing_configuration(bot) == (
+        "posting to X is not configured: CONSUMER_KEY, CONSUMER_SECRET, ACCESS_KEY, ACCESS_SECRET not set "
+        "(see .env_reference), or set TWITTER_DRY_RUN=true; posting to Mastodon is not configured: "
+        "MASTODON_API_BASE_URL, MASTODON_ACCESS_TOKEN not set (see .env_reference), or set MASTODON_DRY_RUN=true; "
+        "posting to Bluesky is not configured: BLUESKY_HANDLE, BLUESKY_APP_PASSWORD not set (see .env_reference), "
+        "or set BLUESKY_DRY_RUN=true")
+
+
+def test_the_address_variable_is_the_services_for_x_and_the_bots_elsewhere(monkeypatch):
+    from posting.destinations import address_variable
+
+    monkeypatch.setenv("BOTS", "alice")
+    alice = Settings(SECRET_TOKEN=TOKEN, _env_file=None).bot("alice")
+    assert [address_variable(alice, n) for n in ("x", "mastodon", "bluesky")] == [
+        "TWITTER_API_BASE_URL", "BOT_ALICE_MASTODON_API_BASE_URL", "BOT_ALICE_BLUESKY_PDS_URL"]
+
+
+def test_a_dry_run_destination_gets_no_client_and_the_next_one_does(monkeypatch, session_factory):
+    """X (first, a dry run) is skipped; Mastodon after it is built with the service's timeout."""
+    from posting.destinations import make_destinations
+
+    monkeypatch.setenv("BOTS", "alice")
+    monkeypatch.setenv("BOT_ALICE_DESTINATIONS", "x,mastodon")
+    monkeypatch.setenv("BOT_ALICE_TWITTER_DRY_RUN", "true")
+    monkeypatch.setenv("BOT_ALICE_MASTODON_API_BASE_URL", "https://mastodon.example")
+    monkeypatch.setenv("BOT_ALICE_MASTODON_ACCESS_TOKEN", "alice-token")
+    settings = Settings(SECRET_TOKEN=TOKEN, MASTODON_TIMEOUT_SECONDS=9, _env_file=None)
+    clients = make_destinations(settings.bot("alice"), settings, session_factory)
+    assert list(clients) == ["mastodon"]
+    assert (clients["mastodon"]._api.api_base_url, clients["mastodon"]._api.request_timeout) == (
+        "https://mastodon.example", 9)
+
+
+def test_the_sqlstate_is_psycopg2s_pgcode_else_pg8000s_c_field():
+    from sqlalchemy.exc import DBAPIError
+
+    from posting.destinations import _sqlstate
+
+    class Psycopg2Error(Exception):
+        pgcode = "55P03"
+
+    def wrapped(orig):
+        return DBAPIError("SELECT 1", {}, orig)
+
+    assert _sqlstate(wrapped(Psycopg2Error({"C": "40001"}))) == "55P03"
+    assert _sqlstate(wrapped(Psycopg2Error())) == "55P03"
+    assert _sqlstate(wrapped(Exception({"C": "55P03", "M": "lock timeout"}))) == "55P03"
+    assert _sqlstate(wrapped(Exception("no fields"))) is None
+    assert _sqlstate(wrapped(Exception())) is None
+    assert _sqlstate(wrapped(None)) is None
