@@ -121,7 +121,7 @@ class GenerationWorker:
         self._waiting: queue.Queue = queue.Queue(maxsize=max_waiting)
         self._thread = threading.Thread(target=self._serve, name="generation-worker", daemon=True)
         self._stopping = False
-        self.batches = 0  # sampler runs so far; fewer than requests when requests shared a batch
+        self.batches = 0  # sampler runs started; fewer than requests when requests shared a batch
 
     def start(self) -> None:
         self._thread.start()
@@ -175,9 +175,9 @@ class GenerationWorker:
                     taken.append(job)
                 return job
 
+            self.batches += 1  # before the run answers anyone, so a caller that has its answer sees it counted
             try:
                 self.sampler.run(take_job)
-                self.batches += 1
             except Exception as exc:  # noqa: BLE001 - the worker must survive to answer later requests
                 log.exception("generation failed")
                 for job in taken + pending:

@@ -127,6 +127,28 @@ def test_concurrent_requests_each_get_their_own_text(client):
     assert worker.batches - batches_before < len(bodies)  # requests that arrived together shared batches
 
 
+def test_a_batch_is_counted_before_its_answers_are_sent(sampler, monkeypatch):
+    """Tests compare the count before and after a request; a run counted after it answered made them flaky."""
+    finished = threading.Event()
+    real_run = sampler.run
+
+    def run_that_lingers(*args, **kwargs):
+        try:
+            return real_run(*args, **kwargs)
+        finally:
+            finished.wait(10)  # the answers are out; the run has not returned yet
+
+    with make_client(sampler) as test_client:
+        worker = test_client.app.state.worker
+        monkeypatch.setattr(sampler, "run", run_that_lingers)
+        before = worker.batches
+        try:
+            assert test_client.post("/", json={"length": 2}).status_code == 200
+            assert worker.batches == before + 1
+        finally:
+            finished.set()
+
+
 def test_two_hundred_requests_leave_the_graph_unchanged(client, sampler):
     before = sampler.operation_count
     for i in range(200):
