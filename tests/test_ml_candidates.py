@@ -684,7 +684,9 @@ def test_a_training_tweet_shorter_than_the_minimum_run_is_caught_by_its_hash():
 def test_reason_to_drop_only_tells():
     candidate_filter = make_filter()
     assert candidate_filter.reason_to_drop("Tea first, then code.") is None  # finished unless told otherwise
-    assert (candidate_filter.kept, candidate_filter.offered) == ([], 0)
+    assert candidate_filter.reason_to_drop("Tea first, then code.", unfinished=True) is DropReason.unfinished
+    assert candidate_filter.reason_to_drop(TRAINING_TWEETS[0]) is DropReason.training_copy  # the reason, not the match
+    assert (candidate_filter.kept, candidate_filter.offered, candidate_filter.copies) == ([], 0, [])
 
 
 def test_drops_are_counted_per_reason():
