@@ -669,6 +669,45 @@ def test_minhash_finds_what_the_exact_jaccard_finds_on_a_large_training_set(monk
     assert matches(with_minhash) == found
 
 
+@pytest.mark.parametrize(
+    ("training", "candidate", "expected"),
+    [
+        # a text of up to 5 characters is one shingle, itself: "b cat" is 1 of the 3 of "a b cat"
+        (["a b cat"], "B cat", CopyMatch(CopyKind.shared_run, "a b cat", 2, 0.333)),
+        (["🎉 🎉"], "😀", None),  # no words, so no shingles: nothing to be near
+        (["🎉"], "🎉", CopyMatch(CopyKind.exact, "🎉", 0, 0.0)),  # the Jaccard of no shingles with none is 0
+    ],
+    ids=["five-characters", "no-words", "no-words-exact"],
+)
+def test_copies_of_texts_with_few_or_no_words(training, candidate, expected):
+    assert TrainingCopyIndex(training).match(candidate) == expected
+
+
+def test_a_candidate_with_runs_of_two_training_tweets_is_reported_with_the_longer_run():
+    training = ["the cat sat on the mat and looked at the rain", "my dog sat on the mat and looked at the rain all day"]
+    match = TrainingCopyIndex(training).match("Yesterday my dog sat on the mat and looked at the rain")  # 9, 11 shared
+    assert (match.kind, match.training_tweet, match.shared_words) == (CopyKind.shared_run, training[1], 11)
+
+
+def test_shared_words_are_counted_in_a_training_text_of_200_words_or_more():
+    """A .txt line has no length limit; in a text of 200 words or more, difflib's autojunk would skip the words
+    making up over 1% of it (here every word of the shared run)."""
+    song = " ".join(f"verse {n} la la la la la la la la" for n in range(20))  # 200 words
+    match = TrainingCopyIndex([song]).match("Sing along la la la la la la la la")
+    assert (match.kind, match.shared_words) == (CopyKind.shared_run, 8)
+
+
+def test_runs_whose_hashes_collide_are_told_apart_by_their_words(monkeypatch):
+    """Every run of 8 words hashes alike here: the index still names the tweet holding the run, and only it."""
+    real_hash = hash
+    monkeypatch.setattr("ml.filters.hash", lambda value: 0 if isinstance(value, tuple) else real_hash(value),
+                        raising=False)
+    index = TrainingCopyIndex(TRAINING_TWEETS)
+    match = index.match("Spent an hour naming a variable and I quit")
+    assert (match.kind, match.training_tweet, match.shared_words) == (CopyKind.shared_run, TRAINING_TWEETS[1], 8)
+    assert index.match("Nine words that no training tweet holds in a row") is None
+
+
 def test_a_candidate_with_a_replacement_character_is_dropped_and_counted():
     """The sampler decodes bytes that are not UTF-8 as U+FFFD; `make demo` once queued such a tweet."""
     candidate_filter = make_filter()
