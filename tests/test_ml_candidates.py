@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -31,7 +32,7 @@ from ml.candidates import (
 from ml.dataset import InputError, load_training_file, validate_run_name
 from ml.filters import (
     COPY_MAX_SHARED_WORDS, MARKOVIFY_MAX_OVERLAP_RATIO, MARKOVIFY_MAX_OVERLAP_TOTAL,
-    CandidateFilter, CopyFound, CopyKind, CopyMatch, CopyThresholds, DropReason, TrainingCopyIndex,
+    CandidateFilter, CopyFound, CopyKind, CopyMatch, CopyThresholds, DropReason, TrainingCopyIndex, _shingles,
 )
 from ml.model import (
     CHECKPOINT_DIR, MODELS_DIR, build_parser, copy_thresholds, generation_options, report_copies, training_options,
@@ -669,6 +670,34 @@ def test_minhash_finds_what_the_exact_jaccard_finds_on_a_large_training_set(monk
     assert matches(with_minhash) == found
 
 
+def near_duplicate_index(kind: str, training: list[str], monkeypatch) -> TrainingCopyIndex:
+    """Either near-duplicate index; MinHash's with a hash that Python does not salt per process, so that LSH
+    finds the same training tweets in every run."""
+    if kind == "minhash":
+        monkeypatch.setattr("ml.filters.EXACT_JACCARD_MAX_TWEETS", 0)
+        monkeypatch.setattr("ml.filters._hash32", lambda shingle: zlib.crc32(shingle.encode()))
+    index = TrainingCopyIndex(training)
+    assert type(index._near).__name__ == {"exact": "_ExactShingleIndex", "minhash": "_MinHashShingleIndex"}[kind]
+    return index
+
+
+@pytest.mark.parametrize("kind", ["exact", "minhash"])
+@pytest.mark.parametrize(
+    ("training", "candidate", "expected"),
+    [
+        # the 4 shingles of "whatever" are 4 of the 8 of "whatevermore": a Jaccard of 0.5, the threshold itself
+        (["whatever"], "Whatevermore", CopyMatch(CopyKind.near_duplicate, "whatever", 0, 0.5)),
+        (["whatever"], "Whatever, dude", None),  # 4 of 9: 0.444, under the threshold (LSH looks from 0.4)
+        # the nearer of two, whatever their order: 5 of 6 shingles shared against 4 of 6
+        (["whateverr", "whatever"], "whateverrr", CopyMatch(CopyKind.near_duplicate, "whateverr", 0, 0.833)),
+        (["whatever", "whateverr"], "whateverrr", CopyMatch(CopyKind.near_duplicate, "whateverr", 0, 0.833)),
+    ],
+    ids=["at-threshold", "under-threshold", "nearer-first", "nearer-second"],
+)
+def test_near_duplicates_are_judged_by_their_exact_jaccard(kind, training, candidate, expected, monkeypatch):
+    assert near_duplicate_index(kind, training, monkeypatch).match(candidate) == expected
+
+
 @pytest.mark.parametrize(
     ("training", "candidate", "expected"),
     [
@@ -706,6 +735,23 @@ def test_runs_whose_hashes_collide_are_told_apart_by_their_words(monkeypatch):
     match = index.match("Spent an hour naming a variable and I quit")
     assert (match.kind, match.training_tweet, match.shared_words) == (CopyKind.shared_run, TRAINING_TWEETS[1], 8)
     assert index.match("Nine words that no training tweet holds in a row") is None
+
+
+def test_minhash_scores_only_the_training_tweets_lsh_finds_near(monkeypatch):
+    """What keeps a candidate's cost flat: one sharing no shingle with the training tweets is scored against none."""
+    monkeypatch.setattr("ml.filters.EXACT_JACCARD_MAX_TWEETS", 0)
+    rng = random.Random(7)
+    training = [" ".join("".join(rng.choices("abcdefgh", k=5)) for _ in range(6)) for _ in range(200)]
+    near = TrainingCopyIndex(training)._near
+    scored = []
+
+    def shingles_of(index):
+        scored.append(index)
+        return _shingles(training[index].split())
+
+    assert near.best({"12 34", "2 345", " 3456"}, 0.5, shingles_of) is None
+    assert scored == []
+    assert near.best(_shingles(training[0].split()), 0.5, shingles_of) == (0, 1.0)
 
 
 def test_a_candidate_with_a_replacement_character_is_dropped_and_counted():
