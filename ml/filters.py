@@ -48,8 +48,8 @@ SHINGLE_CHARS = 5
 # size, for a build once per run and more memory; the exact Jaccard of the few it finds decides.
 EXACT_JACCARD_MAX_TWEETS = 10_000
 MINHASH_PERMUTATIONS = 128
-# LSH looks a little below the threshold, so that a pair near it is rarely missed; the exact
-# Jaccard of what it finds decides.
+# LSH looks a little below the threshold, so that fewer pairs near it are missed (LSH is
+# probabilistic: see the README for how often); the exact Jaccard of what it finds decides.
 MINHASH_LSH_MARGIN = 0.1
 REPLACEMENT_CHARACTER = "\ufffd"
 
