@@ -376,6 +376,15 @@ def test_malformed_json_names_the_file_and_place(tmp_path, body, where):
     assert "\n" not in message
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: on line 1, _parse_ytd's column counts from after "
+                                       "`window.YTD.<kind>.partN = `, not from the start of the file")
+def test_a_json_error_on_the_first_line_gives_the_column_in_the_file(tmp_path):
+    text = 'window.YTD.tweets.part0 = [{"tweet": {"full_text": "x"}}];X'
+    (tmp_path / "tweets.js").write_text(text)
+    with pytest.raises(DownloadError, match=rf"Extra data at line 1, column {text.index(';') + 1}\)"):
+        read_archive(tmp_path / "tweets.js")
+
+
 @pytest.mark.parametrize("content, match", [
     ('window.YTD.tweets.part0 = {"tweet": {}}', "does not hold a list of tweets"),
     ('window.YTD.tweets.part0 = [{"tweet": {"id": "1"}}]', "entry 0 of tweets.js .* has no tweet text"),
