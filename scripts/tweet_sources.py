@@ -193,12 +193,16 @@ def _decode(path: Path, name: str, data: bytes) -> str:
 
 def _parse_ytd(path: Path, name: str, text: str) -> list:
     """The JSON array of a `window.YTD.<kind>.partN = [...]` or `Grailbird.data.tweets_YYYY_MM = [...]` file (or of plain JSON)."""
-    body = _YTD_ASSIGNMENT.sub("", text, count=1).strip().rstrip(";")
+    assignment = _YTD_ASSIGNMENT.match(text)
+    start = assignment.end() if assignment else 0
     try:
-        entries = json.loads(body)
+        entries = json.loads(text[start:].rstrip().rstrip(";"))
     except json.JSONDecodeError as exc:
+        # The place in the file, not in the JSON after the assignment that was cut off.
+        position = start + exc.pos
+        line, column = text.count("\n", 0, position) + 1, position - text.rfind("\n", 0, position)
         raise DownloadError(
-            f"{name} in {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
+            f"{name} in {path} is not valid JSON ({exc.msg} at line {line}, column {column}): "
             "the file is damaged; download the archive again"
         ) from None
     if not isinstance(entries, list):

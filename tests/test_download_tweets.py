@@ -376,12 +376,17 @@ def test_malformed_json_names_the_file_and_place(tmp_path, body, where):
     assert "\n" not in message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: on line 1, _parse_ytd's column counts from after "
-                                       "`window.YTD.<kind>.partN = `, not from the start of the file")
-def test_a_json_error_on_the_first_line_gives_the_column_in_the_file(tmp_path):
-    text = 'window.YTD.tweets.part0 = [{"tweet": {"full_text": "x"}}];X'
+@pytest.mark.parametrize("text", [
+    'window.YTD.tweets.part0 = [{"tweet": {"full_text": "x"}}] X;',
+    '\n\n  window.YTD.tweets.part0 =\n [{"tweet": {"full_text": "x"}}] X',
+    '\n[{"tweet": {"full_text": "x"}} X',
+])
+def test_a_json_error_gives_its_line_and_column_in_the_file(tmp_path, text):
+    """The error is at the X, counted in the file (the assignment before the JSON included)."""
+    lines_before = text[:text.index("X")].split("\n")
+    line, column = len(lines_before), len(lines_before[-1]) + 1
     (tmp_path / "tweets.js").write_text(text)
-    with pytest.raises(DownloadError, match=rf"Extra data at line 1, column {text.index(';') + 1}\)"):
+    with pytest.raises(DownloadError, match=rf"at line {line}, column {column}\)"):
         read_archive(tmp_path / "tweets.js")
 
 
