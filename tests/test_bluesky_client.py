@@ -25,6 +25,7 @@ from posting.bluesky_client import (
     SessionVault,
     bluesky_facets,
     classify_bluesky_error,
+    make_tid,
 )
 from tests.fake_bluesky import (
     APP_PASSWORD,
@@ -91,9 +92,36 @@ def test_new_key_is_a_tid_of_now_with_a_clock_id_from_the_seed(fake_bluesky):
     assert all(TID_RE.match(key) for key in (first, again, other))
     decode = [int("".join(format("234567abcdefghijklmnopqrstuvwxyz".index(c), "05b") for c in key), 2) for key in (first, again, other)]
     assert decode[0] & 0x3FF == decode[1] & 0x3FF != decode[2] & 0x3FF  # the clock id follows the seed
+    # the low 10 bits of the seed's SHA-256's first two bytes, big-endian: 0x0b22 (802) and 0x99f0 (496)
+    assert (first[-2:], other[-2:]) == ("t4", "jk")
     micros = decode[0] >> 10
     assert abs(micros / 1e6 - time.time()) < 60
     assert decode[1] >> 10 >= micros  # later keys sort later
+
+
+@pytest.mark.parametrize(
+    "micros, clock_id, tid",
+    [
+        (0, 0, "2222222222222"),  # the spec's TID of integer zero
+        (1724171495793000, 512, "3l25zusnsfck2"),  # @atcute/tid's examples
+        (1724171495793000, 816, "3l25zusnsfctk"),
+        (1, 0, "2222222222322"),
+        (2**53 - 1, 1023, "bzzzzzzzzzzzz"),  # the largest: the top bit stays 0
+        (2**53 + 1, 5, "2222222222327"),  # microseconds past 53 bits never reach the top bit
+    ],
+)
+def test_make_tid_is_the_atproto_tid_of_microseconds_and_clock_id(micros, clock_id, tid):
+    """https://atproto.com/specs/tid: base32-sortable of 64 bits, the top bit 0, then 53 bits of
+    microseconds and a 10-bit clock id."""
+    assert make_tid(micros, clock_id) == tid
+
+
+def test_a_handle_written_with_an_at_sign_is_used_without_it(fake_bluesky):
+    bluesky = BlueskyDestination(fake_bluesky.base_url, "@" + HANDLE, APP_PASSWORD, 5, MemorySessionStore())
+    key = bluesky.new_key("delivery-1")
+    assert bluesky.post("hello", key=key) == RemotePost(id=key, url=f"https://bsky.app/profile/{HANDLE}/post/{key}")
+    assert fake_bluesky.received("POST", CREATE_SESSION)[0].json["identifier"] == HANDLE
+    assert repr(bluesky) == f"BlueskyDestination({fake_bluesky.base_url!r}, {HANDLE!r})"
 
 
 def test_a_key_that_is_not_a_tid_is_refused_before_anything_is_sent(fake_bluesky):
@@ -458,6 +486,54 @@ def test_a_memory_store_made_with_a_blob_starts_from_it(fake_bluesky):
     post_once(fake_bluesky, store=first)
     post_once(fake_bluesky, "from a copy of the blob", store=MemorySessionStore(first.blob))
     assert fake_bluesky.create_session_calls == 1 and len(fake_bluesky.records) == 2
+
+
+def test_a_stored_session_that_is_not_a_session_string_costs_one_login(fake_bluesky, caplog):
+    """A blob that opens but holds no atproto session string: read once before the lock and once
+    under it, then one login, whose session is stored for the next run."""
+    store = MemorySessionStore()
+    vault = SessionVault(store, HANDLE, APP_PASSWORD)
+    vault.session = "not a session string"
+    vault.save()
+    caplog.set_level(logging.INFO, logger="posting.bluesky_client")
+    post_once(fake_bluesky, store=store)
+    not_a_session = f"the stored Bluesky session of {HANDLE} is not a session string: logging in again"
+    assert bluesky_log(caplog) == [not_a_session, not_a_session, f"logged in to Bluesky as {HANDLE} (1 logins in the last day)"]
+    assert fake_bluesky.create_session_calls == 1 and not fake_bluesky.received("POST", REFRESH_SESSION)
+    post_once(fake_bluesky, "next run", store=store)
+    assert fake_bluesky.create_session_calls == 1 and len(fake_bluesky.records) == 2
+
+
+class StoreReadBeforeAnotherRunSaved(MemorySessionStore):
+    """The first load gives `earlier` (what the store held when this run began); later loads, under
+    the login lock, what another run has saved since."""
+
+    def __init__(self, earlier: str | None, now: str):
+        super().__init__(now)
+        self.loads = [earlier]
+
+    def load(self):
+        return self.loads.pop(0) if self.loads else super().load()
+
+
+@pytest.mark.parametrize("stored_first", ["none", "about to expire"])
+def test_a_session_another_run_renewed_meanwhile_is_used_as_is(fake_bluesky, caplog, stored_first):
+    """Under the login lock the store holds a session other than the one this run found: no
+    createSession and no refresh, and nothing is saved over it."""
+    fake_bluesky.access_lifetime = 600  # atproto refreshes a token that expires within 15 minutes
+    expiring = MemorySessionStore()
+    post_once(fake_bluesky, store=expiring)
+    fake_bluesky.access_lifetime = 7200
+    renewed = MemorySessionStore(expiring.blob)
+    post_once(fake_bluesky, "another run", store=renewed)  # refreshes it
+    logins, refreshes = fake_bluesky.create_session_calls, len(fake_bluesky.received("POST", REFRESH_SESSION))
+    store = StoreReadBeforeAnotherRunSaved(None if stored_first == "none" else expiring.blob, renewed.blob)
+    caplog.set_level(logging.INFO, logger="posting.bluesky_client")
+    posted = post_once(fake_bluesky, "this run", store=store)
+    assert bluesky_log(caplog) == [f"another run renewed the Bluesky session of {HANDLE}: using it"]
+    assert fake_bluesky.create_session_calls == logins == 1
+    assert len(fake_bluesky.received("POST", REFRESH_SESSION)) == refreshes
+    assert store.blob == renewed.blob and fake_bluesky.records[posted.id]["value"]["text"] == "this run"
 
 
 def test_the_constructor_calls_nothing(fake_bluesky):

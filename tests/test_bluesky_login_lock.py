@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -17,6 +18,7 @@ from core.delivery import DeliveryFailed, ErrorKind
 from db.engine import make_engine, make_session_factory, use_schema
 from posting.bluesky_client import BlueskyDestination, MemorySessionStore
 from posting.destinations import DatabaseSessionStore
+from posting.login_locks import LoginLockTimeout, holding, process_lock
 from tests.fake_bluesky import APP_PASSWORD, HANDLE, REFRESH_SESSION, FakeBluesky
 
 RUNS = 8
@@ -159,8 +161,6 @@ def test_stores_on_one_in_memory_database_share_this_process_login_lock():
     """No file to lock beside an in-memory SQLite database: the lock is this process's, per bot and network."""
     from sqlalchemy.pool import StaticPool
 
-    from posting.login_locks import LoginLockTimeout
-
     engine = make_engine("sqlite://", poolclass=StaticPool)
     session_factory = make_session_factory(engine)
     bob = DatabaseSessionStore(session_factory, account="bob", network="bluesky")
@@ -173,3 +173,17 @@ def test_stores_on_one_in_memory_database_share_this_process_login_lock():
     with database_store(session_factory).login_lock(timeout=0.05):  # released
         pass
     engine.dispose()
+
+
+def test_process_lock_is_one_lock_per_key():
+    """Keys never used before in this process: the registry lasts as long as the process, and
+    holds the keys of every earlier test."""
+    alice, bob = ("sqlite://", f"bluesky/alice-{uuid.uuid4()}"), ("sqlite://", f"bluesky/bob-{uuid.uuid4()}")
+    lock = process_lock(alice)
+    assert process_lock(alice) is lock and process_lock(bob) is not lock
+    with holding(lock, timeout=1):
+        with pytest.raises(LoginLockTimeout):
+            with holding(process_lock(alice), timeout=0.01):
+                pass
+        with holding(process_lock(bob), timeout=0.01):
+            pass
