@@ -380,6 +380,7 @@ def test_malformed_json_names_the_file_and_place(tmp_path, body, where):
     'window.YTD.tweets.part0 = [{"tweet": {"full_text": "x"}}] X;',
     '\n\n  window.YTD.tweets.part0 =\n [{"tweet": {"full_text": "x"}}] X',
     '\n[{"tweet": {"full_text": "x"}} X',
+    'window.YTD.tweets.part0 = [\n{"tweet": {}} X\n{"tweet": {}}\n]\n',
 ])
 def test_a_json_error_gives_its_line_and_column_in_the_file(tmp_path, text):
     """The error is at the X, counted in the file (the assignment before the JSON included)."""
