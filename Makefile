@@ -71,13 +71,19 @@ serve-generation: $(VENV)/.ml ## serve the generation service on http://127.0.0.
 # Each run starts from no mutants/: mutmut keeps a mutant's verdict until its function changes, so a
 # rerun after new tests would list the old survivors again, and another MODULES' results would stay.
 # Survivors again: `cd .mutation && mutmut results`; one in full: `mutmut show NAME`.
-# MUTANTS limits the run to mutants whose names match (globs: MUTANTS="posting.job.x__claim__*").
+# MUTANTS limits the run to mutants whose names match (globs: MUTANTS="posting.job.x__claim__*");
+# SINCE=<commit> sets it to the functions of MODULES changed since that commit.
 .PHONY: mutation
 MUTATION_DIR ?= .mutation
+ifdef SINCE
+MUTANTS := $(shell python3 scripts/changed_functions.py $(SINCE) $(MODULES) || echo FAILED)
+endif
 MUTANTS ?=
 MUTATION_COPY := core api posting bench db ml scripts migrations alembic.ini pytest.ini .gitignore
 mutation: $(VENV)/.dev ## mutation-test MODULES="api/x.py ..." with their TESTS="tests/test_x.py ..."; lists the survivors
 	@test -n "$(MODULES)" -a -n "$(TESTS)" || { echo 'usage: make mutation MODULES="ml/filters.py" TESTS="tests/test_ml_candidates.py"' >&2; exit 2; }
+	@case "$(MUTANTS)" in *FAILED*) echo "SINCE=$(SINCE): no list of changed functions (see above)" >&2; exit 2;; esac
+	@test -z "$(SINCE)" -o -n "$(MUTANTS)" || { echo "no function of $(MODULES) changed since $(SINCE): nothing to run" >&2; exit 2; }
 	git init -q $(MUTATION_DIR)
 	rm -rf $(MUTATION_DIR)/mutants
 	for path in tests $(MUTATION_COPY); do ln -sfn ../$$path $(MUTATION_DIR)/$$path; done
