@@ -389,6 +389,131 @@ def test_counts_by_status_name_every_status_for_the_account_only(session_factory
     assert counts == {status: {TweetStatus.queued: 2, TweetStatus.pending: 1}.get(status, 0) for status in TweetStatus}
 
 
+# ---- the listing and queue queries --------------------------------------------------------
+
+def ids_of(session_factory, *texts: str) -> list[int]:
+    with session_factory() as session:
+        return [session.scalar(select(Tweet.id).where(Tweet.text == t)) for t in texts]
+
+
+def test_list_tweets_gives_the_first_100_by_default(session_factory):
+    from db import queries
+
+    bulk_insert(session_factory, ACCOUNT, *(f"tweet {n}" for n in range(101)))
+    with session_factory() as session:
+        ids = list(session.scalars(select(Tweet.id).order_by(Tweet.id)))
+        page, total = queries.list_tweets(session)
+    assert ([t.id for t in page], total) == (ids[:100], 101)
+
+
+def test_page_by_status_counts_every_match_not_only_the_page(session_factory):
+    from db import queries
+
+    bulk_insert(session_factory, ACCOUNT, "q1", "q2", "q3")
+    bulk_insert(session_factory, ACCOUNT, "p1", status=TweetStatus.pending)
+    bulk_insert(session_factory, "another_bot", "q4")
+    with session_factory() as session:
+        page, total = queries.page_by_status(session, ACCOUNT, [TweetStatus.queued], order_by=[Tweet.id.desc()], limit=2)
+        assert ([t.text for t in page], total) == (["q3", "q2"], 3)
+        assert queries.page_by_status(session, ACCOUNT, [TweetStatus.rejected], order_by=[Tweet.id], limit=2) == ([], 0)
+
+
+def test_queue_line_is_the_accounts_queued_tweets_by_position_then_id(session_factory, backend):
+    """a ties with b on position but is stored after it (Postgres writes an updated row anew): only the id
+    orders them. The index on (account, status, position, id) would order them too, but Postgres reads a
+    big queue without it, as here where index scans are off."""
+    from sqlalchemy import text
+
+    from db import queries
+
+    bulk_insert(session_factory, ACCOUNT, "a", "b", "c")
+    bulk_insert(session_factory, ACCOUNT, "pending", status=TweetStatus.pending)
+    bulk_insert(session_factory, "another_bot", "theirs")
+    a, b, c = ids_of(session_factory, "a", "b", "c")
+    with session_factory() as session:
+        session.get(Tweet, a).position = 2
+        session.commit()
+        if backend != "sqlite":
+            session.execute(text("SET LOCAL enable_indexscan = off"))
+            session.execute(text("SET LOCAL enable_bitmapscan = off"))
+        assert [t.id for t in queries.queue_line(session, ACCOUNT)] == [a, b, c]
+
+
+def sqlstate(error) -> str:
+    """The SQLSTATE of a DBAPI error from psycopg2 or pg8000."""
+    return getattr(error.orig, "pgcode", None) or error.orig.args[0]["C"]
+
+
+def row_is_locked(engine, tweet_id: int) -> bool:
+    """Whether another transaction holds the tweet's row lock (asked with NOWAIT: never waits)."""
+    from sqlalchemy.exc import DBAPIError
+
+    with engine.connect() as other:
+        try:
+            other.execute(select(Tweet.id).where(Tweet.id == tweet_id).with_for_update(nowait=True))
+        except DBAPIError as error:
+            assert sqlstate(error) == "55P03", error  # lock_not_available
+            return True
+        return False
+
+
+def test_lock_queue_locks_the_accounts_queued_tweets_only(session_factory, engine, backend):
+    from db import queries
+
+    if backend == "sqlite":
+        pytest.skip("SQLite has no row locks: BEGIN IMMEDIATE holds the whole database")
+    bulk_insert(session_factory, ACCOUNT, "q1", "q2")
+    bulk_insert(session_factory, ACCOUNT, "p1", status=TweetStatus.pending)
+    bulk_insert(session_factory, "another_bot", "theirs")
+    q1, q2, p1, theirs = ids_of(session_factory, "q1", "q2", "p1", "theirs")
+    with session_factory() as session:
+        queries.lock_queue(session, ACCOUNT)
+        assert [row_is_locked(engine, i) for i in (q1, q2, p1, theirs)] == [True, True, False, False]
+
+
+def test_lock_queue_locks_in_id_order(session_factory, engine, backend):
+    """Locking in one order is what keeps two moves from deadlocking. Here a has the lower id but comes
+    after b on disk and in position order; b is held elsewhere, so lock_queue waits on b: holding a
+    already shows that it went in id order."""
+    import threading
+
+    from sqlalchemy import text
+
+    from db import queries
+
+    if backend == "sqlite":
+        pytest.skip("SQLite has no row locks: BEGIN IMMEDIATE holds the whole database")
+    bulk_insert(session_factory, ACCOUNT, "a", "b")
+    a, b = ids_of(session_factory, "a", "b")
+    with session_factory() as session:
+        session.get(Tweet, a).position = 3
+        session.commit()
+    errors: list[BaseException] = []
+
+    def lock(session):
+        try:
+            queries.lock_queue(session, ACCOUNT)
+        except BaseException as error:  # noqa: BLE001 (reported by the test thread)
+            errors.append(error)
+
+    with engine.connect() as holder, session_factory() as locker:
+        holder.execute(select(Tweet.id).where(Tweet.id == b).with_for_update())
+        pid = locker.scalar(text("SELECT pg_backend_pid()"))
+        thread = threading.Thread(target=lock, args=(locker,))
+        thread.start()
+        try:
+            with engine.connect() as watcher:
+                waiting = text("SELECT cardinality(pg_blocking_pids(:pid)) > 0")
+                while not watcher.scalar(waiting, {"pid": pid}):  # until lock_queue waits on b
+                    watcher.rollback()
+                    assert thread.is_alive(), errors
+            assert row_is_locked(engine, a)
+        finally:
+            holder.rollback()
+            thread.join(10)
+    assert not errors and not thread.is_alive()
+
+
 # ---- what the store refuses, and what it must not refuse ----------------------------------
 
 def set_posting(session_factory, tweet_id: int) -> None:
