@@ -251,7 +251,7 @@ in_region = $(project) --region=$(call q,$(REGION))
 job = $(call q,$(job_name)) $(project) --location=$(call q,$(REGION))
 
 .PHONY: docker-compose cloud-setup cloud-secrets create-postgres-instance docker-cloud-build cloud-migrate \
-	docker-cloud-run docker-cloud-build-run add-scheduler scheduler-pause scheduler-resume scheduler-run-now \
+	docker-cloud-run docker-cloud-build-run add-scheduler add-schedulers scheduler-pause scheduler-resume scheduler-run-now \
 	scheduler-delete generator-context docker-generator docker-cloud-build-generator docker-cloud-run-generator
 
 # ---- one machine ----
@@ -325,6 +325,10 @@ add-scheduler: ## create the Cloud Scheduler job: POST $(CLOUD_RUN_URL)/tweet_cu
 	  --attempt-deadline=$(call q,$(SCHEDULER_ATTEMPT_DEADLINE)) --max-retry-attempts=$(call q,$(SCHEDULER_MAX_RETRY_ATTEMPTS)) \
 	  --min-backoff=$(call q,$(SCHEDULER_MIN_BACKOFF)) --max-backoff=$(call q,$(SCHEDULER_MAX_BACKOFF)) --max-doublings=$(call q,$(SCHEDULER_MAX_DOUBLINGS)) \
 	  --format='value(name)'
+
+add-schedulers: ## with several bots: add-scheduler BOT=NAME for each bot of BOTS, in order (stops at the first that fails)
+	@test -n "$(bot_names)" || { echo "add-schedulers makes a job per bot of BOTS (BOTS=alice,bob in .env); with one bot: make add-scheduler" >&2; exit 2; }
+	@for bot in $(bot_names); do $(MAKE) --no-print-directory add-scheduler BOT="$$bot" || exit 1; done
 
 scheduler-pause: ## pause the Cloud Scheduler job
 	@$(call require,$(JOB_VARS))

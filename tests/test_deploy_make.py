@@ -60,6 +60,8 @@ for arg in argv:
     args.append(arg)
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(json.dumps({{"program": "{name}", "args": args, "argv": argv, "stdin": stdin, "flags_mode": flags_mode}}) + "\n")
+if os.environ.get("FAKE_FAIL_ON") and any(os.environ["FAKE_FAIL_ON"] in arg for arg in args):
+    sys.exit(1)
 if args[:3] == ["secrets", "versions", "access"]:
     print("{secret}")
 elif args[:3] == ["run", "services", "describe"]:
@@ -884,6 +886,31 @@ def test_a_bot_without_its_own_schedule_gets_the_services_defaults(bots_workdir)
     run = run_make(bots_workdir, "add-scheduler", "BOT=bob")
     assert run.returncode == 0, run.output
     assert run.commands == scheduler_job("post-tweet-bob", "0 9 * * *", "Etc/UTC", f"{SERVICE_URL}/tweet_curated/?bot=bob")
+
+
+def test_add_schedulers_makes_every_bots_job(bots_workdir):
+    run = run_make(bots_workdir, "add-schedulers")
+    assert run.returncode == 0, run.output
+    assert run.commands == [
+        *scheduler_job("post-tweet-alice", "30 8 * * 1-5", "America/New_York", f"{SERVICE_URL}/tweet_curated/?bot=alice"),
+        *scheduler_job("post-tweet-bob", "0 9 * * *", "Etc/UTC", f"{SERVICE_URL}/tweet_curated/?bot=bob"),
+    ]
+    assert_no_secret_shown(run)
+
+
+def test_add_schedulers_stops_at_the_first_bot_whose_job_fails(bots_workdir):
+    run = run_make(bots_workdir, "add-schedulers", env={"FAKE_FAIL_ON": "post-tweet-alice"})
+    assert run.returncode != 0
+    commands = [" ".join(command) for command in run.commands]
+    assert any("post-tweet-alice" in command for command in commands)
+    assert not any("post-tweet-bob" in command for command in commands)
+
+
+def test_add_schedulers_needs_several_bots(workdir):
+    run = run_make(workdir, "add-schedulers")
+    assert run.returncode == 2
+    assert "add-schedulers makes a job per bot of BOTS" in run.output
+    assert run.commands == []
 
 
 def test_without_bot_add_scheduler_makes_todays_job(bots_workdir):
