@@ -929,6 +929,14 @@ def two_bots(two_bots_app):
         yield test_client
 
 
+def test_the_sign_in_page_of_several_bots_names_them_all(two_bots_app):
+    """Signing in is for every bot: the page before it does not present itself as the first bot's."""
+    with TestClient(two_bots_app, base_url="https://testserver") as client:
+        page = client.get("/curate/sign-in").text
+    assert "<title>Sign in · @alice, @bob</title>" in page
+    assert '<span class="brand">@alice, @bob <small>curation</small></span>' in page
+
+
 def bot_links(page: str) -> list[tuple[str, bool]]:
     """The bot picker's links: (href, is the current bot)."""
     nav = re.search(r'<nav class="wrap bots" aria-label="Bots">(.*?)</nav>', page, re.S)
