@@ -46,7 +46,7 @@ MARKERS = (START_TOKEN, END_TOKEN)
 _MAYBE_URL = re.compile(r"\.[A-Za-z0-9]")
 # Control characters (but newline and tab) and lone surrogates: invisible on X, and Postgres
 # cannot store NUL. Model output trained on raw bytes can contain them.
-_CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _DELIMITER_LINE = re.compile(r"^={20}[ \t]*$", re.MULTILINE)
 
 
@@ -148,7 +148,7 @@ def clean_text(text: str) -> str:
     text = normalize_text(text)
     if not text:
         raise TweetRejected("tweet is empty")
-    control = _CONTROL_CHARS.search(text)
+    control = CONTROL_CHARS.search(text)
     if control:
         raise TweetRejected(f"tweet contains the control character U+{ord(control.group()):04X}: remove it")
     for marker in MARKERS:
@@ -237,8 +237,8 @@ def _longest_combining_run(text: str) -> int:
 
 
 def control_character(text: str) -> str | None:
-    """The first character of `text` no database stores or X shows (see _CONTROL_CHARS), or None."""
-    match = _CONTROL_CHARS.search(text)
+    """The first character of `text` no database stores or X shows (see CONTROL_CHARS), or None."""
+    match = CONTROL_CHARS.search(text)
     return match.group() if match else None
 
 

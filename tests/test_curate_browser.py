@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.curate.actions import REVIEW_PAGE_SIZE
-from core.tweet_text import grapheme_count, mastodon_length, normalize_text, weighted_length
+from core.tweet_text import TweetRejected, clean_text, grapheme_count, mastodon_length, normalize_text, weighted_length
 from db.engine import make_engine, make_session_factory
 from db.models import Delivery, DeliveryStatus, Tweet, TweetStatus, utcnow
 from tests.conftest import TOKEN
@@ -479,6 +479,18 @@ def test_counter_in_the_browser_agrees_with_the_server(browser, server):
     assert disagreements == []
     over = page.evaluate("(texts) => texts.map((text) => TweetCounter.check(text).destinations[0].problem)", ["a" * 280, "a" * 281, "日" * 141])
     assert over == [None, "over 280", "over 280"]
+    # What the server refuses for every destination, as it says it (core.tweet_text.clean_text).
+    refused = ["a\x00b", "bell \x07", "\x1b[31mred", "del\x7f", "c1 \x9f", "tab\tand\nnewline are fine", "\u200b"]
+    problems = page.evaluate("(texts) => texts.map((text) => TweetCounter.check(text).problem)", refused)
+    expected_problems = []
+    for text in refused:
+        try:
+            clean_text(text)
+            expected_problems.append(None)
+        except TweetRejected as exc:
+            expected_problems.append(str(exc).removeprefix("tweet ").removesuffix(": remove it"))
+    assert problems == expected_problems
+    assert problems[0] == "contains the control character U+0000"
     assert page.errors == []
     page.context.close()
 

@@ -18,6 +18,7 @@ from functools import cache
 from core.tweet_text import (
     BLUESKY_MAX_BYTES,
     BLUESKY_MAX_GRAPHEMES,
+    CONTROL_CHARS,
     MARKERS,
     MASTODON_MENTION,
     MASTODON_MENTION_END,
@@ -180,6 +181,7 @@ def counter_rule() -> dict:
             "invalidUrlWithoutProtocolPrecedingChars": _js_regex(invalid_url_without_protocol_preceding_chars),
             "emoji": _js_regex(emoji),
             "invalidChars": _js_regex(invalid_chars),
+            "controlChars": _js_regex(CONTROL_CHARS),
         },
         "mastodon": {
             "urlLength": MASTODON_URL_LENGTH,

@@ -13,6 +13,7 @@
   const invalidPrecedingPattern = compile(rule.patterns.invalidUrlWithoutProtocolPrecedingChars);
   const emojiPattern = compile(rule.patterns.emoji, "g");
   const invalidCharsPattern = compile(rule.patterns.invalidChars);
+  const controlCharsPattern = compile(rule.patterns.controlChars);
   const mentionPattern = compile(rule.mastodon.mention, "gd");
   const mentionEndPattern = compile(rule.mastodon.mentionEnd, "y");
   // Extended grapheme clusters, as core.tweet_text.grapheme_count (the regex module's \X) counts them.
@@ -287,7 +288,9 @@
   function check(raw, networks = ["x"], limits = {}) {
     const text = normalize(raw);
     let problem = null;
+    const control = text.match(controlCharsPattern);
     if (!text) problem = "empty";
+    else if (control) problem = `contains the control character U+${control[0].codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}`;
     else if (rule.markers.some((marker) => text.includes(marker))) problem = "contains a generation marker";
     const destinations = networks.map((network) => {
       const counted = measure[network](text, limits);
