@@ -135,8 +135,8 @@ def nameprep_tables() -> dict[str, list[list[int]]]:
 def python_word_class() -> str:
     """A JavaScript class body (`\\u{30}-\\u{39}...`) holding exactly the characters Python's `\\w`
     matches in a str pattern (letters, digits and numbers by Python's Unicode data, and `_`)."""
-    # One search over every code point in order: each run of matches is a range (5x faster than a
-    # match per code point).
+    # One search over every code point in order, each run of matches a range: far faster than a
+    # match per code point, on the first request for the rule script.
     every_character = "".join(map(chr, range(0x110000)))
     ranges = [(run.start(), run.end() - 1) for run in re.finditer(r"\w+", every_character)]
     return "".join(
