@@ -487,7 +487,7 @@ def _session_refused(exc: BaseException) -> bool:
     return status == 401 or (status == 400 and _answer_error(exc)[0] in SESSION_ERRORS)
 
 
-def credentials_hint(variable_prefix: str = "") -> str:
+def credentials_hint(variable_prefix: str) -> str:
     """What to check when Bluesky refuses the login; `variable_prefix` is the bot's (BotSettings.prefix)."""
     return f"check {variable_prefix}BLUESKY_HANDLE and {variable_prefix}BLUESKY_APP_PASSWORD"
 

@@ -43,19 +43,19 @@ _UNUSABLE_ADDRESS = (
 )
 
 
-def credentials_hint(variable_prefix: str = "") -> str:
+def credentials_hint(variable_prefix: str) -> str:
     """What to check when Mastodon refuses the token; `variable_prefix` is the bot's (BotSettings.prefix)."""
     return f"check {variable_prefix}MASTODON_ACCESS_TOKEN: it must be valid and have the write:statuses scope"
 
 
-def address_hint(variable_prefix: str = "") -> str:
+def address_hint(variable_prefix: str) -> str:
     """What to check when the instance's address is wrong; `variable_prefix` is the bot's (BotSettings.prefix)."""
     return f"check {variable_prefix}MASTODON_API_BASE_URL: the instance's address, such as https://mastodon.social"
 
 
 # The one bot's (BOTS unset).
-CREDENTIALS_HINT = credentials_hint()
-ADDRESS_HINT = address_hint()
+CREDENTIALS_HINT = credentials_hint("")
+ADDRESS_HINT = address_hint("")
 
 
 def mastodon_reset_time(value: str | None) -> datetime | None:
