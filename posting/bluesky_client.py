@@ -42,7 +42,6 @@ from posting.login_locks import LoginLockTimeout, holding
 log = logging.getLogger(__name__)
 
 POST_COLLECTION = "app.bsky.feed.post"
-CREDENTIALS_HINT = "check BLUESKY_HANDLE and BLUESKY_APP_PASSWORD"
 # Bluesky allows 30 createSession per 5 minutes and 300 a day per account; we stop short of both.
 CREATE_SESSION_BUDGET = ((timedelta(minutes=5), 25), (timedelta(days=1), 250))
 # A TID: 64 bits in base32-sortable, the top bit 0, then microseconds since 1970 (53 bits) and a
@@ -245,9 +244,10 @@ class BlueskyDestination:
 
     def __init__(
         self, pds_url: str, handle: str, app_password: str, timeout: float, session_store: SessionStore,
-        *, langs: Sequence[str] = (),
+        *, langs: Sequence[str] = (), variable_prefix: str = "",
     ):
         self.pds_url = pds_url
+        self.variable_prefix = variable_prefix  # the bot's, for the variables its errors name
         self.handle = handle.removeprefix("@")
         self.timeout = timeout
         self.langs = list(langs)
@@ -303,7 +303,7 @@ class BlueskyDestination:
         except DeliveryFailed:
             raise
         except Exception as exc:
-            error = classify_bluesky_error(exc)
+            error = self._error(exc)
             if error.kind is ErrorKind.unknown_outcome:
                 error = replace(error, kind=ErrorKind.not_sent, message=f"{error.message} (before the post was sent)")
             raise DeliveryFailed(vault.scrubbed(error)) from exc
@@ -361,7 +361,7 @@ class BlueskyDestination:
             if not _session_refused(exc):
                 raise
             log.info("Bluesky refused to refresh the session of %s (%s): logging in again",
-                     self.handle, classify_bluesky_error(exc).message)
+                     self.handle, self._error(exc).message)
             self._create_session(client, vault)
 
     def _create_session(self, client, vault: SessionVault) -> None:
@@ -414,7 +414,7 @@ class BlueskyDestination:
             landed = self._landed_earlier(client, key, record["text"], exc)
             if landed is not None:
                 return landed
-            raise DeliveryFailed(vault.scrubbed(classify_bluesky_error(exc))) from exc
+            raise DeliveryFailed(vault.scrubbed(self._error(exc))) from exc
         return self._remote_post(created.uri.rsplit("/", 1)[-1])
 
     def _landed_earlier(self, client, key: str, text: str, exc: BaseException) -> RemotePost | None:
@@ -433,7 +433,7 @@ class BlueskyDestination:
                 models.ComAtprotoRepoGetRecord.Params(repo=_session_did(client), collection=POST_COLLECTION, rkey=key)
             )
         except Exception as lookup:  # noqa: BLE001 (not found, or unreachable: the first error stands)
-            log.info("no earlier Bluesky post under key %s (%s)", key, classify_bluesky_error(lookup).message)
+            log.info("no earlier Bluesky post under key %s (%s)", key, self._error(lookup).message)
             return None
         stored_text = getattr(stored.value, "text", None)
         if stored_text != text:
@@ -444,6 +444,10 @@ class BlueskyDestination:
             ))
         log.info("Bluesky already holds this post under key %s: an earlier attempt landed", key)
         return self._remote_post(key)
+
+    def _error(self, exc: BaseException) -> DeliveryError:
+        """classify_bluesky_error, naming this bot's variables."""
+        return classify_bluesky_error(exc, variable_prefix=self.variable_prefix)
 
     def _remote_post(self, rkey: str) -> RemotePost:
         return RemotePost(id=rkey, url=f"https://bsky.app/profile/{self.handle}/post/{rkey}")
@@ -483,14 +487,20 @@ def _session_refused(exc: BaseException) -> bool:
     return status == 401 or (status == 400 and _answer_error(exc)[0] in SESSION_ERRORS)
 
 
-def classify_bluesky_error(exc: BaseException) -> DeliveryError:
-    """Sort an exception raised by an atproto call into one ErrorKind (see core/delivery.py).
+def credentials_hint(variable_prefix: str) -> str:
+    """What to check when Bluesky refuses the login; `variable_prefix` is the bot's (BotSettings.prefix)."""
+    return f"check {variable_prefix}BLUESKY_HANDLE and {variable_prefix}BLUESKY_APP_PASSWORD"
+
+
+def classify_bluesky_error(exc: BaseException, *, variable_prefix: str = "") -> DeliveryError:
+    """Sort an exception raised by an atproto call into one ErrorKind (see core/delivery.py); its
+    message names the variables to check with the bot's `variable_prefix`.
 
     Never raises: when the details cannot be read, the kind follows from whether Bluesky answered.
     Messages hold Bluesky's own words or the network failure's kind, never a request's content.
     """
     try:
-        return _classify(exc)
+        return _classify(exc, variable_prefix)
     except Exception as failure:  # noqa: BLE001 (the caller must settle its delivery whatever happened)
         log.error("could not read the details of a failed Bluesky call (%s): sorting it by whether Bluesky answered",
                   type(failure).__name__)
@@ -500,15 +510,15 @@ def classify_bluesky_error(exc: BaseException) -> DeliveryError:
         return DeliveryError(ErrorKind.unknown_outcome, f"{type(exc).__name__} while talking to Bluesky (its details could not be read)")
 
 
-def _classify(exc: BaseException) -> DeliveryError:
+def _classify(exc: BaseException, variable_prefix: str) -> DeliveryError:
     import httpx
     from atproto_client.exceptions import LoginRequiredError
 
     status = _answer_status(exc)
     if status is not None:
-        return _classify_answer(exc, status)
+        return _classify_answer(exc, status, variable_prefix)
     if isinstance(exc, LoginRequiredError):
-        return DeliveryError(ErrorKind.credentials, f"no Bluesky session to post with: {CREDENTIALS_HINT}")
+        return DeliveryError(ErrorKind.credentials, f"no Bluesky session to post with: {credentials_hint(variable_prefix)}")
     # atproto wraps httpx's timeouts and network errors (keeping them as the cause); others come raw.
     cause = exc.__cause__ if isinstance(exc.__cause__, httpx.TransportError) else exc
     reason = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
@@ -522,7 +532,7 @@ def _classify(exc: BaseException) -> DeliveryError:
     return DeliveryError(ErrorKind.unknown_outcome, f"unexpected {type(exc).__name__} while talking to Bluesky")
 
 
-def _classify_answer(exc: BaseException, status: int) -> DeliveryError:
+def _classify_answer(exc: BaseException, status: int, variable_prefix: str) -> DeliveryError:
     name, said = _answer_error(exc)
     words = ": ".join(part for part in (name, said) if part) or "no message"
     message = f"Bluesky answered {status} {words}"
@@ -530,7 +540,7 @@ def _classify_answer(exc: BaseException, status: int) -> DeliveryError:
         headers = getattr(getattr(exc, "response", None), "headers", None) or {}
         return DeliveryError(ErrorKind.rate_limited, message, status, reset_time(headers.get("ratelimit-reset")))
     if status in (401, 403) or (status == 400 and name in SESSION_ERRORS):
-        return DeliveryError(ErrorKind.credentials, f"{message} ({CREDENTIALS_HINT})", status)
+        return DeliveryError(ErrorKind.credentials, f"{message} ({credentials_hint(variable_prefix)})", status)
     if status == 400 and (said or "").startswith(INVALID_POST):
         return DeliveryError(ErrorKind.text_refused, message, status)
     return DeliveryError(_kind_of_status(status), message, status)

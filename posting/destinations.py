@@ -75,6 +75,11 @@ def address_variable(bot: BotSettings, network: str) -> str:
     return f"{bot.prefix}{'MASTODON_API_BASE_URL' if network == 'mastodon' else 'BLUESKY_PDS_URL'}"
 
 
+def bot_variables(bot: BotSettings, *names: str) -> str:
+    """The bot's variables `names`, as the operator sets them (with its prefix): `A`, `A and B`, `A, B and C`."""
+    return _and([bot.prefix + name for name in names])
+
+
 def unconfirmed_note(bot: BotSettings, networks: Collection[str]) -> str:
     """What an unconfirmed tweet's error says after its reason: which of the bot's networks may have
     posted it (those of its unconfirmed deliveries), where to look on each, and what to do then."""
@@ -127,7 +132,8 @@ def make_destinations(
             from posting.mastodon_client import MastodonDestination
 
             clients[network] = MastodonDestination(
-                bot.MASTODON_API_BASE_URL, bot.MASTODON_ACCESS_TOKEN.get_secret_value(), settings.MASTODON_TIMEOUT_SECONDS
+                bot.MASTODON_API_BASE_URL, bot.MASTODON_ACCESS_TOKEN.get_secret_value(), settings.MASTODON_TIMEOUT_SECONDS,
+                variable_prefix=bot.prefix,
             )
         else:
             from posting.bluesky_client import BlueskyDestination
@@ -135,6 +141,7 @@ def make_destinations(
             clients[network] = BlueskyDestination(
                 bot.BLUESKY_PDS_URL, bot.BLUESKY_HANDLE, bot.BLUESKY_APP_PASSWORD.get_secret_value(),
                 settings.BLUESKY_TIMEOUT_SECONDS, DatabaseSessionStore(session_factory, account=bot.name, network=network),
+                variable_prefix=bot.prefix,
             )
     return clients
 

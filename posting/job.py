@@ -69,6 +69,7 @@ from db.post_queue import (
 from posting.destinations import (
     NETWORK_NAMES,
     address_variable,
+    bot_variables,
     dry_run_variable,
     make_destinations,
     missing_configuration,
@@ -489,15 +490,14 @@ def _requeued_answer(
         message = f"{name} refused the bot's credentials ({error.message}); {back}"
     elif kind is ErrorKind.credentials and error.status_code == 401:
         outcome = PostOutcome.x_credentials
-        message = (
-            "X rejected the credentials: check ACCESS_KEY, ACCESS_SECRET, CONSUMER_KEY and CONSUMER_SECRET "
-            f"({error.message}); {back}"
-        )
+        keys = bot_variables(bot, "ACCESS_KEY", "ACCESS_SECRET", "CONSUMER_KEY", "CONSUMER_SECRET")
+        message = f"X rejected the credentials: check {keys} ({error.message}); {back}"
     elif kind is ErrorKind.credentials:
         outcome = PostOutcome.x_credentials
         message = (
             "X refused the account or app permission to post: give the app Read and Write permission in the "
-            f"developer portal, then regenerate ACCESS_KEY and ACCESS_SECRET ({error.message}); {back}"
+            f"developer portal, then regenerate {bot_variables(bot, 'ACCESS_KEY', 'ACCESS_SECRET')} "
+            f"({error.message}); {back}"
         )
     elif kind is ErrorKind.not_sent:
         outcome = PostOutcome.x_failed

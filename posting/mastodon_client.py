@@ -41,8 +41,21 @@ _UNUSABLE_ADDRESS = (
     requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema,
     urllib3.exceptions.LocationValueError,
 )
-CREDENTIALS_HINT = "check MASTODON_ACCESS_TOKEN: it must be valid and have the write:statuses scope"
-ADDRESS_HINT = "check MASTODON_API_BASE_URL: the instance's address, such as https://mastodon.social"
+
+
+def credentials_hint(variable_prefix: str) -> str:
+    """What to check when Mastodon refuses the token; `variable_prefix` is the bot's (BotSettings.prefix)."""
+    return f"check {variable_prefix}MASTODON_ACCESS_TOKEN: it must be valid and have the write:statuses scope"
+
+
+def address_hint(variable_prefix: str) -> str:
+    """What to check when the instance's address is wrong; `variable_prefix` is the bot's (BotSettings.prefix)."""
+    return f"check {variable_prefix}MASTODON_API_BASE_URL: the instance's address, such as https://mastodon.social"
+
+
+# The one bot's (BOTS unset).
+CREDENTIALS_HINT = credentials_hint("")
+ADDRESS_HINT = address_hint("")
 
 
 def mastodon_reset_time(value: str | None) -> datetime | None:
@@ -109,10 +122,11 @@ class MastodonDestination:
     # The margin covers clocks and the time the first request took.
     safe_retry_window = timedelta(minutes=50)
 
-    def __init__(self, api_base_url: str, access_token: str, timeout: float):
+    def __init__(self, api_base_url: str, access_token: str, timeout: float, *, variable_prefix: str = ""):
         from mastodon import Mastodon
 
         self._access_token = access_token
+        self._variable_prefix = variable_prefix  # the bot's, for the variables its errors name
         self._session = AnswerKeepingSession()
         self._api = Mastodon(
             api_base_url=api_base_url,
@@ -134,7 +148,8 @@ class MastodonDestination:
             status = self._api.status_post(text, idempotency_key=key)
         except Exception as exc:  # noqa: BLE001 (every failure is sorted into a kind)
             # from None: the chained exception would carry the instance's own words unfiltered
-            raise DeliveryFailed(self._without_token(classify_mastodon_error(exc, self._session.last_answer))) from None
+            raise DeliveryFailed(self._without_token(classify_mastodon_error(
+                exc, self._session.last_answer, variable_prefix=self._variable_prefix))) from None
         posted = remote_post(status)
         if posted is None:
             answer = self._session.last_answer
@@ -172,15 +187,18 @@ def _is_web_link(value: object) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-def classify_mastodon_error(exc: BaseException, answer: MastodonAnswer | None = None) -> DeliveryError:
+def classify_mastodon_error(
+    exc: BaseException, answer: MastodonAnswer | None = None, *, variable_prefix: str = ""
+) -> DeliveryError:
     """Sort an exception raised by a Mastodon.py call into one ErrorKind (see core/delivery.py).
 
     `answer` is what the call's HTTP answer said, when one came (AnswerKeepingSession.last_answer):
-    the reset time of a 429 comes only from there. Never raises: when the details of the failure
+    the reset time of a 429 comes only from there. Messages name the variables to check with the
+    bot's `variable_prefix`. Never raises: when the details of the failure
     cannot be read, the kind follows from the answer's status, or unknown_outcome without one.
     """
     try:
-        return _classify(exc, answer)
+        return _classify(exc, answer, variable_prefix)
     except Exception as failure:  # noqa: BLE001 (the caller must settle its delivery whatever happened)
         log.error("could not read the details of a failed Mastodon call (%s: %s): sorting it by its status",
                   type(failure).__name__, failure)
@@ -191,7 +209,7 @@ def classify_mastodon_error(exc: BaseException, answer: MastodonAnswer | None = 
                              f"{type(exc).__name__} while talking to Mastodon (its details could not be read)")
 
 
-def _classify(exc: BaseException, answer: MastodonAnswer | None) -> DeliveryError:
+def _classify(exc: BaseException, answer: MastodonAnswer | None, variable_prefix: str) -> DeliveryError:
     from mastodon.errors import MastodonAPIError, MastodonNetworkError, MastodonRatelimitError
 
     status_code = _status_of(exc, answer)
@@ -200,13 +218,13 @@ def _classify(exc: BaseException, answer: MastodonAnswer | None) -> DeliveryErro
         return DeliveryError(ErrorKind.rate_limited, "Mastodon answered 429: too many requests", 429,
                              answer.retry_at if answer else None)
     if isinstance(exc, MastodonAPIError) and status_code is not None and status_code >= 400:
-        return _classify_http_answer(exc, status_code)
+        return _classify_http_answer(exc, status_code, variable_prefix)
     if isinstance(exc, MastodonAPIError):  # a success (or redirect) whose body could not be read
         answered = "Mastodon answered" + (f" {status_code}" if status_code else "")
         return DeliveryError(ErrorKind.unknown_outcome, f"{answered} but its answer could not be read: "
                              "the status may have been created", status_code)
     if isinstance(exc, MastodonNetworkError):
-        return _classify_network_failure(exc.__cause__ or exc.__context__ or exc)
+        return _classify_network_failure(exc.__cause__ or exc.__context__ or exc, variable_prefix)
     return DeliveryError(ErrorKind.unknown_outcome, f"unexpected {type(exc).__name__} while talking to Mastodon: {exc}")
 
 
@@ -219,11 +237,12 @@ def _status_of(exc: BaseException, answer: MastodonAnswer | None) -> int | None:
     return answer.status_code if answer else None
 
 
-def _classify_http_answer(exc: BaseException, status_code: int) -> DeliveryError:
+def _classify_http_answer(exc: BaseException, status_code: int, variable_prefix: str) -> DeliveryError:
     _, _, reason, instance_said = (*exc.args, None, None, None, None)[:4]
     said = " ".join(str(instance_said or reason or "no message").split())[:MAX_SAID_LENGTH]  # one line, short
     kind = _kind_of_status(status_code)
-    hint = CREDENTIALS_HINT if kind is ErrorKind.credentials else ADDRESS_HINT if status_code == 404 else None
+    hint = (credentials_hint(variable_prefix) if kind is ErrorKind.credentials
+            else address_hint(variable_prefix) if status_code == 404 else None)
     message = f"Mastodon answered {status_code}: {said}" + (f" ({hint})" if hint else "")
     return DeliveryError(kind, message, status_code)
 
@@ -240,10 +259,10 @@ def _kind_of_status(status_code: int) -> ErrorKind:
     return ErrorKind.refused
 
 
-def _classify_network_failure(cause: BaseException) -> DeliveryError:
+def _classify_network_failure(cause: BaseException, variable_prefix: str) -> DeliveryError:
     """Mastodon.py wraps every requests failure in a MastodonNetworkError raised while handling it."""
     if isinstance(cause, _UNUSABLE_ADDRESS):
-        return DeliveryError(ErrorKind.not_sent, f"could not send to Mastodon: {cause} ({ADDRESS_HINT})")
+        return DeliveryError(ErrorKind.not_sent, f"could not send to Mastodon: {cause} ({address_hint(variable_prefix)})")
     if isinstance(cause, requests.ConnectTimeout) or _connection_never_made(cause):
         return DeliveryError(ErrorKind.not_sent, f"could not connect to Mastodon: {_network_reason(cause)}")
     if isinstance(cause, requests.Timeout):

@@ -693,6 +693,17 @@ def test_random_order_shows_the_pool_without_reordering(session_factory, setting
     assert texts_on(page) == ["b", "a"]
 
 
+def test_a_bots_random_order_names_its_prefixed_variable(monkeypatch, session_factory, settings_values, engine):
+    monkeypatch.setenv("BOT_BOB_TWEET_ORDER", "random")
+    add_for(session_factory, "bob", "bob's", status=TweetStatus.queued)
+    values = {key: value for key, value in settings_values.items() if key != "ACCOUNT"}
+    with TestClient(create_app(Settings(**values, BOTS="alice,bob"), engine=engine, configure_logs=False),
+                    base_url="https://testserver") as client:
+        sign_in(client)
+        page = client.get("/curate/queue?bot=bob").text
+    assert "BOT_BOB_TWEET_ORDER=random: each post picks" in page
+
+
 @pytest.mark.parametrize("queued, warned", [(6, True), (7, False)])
 def test_queue_warning_below_the_threshold(curator, session_factory, queued, warned):
     add(session_factory, *[f"tweet {n}" for n in range(queued)], status=TweetStatus.queued)

@@ -455,3 +455,79 @@ def test_the_sqlstate_is_psycopg2s_pgcode_else_pg8000s_c_field():
     assert _sqlstate(wrapped(Exception("no fields"))) is None
     assert _sqlstate(wrapped(Exception())) is None
     assert _sqlstate(wrapped(None)) is None
+
+
+# ---- with several bots, what to check names the variables as the operator sets them for the bot ----
+
+@pytest.fixture
+def bob(monkeypatch, session_factory, fake_x):
+    """A second bot (after alice), with one queued tweet: a function of its destinations and variables
+    (BOT_BOB_ added) giving its settings, the service's X address that of the fake."""
+    monkeypatch.setenv("BOTS", "alice,bob")
+    with session_factory() as session:
+        store.ingest_texts(session, account="bob", texts=["bob's post"], status=TweetStatus.queued)
+        session.commit()
+
+    def settings_for(destinations: str, **variables) -> Settings:
+        monkeypatch.setenv("BOT_BOB_DESTINATIONS", destinations)
+        for name, value in variables.items():
+            monkeypatch.setenv(f"BOT_BOB_{name}", str(value))
+        return Settings(SECRET_TOKEN=TOKEN, TWITTER_API_BASE_URL=fake_x.base_url, MASTODON_TIMEOUT_SECONDS=5,
+                        BLUESKY_TIMEOUT_SECONDS=5, _env_file=None)
+
+    return settings_for
+
+
+def bobs_failure(session_factory, settings: Settings) -> str:
+    result = post_next(session_factory=session_factory, settings=settings, bot="bob")
+    assert result.tweet.status is TweetStatus.queued, result.message
+    return result.message
+
+
+def test_mastodon_refusing_a_bots_token_names_its_prefixed_variable(bob, session_factory, fake_mastodon):
+    settings = bob("mastodon", MASTODON_API_BASE_URL=fake_mastodon.base_url, MASTODON_ACCESS_TOKEN="not-the-token")
+    assert "(check BOT_BOB_MASTODON_ACCESS_TOKEN: it must be valid and have the write:statuses scope)" in (
+        bobs_failure(session_factory, settings))
+
+
+def test_mastodon_at_no_such_address_names_the_bots_address_variable(bob, session_factory, fake_mastodon):
+    from tests.fake_mastodon import ACCESS_TOKEN
+
+    settings = bob("mastodon", MASTODON_API_BASE_URL=f"{fake_mastodon.base_url}/not-mastodon",
+                   MASTODON_ACCESS_TOKEN=ACCESS_TOKEN)
+    message = bobs_failure(session_factory, settings)
+    assert "404" in message and "(check BOT_BOB_MASTODON_API_BASE_URL: the instance's address, such as " \
+                                "https://mastodon.social)" in message
+    assert "MASTODON_API_BASE_URL" not in message.replace("BOT_BOB_MASTODON_API_BASE_URL", "")
+
+
+def test_a_bots_unusable_mastodon_address_names_its_prefixed_variable(bob, session_factory):
+    settings = bob("mastodon", MASTODON_API_BASE_URL="http://exa mple.com", MASTODON_ACCESS_TOKEN="token")
+    message = bobs_failure(session_factory, settings)
+    assert message.startswith("could not reach Mastodon (could not send to Mastodon: ")
+    assert "(check BOT_BOB_MASTODON_API_BASE_URL: the instance's address" in message
+
+
+def test_bluesky_refusing_a_bots_login_names_its_prefixed_variables(bob, session_factory, fake_bluesky):
+    from tests.fake_bluesky import HANDLE
+
+    settings = bob("bluesky", BLUESKY_PDS_URL=fake_bluesky.base_url, BLUESKY_HANDLE=HANDLE,
+                   BLUESKY_APP_PASSWORD="not-the-password")
+    assert "(check BOT_BOB_BLUESKY_HANDLE and BOT_BOB_BLUESKY_APP_PASSWORD)" in bobs_failure(session_factory, settings)
+
+
+@pytest.mark.parametrize(("answer", "check"), [
+    (None, "X rejected the credentials: check BOT_BOB_ACCESS_KEY, BOT_BOB_ACCESS_SECRET, BOT_BOB_CONSUMER_KEY and "
+           "BOT_BOB_CONSUMER_SECRET (X answered 401"),
+    ("forbidden", "then regenerate BOT_BOB_ACCESS_KEY and BOT_BOB_ACCESS_SECRET (X answered 403"),
+])
+def test_x_refusing_a_bots_credentials_names_its_prefixed_variables(bob, session_factory, fake_x, answer, check):
+    from tests.fake_x import FakeX
+
+    keys = {name: value for name, value in fake_x.settings_values().items() if name in (
+        "CONSUMER_KEY", "CONSUMER_SECRET", "ACCESS_KEY", "ACCESS_SECRET")}
+    if answer is None:
+        keys["ACCESS_SECRET"] = "not-the-secret"  # a signature X refuses: 401
+    else:
+        fake_x.enqueue("POST", "/2/tweets", FakeX.forbidden())
+    assert check in bobs_failure(session_factory, bob("x", **keys))

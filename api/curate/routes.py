@@ -38,7 +38,7 @@ from api.schemas import IdempotencyKeyText, TweetIdPath, TweetIdValue
 from core.config import BotSettings, UnknownBot
 from db import store
 from db.models import TweetStatus
-from posting.destinations import text_rule
+from posting.destinations import bot_variables, text_rule
 from posting.job import post_next
 from posting.outcomes import PostOutcome
 
@@ -169,7 +169,7 @@ def queue_page(request: Request, session: SessionDep, settings: SettingsDep, bot
     return render(
         request, "queue.html", settings=settings, bot=bot, session=session, curator=curator,
         queue=actions.queue(session, bot, settings.QUEUE_WARNING_THRESHOLD), moves=list(actions.Move),
-        post_next_key=POST_NEXT_KEY_PREFIX + secrets.token_urlsafe(16),
+        post_next_key=POST_NEXT_KEY_PREFIX + secrets.token_urlsafe(16), order_variable=bot_variables(bot, "TWEET_ORDER"),
     )
 
 
