@@ -80,18 +80,29 @@ def bot_variables(bot: BotSettings, *names: str) -> str:
     return _and([bot.prefix + name for name in names])
 
 
+def public_profile(bot: BotSettings, network: str) -> tuple[str, str] | None:
+    """The bot's account on `network` as people see it, (`@name`, its page's URL); None for Mastodon
+    (the profile's path needs a lookup) and for a Bluesky bot whose handle is no longer set."""
+    if network == "x":
+        return f"@{bot.name}", f"https://x.com/{bot.name}"
+    if network == "bluesky" and bot.BLUESKY_HANDLE:
+        return f"@{bot.BLUESKY_HANDLE}", f"https://bsky.app/profile/{bot.BLUESKY_HANDLE}"
+    return None
+
+
 def unconfirmed_note(bot: BotSettings, networks: Collection[str]) -> str:
     """What an unconfirmed tweet's error says after its reason: which of the bot's networks may have
     posted it (those of its unconfirmed deliveries), where to look on each, and what to do then."""
     ordered = [network for network in NETWORK_NAMES if network in networks]
-    # Unset only when the bot no longer posts there for real (a dry run since the delivery was attempted).
-    places = {
-        "x": f"https://x.com/{bot.name}",
-        "mastodon": f"the bot's profile on {bot.MASTODON_API_BASE_URL}" if bot.MASTODON_API_BASE_URL
-                    else "the bot's Mastodon profile",  # the profile's path needs a lookup
-        "bluesky": f"https://bsky.app/profile/{bot.BLUESKY_HANDLE}" if bot.BLUESKY_HANDLE
-                   else "the bot's Bluesky profile",
-    }
+    # Settings unset only when the bot no longer posts there for real (a dry run since the delivery was attempted).
+    places = {}
+    for network in ordered:
+        if profile := public_profile(bot, network):
+            places[network] = profile[1]
+        elif network == "mastodon" and bot.MASTODON_API_BASE_URL:
+            places[network] = f"the bot's profile on {bot.MASTODON_API_BASE_URL}"
+        else:
+            places[network] = f"the bot's {NETWORK_NAMES[network]} profile"
     then = " and" if len(ordered) == 1 else ", then"
     return (f"{_and([NETWORK_NAMES[n] for n in ordered])} may have posted it: "
             f"check {_and([places[n] for n in ordered])}{then} set it to posted or queued")

@@ -922,9 +922,10 @@ def network_rules(monkeypatch):
 
 @pytest.fixture
 def two_bots_app(monkeypatch, settings_values, engine):
-    """alice posts to X and Mastodon, bob to X, Mastodon and Bluesky; every destination a dry run."""
+    """alice posts to X and Mastodon, bob to X, Mastodon and Bluesky (as bob.bsky.social); every destination a dry run."""
     monkeypatch.setenv("BOT_ALICE_DESTINATIONS", "x,mastodon")
     monkeypatch.setenv("BOT_BOB_DESTINATIONS", "x,mastodon,bluesky")
+    monkeypatch.setenv("BOT_BOB_BLUESKY_HANDLE", "bob.bsky.social")
     for name in ("ALICE", "BOB"):
         monkeypatch.setenv(f"BOT_{name}_TWEET_ORDER", "oldest")
         for variable in ("TWITTER_DRY_RUN", "MASTODON_DRY_RUN", "BLUESKY_DRY_RUN"):
@@ -1149,6 +1150,8 @@ def test_queue_and_history_show_each_destinations_state_and_link_escaped(two_bot
     unsure_card = card_html(history, unsure)
     assert "Found it on Bluesky?" in unsure_card and 'name="x_link"' not in unsure_card
     assert "Check @bob on X" not in unsure_card
+    assert '<a class="small-link" href="https://bsky.app/profile/bob.bsky.social" rel="noopener noreferrer" ' \
+           'target="_blank">Check @bob.bsky.social on Bluesky</a>' in unsure_card
     assert 'data-confirm="Bluesky may already have posted tweet' in unsure_card
     response = two_bots.post(f"/curate/tweets/{unsure}/confirm-posted?bot=bob", data={"csrf_token": two_bots.csrf}, follow_redirects=False)
     assert response.headers["location"] == "/curate/history?bot=bob"

@@ -21,7 +21,7 @@ from api.curate import actions
 from api.curate.session import COOKIE_PATH, cookie_is_secure
 from core.config import BotSettings
 from db.models import DeliveryStatus, TweetStatus
-from posting.destinations import NETWORK_NAMES, dry_run_variable
+from posting.destinations import NETWORK_NAMES, dry_run_variable, public_profile
 
 if TYPE_CHECKING:
     from fastapi.templating import Jinja2Templates
@@ -144,6 +144,7 @@ def render(
             "text_check_of": partial(actions.text_check, bot=bot),
             "text_counts_of": partial(actions.text_counts, bot=bot),
             "unsure_of": partial(actions.unsure_destinations, bot=bot),
+            "profile_on": partial(public_profile, bot),
             "warning_threshold": settings.QUEUE_WARNING_THRESHOLD,
             "max_upload_bytes": settings.MAX_UPLOAD_BYTES,
             "counts": counts,
