@@ -76,7 +76,7 @@ serve-generation: $(VENV)/.ml ## serve the generation service on http://127.0.0.
 .PHONY: mutation
 MUTATION_DIR ?= .mutation
 ifdef SINCE
-MUTANTS := $(shell python3 scripts/changed_functions.py $(SINCE) $(MODULES) || echo FAILED)
+MUTANTS := $(strip $(shell python3 scripts/changed_functions.py $(SINCE) $(MODULES) || echo FAILED))
 endif
 MUTANTS ?=
 MUTATION_COPY := core api posting bench db ml scripts migrations alembic.ini pytest.ini .gitignore

@@ -47,7 +47,8 @@ def main(argv: list[str]) -> int:
         if old.returncode != 0:
             print(f"{module} is not in {commit}: {old.stderr.strip()}", file=sys.stderr)
             return 2
-        print(*changed_patterns(module, old.stdout, Path(module).read_text(encoding="utf-8")), sep="\n")
+        for pattern in changed_patterns(module, old.stdout, Path(module).read_text(encoding="utf-8")):
+            print(pattern)
     return 0
 
 

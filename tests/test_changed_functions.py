@@ -71,11 +71,11 @@ def git(work: Path, *arguments: str) -> str:
     return subprocess.run(["git", "-C", str(work), *arguments], check=True, capture_output=True, text=True).stdout.strip()
 
 
-def make_mutation(work: Path, since: str, *options: str) -> subprocess.CompletedProcess:
+def make_mutation(work: Path, since: str, *options: str, modules: str = "pkg/mod.py") -> subprocess.CompletedProcess:
     """make mutation in `work`, the virtualenv taken as up to date (its checks run before anything else)."""
     return subprocess.run(
         ["make", *options, "--no-print-directory", "--old-file=.venv/.dev", "mutation",
-         "MODULES=pkg/mod.py", "TESTS=tests/test_mod.py", f"SINCE={since}", "ENV_FILE=/dev/null"],
+         f"MODULES={modules}", "TESTS=tests/test_mod.py", f"SINCE={since}", "ENV_FILE=/dev/null"],
         cwd=work, env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")},
         capture_output=True, text=True, timeout=60,
     )
@@ -106,3 +106,9 @@ def test_make_mutation_since_a_commit_runs_only_the_changed_functions(tmp_path):
     unchanged = make_mutation(work, "HEAD")
     assert unchanged.returncode == 2
     assert "no function of pkg/mod.py changed since HEAD: nothing to run" in unchanged.stderr
+    (work / "pkg" / "other.py").write_text(BEFORE)
+    git(work, "add", "pkg/other.py")
+    git(work, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "another")
+    two_unchanged = make_mutation(work, "HEAD", modules="pkg/mod.py pkg/other.py")
+    assert two_unchanged.returncode == 2
+    assert "nothing to run" in two_unchanged.stderr
