@@ -79,7 +79,7 @@ ifdef SINCE
 MUTANTS := $(strip $(shell python3 scripts/changed_functions.py $(SINCE) $(MODULES) || echo FAILED))
 endif
 MUTANTS ?=
-MUTATION_COPY := core api posting bench db ml scripts migrations alembic.ini pytest.ini .gitignore
+MUTATION_COPY := core api posting bench db ml scripts migrations alembic.ini pytest.ini .gitignore Makefile deploy.mk
 mutation: $(VENV)/.dev ## mutation-test MODULES="api/x.py ..." with their TESTS="tests/test_x.py ..."; lists the survivors
 	@test -n "$(MODULES)" -a -n "$(TESTS)" || { echo 'usage: make mutation MODULES="ml/filters.py" TESTS="tests/test_ml_candidates.py"' >&2; exit 2; }
 	@case "$(MUTANTS)" in *FAILED*) echo "SINCE=$(SINCE): no list of changed functions (see above)" >&2; exit 2;; esac

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from scripts.changed_functions import changed_patterns
+from scripts.changed_functions import changed_patterns, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,3 +112,22 @@ def test_make_mutation_since_a_commit_runs_only_the_changed_functions(tmp_path):
     two_unchanged = make_mutation(work, "HEAD", modules="pkg/mod.py pkg/other.py")
     assert two_unchanged.returncode == 2
     assert "nothing to run" in two_unchanged.stderr
+
+
+def test_main_prints_each_modules_patterns_and_refuses_what_it_cannot_compare(tmp_path, monkeypatch, capsys):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text(BEFORE)
+    (tmp_path / "pkg" / "same.py").write_text(BEFORE)
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "pkg")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "before")
+    (tmp_path / "pkg" / "mod.py").write_text(AFTER)
+    monkeypatch.chdir(tmp_path)
+
+    assert main(["HEAD", "pkg/same.py", "pkg/mod.py"]) == 0
+    assert capsys.readouterr().out.splitlines() == changed_patterns("pkg/mod.py", BEFORE, AFTER)
+
+    assert main(["HEAD", "pkg/new.py"]) == 2
+    assert capsys.readouterr().err.startswith("pkg/new.py is not in HEAD: fatal: ")  # git's words, as text
+    assert main(["HEAD"]) == 2
+    assert capsys.readouterr().err.startswith("usage: python scripts/changed_functions.py COMMIT MODULE.py")
