@@ -75,15 +75,16 @@ serve-generation: $(VENV)/.ml ## serve the generation service on http://127.0.0.
 # SINCE=<commit> sets it to the functions of MODULES changed since that commit.
 .PHONY: mutation
 MUTATION_DIR ?= .mutation
+since_quoted := '$(subst ','\'',$(SINCE))'
 ifdef SINCE
-MUTANTS := $(strip $(shell python3 scripts/changed_functions.py $(SINCE) $(MODULES) || echo FAILED))
+MUTANTS := $(strip $(shell python3 scripts/changed_functions.py $(since_quoted) $(MODULES) || echo FAILED))
 endif
 MUTANTS ?=
 MUTATION_COPY := core api posting bench db ml scripts migrations alembic.ini pytest.ini .gitignore Makefile deploy.mk
 mutation: $(VENV)/.dev ## mutation-test MODULES="api/x.py ..." with their TESTS="tests/test_x.py ..."; lists the survivors
 	@test -n "$(MODULES)" -a -n "$(TESTS)" || { echo 'usage: make mutation MODULES="ml/filters.py" TESTS="tests/test_ml_candidates.py"' >&2; exit 2; }
-	@case "$(MUTANTS)" in *FAILED*) echo "SINCE=$(SINCE): no list of changed functions (see above)" >&2; exit 2;; esac
-	@test -z "$(SINCE)" -o -n "$(MUTANTS)" || { echo "no function of $(MODULES) changed since $(SINCE): nothing to run" >&2; exit 2; }
+	@case "$(MUTANTS)" in *FAILED*) echo 'SINCE='$(since_quoted)': no list of changed functions (see above)' >&2; exit 2;; esac
+	@test -z $(since_quoted) -o -n "$(MUTANTS)" || { echo 'no function of $(MODULES) changed since '$(since_quoted)': nothing to run' >&2; exit 2; }
 	git init -q $(MUTATION_DIR)
 	rm -rf $(MUTATION_DIR)/mutants
 	for path in tests $(MUTATION_COPY); do ln -sfn ../$$path $(MUTATION_DIR)/$$path; done

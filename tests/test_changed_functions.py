@@ -97,6 +97,10 @@ def test_make_mutation_since_a_commit_runs_only_the_changed_functions(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "mutmut run 'pkg.mod.x_edited__mutmut_*' 'pkg.mod.xǁBoxǁedited__mutmut_*'" in run.stdout
 
+    for hostile in ("HEAD;touch pwned", "HEAD';touch pwned;'", "`touch pwned`"):
+        assert make_mutation(work, hostile).returncode == 2
+        assert not (work / "pwned").exists()
+
     unknown = make_mutation(work, "no-such-commit")
     assert unknown.returncode == 2
     assert "pkg/mod.py is not in no-such-commit" in unknown.stderr
