@@ -53,10 +53,6 @@ def address_hint(variable_prefix: str) -> str:
     return f"check {variable_prefix}MASTODON_API_BASE_URL: the instance's address, such as https://mastodon.social"
 
 
-# The one bot's (BOTS unset).
-CREDENTIALS_HINT = credentials_hint("")
-ADDRESS_HINT = address_hint("")
-
 
 def mastodon_reset_time(value: str | None) -> datetime | None:
     """A rate-limit reset header as a time; None unless it is an ISO 8601 time with its zone (or Unix

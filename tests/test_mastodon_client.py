@@ -22,15 +22,15 @@ from mastodon.errors import MastodonAPIError, MastodonNetworkError, MastodonRate
 
 from core.delivery import DeliveryFailed, ErrorKind, RemotePost
 from posting.mastodon_client import (
-    ADDRESS_HINT,
-    CREDENTIALS_HINT,
     MAX_LINK_LENGTH,
     MAX_RATE_LIMIT_WAIT,
     MAX_SAID_LENGTH,
     AnswerKeepingSession,
     MastodonAnswer,
     MastodonDestination,
+    address_hint,
     classify_mastodon_error,
+    credentials_hint,
     mastodon_reset_time,
     remote_post,
 )
@@ -46,6 +46,9 @@ from tests.fake_mastodon import (
 from tests.fake_x import FakeResponse
 
 REPO = Path(__file__).resolve().parents[1]
+# What the one bot's messages say (BOTS unset: no prefix).
+CREDENTIALS_HINT = credentials_hint("")
+ADDRESS_HINT = address_hint("")
 
 
 def destination(fake: FakeMastodon, timeout: float = 2.0, token: str = ACCESS_TOKEN) -> MastodonDestination:
